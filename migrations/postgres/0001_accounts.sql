@@ -1,0 +1,24 @@
+-- Partner accounts and their SSH public keys.
+CREATE TABLE IF NOT EXISTS accounts (
+    id            BIGSERIAL PRIMARY KEY,
+    username      TEXT        NOT NULL UNIQUE,
+    password_hash TEXT,
+    enabled       BOOLEAN     NOT NULL DEFAULT TRUE,
+    home          TEXT        NOT NULL,
+    permissions   TEXT        NOT NULL,
+    allowed_cidrs TEXT        NOT NULL DEFAULT '',
+    created_at    TIMESTAMPTZ NOT NULL,
+    updated_at    TIMESTAMPTZ NOT NULL,
+    last_login_at TIMESTAMPTZ
+);
+
+CREATE TABLE IF NOT EXISTS account_keys (
+    id          BIGSERIAL PRIMARY KEY,
+    account_id  BIGINT      NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    fingerprint TEXT        NOT NULL,
+    algorithm   TEXT        NOT NULL,
+    public_key  TEXT        NOT NULL,
+    comment     TEXT        NOT NULL DEFAULT '',
+    created_at  TIMESTAMPTZ NOT NULL,
+    UNIQUE (account_id, fingerprint)
+);

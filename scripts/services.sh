@@ -1,0 +1,71 @@
+# Sourced by scripts/test.sh and the benchmarks: finds, installs and starts what wharf's tests
+# need, using what is already running and installing (as root, from Debian packages or
+# crates.io) only what is missing. Every function exports what the tests read.
+
+WHARF_TOOLS_DIR=${WHARF_TOOLS_DIR:-$HOME/.cache/wharf-test}
+mkdir -p "$WHARF_TOOLS_DIR"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else log "need root to run: $*"; return 1; fi
+}
+
+_apt_updated=""
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    log "apt-get not found; install these packages by hand: $*"; return 1
+  fi
+  if [ -z "$_apt_updated" ]; then as_root apt-get update -qq >&2; _apt_updated=1; fi
+  log "installing $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# need_cmd COMMAND PACKAGE: installs PACKAGE when COMMAND is missing.
+need_cmd() { command -v "$1" >/dev/null || apt_install "$2"; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() {  # host port seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do port_open "$1" "$2" && return 0; sleep 0.1; done
+  return 1
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+ensure_client_tools() {
+  need_cmd ssh-keygen openssh-client
+  need_cmd sftp openssh-client
+  need_cmd python3 python3
+}
+
+# Exports WHARF_TEST_POSTGRES_URL: an admin URL that may create and drop databases.
+ensure_postgres() {
+  if [ -n "${WHARF_TEST_POSTGRES_URL:-}" ]; then return 0; fi
+  need_cmd psql postgresql-client
+  local trust="postgres://postgres@127.0.0.1:5432/postgres"
+  if ! port_open 127.0.0.1 5432; then
+    if ! command -v pg_ctlcluster >/dev/null; then apt_install postgresql; fi
+    local ver
+    ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$ver" ]; then
+      ver=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+      as_root pg_createcluster "$ver" main >&2
+    fi
+    log "starting PostgreSQL $ver"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start >&2 || true
+    wait_port 127.0.0.1 5432 30 || { log "PostgreSQL did not start on 127.0.0.1:5432"; return 1; }
+  fi
+  if psql "$trust" -w -qAtc 'select 1' >/dev/null 2>&1; then
+    export WHARF_TEST_POSTGRES_URL=$trust
+    return 0
+  fi
+  # A stock Debian cluster wants a password over TCP: give the postgres role a test one.
+  log "setting a password for the postgres role (local test cluster)"
+  as_root runuser -u postgres -- psql -qc "ALTER ROLE postgres PASSWORD 'wharf-test'" >&2
+  export WHARF_TEST_POSTGRES_URL="postgres://postgres:wharf-test@127.0.0.1:5432/postgres"
+  psql "$WHARF_TEST_POSTGRES_URL" -w -qAtc 'select 1' >/dev/null
+}

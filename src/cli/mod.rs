@@ -1,0 +1,83 @@
+//! The `wharf` command line: argument definitions, config loading, and dispatch to one
+//! module per command group.
+
+mod migrate;
+mod user;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "SFTP/FTPS ingestion gateway: partners upload, files land in S3, pipelines get an event"
+)]
+pub struct Cli {
+    /// TOML config file (every key can also be set as WHARF_SECTION__KEY)
+    #[arg(long, global = true, env = "WHARF_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply database migrations (every other command also does it)
+    Migrate,
+    /// Manage partner accounts
+    #[command(subcommand)]
+    User(user::UserCommand),
+}
+
+/// Runs the CLI and turns any error into one line on stderr and a non-zero exit.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `a: b: c` on a single line, without repeating a cause already quoted in its context.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out.replace('\n', " ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    crate::telemetry::init(&config.log, "warn");
+    match cli.command {
+        Command::Migrate => migrate::run(&config).await,
+        Command::User(cmd) => user::run(&config, cmd).await,
+    }
+}

@@ -1,0 +1,466 @@
+//! `wharf user …` and `wharf user key …`: partner account administration.
+
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Subcommand};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::identity::keys::{parse_authorized_keys, AccountKey};
+use crate::identity::password::generate_password;
+use crate::identity::{parse_cidr, validate_username, Account, AccountStore, Hasher, Permissions};
+use crate::storage::Home;
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account
+    Add {
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// s3://bucket/prefix/, file:///dir or a path relative to storage.default_home
+        #[arg(long, value_name = "URI")]
+        home: Option<String>,
+        #[command(flatten)]
+        password: PasswordSource,
+        /// OpenSSH public key file (authorized_keys format); repeatable
+        #[arg(long = "ssh-key", value_name = "FILE")]
+        ssh_keys: Vec<String>,
+        /// Only these addresses may log in (CIDR or address); repeatable
+        #[arg(long = "allow-ip", value_name = "CIDR")]
+        allow_ip: Vec<String>,
+        /// Comma list of list,upload,download,overwrite,delete,rename,mkdir
+        #[arg(long, value_name = "LIST")]
+        permissions: Option<String>,
+        /// Create the account disabled
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List accounts
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one account and its keys
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an account's home, permissions or allowed addresses
+    Set {
+        name: String,
+        #[arg(long, value_name = "URI")]
+        home: Option<String>,
+        #[arg(long, value_name = "LIST")]
+        permissions: Option<String>,
+        /// Add an allowed address range; repeatable
+        #[arg(long = "allow-ip", value_name = "CIDR")]
+        allow_ip: Vec<String>,
+        /// Remove every allowed address range (any address may log in)
+        #[arg(long)]
+        clear_allow_ip: bool,
+    },
+    /// Set a new password
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        password: RequiredPasswordSource,
+    },
+    /// Allow the account to log in
+    Enable { name: String },
+    /// Refuse logins to the account
+    Disable { name: String },
+    /// Delete the account and its keys (its files stay in storage)
+    Rm { name: String },
+    /// Manage the account's SSH public keys
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add OpenSSH public key line(s) from FILE, or stdin with '-'
+    Add { name: String, file: String },
+    /// List keys with their SHA256 fingerprints
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the key with this fingerprint (SHA256:… as ssh-keygen -lf prints it)
+    Rm { name: String, fingerprint: String },
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct PasswordSource {
+    /// Read the password from standard input
+    #[arg(long)]
+    password_stdin: bool,
+    /// Generate a strong password and print it once on stdout
+    #[arg(long)]
+    generate_password: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false, required = true)]
+pub struct RequiredPasswordSource {
+    /// Read the password from standard input
+    #[arg(long)]
+    password_stdin: bool,
+    /// Generate a strong password and print it once on stdout
+    #[arg(long)]
+    generate_password: bool,
+}
+
+pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            home,
+            password,
+            ssh_keys,
+            allow_ip,
+            permissions,
+            disabled,
+        } => {
+            validate_username(&name)?;
+            let cwd = std::env::current_dir().context("current directory")?;
+            let home =
+                Home::for_account(home.as_deref(), &config.storage.default_home, &name, &cwd)?;
+            let mut account = Account::new(name, home);
+            account.enabled = !disabled;
+            if let Some(p) = permissions {
+                account.permissions = parse_permissions(&p)?;
+            }
+            account.allowed_cidrs = allow_ip
+                .iter()
+                .map(|c| parse_cidr(c))
+                .collect::<Result<_, _>>()?;
+            if password.password_stdin && ssh_keys.iter().any(|k| k == "-") {
+                bail!("--password-stdin and --ssh-key - cannot both read standard input");
+            }
+            let mut keys = Vec::new();
+            for file in &ssh_keys {
+                keys.extend(read_keys(file)?);
+            }
+            let generated =
+                password_from(config, password.password_stdin, password.generate_password)?;
+            if let Some((hash, _)) = &generated {
+                account.password_hash = Some(hash.clone());
+            }
+            let store = open_store(config).await?;
+            store.create(&account, &keys).await?;
+            if let Some((_, Some(pw))) = generated {
+                println!("{pw}");
+            }
+            eprintln!(
+                "created user {} (home {}, {} key(s))",
+                account.username,
+                account.home,
+                keys.len()
+            );
+        }
+        UserCommand::List { json } => {
+            let store = open_store(config).await?;
+            let accounts = store.list().await?;
+            if json {
+                let v: Vec<_> = accounts.iter().map(|a| account_json(a, None)).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if accounts.is_empty() {
+                eprintln!("no users");
+            } else {
+                println!(
+                    "{:<24} {:<8} {:<40} PERMISSIONS",
+                    "USERNAME", "ENABLED", "HOME"
+                );
+                for a in &accounts {
+                    println!(
+                        "{:<24} {:<8} {:<40} {}",
+                        a.username,
+                        if a.enabled { "yes" } else { "no" },
+                        a.home.to_uri(),
+                        a.permissions
+                    );
+                }
+            }
+        }
+        UserCommand::Show { name, json } => {
+            let store = open_store(config).await?;
+            let account = get(&*store, &name).await?;
+            let keys = store.list_keys(&name).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&account_json(&account, Some(&keys)))?
+                );
+            } else {
+                print_account(&account, &keys);
+            }
+        }
+        UserCommand::Set {
+            name,
+            home,
+            permissions,
+            allow_ip,
+            clear_allow_ip,
+        } => {
+            if home.is_none() && permissions.is_none() && allow_ip.is_empty() && !clear_allow_ip {
+                bail!(
+                    "nothing to change: give --home, --permissions, --allow-ip or --clear-allow-ip"
+                );
+            }
+            let permissions = permissions.as_deref().map(parse_permissions).transpose()?;
+            let cidrs: Vec<_> = allow_ip
+                .iter()
+                .map(|c| parse_cidr(c))
+                .collect::<Result<_, _>>()?;
+            let new_home = match &home {
+                Some(h) => {
+                    let cwd = std::env::current_dir().context("current directory")?;
+                    Some(Home::for_account(
+                        Some(h),
+                        &config.storage.default_home,
+                        &name,
+                        &cwd,
+                    )?)
+                }
+                None => None,
+            };
+            let store = open_store(config).await?;
+            let mut account = get(&*store, &name).await?;
+            if let Some(h) = new_home {
+                account.home = h;
+            }
+            if let Some(p) = permissions {
+                account.permissions = p;
+            }
+            if clear_allow_ip {
+                account.allowed_cidrs.clear();
+            }
+            for c in cidrs {
+                if !account.allowed_cidrs.contains(&c) {
+                    account.allowed_cidrs.push(c);
+                }
+            }
+            store.update(&account).await?;
+            eprintln!("updated user {name}");
+        }
+        UserCommand::Passwd { name, password } => {
+            let store = open_store(config).await?;
+            let mut account = get(&*store, &name).await?;
+            let (hash, generated) =
+                password_from(config, password.password_stdin, password.generate_password)?
+                    .ok_or_else(|| anyhow!("give --password-stdin or --generate-password"))?;
+            account.password_hash = Some(hash);
+            store.update(&account).await?;
+            if let Some(pw) = generated {
+                println!("{pw}");
+            }
+            eprintln!("password of {name} changed");
+        }
+        UserCommand::Enable { name } => set_enabled(config, &name, true).await?,
+        UserCommand::Disable { name } => set_enabled(config, &name, false).await?,
+        UserCommand::Rm { name } => {
+            let store = open_store(config).await?;
+            store.delete(&name).await?;
+            eprintln!("removed user {name} (files in storage were kept)");
+        }
+        UserCommand::Key(cmd) => run_key(config, cmd).await?,
+    }
+    Ok(())
+}
+
+async fn run_key(config: &Config, cmd: KeyCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeyCommand::Add { name, file } => {
+            let keys = read_keys(&file)?;
+            let store = open_store(config).await?;
+            store.add_keys(&name, &keys).await?;
+            for k in &keys {
+                println!("{} {}", k.fingerprint, k.algorithm);
+            }
+            eprintln!("added {} key(s) to {name}", keys.len());
+        }
+        KeyCommand::List { name, json } => {
+            let store = open_store(config).await?;
+            let keys = store.list_keys(&name).await?;
+            if json {
+                let v: Vec<_> = keys.iter().map(key_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for k in &keys {
+                    println!("{} {} {}", k.fingerprint, k.algorithm, k.comment);
+                }
+                if keys.is_empty() {
+                    eprintln!("{name} has no keys");
+                }
+            }
+        }
+        KeyCommand::Rm { name, fingerprint } => {
+            let store = open_store(config).await?;
+            store.remove_key(&name, &fingerprint).await?;
+            eprintln!("removed key {fingerprint} from {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn AccountStore>> {
+    Ok(Db::open(&config.database).await?.account_store())
+}
+
+async fn get(store: &dyn AccountStore, name: &str) -> anyhow::Result<Account> {
+    store
+        .get(name)
+        .await?
+        .ok_or_else(|| crate::identity::StoreError::UnknownUser(name.into()).into())
+}
+
+async fn set_enabled(config: &Config, name: &str, enabled: bool) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let mut account = get(&*store, name).await?;
+    account.enabled = enabled;
+    store.update(&account).await?;
+    eprintln!(
+        "user {name} {}",
+        if enabled { "enabled" } else { "disabled" }
+    );
+    Ok(())
+}
+
+fn parse_permissions(s: &str) -> anyhow::Result<Permissions> {
+    Ok(s.parse::<Permissions>()?)
+}
+
+/// The new hash, and the plaintext when it was generated (to print once).
+fn password_from(
+    config: &Config,
+    stdin: bool,
+    generate: bool,
+) -> anyhow::Result<Option<(crate::identity::PasswordHash, Option<String>)>> {
+    let (pw, generated) = if stdin {
+        (read_password_stdin()?, None)
+    } else if generate {
+        let pw = generate_password();
+        (SecretString::from(pw.clone()), Some(pw))
+    } else {
+        return Ok(None);
+    };
+    let s = &config.security;
+    let hasher = Hasher::new(
+        s.argon2_memory_kib,
+        s.argon2_iterations,
+        s.argon2_parallelism,
+    )?;
+    Ok(Some((hasher.hash(&pw)?, generated)))
+}
+
+fn read_password_stdin() -> anyhow::Result<SecretString> {
+    let mut buf = String::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut buf)
+        .context("reading the password from standard input")?;
+    let pw = buf
+        .strip_suffix('\n')
+        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+        .unwrap_or(&buf);
+    if pw.is_empty() {
+        bail!("no password on standard input");
+    }
+    if pw.contains('\n') {
+        bail!("the password on standard input must be a single line");
+    }
+    Ok(SecretString::from(pw.to_owned()))
+}
+
+fn read_keys(file: &str) -> anyhow::Result<Vec<AccountKey>> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .take(1 << 20)
+            .read_to_string(&mut s)
+            .context("reading keys from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(Path::new(file))
+            .with_context(|| format!("cannot read key file {file}"))?
+    };
+    parse_authorized_keys(&text).with_context(|| {
+        if file == "-" {
+            "standard input".to_string()
+        } else {
+            file.to_string()
+        }
+    })
+}
+
+fn account_json(a: &Account, keys: Option<&[AccountKey]>) -> serde_json::Value {
+    let mut v = json!({
+        "username": a.username,
+        "enabled": a.enabled,
+        "home": a.home.to_uri(),
+        "permissions": a.permissions.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        "allowed_ips": a.allowed_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "has_password": a.password_hash.is_some(),
+        "created_at": a.created_at,
+        "updated_at": a.updated_at,
+        "last_login_at": a.last_login_at,
+    });
+    if let Some(keys) = keys {
+        v["keys"] = keys.iter().map(key_json).collect();
+    }
+    v
+}
+
+fn key_json(k: &AccountKey) -> serde_json::Value {
+    json!({
+        "fingerprint": k.fingerprint,
+        "algorithm": k.algorithm,
+        "comment": k.comment,
+        "created_at": k.created_at,
+    })
+}
+
+fn print_account(a: &Account, keys: &[AccountKey]) {
+    let ips = if a.allowed_cidrs.is_empty() {
+        "any".to_string()
+    } else {
+        a.allowed_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("username:    {}", a.username);
+    println!("enabled:     {}", if a.enabled { "yes" } else { "no" });
+    println!("home:        {}", a.home);
+    println!("permissions: {}", a.permissions);
+    println!("allowed ips: {ips}");
+    println!(
+        "password:    {}",
+        if a.password_hash.is_some() {
+            "set"
+        } else {
+            "none"
+        }
+    );
+    println!("created:     {}", a.created_at.to_rfc3339());
+    println!("updated:     {}", a.updated_at.to_rfc3339());
+    println!(
+        "last login:  {}",
+        a.last_login_at
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "never".into())
+    );
+    println!("keys:        {}", keys.len());
+    for k in keys {
+        println!("  {} {} {}", k.fingerprint, k.algorithm, k.comment);
+    }
+}

@@ -1,0 +1,635 @@
+//! Typed settings: a TOML file overlaid with `WHARF_SECTION__KEY` environment variables;
+//! the defaults are the embedded mode (SQLite, `./data`, `./keys`, `./events.jsonl`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+/// Environment variables that configure wharf but are not `SECTION__KEY` overrides.
+const ENV_PREFIX: &str = "WHARF_";
+const ENV_NOT_KEYS: &[&str] = &["WHARF_CONFIG", "WHARF_LOG"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`{origin}: {message}")]
+    Key {
+        key: String,
+        origin: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sftp: SftpConfig,
+    pub ftps: FtpsConfig,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub events: EventsConfig,
+    pub security: SecurityConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftpConfig {
+    pub listen: String,
+    pub host_key_dir: PathBuf,
+    pub banner: String,
+    pub idle_timeout: HumanDuration,
+    pub login_timeout: HumanDuration,
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+}
+
+impl Default for SftpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:2222".into(),
+            host_key_dir: "keys".into(),
+            banner: String::new(),
+            idle_timeout: HumanDuration(Duration::from_secs(600)),
+            login_timeout: HumanDuration(Duration::from_secs(30)),
+            max_sessions: 1000,
+            max_sessions_per_ip: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FtpsConfig {
+    pub listen: String,
+    pub implicit_listen: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub passive_ports: String,
+    pub passive_host: String,
+}
+
+impl Default for FtpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:2121".into(),
+            implicit_listen: String::new(),
+            cert: "keys/ftps.crt".into(),
+            key: "keys/ftps.key".into(),
+            passive_ports: "50000-50100".into(),
+            passive_host: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// May carry a password, so it is kept secret and shown only through [`redact_url`].
+    #[serde(deserialize_with = "secret_string")]
+    pub url: SecretString,
+    /// Upper bound of pooled connections per instance.
+    pub max_connections: u32,
+    /// How long to wait for a connection before calling the database unreachable.
+    pub connect_timeout: HumanDuration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("sqlite://wharf.db"),
+            max_connections: 10,
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(self.url.expose_secret()))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub default_home: String,
+    pub s3: S3Config,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            default_home: "data/".into(),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub region: String,
+    pub force_path_style: bool,
+    pub part_size: ByteSize,
+    pub max_inflight_parts: usize,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            force_path_style: false,
+            part_size: ByteSize(8 << 20),
+            max_inflight_parts: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// CloudEvents `source`; empty means `wharf://<hostname>`.
+    pub source: String,
+    /// `None` (the key is absent) means the embedded default: one jsonl sink at `events.jsonl`.
+    pub sinks: Option<Vec<SinkConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default, deserialize_with = "opt_secret_string")]
+    pub secret: Option<SecretString>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
+    #[serde(default)]
+    pub stream: Option<String>,
+    #[serde(default)]
+    pub max_age: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Jsonl,
+    Webhook,
+    Nats,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    pub ban_after_failures: u32,
+    pub ban_window: HumanDuration,
+    pub ban_duration: HumanDuration,
+    pub temp_suffixes: Vec<String>,
+    pub setstat: SetstatPolicy,
+    pub proxy_protocol: bool,
+    /// argon2id memory cost in KiB for new password hashes.
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations for new password hashes.
+    pub argon2_iterations: u32,
+    /// argon2id lanes for new password hashes.
+    pub argon2_parallelism: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            ban_after_failures: 10,
+            ban_window: HumanDuration(Duration::from_secs(300)),
+            ban_duration: HumanDuration(Duration::from_secs(900)),
+            temp_suffixes: vec![".filepart".into(), ".part".into(), ".tmp".into()],
+            setstat: SetstatPolicy::Ignore,
+            proxy_protocol: false,
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SetstatPolicy {
+    Ignore,
+    Refuse,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// A duration written as a humantime string ("30s", "10m").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string like \"30s\", \"10m\" or \"1h\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(s.trim())
+                    .map(HumanDuration)
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid duration {s:?} ({e}); expected a string like \"30s\", \"10m\" or \"1h\""
+                        ))
+                    })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A size written as "8MiB", "512KiB", "1GiB" or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}; expected a string like \"8MiB\""))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            _ => {
+                return Err(format!(
+                    "invalid size {s:?}; expected a string like \"8MiB\""
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a size string like \"8MiB\" or a number of bytes")
+        })? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    String::deserialize(d).map(SecretString::from)
+}
+
+fn opt_secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    Option::<String>::deserialize(d).map(|o| o.map(SecretString::from))
+}
+
+/// A database URL with any password replaced, fit for error messages and logs.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable database url>".into(),
+    }
+}
+
+impl Config {
+    /// Loads the file (if any) and overlays the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment, so tests need not touch the process's.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut root = toml::Table::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            root = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.message().to_string(),
+                })?;
+        }
+        let mut from_env = Vec::new();
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if ENV_NOT_KEYS.contains(&name.as_str()) || !rest.contains("__") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let dotted = path.join(".");
+            set_path(&mut root, &path, env_value(&raw)).map_err(|message| ConfigError::Key {
+                key: dotted.clone(),
+                origin: format!(" (from {name})"),
+                message,
+            })?;
+            from_env.push((dotted, name));
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+                let key = e.path().to_string();
+                let origin = from_env
+                    .iter()
+                    .find(|(dotted, _)| key == *dotted || key.starts_with(&format!("{dotted}.")))
+                    .map(|(_, var)| format!(" (from {var})"))
+                    .unwrap_or_default();
+                ConfigError::Key {
+                    key,
+                    origin,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Key {
+            key: key.into(),
+            origin: String::new(),
+            message,
+        };
+        if self.storage.s3.part_size.0 < 5 << 20 || self.storage.s3.part_size.0 > 5 << 30 {
+            return Err(bad(
+                "storage.s3.part_size",
+                "must be between 5MiB and 5GiB (S3 multipart limits)".into(),
+            ));
+        }
+        if self.storage.s3.max_inflight_parts == 0 {
+            return Err(bad(
+                "storage.s3.max_inflight_parts",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.sftp.max_sessions == 0 || self.sftp.max_sessions_per_ip == 0 {
+            return Err(bad(
+                "sftp.max_sessions",
+                "sftp.max_sessions and sftp.max_sessions_per_ip must be at least 1".into(),
+            ));
+        }
+        if self.security.argon2_memory_kib < 8 * self.security.argon2_parallelism.max(1)
+            || self.security.argon2_iterations == 0
+            || self.security.argon2_parallelism == 0
+        {
+            return Err(bad(
+                "security.argon2_memory_kib",
+                "argon2 costs must be positive (memory at least 8 KiB per lane)".into(),
+            ));
+        }
+        for (i, sink) in self.events.sinks.iter().flatten().enumerate() {
+            let key = |field: &str| format!("events.sinks[{i}].{field}");
+            let missing =
+                |field: &str| bad(&key(field), format!("required for a {:?} sink", sink.kind));
+            match sink.kind {
+                SinkKind::Jsonl => {
+                    if sink.path.is_none() {
+                        return Err(missing("path"));
+                    }
+                }
+                SinkKind::Webhook => {
+                    let Some(u) = &sink.url else {
+                        return Err(missing("url"));
+                    };
+                    match url::Url::parse(u) {
+                        Ok(p) if p.scheme() == "http" || p.scheme() == "https" => {}
+                        _ => return Err(bad(&key("url"), format!("{u:?} is not an http(s) URL"))),
+                    }
+                    if sink.secret.is_none() {
+                        return Err(missing("secret"));
+                    }
+                }
+                SinkKind::Nats => {
+                    if sink.url.is_none() {
+                        return Err(missing("url"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Environment values are TOML values when they parse as one (`10`, `true`, `["a"]`), else strings.
+fn env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a section"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.database.url.expose_secret(), "sqlite://wharf.db");
+        assert_eq!(c.storage.default_home, "data/");
+        assert_eq!(c.sftp.listen, "0.0.0.0:2222");
+        assert_eq!(c.storage.s3.part_size, ByteSize(8 << 20));
+        assert!(c.events.sinks.is_none());
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_and_parses_types() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("WHARF_DATABASE__URL", "postgres://u:pw@db/x"),
+                ("WHARF_STORAGE__S3__PART_SIZE", "16MiB"),
+                ("WHARF_SFTP__MAX_SESSIONS", "7"),
+                ("WHARF_SECURITY__PROXY_PROTOCOL", "true"),
+                ("WHARF_CONFIG", "ignored.toml"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.database.url.expose_secret(), "postgres://u:pw@db/x");
+        assert_eq!(c.storage.s3.part_size, ByteSize(16 << 20));
+        assert_eq!(c.sftp.max_sessions, 7);
+        assert!(c.security.proxy_protocol);
+        assert!(
+            !format!("{c:?}").contains("pw@"),
+            "password leaked in Debug"
+        );
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let e = Config::load_from(None, env(&[("WHARF_SFTP__LISTNE", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sftp.listne") && e.contains("WHARF_SFTP__LISTNE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_key_and_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w.toml");
+        std::fs::write(&f, "[sftp]\nidle_timeout = \"soon\"\n").unwrap();
+        let e = Config::load_from(Some(&f), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sftp.idle_timeout") && e.contains("\"30s\""),
+            "{e}"
+        );
+
+        std::fs::write(&f, "[storage]\ndefualt_home = \"x\"\n").unwrap();
+        let e = Config::load_from(Some(&f), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("defualt_home"), "{e}");
+
+        std::fs::write(&f, "[storage.s3]\npart_size = \"8 furlongs\"\n").unwrap();
+        let e = Config::load_from(Some(&f), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.s3.part_size"), "{e}");
+
+        std::fs::write(&f, "[[events.sinks]]\ntype = \"webhook\"\nsecret = \"s\"\n").unwrap();
+        let e = Config::load_from(Some(&f), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("events.sinks[0].url"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!("8MiB".parse::<ByteSize>().unwrap(), ByteSize(8 << 20));
+        assert_eq!("512 KiB".parse::<ByteSize>().unwrap(), ByteSize(512 << 10));
+        assert_eq!("100".parse::<ByteSize>().unwrap(), ByteSize(100));
+        assert!("MiB".parse::<ByteSize>().is_err());
+        assert!("5 parsecs".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://wharf:hunter2@db.internal:5432/wharf"),
+            "postgres://wharf:***@db.internal:5432/wharf"
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! The database wharf keeps its state in (SQLite embedded, Postgres in production): connecting,
+//! migrating, and handing out the stores built on it.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _, PgPool, SqlitePool};
+
+use crate::config::{redact_url, DatabaseConfig};
+use crate::identity::{AccountStore, PgAccountStore, SqliteAccountStore};
+
+static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database url {0}: expected sqlite://FILE or postgres://USER@HOST/DB")]
+    Scheme(String),
+    #[error("cannot connect to database {target}: {reason}")]
+    Unreachable { target: String, reason: String },
+    #[error("migrating database {target} failed: {reason}")]
+    Migrate { target: String, reason: String },
+}
+
+/// A pool on one of the supported databases.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// Connects (creating a SQLite file when missing) and checks the database answers.
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Db, DbError> {
+        let raw = cfg.url.expose_secret();
+        let target = describe(raw);
+        let unreachable = |e: sqlx::Error| DbError::Unreachable {
+            target: target.clone(),
+            reason: reason(e),
+        };
+        let timeout = cfg.connect_timeout.0.max(Duration::from_millis(100));
+        if raw.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(raw)
+                .map_err(unreachable)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(cfg.max_connections.max(1))
+                .acquire_timeout(timeout)
+                .connect_with(opts)
+                .await
+                .map_err(unreachable)?;
+            Ok(Db::Sqlite(pool))
+        } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(raw).map_err(unreachable)?;
+            // One direct attempt first: the pool would retry until its timeout and then
+            // report only that, hiding "connection refused" or "database does not exist".
+            let probe = tokio::time::timeout(timeout, opts.connect())
+                .await
+                .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
+                .map_err(unreachable)?;
+            let _ = probe.close().await;
+            let pool = PgPoolOptions::new()
+                .max_connections(cfg.max_connections.max(1))
+                .acquire_timeout(timeout)
+                .connect_with(opts)
+                .await
+                .map_err(unreachable)?;
+            Ok(Db::Postgres(pool))
+        } else {
+            Err(DbError::Scheme(target))
+        }
+    }
+
+    /// Applies pending migrations. Safe to run concurrently from several instances: sqlx
+    /// takes an advisory lock on Postgres, and SQLite serialises writers.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        let res = match self {
+            Db::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await,
+            Db::Postgres(p) => PG_MIGRATIONS.run(p).await,
+        };
+        res.map_err(|e| DbError::Migrate {
+            target: self.kind().into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Connects and migrates: what every command that needs the database does first.
+    pub async fn open(cfg: &DatabaseConfig) -> Result<Db, DbError> {
+        let db = Db::connect(cfg).await?;
+        db.migrate().await.map_err(|e| match e {
+            DbError::Migrate { reason, .. } => DbError::Migrate {
+                target: describe(cfg.url.expose_secret()),
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(db)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    pub fn account_store(&self) -> Arc<dyn AccountStore> {
+        match self {
+            Db::Sqlite(p) => Arc::new(SqliteAccountStore::new(p.clone())),
+            Db::Postgres(p) => Arc::new(PgAccountStore::new(p.clone())),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// Names the database (host, port, database or file) without credentials.
+fn describe(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(u) if u.scheme() == "sqlite" => raw.to_string(),
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("localhost");
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let user = if u.username().is_empty() {
+                String::new()
+            } else {
+                format!("{}@", u.username())
+            };
+            format!("{}://{user}{host}{port}{}", u.scheme(), u.path())
+        }
+        Err(_) => redact_url(raw),
+    }
+}
+
+/// sqlx's messages sometimes embed the options they were given; keep only the cause.
+fn reason(e: sqlx::Error) -> String {
+    match e {
+        sqlx::Error::PoolTimedOut => "timed out waiting for the database to answer".into(),
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::Configuration(c) => format!("bad url: {c}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn describe_hides_passwords() {
+        assert_eq!(
+            describe("postgres://wharf:s3cret@db.example:6543/prod?sslmode=require"),
+            "postgres://wharf@db.example:6543/prod"
+        );
+        assert_eq!(describe("sqlite://wharf.db"), "sqlite://wharf.db");
+    }
+}

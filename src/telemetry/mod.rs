@@ -1,0 +1,26 @@
+//! Logging setup: `tracing` to stderr, pretty or one JSON object per line, `RUST_LOG` overriding
+//! the configured level.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. Admin commands pass a quieter default level than `serve`
+/// so their stdout/stderr stay readable; `RUST_LOG` overrides either.
+pub fn init(cfg: &LogConfig, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.with_target(false).try_init(),
+    };
+}

@@ -1,0 +1,6 @@
+//! wharf's integration tests: one binary, one module per feature, all against real
+//! components (SQLite, Postgres, the real `wharf` binary and real clients).
+
+mod accounts;
+mod cli;
+mod harness;
