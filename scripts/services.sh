@@ -69,3 +69,60 @@ ensure_postgres() {
   export WHARF_TEST_POSTGRES_URL="postgres://postgres:wharf-test@127.0.0.1:5432/postgres"
   psql "$WHARF_TEST_POSTGRES_URL" -w -qAtc 'select 1' >/dev/null
 }
+
+# Exports WHARF_TEST_S3_ENDPOINT, _REGION, _BUCKET, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+# for a garage server (a real S3 implementation: SigV4, multipart, checksums) started for this
+# run on free ports, or uses the one already described by WHARF_TEST_S3_ENDPOINT.
+GARAGE_VERSION=2.5.0
+ensure_garage() {
+  if [ -n "${WHARF_TEST_S3_ENDPOINT:-}" ]; then return 0; fi
+  local garage
+  garage=$(command -v garage || true)
+  [ -z "$garage" ] && [ -x "$HOME/.cargo/bin/garage" ] && garage="$HOME/.cargo/bin/garage"
+  if [ -z "$garage" ] || ! "$garage" --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
+    log "installing garage $GARAGE_VERSION from crates.io (takes several minutes, once)"
+    cargo install garage --version "$GARAGE_VERSION" --locked --no-default-features \
+      --features sqlite,bundled-libs >&2
+    garage="$HOME/.cargo/bin/garage"
+  fi
+  local dir s3port rpcport
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/wharf-garage.XXXXXX")
+  s3port=$(free_port); rpcport=$(free_port)
+  cat > "$dir/garage.toml" <<TOML
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpcport"
+rpc_public_addr = "127.0.0.1:$rpcport"
+rpc_secret = "$(od -vAn -N32 -tx1 /dev/urandom | tr -d ' \n')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3port"
+root_domain = ".s3.garage.localhost"
+TOML
+  export AWS_ACCESS_KEY_ID="GK$(od -vAn -N12 -tx1 /dev/urandom | tr -d ' \n')"
+  export AWS_SECRET_ACCESS_KEY="$(od -vAn -N32 -tx1 /dev/urandom | tr -d ' \n')"
+  export WHARF_TEST_S3_BUCKET=wharf-test
+  GARAGE_DEFAULT_ACCESS_KEY=$AWS_ACCESS_KEY_ID GARAGE_DEFAULT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
+    GARAGE_DEFAULT_BUCKET=$WHARF_TEST_S3_BUCKET RUST_LOG=warn \
+    "$garage" -c "$dir/garage.toml" server --single-node --default-bucket > "$dir/garage.log" 2>&1 &
+  WHARF_GARAGE_PID=$!
+  WHARF_GARAGE_DIR=$dir
+  wait_port 127.0.0.1 "$s3port" 30 || { log "garage did not start:"; cat "$dir/garage.log" >&2; return 1; }
+  # The API port opens before the default bucket exists; wait until it answers for the bucket.
+  local i
+  for ((i = 0; i < 100; i++)); do
+    grep -q "bucket" "$dir/garage.log" 2>/dev/null && break
+    curl -s -o /dev/null "http://127.0.0.1:$s3port/$WHARF_TEST_S3_BUCKET" && break
+    sleep 0.1
+  done
+  export WHARF_TEST_S3_ENDPOINT="http://127.0.0.1:$s3port"
+  export WHARF_TEST_S3_REGION=garage
+  log "garage on $WHARF_TEST_S3_ENDPOINT (bucket $WHARF_TEST_S3_BUCKET)"
+}
+
+stop_garage() {
+  if [ -n "${WHARF_GARAGE_PID:-}" ]; then kill "$WHARF_GARAGE_PID" 2>/dev/null || true; wait "$WHARF_GARAGE_PID" 2>/dev/null || true; fi
+  if [ -n "${WHARF_GARAGE_DIR:-}" ]; then rm -rf "$WHARF_GARAGE_DIR"; fi
+}

@@ -53,6 +53,9 @@ pub struct SftpConfig {
     pub login_timeout: HumanDuration,
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
+    /// On SIGTERM/SIGINT, how long running sessions may go on before they are cut (and their
+    /// unfinished uploads aborted).
+    pub shutdown_grace: HumanDuration,
 }
 
 impl Default for SftpConfig {
@@ -65,6 +68,7 @@ impl Default for SftpConfig {
             login_timeout: HumanDuration(Duration::from_secs(30)),
             max_sessions: 1000,
             max_sessions_per_ip: 50,
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -129,6 +133,8 @@ impl fmt::Debug for DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub default_home: String,
+    /// Memory all S3 uploads together may hold in part buffers; writers wait beyond it.
+    pub upload_memory: ByteSize,
     pub s3: S3Config,
 }
 
@@ -136,6 +142,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             default_home: "data/".into(),
+            upload_memory: ByteSize(1 << 30),
             s3: S3Config::default(),
         }
     }

@@ -1,9 +1,12 @@
 //! wharf: an SFTP/FTPS ingestion gateway that streams partner uploads into S3 and emits
 //! arrival events. The binary in `main.rs` is a thin shell over [`cli::main`].
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod identity;
+pub mod session;
+pub mod sftp;
 pub mod storage;
 pub mod telemetry;

@@ -1,7 +1,9 @@
 //! The `wharf` command line: argument definitions, config loading, and dispatch to one
 //! module per command group.
 
+mod hostkey;
 mod migrate;
+mod serve;
 mod user;
 
 use std::path::PathBuf;
@@ -28,11 +30,22 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway (SFTP) until SIGTERM/SIGINT
+    Serve,
     /// Apply database migrations (every other command also does it)
     Migrate,
     /// Manage partner accounts
     #[command(subcommand)]
     User(user::UserCommand),
+    /// The server's SSH host keys
+    #[command(subcommand)]
+    Hostkey(HostkeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostkeyCommand {
+    /// Print the SHA256 fingerprints of the host keys (creating them if missing)
+    List,
 }
 
 /// Runs the CLI and turns any error into one line on stderr and a non-zero exit.
@@ -75,8 +88,14 @@ fn one_line(e: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
-    crate::telemetry::init(&config.log, "warn");
+    let level = match cli.command {
+        Command::Serve => config.log.level.clone(),
+        _ => "warn".to_string(),
+    };
+    crate::telemetry::init(&config.log, &level);
     match cli.command {
+        Command::Serve => serve::run(config).await,
+        Command::Hostkey(HostkeyCommand::List) => hostkey::list(&config),
         Command::Migrate => migrate::run(&config).await,
         Command::User(cmd) => user::run(&config, cmd).await,
     }

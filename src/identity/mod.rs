@@ -1,6 +1,7 @@
 //! Partner accounts: the `Account` model, usernames, permissions, allowed addresses, public
 //! keys and password hashes, and the `AccountStore` seam with its SQLite and Postgres stores.
 
+pub mod auth;
 pub mod keys;
 pub mod password;
 pub mod permissions;

@@ -1,0 +1,140 @@
+//! Wiring: builds the stores, storage and front-ends from the config, binds the listeners
+//! (exposing the bound addresses, so tests can use port 0), runs until a shutdown signal,
+//! then drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::identity::auth::Authenticator;
+use crate::identity::Hasher;
+use crate::session::{LogOnlyObserver, SessionContext, UploadRegistry};
+use crate::sftp::{hostkeys, SftpContext, SftpServer};
+use crate::storage::{S3Storage, Storage};
+
+/// How long aborts of cut-off uploads may take to reach storage at shutdown.
+const ABORT_DRAIN: Duration = Duration::from_secs(15);
+
+pub struct App {
+    config: Config,
+    db: Db,
+    sftp: Arc<SftpServer>,
+    sftp_listener: TcpListener,
+    uploads: Arc<UploadRegistry>,
+}
+
+impl App {
+    /// Opens and migrates the database, loads (or creates) host keys and binds the listeners.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let db = Db::open(&config.database).await?;
+        let s = &config.security;
+        let hasher = Hasher::new(
+            s.argon2_memory_kib,
+            s.argon2_iterations,
+            s.argon2_parallelism,
+        )?;
+        let auth = Authenticator::new(db.account_store(), hasher);
+        let storage =
+            Storage::new(S3Storage::new(&config.storage.s3, config.storage.upload_memory.0).await);
+        let keys = hostkeys::load_or_generate(&config.sftp.host_key_dir)?;
+        let uploads = Arc::new(UploadRegistry::default());
+        let sessions = Arc::new(SessionContext {
+            uploads: uploads.clone(),
+            observer: Arc::new(LogOnlyObserver),
+            setstat: config.security.setstat,
+        });
+        let banner = Some(config.sftp.banner.clone()).filter(|b| !b.is_empty());
+        let ctx = Arc::new(SftpContext {
+            auth,
+            storage,
+            sessions,
+            banner,
+        });
+        let sftp = Arc::new(SftpServer::new(&config.sftp, keys, ctx));
+        let sftp_listener = TcpListener::bind(&config.sftp.listen)
+            .await
+            .with_context(|| format!("cannot listen on sftp.listen = {}", config.sftp.listen))?;
+        Ok(App {
+            config,
+            db,
+            sftp,
+            sftp_listener,
+            uploads,
+        })
+    }
+
+    pub fn sftp_addr(&self) -> std::io::Result<SocketAddr> {
+        self.sftp_listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, gives running sessions
+    /// `sftp.shutdown_grace` to finish, cuts the rest (aborting their uploads) and returns.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let force = CancellationToken::new();
+        let sftp = tokio::spawn(self.sftp.clone().run(
+            self.sftp_listener,
+            stop.clone(),
+            force.clone(),
+        ));
+        tokio::pin!(sftp);
+        tokio::select! {
+            _ = shutdown => {}
+            r = &mut sftp => {
+                r.context("sftp server task")?;
+                return Ok(());
+            }
+        }
+        tracing::info!(grace = ?self.config.sftp.shutdown_grace.0, "shutting down: no new connections");
+        stop.cancel();
+        if tokio::time::timeout(self.config.sftp.shutdown_grace.0, &mut sftp)
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over: disconnecting remaining sessions");
+            force.cancel();
+            let _ = sftp.await;
+        }
+        self.uploads.tasks.close();
+        if tokio::time::timeout(ABORT_DRAIN, self.uploads.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("some aborted uploads could not be cleaned up in time");
+        }
+        self.db.close().await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

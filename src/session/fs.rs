@@ -1,0 +1,422 @@
+//! The protocol-neutral file operations both front-ends call: every path through the jail,
+//! every operation checked against the account's permissions, storage errors turned into
+//! the four outcomes a client can be told.
+
+use std::fmt;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::path::{PathError, VirtualPath};
+use super::upload::{UploadError, UploadPipeline};
+use super::{Session, UploadOutcome, UploadRecord};
+use crate::config::SetstatPolicy;
+use crate::identity::Permission;
+use crate::storage::{DirEntry, ErrorKind, Meta, StorageError, Stored};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsErrorKind {
+    NotFound,
+    PermissionDenied,
+    /// The operation cannot be done on this storage (random-access writes, append …).
+    Unsupported,
+    Failure,
+}
+
+/// An error the client is told about. `message` is safe to show to the partner: it never
+/// names buckets, keys or internal hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsError {
+    pub kind: FsErrorKind,
+    pub message: String,
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FsError {}
+
+impl FsError {
+    pub fn new(kind: FsErrorKind, message: impl Into<String>) -> Self {
+        FsError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn denied(what: &str, perm: Permission) -> Self {
+        FsError::new(
+            FsErrorKind::PermissionDenied,
+            format!(
+                "permission denied: {what} needs the {} permission",
+                perm.name()
+            ),
+        )
+    }
+}
+
+impl From<PathError> for FsError {
+    fn from(e: PathError) -> Self {
+        FsError::new(FsErrorKind::PermissionDenied, e.to_string())
+    }
+}
+
+/// Turns a storage error into what the client may see; the details go to the log.
+fn storage(e: StorageError, path: &VirtualPath) -> FsError {
+    let kind = match e.kind {
+        ErrorKind::NotFound => FsErrorKind::NotFound,
+        ErrorKind::InvalidName => FsErrorKind::PermissionDenied,
+        ErrorKind::Unsupported => FsErrorKind::Unsupported,
+        _ => FsErrorKind::Failure,
+    };
+    let message = match e.kind {
+        ErrorKind::NotFound => format!("{path}: no such file or directory"),
+        ErrorKind::AlreadyExists => format!("{path}: already exists"),
+        ErrorKind::NotEmpty => format!("{path}: directory not empty"),
+        ErrorKind::IsDirectory => format!("{path}: is a directory"),
+        ErrorKind::NotDirectory => format!("{path}: not a directory"),
+        ErrorKind::InvalidName | ErrorKind::Unsupported => format!("{path}: {}", e.message),
+        ErrorKind::Aborted => format!("{path}: upload aborted"),
+        ErrorKind::Unavailable => {
+            tracing::error!(activity = "ERROR", path = %path, error = %error_chain(&e), "storage error");
+            format!("{path}: storage error, try again later")
+        }
+    };
+    FsError::new(kind, message)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// A file open for writing: an upload in progress.
+pub struct WriteFile {
+    pub path: VirtualPath,
+    pipeline: UploadPipeline,
+    location: crate::storage::Location,
+    started_at: DateTime<Utc>,
+    started: Instant,
+}
+
+impl WriteFile {
+    pub fn received(&self) -> u64 {
+        self.pipeline.received()
+    }
+}
+
+/// A file open for reading.
+pub struct ReadFile {
+    pub path: VirtualPath,
+    pub size: u64,
+    /// Read-ahead: the last block fetched, so small sequential reads cost one request per block.
+    cache: Option<(u64, Bytes)>,
+}
+
+const READ_AHEAD: u32 = 4 << 20;
+
+impl Session {
+    fn require(&self, perm: Permission, what: &str) -> Result<(), FsError> {
+        if self.account.permissions.has(perm) {
+            Ok(())
+        } else {
+            Err(FsError::denied(what, perm))
+        }
+    }
+
+    /// Resolves a client path (relative paths are relative to the home root).
+    pub fn resolve(&self, input: &str) -> Result<VirtualPath, FsError> {
+        Ok(VirtualPath::parse(&VirtualPath::root(), input)?)
+    }
+
+    pub async fn stat(&self, path: &VirtualPath) -> Result<Meta, FsError> {
+        let rel = path.relative();
+        if let Some(bytes) = self.ctx.uploads.progress(&self.backend.location(&rel).uri) {
+            return Ok(Meta {
+                is_dir: false,
+                size: bytes,
+                modified: Some(std::time::SystemTime::now()),
+            });
+        }
+        self.backend.stat(&rel).await.map_err(|e| storage(e, path))
+    }
+
+    pub async fn list(&self, path: &VirtualPath) -> Result<Vec<DirEntry>, FsError> {
+        self.require(Permission::List, "listing")?;
+        let rel = path.relative();
+        match self.backend.list(&rel).await {
+            Ok(v) => Ok(v),
+            // A file is not a directory; say so rather than "no such file".
+            Err(e) if e.kind == ErrorKind::NotFound && !path.is_root() => {
+                match self.backend.stat(&rel).await {
+                    Ok(m) if !m.is_dir => Err(FsError::new(
+                        FsErrorKind::Failure,
+                        format!("{path}: not a directory"),
+                    )),
+                    _ => Err(storage(e, path)),
+                }
+            }
+            Err(e) => Err(storage(e, path)),
+        }
+    }
+
+    /// Starts an upload to `path`. `exclusive` refuses an existing file (O_EXCL).
+    pub async fn open_write(
+        &self,
+        path: &VirtualPath,
+        exclusive: bool,
+    ) -> Result<WriteFile, FsError> {
+        self.require(Permission::Upload, "uploading")?;
+        if path.is_root() {
+            return Err(FsError::new(FsErrorKind::Failure, "/: is a directory"));
+        }
+        let rel = path.relative();
+        match self.backend.stat(&rel).await {
+            Ok(m) if m.is_dir => {
+                return Err(FsError::new(
+                    FsErrorKind::Failure,
+                    format!("{path}: is a directory"),
+                ))
+            }
+            Ok(_) if exclusive => {
+                return Err(FsError::new(
+                    FsErrorKind::Failure,
+                    format!("{path}: already exists"),
+                ))
+            }
+            Ok(_) => self.require(Permission::Overwrite, "replacing an existing file")?,
+            Err(e) if e.kind == ErrorKind::NotFound => {}
+            Err(e) => return Err(storage(e, path)),
+        }
+        let upload = self
+            .backend
+            .begin_upload(&rel)
+            .await
+            .map_err(|e| storage(e, path))?;
+        let location = self.backend.location(&rel);
+        tracing::info!(activity = "OPEN", path = %path, mode = "write");
+        Ok(WriteFile {
+            path: path.clone(),
+            pipeline: UploadPipeline::start(upload, location.uri.clone(), &self.ctx.uploads),
+            location,
+            started_at: crate::identity::now(),
+            started: Instant::now(),
+        })
+    }
+
+    pub async fn write(&self, f: &mut WriteFile, offset: u64, data: Bytes) -> Result<(), FsError> {
+        f.pipeline.write(offset, data).await.map_err(|e| match e {
+            UploadError::Unsupported(m) => FsError::new(FsErrorKind::Unsupported, m),
+            UploadError::Storage(e) => storage(e, &f.path),
+        })
+    }
+
+    /// Completes an upload: commits it in storage, then records its arrival. The client's
+    /// close succeeds only if both did.
+    pub async fn close_write(&self, f: WriteFile) -> Result<Stored, FsError> {
+        let received = f.pipeline.received();
+        let res = f.pipeline.commit().await;
+        let finished_at = crate::identity::now();
+        let record = |outcome| UploadRecord {
+            session: self.info.clone(),
+            path: f.path.to_string(),
+            started_at: f.started_at,
+            finished_at,
+            outcome,
+        };
+        match res {
+            Ok(stored) => {
+                let rec = record(UploadOutcome::Completed(stored.clone()));
+                if let Err(why) = self.ctx.observer.completed(&rec).await {
+                    tracing::error!(activity = "ERROR", path = %f.path, error = %why, "arrival not recorded");
+                    return Err(FsError::new(
+                        FsErrorKind::Failure,
+                        format!("{}: the file was stored but its arrival could not be recorded; upload it again", f.path),
+                    ));
+                }
+                tracing::info!(
+                    activity = "CLOSE",
+                    path = %f.path,
+                    bytes = stored.bytes,
+                    sha256 = %stored.sha256,
+                    duration_ms = f.started.elapsed().as_millis() as u64,
+                );
+                Ok(stored)
+            }
+            Err(e) => {
+                let (code, err) = match e {
+                    UploadError::Unsupported(m) => (
+                        "unsupported_write",
+                        FsError::new(FsErrorKind::Unsupported, m),
+                    ),
+                    UploadError::Storage(e) => ("storage_error", storage(e, &f.path)),
+                };
+                let rec = record(UploadOutcome::Failed {
+                    location: f.location.clone(),
+                    bytes: received,
+                    code,
+                    message: err.message.clone(),
+                });
+                tracing::warn!(activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason = %err.message);
+                self.ctx.observer.failed(&rec).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Abandons an upload (client gone, timeout, shutdown): nothing becomes visible.
+    pub async fn abort_write(&self, f: WriteFile, code: &'static str, reason: &str) {
+        let received = f.pipeline.received();
+        f.pipeline.abort().await;
+        tracing::warn!(activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason);
+        let rec = UploadRecord {
+            session: self.info.clone(),
+            path: f.path.to_string(),
+            started_at: f.started_at,
+            finished_at: crate::identity::now(),
+            outcome: UploadOutcome::Failed {
+                location: f.location.clone(),
+                bytes: received,
+                code,
+                message: reason.to_string(),
+            },
+        };
+        self.ctx.observer.failed(&rec).await;
+    }
+
+    pub async fn open_read(&self, path: &VirtualPath) -> Result<ReadFile, FsError> {
+        self.require(Permission::Download, "downloading")?;
+        let m = self
+            .backend
+            .stat(&path.relative())
+            .await
+            .map_err(|e| storage(e, path))?;
+        if m.is_dir {
+            return Err(FsError::new(
+                FsErrorKind::Failure,
+                format!("{path}: is a directory"),
+            ));
+        }
+        tracing::info!(activity = "OPEN", path = %path, mode = "read");
+        Ok(ReadFile {
+            path: path.clone(),
+            size: m.size,
+            cache: None,
+        })
+    }
+
+    /// Up to `len` bytes at `offset`; empty at the end of the file.
+    pub async fn read(&self, f: &mut ReadFile, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        if let Some((start, block)) = &f.cache {
+            let end = start + block.len() as u64;
+            if offset >= *start && offset < end {
+                let from = (offset - start) as usize;
+                let to = (from + len as usize).min(block.len());
+                return Ok(block.slice(from..to));
+            }
+        }
+        if offset >= f.size {
+            return Ok(Bytes::new());
+        }
+        let block = self
+            .backend
+            .read(&f.path.relative(), offset, len.max(READ_AHEAD))
+            .await
+            .map_err(|e| storage(e, &f.path))?;
+        let out = block.slice(..(len as usize).min(block.len()));
+        f.cache = Some((offset, block));
+        Ok(out)
+    }
+
+    pub async fn remove(&self, path: &VirtualPath) -> Result<(), FsError> {
+        self.require(Permission::Delete, "deleting")?;
+        self.backend
+            .delete(&path.relative())
+            .await
+            .map_err(|e| storage(e, path))?;
+        tracing::info!(activity = "DELETE", path = %path);
+        Ok(())
+    }
+
+    /// Renames a file; replacing an existing file needs the overwrite permission too.
+    pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath) -> Result<(), FsError> {
+        self.require(Permission::Rename, "renaming")?;
+        if from.is_root() || to.is_root() {
+            return Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                "the home directory cannot be renamed",
+            ));
+        }
+        if from == to {
+            return Ok(());
+        }
+        match self.backend.stat(&to.relative()).await {
+            Ok(m) if !m.is_dir => {
+                self.require(Permission::Overwrite, "replacing an existing file")?
+            }
+            _ => {}
+        }
+        self.backend
+            .rename(&from.relative(), &to.relative())
+            .await
+            .map_err(|e| storage(e, from))?;
+        tracing::info!(activity = "RENAME", path = %from, to = %to);
+        Ok(())
+    }
+
+    pub async fn mkdir(&self, path: &VirtualPath) -> Result<(), FsError> {
+        self.require(Permission::Mkdir, "creating directories")?;
+        if path.is_root() {
+            return Err(FsError::new(FsErrorKind::Failure, "/: already exists"));
+        }
+        self.backend
+            .mkdir(&path.relative())
+            .await
+            .map_err(|e| storage(e, path))?;
+        tracing::info!(activity = "MKDIR", path = %path);
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, path: &VirtualPath) -> Result<(), FsError> {
+        self.require(Permission::Delete, "removing directories")?;
+        if path.is_root() {
+            return Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                "the home directory cannot be removed",
+            ));
+        }
+        self.backend
+            .rmdir(&path.relative())
+            .await
+            .map_err(|e| storage(e, path))?;
+        tracing::info!(activity = "RMDIR", path = %path);
+        Ok(())
+    }
+
+    /// chmod/chown/utime: a no-op by default, so clients that set times after an upload work.
+    pub fn setstat(&self, path: &VirtualPath) -> Result<(), FsError> {
+        match self.ctx.setstat {
+            SetstatPolicy::Ignore => {
+                tracing::debug!(activity = "SETSTAT", path = %path, "ignored");
+                Ok(())
+            }
+            SetstatPolicy::Refuse => Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                format!("{path}: changing attributes is not allowed"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! A logged-in partner's session, shared by every protocol: who it is, its jailed view of
+//! its home (`VirtualPath`), its permissions, and the file operations of `fs.rs` with the
+//! streaming upload pipeline of `upload.rs`.
+
+pub mod fs;
+pub mod path;
+pub mod upload;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::config::SetstatPolicy;
+use crate::identity::Account;
+use crate::storage::{Backend, Stored};
+
+pub use fs::{FsError, FsErrorKind, ReadFile, WriteFile};
+pub use path::VirtualPath;
+pub use upload::UploadRegistry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Sftp,
+    Ftps,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Sftp => "sftp",
+            Protocol::Ftps => "ftps",
+        }
+    }
+}
+
+/// Who is connected, for logs and events.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: String,
+    pub protocol: Protocol,
+    pub client_ip: IpAddr,
+    pub username: String,
+}
+
+/// A finished or failed upload, as the observer sees it.
+#[derive(Debug, Clone)]
+pub struct UploadRecord {
+    pub session: SessionInfo,
+    /// The client-visible path, `/in/x.csv`.
+    pub path: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: UploadOutcome,
+}
+
+#[derive(Debug, Clone)]
+pub enum UploadOutcome {
+    Completed(Stored),
+    Failed {
+        location: crate::storage::Location,
+        bytes: u64,
+        code: &'static str,
+        message: String,
+    },
+}
+
+/// Told about every upload's end. `completed` runs before the client's close is answered and
+/// its error fails the close: this is where the durable arrival record is written.
+#[async_trait]
+pub trait UploadObserver: Send + Sync {
+    async fn completed(&self, record: &UploadRecord) -> Result<(), String>;
+    async fn failed(&self, record: &UploadRecord);
+}
+
+/// Logs uploads and records nothing (no event outbox configured).
+pub struct LogOnlyObserver;
+
+#[async_trait]
+impl UploadObserver for LogOnlyObserver {
+    async fn completed(&self, _record: &UploadRecord) -> Result<(), String> {
+        Ok(())
+    }
+    async fn failed(&self, _record: &UploadRecord) {}
+}
+
+/// What every session of this process shares.
+pub struct SessionContext {
+    pub uploads: Arc<UploadRegistry>,
+    pub observer: Arc<dyn UploadObserver>,
+    pub setstat: SetstatPolicy,
+}
+
+/// One authenticated partner session.
+pub struct Session {
+    pub info: SessionInfo,
+    pub account: Account,
+    backend: Arc<dyn Backend>,
+    ctx: Arc<SessionContext>,
+}
+
+impl Session {
+    pub fn new(
+        info: SessionInfo,
+        account: Account,
+        backend: Arc<dyn Backend>,
+        ctx: Arc<SessionContext>,
+    ) -> Self {
+        Session {
+            info,
+            account,
+            backend,
+            ctx,
+        }
+    }
+}
+
+impl Session {
+    /// Runs upload bookkeeping (an abort from a `Drop`) where shutdown will wait for it.
+    pub fn spawn_upload_task<F>(self: Arc<Self>, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.ctx.uploads.tasks.spawn_on(fut, &rt);
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The SSH side of the SFTP front-end (russh): the accept loop with session limits, the
+//! algorithm policy, password and public-key login, the login timeout, and graceful shutdown.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey, PublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, VerifiedPublicKey};
+use russh::{
+    cipher, compression, kex, mac, Channel, ChannelId, Disconnect, MethodKind, MethodSet,
+    Preferred, SshId,
+};
+use secrecy::SecretString;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::framing;
+use super::subsystem::{SftpHandler, MAX_PACKET_LEN};
+use crate::config::SftpConfig;
+use crate::identity::auth::{Authenticator, Refusal};
+use crate::identity::keys::fingerprint;
+use crate::identity::Account;
+use crate::session::{Protocol, Session, SessionContext, SessionInfo};
+use crate::storage::Storage;
+
+/// What every SFTP connection of this process shares.
+pub struct SftpContext {
+    pub auth: Authenticator,
+    pub storage: Storage,
+    pub sessions: Arc<SessionContext>,
+    pub banner: Option<String>,
+}
+
+/// The modern default: no CBC, no SHA-1 key exchange, MAC or signatures.
+fn preferred() -> Preferred {
+    Preferred {
+        kex: Cow::Owned(vec![
+            kex::MLKEM768X25519_SHA256,
+            kex::CURVE25519,
+            kex::CURVE25519_PRE_RFC_8731,
+            kex::ECDH_SHA2_NISTP256,
+            kex::ECDH_SHA2_NISTP384,
+            kex::ECDH_SHA2_NISTP521,
+            kex::DH_G16_SHA512,
+            kex::DH_G14_SHA256,
+            kex::EXTENSION_SUPPORT_AS_SERVER,
+            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+        ]),
+        key: Cow::Owned(vec![
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP384,
+            },
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP521,
+            },
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha512),
+            },
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha256),
+            },
+        ]),
+        cipher: Cow::Owned(vec![
+            cipher::AES_128_GCM,
+            cipher::AES_256_GCM,
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_CTR,
+            cipher::AES_192_CTR,
+            cipher::AES_128_CTR,
+        ]),
+        mac: Cow::Owned(vec![
+            mac::HMAC_SHA256_ETM,
+            mac::HMAC_SHA512_ETM,
+            mac::HMAC_SHA256,
+            mac::HMAC_SHA512,
+        ]),
+        compression: Cow::Borrowed(&[compression::NONE]),
+        ..Default::default()
+    }
+}
+
+pub fn russh_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::Config {
+    russh::server::Config {
+        server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-wharf")),
+        methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]),
+        // Every refusal waits the same; the first "none" probe of every client need not.
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        max_auth_attempts: 6,
+        keys,
+        inactivity_timeout: Some(cfg.idle_timeout.0),
+        keepalive_interval: None,
+        nodelay: true,
+        window_size: 8 << 20,
+        maximum_packet_size: 65535,
+        preferred: preferred(),
+        ..Default::default()
+    }
+}
+
+/// Caps on concurrent connections, in total and per client address.
+struct Limits {
+    max_total: usize,
+    max_per_ip: usize,
+    active: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+struct Admitted {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let mut g = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 >= self.max_total {
+            return Err("max_sessions reached");
+        }
+        let n = g.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err("max_sessions_per_ip reached");
+        }
+        *n += 1;
+        g.0 += 1;
+        Ok(Admitted {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut g = self.limits.active.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+pub struct SftpServer {
+    config: Arc<russh::server::Config>,
+    ctx: Arc<SftpContext>,
+    limits: Arc<Limits>,
+    login_timeout: Duration,
+}
+
+impl SftpServer {
+    pub fn new(cfg: &SftpConfig, keys: Vec<PrivateKey>, ctx: Arc<SftpContext>) -> Self {
+        SftpServer {
+            config: Arc::new(russh_config(cfg, keys)),
+            ctx,
+            limits: Arc::new(Limits {
+                max_total: cfg.max_sessions,
+                max_per_ip: cfg.max_sessions_per_ip,
+                active: Mutex::new((0, HashMap::new())),
+            }),
+            login_timeout: cfg.login_timeout.0,
+        }
+    }
+
+    /// Serves `listener` until `stop` is cancelled, then stops accepting and lets sessions
+    /// finish until `force` is cancelled, when the remaining ones are disconnected (their
+    /// open uploads abort). Returns when every session has ended.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+        force: CancellationToken,
+    ) {
+        let sessions = TaskTracker::new();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((sock, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    match self.limits.try_admit(peer.ip()) {
+                        Ok(admitted) => {
+                            let this = self.clone();
+                            sessions.spawn(this.connection(sock, peer, admitted, force.clone()));
+                        }
+                        Err(why) => {
+                            tracing::warn!(activity = "ERROR", protocol = "sftp", client_ip = %peer.ip(), reason = why, "connection refused");
+                            drop(sock);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors or similar: wait instead of spinning or dying.
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        drop(listener);
+        sessions.close();
+        sessions.wait().await;
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        sock: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+        force: CancellationToken,
+    ) {
+        let _ = sock.set_nodelay(true);
+        let authed = Arc::new(AtomicBool::new(false));
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!("session", session_id = %session_id, protocol = "sftp", client_ip = %peer.ip(), username = tracing::field::Empty);
+        let _enter = span.clone().entered();
+        tracing::info!(activity = "CONNECTED");
+        let started = std::time::Instant::now();
+        let handler = SshHandler {
+            ctx: self.ctx.clone(),
+            peer,
+            session_id,
+            account: None,
+            authed: authed.clone(),
+            channels: HashMap::new(),
+            span: span.clone(),
+        };
+        drop(_enter);
+        let running = match tokio::time::timeout(
+            self.login_timeout,
+            russh::server::run_stream(self.config.clone(), sock, handler),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                span.in_scope(|| tracing::info!(activity = "DISCONNECTED", reason = %e));
+                return;
+            }
+            Err(_) => {
+                span.in_scope(|| {
+                    tracing::info!(
+                        activity = "DISCONNECTED",
+                        reason = "no SSH identification before login_timeout"
+                    )
+                });
+                return;
+            }
+        };
+        let handle = running.handle();
+        tokio::pin!(running);
+        let login_deadline = tokio::time::sleep(self.login_timeout);
+        tokio::pin!(login_deadline);
+        let mut reason = "client closed the connection";
+        loop {
+            tokio::select! {
+                res = &mut running => {
+                    if let Err(e) = res {
+                        tracing::debug!(parent: &span, error = %e, "session ended with an error");
+                        reason = "connection error";
+                    }
+                    break;
+                }
+                _ = &mut login_deadline, if !authed.load(Ordering::Acquire) => {
+                    reason = "login_timeout";
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "login timeout".into(), "en".into())
+                        .await;
+                    // Keep waiting for the session to wind down.
+                    login_deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+                    authed.store(true, Ordering::Release);
+                }
+                _ = force.cancelled() => {
+                    reason = "server shutting down";
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "server shutting down".into(), "en".into())
+                        .await;
+                    // The session task notices and ends; don't wait on a client that never reads.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
+                    break;
+                }
+            }
+        }
+        drop(admitted);
+        span.in_scope(|| {
+            tracing::info!(
+                activity = "DISCONNECTED",
+                reason,
+                duration_ms = started.elapsed().as_millis() as u64
+            )
+        });
+    }
+}
+
+struct SshHandler {
+    ctx: Arc<SftpContext>,
+    peer: SocketAddr,
+    session_id: String,
+    account: Option<Account>,
+    authed: Arc<AtomicBool>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    span: tracing::Span,
+}
+
+/// Refusal that lets the client try again with any method (russh would otherwise drop
+/// "password" from the list after one wrong password).
+fn reject() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(
+            &[MethodKind::PublicKey, MethodKind::Password][..],
+        )),
+        partial_success: false,
+    }
+}
+
+fn is_sha1_rsa(alg: &Algorithm) -> bool {
+    matches!(alg, Algorithm::Rsa { hash: None })
+}
+
+impl SshHandler {
+    fn refused(&self, user: &str, method: &str, why: Refusal) -> Auth {
+        self.span.in_scope(|| {
+            tracing::info!(
+                activity = "AUTH_FAILURE",
+                username = user,
+                method,
+                reason = why.name()
+            )
+        });
+        reject()
+    }
+
+    fn accepted(&mut self, account: Account, method: &str, key: Option<&PublicKey>) -> Auth {
+        self.span.record("username", account.username.as_str());
+        self.span.in_scope(|| {
+            tracing::info!(
+                activity = "AUTH_SUCCESS",
+                method,
+                key_fingerprint = key.map(fingerprint).unwrap_or_default()
+            )
+        });
+        let auth = self.ctx.auth.clone();
+        let name = account.username.clone();
+        tokio::spawn(async move { auth.record_login(&name).await });
+        self.account = Some(account);
+        self.authed.store(true, Ordering::Release);
+        Auth::Accept
+    }
+}
+
+impl russh::server::Handler for SshHandler {
+    type Error = russh::Error;
+
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok(self.ctx.banner.clone())
+    }
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let pw = SecretString::from(password.to_owned());
+        match self.ctx.auth.password(user, &pw, self.peer.ip()).await {
+            Ok(account) => Ok(self.accepted(account, "password", None)),
+            Err(why) => Ok(self.refused(user, "password", why)),
+        }
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if is_sha1_rsa(offer.algorithm) {
+            return Ok(reject());
+        }
+        match self
+            .ctx
+            .auth
+            .public_key(user, offer.public_key, self.peer.ip())
+            .await
+        {
+            Ok(_) => Ok(Auth::Accept),
+            Err(why) => Ok(self.refused(user, "publickey", why)),
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if is_sha1_rsa(key.algorithm) {
+            return Ok(self.refused(user, "publickey", Refusal::UnknownKey));
+        }
+        match self
+            .ctx
+            .auth
+            .public_key(user, key.public_key, self.peer.ip())
+            .await
+        {
+            Ok(account) => Ok(self.accepted(account, "publickey", Some(key.public_key))),
+            Err(why) => Ok(self.refused(user, "publickey", why)),
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        if self.account.is_some() && self.channels.len() < 8 {
+            self.channels.insert(channel.id(), channel);
+            reply.accept().await;
+        }
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(account), "sftp") = (self.account.clone(), name) else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        let Some(channel) = self.channels.remove(&id) else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        session.channel_success(id)?;
+        let info = SessionInfo {
+            id: self.session_id.clone(),
+            protocol: Protocol::Sftp,
+            client_ip: self.peer.ip(),
+            username: account.username.clone(),
+        };
+        let backend = self.ctx.storage.backend(&account.home);
+        let fs = Arc::new(Session::new(
+            info,
+            account,
+            backend,
+            self.ctx.sessions.clone(),
+        ));
+        let handle = session.handle();
+        let span = self.span.clone();
+        let stream = framing::capped(channel.into_stream(), MAX_PACKET_LEN, move |v| {
+            span.in_scope(|| tracing::warn!(activity = "ERROR", violation = ?v, "SFTP framing violation; closing the session"));
+            tokio::spawn(async move {
+                let _ = handle
+                    .disconnect(
+                        Disconnect::ProtocolError,
+                        "SFTP packet too long".into(),
+                        "en".into(),
+                    )
+                    .await;
+            });
+        });
+        let cfg = russh_sftp::server::Config {
+            max_client_packet_len: MAX_PACKET_LEN,
+        };
+        russh_sftp::server::run_with_config(stream, SftpHandler::new(fs), cfg).await;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        id: ChannelId,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(id)?;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        id: ChannelId,
+        _data: &[u8],
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        // Only the SFTP subsystem is offered (scp from OpenSSH 9 speaks SFTP; `scp -O` does not).
+        session.channel_failure(id)?;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        id: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(id)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        id: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(id)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,402 @@
+//! The SFTP subsystem: russh-sftp requests turned into `session::fs` calls, handles, status
+//! codes and the OpenSSH extensions wharf offers (limits, posix-rename).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use russh_sftp::protocol::{
+    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
+    StatusCode, Version,
+};
+use russh_sftp::server::StatusReply;
+
+use crate::session::{FsError, FsErrorKind, ReadFile, Session, WriteFile};
+use crate::storage::Meta;
+
+/// The largest SFTP packet a client may send (and the cap the framing enforces).
+pub const MAX_PACKET_LEN: u32 = 256 * 1024;
+/// Advertised in limits@openssh.com so OpenSSH clients send large writes instead of 32 KiB.
+const MAX_WRITE_LEN: u64 = 255 * 1024;
+const MAX_READ_LEN: u64 = 255 * 1024;
+/// Open handles per session.
+pub const MAX_HANDLES: usize = 256;
+/// Directory entries per READDIR reply.
+const READDIR_BATCH: usize = 128;
+
+const POSIX_RENAME: &str = "posix-rename@openssh.com";
+
+enum Open {
+    Write(WriteFile),
+    Read(ReadFile),
+    Dir(std::vec::IntoIter<File>),
+}
+
+pub struct SftpHandler {
+    session: Arc<Session>,
+    handles: HashMap<String, Open>,
+    next_handle: u64,
+}
+
+impl SftpHandler {
+    pub fn new(session: Arc<Session>) -> Self {
+        SftpHandler {
+            session,
+            handles: HashMap::new(),
+            next_handle: 1,
+        }
+    }
+
+    fn insert(&mut self, open: Open) -> Result<String, StatusReply> {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(StatusCode::Failure.with_message(format!(
+                "too many open files (at most {MAX_HANDLES} per session)"
+            )));
+        }
+        let h = self.next_handle.to_string();
+        self.next_handle += 1;
+        self.handles.insert(h.clone(), open);
+        Ok(h)
+    }
+}
+
+/// A session that ends with files still open for writing aborts them: nothing half-written
+/// becomes visible.
+impl Drop for SftpHandler {
+    fn drop(&mut self) {
+        for (_, open) in self.handles.drain() {
+            if let Open::Write(f) = open {
+                let session = self.session.clone();
+                session.clone().spawn_upload_task(async move {
+                    session
+                        .abort_write(
+                            f,
+                            "partial_upload",
+                            "the client disconnected before closing the file",
+                        )
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+fn reply(e: FsError) -> StatusReply {
+    let code = match e.kind {
+        FsErrorKind::NotFound => StatusCode::NoSuchFile,
+        FsErrorKind::PermissionDenied => StatusCode::PermissionDenied,
+        FsErrorKind::Unsupported => StatusCode::OpUnsupported,
+        FsErrorKind::Failure => StatusCode::Failure,
+    };
+    code.with_message(e.message)
+}
+
+fn ok(id: u32) -> Status {
+    Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "Ok".into(),
+        language_tag: "en-US".into(),
+    }
+}
+
+fn bad_handle() -> StatusReply {
+    StatusCode::Failure.with_message("invalid handle")
+}
+
+fn attrs(m: &Meta) -> FileAttributes {
+    let mtime = m
+        .modified
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32);
+    FileAttributes {
+        size: Some(m.size),
+        uid: Some(0),
+        gid: Some(0),
+        permissions: Some(if m.is_dir { 0o040_755 } else { 0o100_644 }),
+        atime: mtime,
+        mtime,
+        ..FileAttributes::empty()
+    }
+}
+
+/// Reads one SSH string from an extended request's payload.
+fn take_string(data: &mut &[u8]) -> Option<String> {
+    let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    let s = data.get(4..4 + len)?;
+    *data = &data[4 + len..];
+    String::from_utf8(s.to_vec()).ok()
+}
+
+impl russh_sftp::server::Handler for SftpHandler {
+    type Error = StatusReply;
+
+    fn unimplemented(&self) -> Self::Error {
+        StatusCode::OpUnsupported.with_message("operation not supported")
+    }
+
+    async fn init(
+        &mut self,
+        _version: u32,
+        _extensions: HashMap<String, String>,
+    ) -> Result<Version, Self::Error> {
+        let mut v = Version::new();
+        v.extensions
+            .insert(russh_sftp::extensions::LIMITS.into(), "1".into());
+        v.extensions.insert(POSIX_RENAME.into(), "1".into());
+        Ok(v)
+    }
+
+    async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let p = self.session.resolve(&path).map_err(reply)?;
+        Ok(Name {
+            id,
+            files: vec![File::dummy(p.to_string())],
+        })
+    }
+
+    async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        let p = self.session.resolve(&path).map_err(reply)?;
+        let m = self.session.stat(&p).await.map_err(reply)?;
+        Ok(Attrs {
+            id,
+            attrs: attrs(&m),
+        })
+    }
+
+    async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        self.stat(id, path).await
+    }
+
+    async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
+        let m = match self.handles.get(&handle) {
+            Some(Open::Write(f)) => Meta {
+                is_dir: false,
+                size: f.received(),
+                modified: Some(std::time::SystemTime::now()),
+            },
+            Some(Open::Read(f)) => Meta {
+                is_dir: false,
+                size: f.size,
+                modified: None,
+            },
+            Some(Open::Dir(_)) => Meta::dir(),
+            None => return Err(bad_handle()),
+        };
+        Ok(Attrs {
+            id,
+            attrs: attrs(&m),
+        })
+    }
+
+    async fn setstat(
+        &mut self,
+        id: u32,
+        path: String,
+        _attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let p = self.session.resolve(&path).map_err(reply)?;
+        self.session.setstat(&p).map_err(reply)?;
+        Ok(ok(id))
+    }
+
+    async fn fsetstat(
+        &mut self,
+        id: u32,
+        handle: String,
+        _attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let p = match self.handles.get(&handle) {
+            Some(Open::Write(f)) => f.path.clone(),
+            Some(Open::Read(f)) => f.path.clone(),
+            Some(Open::Dir(_)) => return Ok(ok(id)),
+            None => return Err(bad_handle()),
+        };
+        self.session.setstat(&p).map_err(reply)?;
+        Ok(ok(id))
+    }
+
+    async fn open(
+        &mut self,
+        id: u32,
+        filename: String,
+        pflags: OpenFlags,
+        _attrs: FileAttributes,
+    ) -> Result<Handle, Self::Error> {
+        let p = self.session.resolve(&filename).map_err(reply)?;
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(StatusCode::Failure.with_message(format!(
+                "too many open files (at most {MAX_HANDLES} per session)"
+            )));
+        }
+        let writing = pflags.intersects(
+            OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+        );
+        let open = if writing {
+            if pflags.contains(OpenFlags::APPEND) {
+                return Err(StatusCode::OpUnsupported
+                    .with_message("appending to files is not supported; upload the whole file"));
+            }
+            let exclusive = pflags.contains(OpenFlags::EXCLUDE);
+            Open::Write(
+                self.session
+                    .open_write(&p, exclusive)
+                    .await
+                    .map_err(reply)?,
+            )
+        } else {
+            Open::Read(self.session.open_read(&p).await.map_err(reply)?)
+        };
+        Ok(Handle {
+            id,
+            handle: self.insert(open)?,
+        })
+    }
+
+    async fn write(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Status, Self::Error> {
+        let Some(Open::Write(f)) = self.handles.get_mut(&handle) else {
+            return Err(bad_handle());
+        };
+        self.session
+            .write(f, offset, Bytes::from(data))
+            .await
+            .map_err(reply)?;
+        Ok(ok(id))
+    }
+
+    async fn read(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Data, Self::Error> {
+        let Some(Open::Read(f)) = self.handles.get_mut(&handle) else {
+            return Err(bad_handle());
+        };
+        let len = len.min(MAX_READ_LEN as u32);
+        let data = self.session.read(f, offset, len).await.map_err(reply)?;
+        if data.is_empty() {
+            return Err(StatusCode::Eof.into());
+        }
+        Ok(Data {
+            id,
+            data: data.to_vec(),
+        })
+    }
+
+    async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
+        match self.handles.remove(&handle) {
+            Some(Open::Write(f)) => {
+                self.session.close_write(f).await.map_err(reply)?;
+                Ok(ok(id))
+            }
+            Some(_) => Ok(ok(id)),
+            None => Err(bad_handle()),
+        }
+    }
+
+    async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        let p = self.session.resolve(&path).map_err(reply)?;
+        let entries = self.session.list(&p).await.map_err(reply)?;
+        let files: Vec<File> = entries
+            .into_iter()
+            .map(|e| File::new(e.name, attrs(&e.meta)))
+            .collect();
+        Ok(Handle {
+            id,
+            handle: self.insert(Open::Dir(files.into_iter()))?,
+        })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
+        let Some(Open::Dir(it)) = self.handles.get_mut(&handle) else {
+            return Err(bad_handle());
+        };
+        let files: Vec<File> = it.by_ref().take(READDIR_BATCH).collect();
+        if files.is_empty() {
+            return Err(StatusCode::Eof.into());
+        }
+        Ok(Name { id, files })
+    }
+
+    async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
+        let p = self.session.resolve(&filename).map_err(reply)?;
+        self.session.remove(&p).await.map_err(reply)?;
+        Ok(ok(id))
+    }
+
+    async fn mkdir(
+        &mut self,
+        id: u32,
+        path: String,
+        _attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let p = self.session.resolve(&path).map_err(reply)?;
+        self.session.mkdir(&p).await.map_err(reply)?;
+        Ok(ok(id))
+    }
+
+    async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
+        let p = self.session.resolve(&path).map_err(reply)?;
+        self.session.rmdir(&p).await.map_err(reply)?;
+        Ok(ok(id))
+    }
+
+    /// SFTP v3 RENAME: refuses to replace an existing file (posix-rename does replace).
+    async fn rename(
+        &mut self,
+        id: u32,
+        oldpath: String,
+        newpath: String,
+    ) -> Result<Status, Self::Error> {
+        let from = self.session.resolve(&oldpath).map_err(reply)?;
+        let to = self.session.resolve(&newpath).map_err(reply)?;
+        if from != to && self.session.stat(&to).await.is_ok() {
+            return Err(StatusCode::Failure.with_message(format!("{to}: already exists")));
+        }
+        self.session.rename(&from, &to).await.map_err(reply)?;
+        Ok(ok(id))
+    }
+
+    async fn extended(
+        &mut self,
+        id: u32,
+        request: String,
+        data: Vec<u8>,
+    ) -> Result<Packet, Self::Error> {
+        match request.as_str() {
+            russh_sftp::extensions::LIMITS => {
+                let limits = russh_sftp::extensions::LimitsExtension {
+                    max_packet_len: u64::from(MAX_PACKET_LEN),
+                    max_read_len: MAX_READ_LEN,
+                    max_write_len: MAX_WRITE_LEN,
+                    max_open_handles: MAX_HANDLES as u64,
+                };
+                let data = russh_sftp::ser::to_bytes(&limits)
+                    .map_err(|_| StatusCode::Failure.with_message("encoding limits"))?
+                    .to_vec();
+                Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
+            }
+            POSIX_RENAME => {
+                let mut rest = data.as_slice();
+                let (Some(old), Some(new)) = (take_string(&mut rest), take_string(&mut rest))
+                else {
+                    return Err(StatusCode::BadMessage.with_message("malformed posix-rename"));
+                };
+                let from = self.session.resolve(&old).map_err(reply)?;
+                let to = self.session.resolve(&new).map_err(reply)?;
+                self.session.rename(&from, &to).await.map_err(reply)?;
+                Ok(Packet::Status(ok(id)))
+            }
+            other => Err(StatusCode::OpUnsupported
+                .with_message(format!("extension {other} is not supported"))),
+        }
+    }
+}

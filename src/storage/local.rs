@@ -1,0 +1,318 @@
+//! `Backend` on a local directory (the embedded default): uploads go to a hidden temporary
+//! file in the target directory, are fsynced, then renamed into place on commit.
+
+use std::io::{ErrorKind as IoKind, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{
+    Backend, ContentHash, DirEntry, ErrorKind, Location, Meta, Result, StorageError, Stored,
+    Upload, RESERVED_PREFIX,
+};
+
+/// Files under one account's home directory.
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: PathBuf) -> Self {
+        LocalBackend { root }
+    }
+
+    /// The file for `path`, refusing to pass through symlinks so nothing placed in the home
+    /// by other means can lead outside it.
+    async fn resolve(&self, path: &str) -> Result<PathBuf> {
+        let mut p = self.root.clone();
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            p.push(seg);
+            if let Ok(m) = tokio::fs::symlink_metadata(&p).await {
+                if m.file_type().is_symlink() {
+                    return Err(StorageError::new(
+                        ErrorKind::NotFound,
+                        format!("{path}: symbolic links are not followed"),
+                    ));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    async fn ensure_root(&self) -> Result<()> {
+        tokio::fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| io_err(e, "home directory"))
+    }
+}
+
+fn io_err(e: std::io::Error, what: &str) -> StorageError {
+    let kind = match e.kind() {
+        IoKind::NotFound => ErrorKind::NotFound,
+        IoKind::AlreadyExists => ErrorKind::AlreadyExists,
+        IoKind::DirectoryNotEmpty => ErrorKind::NotEmpty,
+        IoKind::IsADirectory => ErrorKind::IsDirectory,
+        IoKind::NotADirectory => ErrorKind::NotDirectory,
+        IoKind::InvalidFilename => ErrorKind::InvalidName,
+        _ => ErrorKind::Unavailable,
+    };
+    StorageError::with_source(kind, format!("{what}: {e}"), e)
+}
+
+fn meta_of(m: &std::fs::Metadata) -> Meta {
+    Meta {
+        is_dir: m.is_dir(),
+        size: if m.is_dir() { 0 } else { m.len() },
+        modified: m.modified().ok(),
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn location(&self, path: &str) -> Location {
+        let full = self.root.join(path);
+        Location {
+            uri: url::Url::from_file_path(&full)
+                .map(|u| u.to_string())
+                .unwrap_or_else(|_| full.display().to_string()),
+            bucket: None,
+            key: full.display().to_string(),
+        }
+    }
+
+    async fn stat(&self, path: &str) -> Result<Meta> {
+        if path.is_empty() {
+            self.ensure_root().await?;
+        }
+        let p = self.resolve(path).await?;
+        let m = tokio::fs::metadata(&p).await.map_err(|e| io_err(e, path))?;
+        Ok(meta_of(&m))
+    }
+
+    async fn list(&self, dir: &str) -> Result<Vec<DirEntry>> {
+        if dir.is_empty() {
+            self.ensure_root().await?;
+        }
+        let p = self.resolve(dir).await?;
+        let mut rd = tokio::fs::read_dir(&p).await.map_err(|e| io_err(e, dir))?;
+        let mut out = Vec::new();
+        while let Some(entry) = rd.next_entry().await.map_err(|e| io_err(e, dir))? {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with(RESERVED_PREFIX) {
+                continue;
+            }
+            let Ok(m) = entry.metadata().await else {
+                continue;
+            };
+            if m.file_type().is_symlink() || !(m.is_file() || m.is_dir()) {
+                continue;
+            }
+            out.push(DirEntry {
+                name,
+                meta: meta_of(&m),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes> {
+        let p = self.resolve(path).await?;
+        let mut f = tokio::fs::File::open(&p)
+            .await
+            .map_err(|e| io_err(e, path))?;
+        f.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| io_err(e, path))?;
+        let mut buf = Vec::with_capacity(len as usize);
+        f.take(u64::from(len))
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| io_err(e, path))?;
+        Ok(Bytes::from(buf))
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        let p = self.resolve(path).await?;
+        let m = tokio::fs::metadata(&p).await.map_err(|e| io_err(e, path))?;
+        if m.is_dir() {
+            return Err(StorageError::new(
+                ErrorKind::IsDirectory,
+                format!("{path} is a directory"),
+            ));
+        }
+        tokio::fs::remove_file(&p)
+            .await
+            .map_err(|e| io_err(e, path))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let src = self.resolve(from).await?;
+        let dst = self.resolve(to).await?;
+        let m = tokio::fs::metadata(&src)
+            .await
+            .map_err(|e| io_err(e, from))?;
+        if let Ok(d) = tokio::fs::metadata(&dst).await {
+            if d.is_dir() {
+                return Err(StorageError::new(
+                    ErrorKind::IsDirectory,
+                    format!("{to} is a directory"),
+                ));
+            }
+            if m.is_dir() {
+                return Err(StorageError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{to} already exists"),
+                ));
+            }
+        }
+        if let Some(parent) = dst.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io_err(e, to))?;
+        }
+        tokio::fs::rename(&src, &dst)
+            .await
+            .map_err(|e| io_err(e, from))
+    }
+
+    async fn mkdir(&self, dir: &str) -> Result<()> {
+        self.ensure_root().await?;
+        let p = self.resolve(dir).await?;
+        if let Some(parent) = p.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io_err(e, dir))?;
+        }
+        tokio::fs::create_dir(&p).await.map_err(|e| io_err(e, dir))
+    }
+
+    async fn rmdir(&self, dir: &str) -> Result<()> {
+        let p = self.resolve(dir).await?;
+        tokio::fs::remove_dir(&p).await.map_err(|e| io_err(e, dir))
+    }
+
+    async fn begin_upload(&self, path: &str) -> Result<Box<dyn Upload>> {
+        let target = self.resolve(path).await?;
+        let parent = target
+            .parent()
+            .ok_or_else(|| StorageError::new(ErrorKind::InvalidName, "no parent directory"))?
+            .to_path_buf();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| io_err(e, path))?;
+        if tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_dir()) {
+            return Err(StorageError::new(
+                ErrorKind::IsDirectory,
+                format!("{path} is a directory"),
+            ));
+        }
+        let temp = parent.join(format!(
+            "{RESERVED_PREFIX}{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .await
+            .map_err(|e| io_err(e, path))?;
+        Ok(Box::new(LocalUpload {
+            file: Some(file),
+            temp,
+            target,
+            location: self.location(path),
+            hash: ContentHash::default(),
+            bytes: 0,
+        }))
+    }
+}
+
+struct LocalUpload {
+    file: Option<tokio::fs::File>,
+    temp: PathBuf,
+    target: PathBuf,
+    location: Location,
+    hash: ContentHash,
+    bytes: u64,
+}
+
+#[async_trait]
+impl Upload for LocalUpload {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| StorageError::new(ErrorKind::Aborted, "upload already finished"))?;
+        self.hash.update(&data);
+        self.bytes += data.len() as u64;
+        f.write_all(&data)
+            .await
+            .map_err(|e| io_err(e, "writing upload"))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<Stored> {
+        let mut f = self
+            .file
+            .take()
+            .ok_or_else(|| StorageError::new(ErrorKind::Aborted, "upload already finished"))?;
+        let res: Result<()> = async {
+            f.flush().await.map_err(|e| io_err(e, "flushing upload"))?;
+            f.sync_all()
+                .await
+                .map_err(|e| io_err(e, "syncing upload"))?;
+            drop(f);
+            if tokio::fs::metadata(&self.target)
+                .await
+                .is_ok_and(|m| m.is_dir())
+            {
+                return Err(StorageError::new(
+                    ErrorKind::IsDirectory,
+                    "target became a directory",
+                ));
+            }
+            tokio::fs::rename(&self.temp, &self.target)
+                .await
+                .map_err(|e| io_err(e, "publishing upload"))?;
+            sync_dir(self.target.parent()).await;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = tokio::fs::remove_file(&self.temp).await;
+            return Err(e);
+        }
+        Ok(Stored {
+            bytes: self.bytes,
+            sha256: std::mem::take(&mut self.hash).hex(),
+            etag: None,
+            location: self.location.clone(),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.file.take();
+        let _ = tokio::fs::remove_file(&self.temp).await;
+    }
+}
+
+impl Drop for LocalUpload {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Makes the rename itself durable.
+async fn sync_dir(dir: Option<&Path>) {
+    if let Some(d) = dir {
+        if let Ok(f) = tokio::fs::File::open(d).await {
+            let _ = f.sync_all().await;
+        }
+    }
+}
