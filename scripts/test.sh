@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 ensure_client_tools
 ensure_postgres
+trap stop_garage EXIT
+ensure_garage
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"

@@ -4,3 +4,5 @@
 mod accounts;
 mod cli;
 mod harness;
+mod sftp;
+mod storage;

@@ -191,3 +191,8 @@ pub fn ssh_fingerprint(pubkey: &Path) -> String {
         .expect("fingerprint field")
         .to_string()
 }
+
+mod s3;
+mod server;
+pub use s3::S3Env;
+pub use server::{raw_sftp_channel, sftp, sftp_command, Auth, Server, SftpRun};

@@ -1,0 +1,277 @@
+//! `wharf serve` as a child process on port 0, and clients to drive it: OpenSSH `sftp` in
+//! batch mode, and a russh client for what no stock client can send.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use super::Wharf;
+
+/// Host keys generated once per test run: RSA-3072 generation is too slow to repeat.
+fn shared_host_keys() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tempfile::tempdir().expect("tempdir");
+        wharf::sftp::hostkeys::load_or_generate(d.path()).expect("host keys");
+        d
+    })
+    .path()
+}
+
+/// A running `wharf serve`, stopped (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `wharf serve` in `w`'s directory with `w`'s environment, cheap argon2 costs,
+    /// the shared host keys (unless the test sets its own) and port 0.
+    pub fn start(w: &Wharf) -> Server {
+        let mut cmd = w.command(&["serve"]);
+        cmd.env("WHARF_SFTP__LISTEN", "127.0.0.1:0")
+            .env("WHARF_SECURITY__ARGON2_MEMORY_KIB", "1024")
+            .env("WHARF_SECURITY__ARGON2_ITERATIONS", "1")
+            .env("WHARF_METRICS__LISTEN", "127.0.0.1:0");
+        if !w.env.iter().any(|(k, _)| k == "WHARF_SFTP__HOST_KEY_DIR") {
+            cmd.env("WHARF_SFTP__HOST_KEY_DIR", shared_host_keys());
+        }
+        if !w.env.iter().any(|(k, _)| k == "WHARF_LOG__FORMAT") {
+            cmd.env("WHARF_LOG__FORMAT", "json");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn wharf serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("sftp listening on ") {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("wharf serve did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Everything the server logged so far (JSON lines).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub enum Auth {
+    Key(PathBuf),
+    Password(String),
+}
+
+#[derive(Debug)]
+pub struct SftpRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl SftpRun {
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, Some(0), "sftp failed: {self:#?}");
+        self
+    }
+}
+
+/// An `sftp` command line (OpenSSH, batch mode) for `user` at the server, run in `cwd`.
+pub fn sftp_command(port: u16, user: &str, auth: &Auth, cwd: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("sftp");
+    cmd.current_dir(cwd);
+    cmd.args([
+        "-P",
+        &port.to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        "ServerAliveInterval=0",
+    ]);
+    match auth {
+        Auth::Key(path) => {
+            cmd.args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "PreferredAuthentications=publickey",
+                "-i",
+            ])
+            .arg(path);
+        }
+        Auth::Password(pw) => {
+            // `-b` turns BatchMode on, which forbids password prompts; an earlier -o wins, and
+            // SSH_ASKPASS answers the prompt.
+            let script = cwd.join(format!(".askpass-{}", uuid::Uuid::now_v7().simple()));
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\nprintf '%s\\n' '{}'\n",
+                    pw.replace('\'', "'\\''")
+                ),
+            )
+            .expect("askpass");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+            }
+            cmd.args([
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+            ])
+            .env("SSH_ASKPASS", &script)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0");
+        }
+    }
+    cmd.args(extra);
+    cmd.args(["-b", "-", &format!("{user}@127.0.0.1")]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a batch of sftp commands; `-` prefixes (ignore errors) are up to the caller.
+pub fn sftp(port: u16, user: &str, auth: &Auth, cwd: &Path, batch: &str) -> SftpRun {
+    let mut child = sftp_command(port, user, auth, cwd, &[])
+        .spawn()
+        .expect("sftp (package openssh-client) must be installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("sftp");
+    SftpRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+struct TrustAll;
+
+impl russh::client::Handler for TrustAll {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// A logged-in SSH connection with the sftp subsystem started on one channel, for sending
+/// what stock clients never would.
+pub async fn raw_sftp_channel(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> (
+    russh::client::Handle<impl russh::client::Handler>,
+    russh::ChannelStream<russh::client::Msg>,
+) {
+    let config = Arc::new(russh::client::Config::default());
+    let mut handle = russh::client::connect(config, addr, TrustAll)
+        .await
+        .expect("ssh connect");
+    let auth = handle
+        .authenticate_password(user, password)
+        .await
+        .expect("authenticate");
+    assert!(auth.success(), "password login failed");
+    let channel = handle
+        .channel_open_session()
+        .await
+        .expect("session channel");
+    channel
+        .request_subsystem(true, "sftp")
+        .await
+        .expect("sftp subsystem");
+    (handle, channel.into_stream())
+}
