@@ -12,9 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::events::arrivals::OutboxObserver;
+use crate::events::dispatcher::{Dispatcher, SinkWorker};
+use crate::events::outbox::Outbox;
+use crate::events::sinks;
 use crate::identity::auth::Authenticator;
 use crate::identity::Hasher;
-use crate::session::{LogOnlyObserver, SessionContext, UploadRegistry};
+use crate::session::{SessionContext, UploadRegistry};
 use crate::sftp::{hostkeys, SftpContext, SftpServer};
 use crate::storage::{S3Storage, Storage};
 
@@ -27,6 +31,7 @@ pub struct App {
     sftp: Arc<SftpServer>,
     sftp_listener: TcpListener,
     uploads: Arc<UploadRegistry>,
+    dispatcher: Dispatcher,
 }
 
 impl App {
@@ -44,9 +49,29 @@ impl App {
             Storage::new(S3Storage::new(&config.storage.s3, config.storage.upload_memory.0).await);
         let keys = hostkeys::load_or_generate(&config.sftp.host_key_dir)?;
         let uploads = Arc::new(UploadRegistry::default());
+        let sink_configs = sinks::configured(config.events.sinks.as_deref());
+        let outbox = Outbox::new(
+            db.clone(),
+            sink_configs.iter().map(sinks::sink_name).collect(),
+        );
+        let mut workers = Vec::new();
+        for c in &sink_configs {
+            workers.push(SinkWorker {
+                sink: sinks::build(c)?,
+                max_age: c.max_age.map(|d| d.0),
+                stats: Default::default(),
+            });
+        }
+        let dispatcher = Dispatcher::new(outbox.clone(), workers, config.events.lease.0);
+        let source = if config.events.source.is_empty() {
+            crate::events::default_source()
+        } else {
+            config.events.source.clone()
+        };
+        let observer = OutboxObserver::new(outbox, source, config.security.temp_suffixes.clone());
         let sessions = Arc::new(SessionContext {
             uploads: uploads.clone(),
-            observer: Arc::new(LogOnlyObserver),
+            observer: Arc::new(observer),
             setstat: config.security.setstat,
         });
         let banner = Some(config.sftp.banner.clone()).filter(|b| !b.is_empty());
@@ -66,6 +91,7 @@ impl App {
             sftp,
             sftp_listener,
             uploads,
+            dispatcher,
         })
     }
 
@@ -78,6 +104,8 @@ impl App {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let force = CancellationToken::new();
+        let stop_events = CancellationToken::new();
+        let events = tokio::spawn(self.dispatcher.run(stop_events.clone()));
         let sftp = tokio::spawn(self.sftp.clone().run(
             self.sftp_listener,
             stop.clone(),
@@ -108,6 +136,9 @@ impl App {
         {
             tracing::error!("some aborted uploads could not be cleaned up in time");
         }
+        // Undelivered events stay in the outbox for the next start (or another instance).
+        stop_events.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), events).await;
         self.db.close().await;
         Ok(())
     }

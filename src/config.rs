@@ -170,13 +170,26 @@ impl Default for S3Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     /// CloudEvents `source`; empty means `wharf://<hostname>`.
     pub source: String,
+    /// How long a claimed delivery stays reserved to one instance; a crashed instance's
+    /// claims are taken over after this.
+    pub lease: HumanDuration,
     /// `None` (the key is absent) means the embedded default: one jsonl sink at `events.jsonl`.
     pub sinks: Option<Vec<SinkConfig>>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            source: String::new(),
+            lease: HumanDuration(Duration::from_secs(30)),
+            sinks: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -477,7 +490,15 @@ impl Config {
                 "argon2 costs must be positive (memory at least 8 KiB per lane)".into(),
             ));
         }
+        let mut names = std::collections::HashSet::new();
         for (i, sink) in self.events.sinks.iter().flatten().enumerate() {
+            let name = crate::events::sinks::sink_name(sink);
+            if !names.insert(name.clone()) {
+                return Err(bad(
+                    &format!("events.sinks[{i}].name"),
+                    format!("two sinks are named {name:?}; give each a distinct name"),
+                ));
+            }
             let key = |field: &str| format!("events.sinks[{i}].{field}");
             let missing =
                 |field: &str| bad(&key(field), format!("required for a {:?} sink", sink.kind));

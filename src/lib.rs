@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod identity;
 pub mod session;
 pub mod sftp;

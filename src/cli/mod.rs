@@ -1,6 +1,7 @@
 //! The `wharf` command line: argument definitions, config loading, and dispatch to one
 //! module per command group.
 
+mod events;
 mod hostkey;
 mod migrate;
 mod serve;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Manage partner accounts
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Arrival events in the outbox
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// The server's SSH host keys
     #[command(subcommand)]
     Hostkey(HostkeyCommand),
@@ -96,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve::run(config).await,
         Command::Hostkey(HostkeyCommand::List) => hostkey::list(&config),
+        Command::Events(cmd) => events::run(&config, cmd).await,
         Command::Migrate => migrate::run(&config).await,
         Command::User(cmd) => user::run(&config, cmd).await,
     }

@@ -241,7 +241,12 @@ impl Session {
             Ok(stored) => {
                 let rec = record(UploadOutcome::Completed(stored.clone()));
                 if let Err(why) = self.ctx.observer.completed(&rec).await {
-                    tracing::error!(activity = "ERROR", path = %f.path, error = %why, "arrival not recorded");
+                    tracing::error!(activity = "ERROR", path = %f.path, error = %why, "arrival not recorded; removing the object");
+                    // The client is told the upload failed, so it must not stay visible
+                    // without its event: it will be uploaded again.
+                    if let Err(e) = self.backend.delete(&f.path.relative()).await {
+                        tracing::error!(activity = "ERROR", path = %f.path, error = %e, "could not remove the unrecorded object");
+                    }
                     return Err(FsError::new(
                         FsErrorKind::Failure,
                         format!("{}: the file was stored but its arrival could not be recorded; upload it again", f.path),
@@ -369,11 +374,30 @@ impl Session {
             }
             _ => {}
         }
+        let (src, dst) = (from.relative(), to.relative());
         self.backend
-            .rename(&from.relative(), &to.relative())
+            .rename(&src, &dst)
             .await
             .map_err(|e| storage(e, from))?;
         tracing::info!(activity = "RENAME", path = %from, to = %to);
+        let (from_s, to_s) = (from.to_string(), to.to_string());
+        let from_loc = self.backend.location(&src);
+        let to_loc = self.backend.location(&dst);
+        if let Err(why) = self
+            .ctx
+            .observer
+            .renamed(&self.info, (&from_s, &from_loc), (&to_s, &to_loc))
+            .await
+        {
+            tracing::error!(activity = "ERROR", path = %to, error = %why, "arrival not recorded; undoing the rename");
+            if let Err(e) = self.backend.rename(&dst, &src).await {
+                tracing::error!(activity = "ERROR", path = %to, error = %e, "could not undo the rename");
+            }
+            return Err(FsError::new(
+                FsErrorKind::Failure,
+                format!("{from}: rename failed (its arrival could not be recorded); try again"),
+            ));
+        }
         Ok(())
     }
 

@@ -72,6 +72,14 @@ pub enum UploadOutcome {
 pub trait UploadObserver: Send + Sync {
     async fn completed(&self, record: &UploadRecord) -> Result<(), String>;
     async fn failed(&self, record: &UploadRecord);
+    /// A file was renamed (`(client path, location)` before and after); a temp-name upload
+    /// renamed to its final name arrives here. Runs before the client is answered.
+    async fn renamed(
+        &self,
+        session: &SessionInfo,
+        from: (&str, &crate::storage::Location),
+        to: (&str, &crate::storage::Location),
+    ) -> Result<(), String>;
 }
 
 /// Logs uploads and records nothing (no event outbox configured).
@@ -83,6 +91,14 @@ impl UploadObserver for LogOnlyObserver {
         Ok(())
     }
     async fn failed(&self, _record: &UploadRecord) {}
+    async fn renamed(
+        &self,
+        _session: &SessionInfo,
+        _from: (&str, &crate::storage::Location),
+        _to: (&str, &crate::storage::Location),
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What every session of this process shares.

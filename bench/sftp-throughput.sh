@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# SFTP upload throughput and memory, side by side with peers on this machine, in one run.
+#
+#   bench/sftp-throughput.sh [ROUNDS] [SIZE_MIB]      (defaults: 3 rounds of 1024 MiB)
+#
+# Each round uploads the same file, interleaved, with the OpenSSH sftp client to:
+#   wharf -> garage        wharf (release build) streaming into a garage bucket
+#   rclone -> garage       `rclone serve sftp` on the same bucket (--vfs-cache-mode off)
+#   aws s3 cp -> garage    no gateway at all
+#   wharf -> /dev/shm      wharf on local storage
+#   sshd -> /dev/shm       OpenSSH's own internal-sftp
+# then prints medians and ratios, wharf's RSS with 100 idle sessions, and its peak RSS
+# during 8 concurrent uploads. Installs rclone, openssh-server and awscli when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/services.sh
+
+ROUNDS=${1:-3}
+SIZE_MIB=${2:-1024}
+need_cmd rclone rclone
+need_cmd sshd openssh-server
+need_cmd sftp openssh-client
+command -v aws >/dev/null || python3 -m pip install -q awscli >&2
+
+cargo build --release -q
+WHARF=${CARGO_TARGET_DIR:-target}/release/wharf
+[ -x "$WHARF" ] || WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+
+WORK=$(mktemp -d /dev/shm/wharf-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_garage
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ensure_garage
+export AWS_DEFAULT_REGION=$WHARF_TEST_S3_REGION
+unset AWS_CA_BUNDLE # rclone 1.60 fails on it
+
+log "creating a ${SIZE_MIB} MiB test file"
+head -c "$((SIZE_MIB << 20))" /dev/urandom > "$WORK/upload.bin"
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/client" -C bench
+
+SSH_OPTS=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
+  -o IdentitiesOnly=yes -i "$WORK/client")
+
+# --- wharf on garage, and wharf on /dev/shm -------------------------------------------------
+start_wharf() {  # name default_home -> sets PORT_<name>, PID_<name>
+  local name=$1 home=$2 dir="$WORK/wharf-$1"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    export WHARF_STORAGE__DEFAULT_HOME=$home WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT \
+      WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION WHARF_STORAGE__S3__FORCE_PATH_STYLE=true \
+      WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn
+    "$WHARF" user add bench --ssh-key "$WORK/client.pub" >/dev/null 2>&1
+    "$WHARF" serve > "$dir/out" 2> "$dir/err" &
+    echo $! > "$dir/pid"
+  )
+  local i
+  for ((i = 0; i < 100; i++)); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
+  PIDS+=("$(cat "$dir/pid")")
+  eval "PORT_$name=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$dir/out")"
+  eval "PID_$name=$(cat "$dir/pid")"
+}
+start_wharf s3 "s3://$WHARF_TEST_S3_BUCKET/wharf/"
+start_wharf shm "file://$WORK/wharf-shm/data/"
+
+# --- rclone serve sftp on the same bucket ---------------------------------------------------
+PORT_rclone=$(free_port)
+RCLONE_CONFIG_GARAGE_TYPE=s3 RCLONE_CONFIG_GARAGE_PROVIDER=Other \
+  RCLONE_CONFIG_GARAGE_ENDPOINT=$WHARF_TEST_S3_ENDPOINT RCLONE_CONFIG_GARAGE_REGION=$WHARF_TEST_S3_REGION \
+  RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_GARAGE_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+  RCLONE_CONFIG_GARAGE_FORCE_PATH_STYLE=true \
+  rclone serve sftp "garage:$WHARF_TEST_S3_BUCKET/rclone" --addr "127.0.0.1:$PORT_rclone" \
+  --authorized-keys "$WORK/client.pub" --vfs-cache-mode off > "$WORK/rclone.log" 2>&1 &
+PIDS+=($!)
+wait_port 127.0.0.1 "$PORT_rclone" 20
+
+# --- OpenSSH sshd with internal-sftp, chrooted to /dev/shm ----------------------------------
+PORT_sshd=$(free_port)
+mkdir -p "$WORK/sshd" /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/sshd/host"
+cp "$WORK/client.pub" "$WORK/sshd/authorized_keys"
+cat > "$WORK/sshd/config" <<EOF
+Port $PORT_sshd
+ListenAddress 127.0.0.1
+HostKey $WORK/sshd/host
+PidFile $WORK/sshd/pid
+AuthorizedKeysFile $WORK/sshd/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+StrictModes no
+UsePAM no
+Subsystem sftp internal-sftp
+EOF
+/usr/sbin/sshd -f "$WORK/sshd/config" -E "$WORK/sshd/log"
+wait_port 127.0.0.1 "$PORT_sshd" 20
+PIDS+=("$(cat "$WORK/sshd/pid")")
+mkdir -p "$WORK/sshd-target"
+
+put() {  # port user remote-path -> seconds
+  local start end
+  start=$(date +%s.%N)
+  sftp -q "${SSH_OPTS[@]}" -P "$1" -b - "$2@127.0.0.1" >/dev/null <<<"put $WORK/upload.bin $3"
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+aws_cp() {
+  local start end
+  start=$(date +%s.%N)
+  aws --endpoint-url "$WHARF_TEST_S3_ENDPOINT" s3 cp --only-show-errors "$WORK/upload.bin" "s3://$WHARF_TEST_S3_BUCKET/aws/upload.bin"
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+need_cmd bc bc
+
+declare -A T
+NAMES=("wharf->garage" "rclone->garage" "aws-s3-cp->garage" "wharf->/dev/shm" "sshd->/dev/shm")
+for ((r = 1; r <= ROUNDS; r++)); do
+  log "round $r/$ROUNDS"
+  T["wharf->garage"]+="$(put "$PORT_s3" bench upload.bin) "
+  T["rclone->garage"]+="$(put "$PORT_rclone" bench upload.bin) "
+  T["aws-s3-cp->garage"]+="$(aws_cp) "
+  T["wharf->/dev/shm"]+="$(put "$PORT_shm" bench upload.bin) "
+  rm -f "$WORK/wharf-shm/data/bench/upload.bin"
+  T["sshd->/dev/shm"]+="$(put "$PORT_sshd" root "$WORK/sshd-target/upload.bin") "
+  rm -f "$WORK/sshd-target/upload.bin"
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+declare -A MBS
+echo
+echo "Upload of ${SIZE_MIB} MiB with OpenSSH sftp, median of $ROUNDS interleaved rounds:"
+printf '  %-20s %10s %10s   %s\n' target "median s" "MB/s" "all rounds (s)"
+for n in "${NAMES[@]}"; do
+  m=$(echo "${T[$n]}" | median)
+  MBS[$n]=$(echo "$SIZE_MIB * 1.048576 / $m" | bc -l)
+  printf '  %-20s %10.2f %10.1f   %s\n' "$n" "$m" "${MBS[$n]}" "${T[$n]}"
+done
+ratio() { echo "${MBS[$1]} / ${MBS[$2]}" | bc -l; }
+echo
+printf '  wharf->garage / rclone->garage     = %.2fx  (target >= 2)\n' "$(ratio 'wharf->garage' 'rclone->garage')"
+printf '  wharf->garage / aws s3 cp->garage  = %.2fx  (target >= 0.9)\n' "$(ratio 'wharf->garage' 'aws-s3-cp->garage')"
+printf '  wharf->/dev/shm / sshd->/dev/shm   = %.2fx  (target >= 1.5)\n' "$(ratio 'wharf->/dev/shm' 'sshd->/dev/shm')"
+
+rss() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status"; }
+
+# --- memory: 100 idle sessions -------------------------------------------------------------
+echo
+base=$(rss "$PID_s3" VmRSS)
+IDLE=()
+for ((i = 0; i < 100; i++)); do
+  (sleep 30 | sftp -q "${SSH_OPTS[@]}" -P "$PORT_s3" "bench@127.0.0.1" >/dev/null 2>&1) &
+  IDLE+=($!)
+done
+sleep 8
+sessions=$(ss -tn state established "( sport = :$PORT_s3 )" | tail -n +2 | wc -l)
+idle_rss=$(rss "$PID_s3" VmRSS)
+printf '  wharf RSS: %d KiB before, %d KiB with %d idle sessions (%.1f MiB total, target < 40)\n' \
+  "$base" "$idle_rss" "$sessions" "$(echo "$idle_rss / 1024" | bc -l)"
+pkill -f "sleep 30" 2>/dev/null || true
+for p in "${IDLE[@]}"; do kill "$p" 2>/dev/null || true; done
+wait "${IDLE[@]}" 2>/dev/null || true
+
+# --- memory: 8 concurrent uploads ----------------------------------------------------------
+kill "$PID_s3"; sleep 0.5
+start_wharf s3b "s3://$WHARF_TEST_S3_BUCKET/wharf-concurrent/"
+before=$(rss "$PID_s3b" VmRSS)
+start=$(date +%s.%N)
+UP=()
+for ((i = 0; i < 8; i++)); do
+  (sftp -q "${SSH_OPTS[@]}" -P "$PORT_s3b" -b - "bench@127.0.0.1" >/dev/null <<<"put $WORK/upload.bin up$i.bin") &
+  UP+=($!)
+done
+wait "${UP[@]}"
+end=$(date +%s.%N)
+peak=$(rss "$PID_s3b" VmHWM)
+printf '  8 concurrent %d MiB uploads to garage: %.1f s (%.0f MB/s aggregate); wharf RSS %d KiB before, peak %d KiB (%.0f MiB)\n' \
+  "$SIZE_MIB" "$(echo "$end - $start" | bc -l)" "$(echo "8 * $SIZE_MIB * 1.048576 / ($end - $start)" | bc -l)" \
+  "$before" "$peak" "$(echo "$peak / 1024" | bc -l)"
+echo "  (part pool: part_size 8MiB x (max_inflight_parts 4 + 1) per upload; storage.upload_memory 1GiB in total)"

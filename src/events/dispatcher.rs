@@ -1,0 +1,215 @@
+//! The dispatcher: one worker per sink that claims due deliveries from the outbox, delivers
+//! them (events of different accounts concurrently, each account's in commit order), and
+//! records the outcome: delivered, or retried with exponential backoff and jitter, or dead
+//! once older than the sink's `max_age`. Wakes on new events of this instance, on Postgres
+//! NOTIFY from other instances, and polls as the fallback.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use rand::Rng as _;
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::{Claimed, Outbox};
+use super::sinks::{DeliveryError, EventSink};
+use crate::db::Db;
+
+/// How often a worker looks for due deliveries when nothing woke it.
+const POLL: Duration = Duration::from_secs(1);
+const BATCH: i64 = 64;
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Delivery counters of one sink (exported by the observability layer).
+#[derive(Default, Debug)]
+pub struct SinkStats {
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+}
+
+pub struct SinkWorker {
+    pub sink: Box<dyn EventSink>,
+    pub max_age: Option<Duration>,
+    pub stats: Arc<SinkStats>,
+}
+
+/// Time before attempt `n + 1` after `n` failures: 0.5 s doubling to 5 min, ±20 % jitter.
+pub fn backoff(attempts: i32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempts.clamp(0, 20) as u32);
+    let base = exp.min(BACKOFF_MAX);
+    let jitter = rand::thread_rng().gen_range(0.8..1.2);
+    base.mul_f64(jitter)
+}
+
+pub struct Dispatcher {
+    outbox: Outbox,
+    workers: Vec<Arc<SinkWorker>>,
+    /// Claims outlive a crashed instance by this much before others take them over.
+    lease: Duration,
+}
+
+impl Dispatcher {
+    pub fn new(outbox: Outbox, workers: Vec<SinkWorker>, lease: Duration) -> Self {
+        Dispatcher {
+            outbox,
+            workers: workers.into_iter().map(Arc::new).collect(),
+            lease,
+        }
+    }
+
+    pub fn stats(&self) -> Vec<(String, Arc<SinkStats>)> {
+        self.workers
+            .iter()
+            .map(|w| (w.sink.name().to_string(), w.stats.clone()))
+            .collect()
+    }
+
+    /// Runs every sink's worker until `stop`; deliveries in flight finish first.
+    pub async fn run(self, stop: CancellationToken) {
+        if let Db::Postgres(pool) = self.outbox.db() {
+            let pool = pool.clone();
+            let wake = self.outbox.wake.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { listen(pool, wake, stop).await });
+        }
+        let mut tasks = Vec::new();
+        for w in &self.workers {
+            tasks.push(tokio::spawn(worker(
+                self.outbox.clone(),
+                w.clone(),
+                self.lease,
+                stop.clone(),
+            )));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Postgres LISTEN: other instances' new events wake this one's workers.
+async fn listen(pool: sqlx::PgPool, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection failed; polling meanwhile");
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(5)) => continue }
+            }
+        };
+        if listener.listen("wharf_events").await.is_err() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                n = listener.recv() => match n {
+                    Ok(_) => wake.notify_waiters(),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: CancellationToken) {
+    let name = w.sink.name().to_string();
+    loop {
+        // Register interest before looking, so an event recorded meanwhile still wakes us.
+        let woken = outbox.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let now = Utc::now();
+        let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let batch = match outbox.claim(&name, now, lease_until, BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(sink = %name, error = %e, "cannot claim events; retrying");
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(POLL) => continue }
+            }
+        };
+        if batch.is_empty() {
+            let wait = match outbox.next_due(&name).await {
+                Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or_default().min(POLL),
+                _ => POLL,
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
+        // One event per account per batch: deliver them concurrently.
+        let mut inflight: FuturesUnordered<_> = batch
+            .into_iter()
+            .map(|c| {
+                let w = w.clone();
+                let outbox = outbox.clone();
+                async move { deliver_one(&outbox, &w, c).await }
+            })
+            .collect();
+        while inflight.next().await.is_some() {}
+        if stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
+async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: Claimed) {
+    let name = w.sink.name();
+    let attempt = c.attempts + 1;
+    match w.sink.deliver(&c.event).await {
+        Ok(()) => {
+            tracing::info!(activity = "EVENT_DELIVERY", event_id = %c.event.id, sink = name, outcome = "delivered", attempt);
+            w.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = outbox.delivered(c.seq, name).await {
+                // The sink has it; it may get it again after the lease: at-least-once.
+                tracing::warn!(event_id = %c.event.id, sink = name, error = %e, "delivered but not recorded");
+            }
+        }
+        Err(err) => {
+            let (message, hint) = match &err {
+                DeliveryError::Retriable {
+                    message,
+                    retry_after,
+                } => (message.clone(), *retry_after),
+                DeliveryError::Permanent(m) => (m.clone(), Some(BACKOFF_MAX)),
+            };
+            let age = (Utc::now() - c.event.time).to_std().unwrap_or_default();
+            let dead = w.max_age.is_some_and(|max| age > max);
+            let delay = backoff(c.attempts).max(hint.unwrap_or_default());
+            let outcome = if dead { "dead" } else { "retry" };
+            tracing::warn!(activity = "EVENT_DELIVERY", event_id = %c.event.id, sink = name, outcome, attempt, error = %message, retry_in_ms = delay.as_millis() as u64);
+            if dead {
+                w.stats.dead.fetch_add(1, Ordering::Relaxed);
+            } else {
+                w.stats.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            if let Err(e) = outbox.failed(c.seq, name, &message, next, dead).await {
+                tracing::warn!(event_id = %c.event.id, sink = name, error = %e, "could not record a failed delivery");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_then_caps_with_jitter() {
+        let first = backoff(0);
+        assert!(first >= Duration::from_millis(400) && first <= Duration::from_millis(600));
+        let later = backoff(5);
+        assert!(later >= Duration::from_millis(12_800) && later <= Duration::from_millis(19_200));
+        assert!(backoff(60) <= Duration::from_secs(360));
+    }
+}

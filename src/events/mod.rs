@@ -1,0 +1,162 @@
+//! Arrival events: CloudEvents built from finished uploads (`arrivals.rs`), written to the
+//! database outbox before the client is answered (`outbox.rs`), and delivered at least once,
+//! in commit order per account, to every configured sink (`dispatcher.rs`, `sinks/`).
+
+pub mod arrivals;
+pub mod dispatcher;
+pub mod outbox;
+pub mod sinks;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::session::{SessionInfo, UploadOutcome, UploadRecord};
+use crate::storage::{Location, Stored};
+
+pub const COMPLETED: &str = "wharf.upload.completed";
+pub const FAILED: &str = "wharf.upload.failed";
+
+/// An event as stored in the outbox and delivered: `body` is the exact CloudEvent JSON that
+/// every sink sends (and the webhook signs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub kind: String,
+    pub username: String,
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub body: String,
+}
+
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    subject: &'a str,
+    time: String,
+    datacontenttype: &'static str,
+    data: serde_json::Value,
+}
+
+/// The fields of `data` shared by completed and failed events.
+pub struct Arrival<'a> {
+    pub session: &'a SessionInfo,
+    pub path: &'a str,
+    pub location: &'a Location,
+    pub bytes: u64,
+    pub sha256: Option<&'a str>,
+    pub etag: Option<&'a str>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub failure: Option<(&'a str, &'a str)>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Event {
+    pub fn build(source: &str, a: &Arrival<'_>) -> Event {
+        let kind = if a.failure.is_some() {
+            FAILED
+        } else {
+            COMPLETED
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let data = json!({
+            "username": a.session.username,
+            "protocol": a.session.protocol.name(),
+            "session_id": a.session.id,
+            "client_ip": a.session.client_ip.to_string(),
+            "path": a.path,
+            "location": a.location.uri,
+            "bucket": a.location.bucket,
+            "key": a.location.key,
+            "bytes": a.bytes,
+            "sha256": a.sha256,
+            "etag": a.etag,
+            "started_at": rfc3339(a.started_at),
+            "finished_at": rfc3339(a.finished_at),
+            "failure_code": a.failure.map(|f| f.0),
+            "failure_message": a.failure.map(|f| f.1),
+        });
+        let ce = CloudEvent {
+            specversion: "1.0",
+            id: &id,
+            source,
+            kind,
+            subject: a.path,
+            time: rfc3339(a.finished_at),
+            datacontenttype: "application/json",
+            data,
+        };
+        let body = serde_json::to_string(&ce).expect("event serialises");
+        Event {
+            id,
+            kind: kind.into(),
+            username: a.session.username.clone(),
+            subject: a.path.into(),
+            time: a.finished_at,
+            body,
+        }
+    }
+
+    /// The event for an upload's end (completed with its stored content, or failed).
+    pub fn from_record(source: &str, r: &UploadRecord) -> Event {
+        match &r.outcome {
+            UploadOutcome::Completed(Stored {
+                bytes,
+                sha256,
+                etag,
+                location,
+            }) => Event::build(
+                source,
+                &Arrival {
+                    session: &r.session,
+                    path: &r.path,
+                    location,
+                    bytes: *bytes,
+                    sha256: Some(sha256),
+                    etag: etag.as_deref(),
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
+                    failure: None,
+                },
+            ),
+            UploadOutcome::Failed {
+                location,
+                bytes,
+                code,
+                message,
+            } => Event::build(
+                source,
+                &Arrival {
+                    session: &r.session,
+                    path: &r.path,
+                    location,
+                    bytes: *bytes,
+                    sha256: None,
+                    etag: None,
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
+                    failure: Some((code, message)),
+                },
+            ),
+        }
+    }
+}
+
+/// `wharf://<hostname>` unless `[events] source` says otherwise.
+pub fn default_source() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("wharf://{host}")
+}

@@ -1,0 +1,377 @@
+//! The outbox: events and their per-sink deliveries in the accounts database. Recording is
+//! one transaction; claiming takes, per sink, only the oldest pending event of each account
+//! (so delivery keeps commit order per account) under a lease, with `FOR UPDATE SKIP LOCKED`
+//! on Postgres so instances never hold the same delivery at once.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::Row as _;
+use tokio::sync::Notify;
+
+use super::Event;
+use crate::db::Db;
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the SQL is shared.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("event outbox: {0}")]
+pub struct OutboxError(String);
+
+impl From<sqlx::Error> for OutboxError {
+    fn from(e: sqlx::Error) -> Self {
+        OutboxError(e.to_string())
+    }
+}
+
+pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
+
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+/// A delivery handed to a dispatcher.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub seq: i64,
+    pub event: Event,
+    pub attempts: i32,
+}
+
+/// One event with the state of its deliveries, for `wharf events list`.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub event: Event,
+    pub deliveries: Vec<DeliveryState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryState {
+    pub sink: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A temp-name upload waiting for the rename that makes it arrive.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub bytes: u64,
+    pub sha256: String,
+    pub etag: Option<String>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// `sink, state, attempts, last_error, delivered_us`
+type DeliveryRow = (String, String, i32, Option<String>, Option<i64>);
+
+const INSERT_EVENT: &str = "INSERT INTO events (id, type, username, subject, created_us, body) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
+const INSERT_DELIVERY: &str =
+    "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) VALUES ($1, $2, $3, $4)";
+const CLAIM_HEAD: &str = "SELECT d.event_seq, d.sink FROM event_deliveries d WHERE d.sink = $1 AND d.state = 'pending' AND d.next_at_us <= $2 AND d.lease_until_us <= $2 AND NOT EXISTS (SELECT 1 FROM event_deliveries p WHERE p.sink = d.sink AND p.username = d.username AND p.state = 'pending' AND p.event_seq < d.event_seq) ORDER BY d.event_seq LIMIT $3";
+const CLAIMED: &str = "SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, d.attempts FROM event_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.sink = $1 AND d.lease_owner = $2 ORDER BY e.seq";
+
+/// The outbox on the accounts database.
+#[derive(Clone)]
+pub struct Outbox {
+    db: Db,
+    sinks: Arc<Vec<String>>,
+    /// Woken on every recorded event so dispatchers on this instance deliver at once.
+    pub wake: Arc<Notify>,
+}
+
+impl Outbox {
+    /// `sinks` are the names every new event is queued for.
+    pub fn new(db: Db, sinks: Vec<String>) -> Self {
+        Outbox {
+            db,
+            sinks: Arc::new(sinks),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Writes the event and one pending delivery per sink, atomically. `staged_remove` also
+    /// deletes a staged temp upload in the same transaction (a rename that arrives).
+    pub async fn record(&self, e: &Event, staged_remove: Option<&str>) -> Result<()> {
+        let now = micros(Utc::now());
+        on_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let seq: i64 = sqlx::query_scalar(INSERT_EVENT)
+                .bind(&e.id)
+                .bind(&e.kind)
+                .bind(&e.username)
+                .bind(&e.subject)
+                .bind(micros(e.time))
+                .bind(&e.body)
+                .fetch_one(&mut *tx)
+                .await?;
+            for sink in self.sinks.iter() {
+                sqlx::query(INSERT_DELIVERY)
+                    .bind(seq)
+                    .bind(sink)
+                    .bind(&e.username)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(loc) = staged_remove {
+                sqlx::query("DELETE FROM staged_uploads WHERE location = $1")
+                    .bind(loc)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        if let Db::Postgres(pool) = &self.db {
+            // Other instances LISTEN for this; losing it only delays them to their next poll.
+            let _ = sqlx::query("SELECT pg_notify('wharf_events', '')")
+                .execute(pool)
+                .await;
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// Claims up to `limit` due deliveries for `sink` (the oldest pending one of each
+    /// account) under a lease until `lease_until`, and returns them in commit order.
+    pub async fn claim(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Claimed>> {
+        let token = uuid::Uuid::now_v7().to_string();
+        let (now, until) = (micros(now), micros(lease_until));
+        let rows = on_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let lock = if matches!(self.db, Db::Postgres(_)) { " FOR UPDATE SKIP LOCKED" } else { "" };
+            let heads = sqlx::query(&format!("{CLAIM_HEAD}{lock}"))
+                .bind(sink)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            for h in &heads {
+                let seq: i64 = h.try_get(0)?;
+                sqlx::query("UPDATE event_deliveries SET lease_owner = $3, lease_until_us = $4 WHERE event_seq = $1 AND sink = $2")
+                    .bind(seq)
+                    .bind(sink)
+                    .bind(&token)
+                    .bind(until)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            if heads.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows = sqlx::query(CLAIMED)
+                .bind(sink)
+                .bind(&token)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| -> Result<Claimed> {
+                    Ok(Claimed {
+                        seq: r.try_get(0)?,
+                        event: Event {
+                            id: r.try_get(1)?,
+                            kind: r.try_get(2)?,
+                            username: r.try_get(3)?,
+                            subject: r.try_get(4)?,
+                            time: from_micros(r.try_get(5)?),
+                            body: r.try_get(6)?,
+                        },
+                        attempts: r.try_get(7)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        });
+        Ok(rows)
+    }
+
+    pub async fn delivered(&self, seq: i64, sink: &str) -> Result<()> {
+        let now = micros(Utc::now());
+        on_pool!(&self.db, pool => {
+            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $3, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE event_seq = $1 AND sink = $2")
+                .bind(seq).bind(sink).bind(now).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// A failed attempt: retry at `next_at`, or give up (`dead`) when `dead` is set.
+    pub async fn failed(
+        &self,
+        seq: i64,
+        sink: &str,
+        error: &str,
+        next_at: DateTime<Utc>,
+        dead: bool,
+    ) -> Result<()> {
+        let state = if dead { "dead" } else { "pending" };
+        on_pool!(&self.db, pool => {
+            sqlx::query("UPDATE event_deliveries SET state = $3, attempts = attempts + 1, next_at_us = $4, last_error = $5, lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2")
+                .bind(seq).bind(sink).bind(state).bind(micros(next_at)).bind(error).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Pending deliveries per sink, and the time of the oldest one.
+    pub async fn pending(&self, sink: &str) -> Result<(i64, Option<DateTime<Utc>>)> {
+        let (n, oldest): (i64, Option<i64>) = on_pool!(&self.db, pool => {
+            sqlx::query_as("SELECT COUNT(*), MIN(e.created_us) FROM event_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.sink = $1 AND d.state = 'pending'")
+                .bind(sink).fetch_one(pool).await?
+        });
+        Ok((n, oldest.map(from_micros)))
+    }
+
+    /// The earliest time a pending delivery of `sink` becomes due (to sleep until then).
+    pub async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<i64> = on_pool!(&self.db, pool => {
+            sqlx::query_scalar("SELECT MIN(CASE WHEN lease_until_us > next_at_us THEN lease_until_us ELSE next_at_us END) FROM event_deliveries WHERE sink = $1 AND state = 'pending'")
+                .bind(sink).fetch_one(pool).await?
+        });
+        Ok(next.map(from_micros))
+    }
+
+    pub async fn stage(&self, location: &str, s: &Staged) -> Result<()> {
+        let now = micros(Utc::now());
+        on_pool!(&self.db, pool => {
+            sqlx::query("INSERT INTO staged_uploads (location, bytes, sha256, etag, started_us, created_us) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (location) DO UPDATE SET bytes = excluded.bytes, sha256 = excluded.sha256, etag = excluded.etag, started_us = excluded.started_us, created_us = excluded.created_us")
+                .bind(location).bind(s.bytes as i64).bind(&s.sha256).bind(&s.etag).bind(micros(s.started_at)).bind(now)
+                .execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn staged(&self, location: &str) -> Result<Option<Staged>> {
+        let row: Option<(i64, String, Option<String>, i64)> = on_pool!(&self.db, pool => {
+            sqlx::query_as("SELECT bytes, sha256, etag, started_us FROM staged_uploads WHERE location = $1")
+                .bind(location).fetch_optional(pool).await?
+        });
+        Ok(row.map(|(bytes, sha256, etag, started)| Staged {
+            bytes: bytes.max(0) as u64,
+            sha256,
+            etag,
+            started_at: from_micros(started),
+        }))
+    }
+
+    /// Moves a staged upload to a new temp name (a rename between two temp names).
+    pub async fn restage(&self, from: &str, to: &str) -> Result<()> {
+        on_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM staged_uploads WHERE location = $1").bind(to).execute(&mut *tx).await?;
+            sqlx::query("UPDATE staged_uploads SET location = $2 WHERE location = $1").bind(from).bind(to).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Events newest first, optionally only those with a pending delivery or since a time.
+    pub async fn list(
+        &self,
+        pending_only: bool,
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<Listed>> {
+        let since = since.map(micros).unwrap_or(i64::MIN);
+        let filter = if pending_only {
+            " AND EXISTS (SELECT 1 FROM event_deliveries p WHERE p.event_seq = e.seq AND p.state = 'pending')"
+        } else {
+            ""
+        };
+        let q = format!("SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body FROM events e WHERE e.created_us >= $1{filter} ORDER BY e.seq DESC LIMIT $2");
+        let events: Vec<(i64, Event)> = on_pool!(&self.db, pool => {
+            sqlx::query(&q).bind(since).bind(limit).fetch_all(pool).await?
+                .iter()
+                .map(|r| -> Result<(i64, Event)> {
+                    Ok((r.try_get(0)?, Event {
+                        id: r.try_get(1)?,
+                        kind: r.try_get(2)?,
+                        username: r.try_get(3)?,
+                        subject: r.try_get(4)?,
+                        time: from_micros(r.try_get(5)?),
+                        body: r.try_get(6)?,
+                    }))
+                })
+                .collect::<Result<Vec<_>>>()?
+        });
+        let mut out = Vec::with_capacity(events.len());
+        for (seq, event) in events {
+            let rows: Vec<DeliveryRow> = on_pool!(&self.db, pool => {
+                sqlx::query_as("SELECT sink, state, attempts, last_error, delivered_us FROM event_deliveries WHERE event_seq = $1 ORDER BY sink")
+                    .bind(seq).fetch_all(pool).await?
+            });
+            out.push(Listed {
+                event,
+                deliveries: rows
+                    .into_iter()
+                    .map(
+                        |(sink, state, attempts, last_error, delivered)| DeliveryState {
+                            sink,
+                            state,
+                            attempts,
+                            last_error,
+                            delivered_at: delivered.map(from_micros),
+                        },
+                    )
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Queues events again for `sinks`: by id, or every event since a time. Returns how many
+    /// deliveries were queued.
+    pub async fn replay(
+        &self,
+        id: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        sinks: &[String],
+    ) -> Result<u64> {
+        let now = micros(Utc::now());
+        let (filter, arg) = match (id, since) {
+            (Some(id), _) => ("e.id = $3", id.to_string()),
+            (None, Some(t)) => ("e.created_us >= CAST($3 AS BIGINT)", micros(t).to_string()),
+            (None, None) => return Ok(0),
+        };
+        let mut n = 0;
+        for sink in sinks {
+            let q = format!(
+                "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) \
+                 SELECT e.seq, $1, e.username, $2 FROM events e WHERE {filter} \
+                 ON CONFLICT (event_seq, sink) DO UPDATE SET state = 'pending', attempts = 0, \
+                 next_at_us = excluded.next_at_us, last_error = NULL, lease_owner = NULL, lease_until_us = 0, delivered_us = NULL"
+            );
+            let done = on_pool!(&self.db, pool => {
+                sqlx::query(&q).bind(sink).bind(now).bind(&arg).execute(pool).await?.rows_affected()
+            });
+            n += done;
+        }
+        if let Db::Postgres(pool) = &self.db {
+            let _ = sqlx::query("SELECT pg_notify('wharf_events', '')")
+                .execute(pool)
+                .await;
+        }
+        Ok(n)
+    }
+}
