@@ -126,3 +126,28 @@ stop_garage() {
   if [ -n "${WHARF_GARAGE_PID:-}" ]; then kill "$WHARF_GARAGE_PID" 2>/dev/null || true; wait "$WHARF_GARAGE_PID" 2>/dev/null || true; fi
   if [ -n "${WHARF_GARAGE_DIR:-}" ]; then rm -rf "$WHARF_GARAGE_DIR"; fi
 }
+
+# Exports WHARF_TEST_NATS_URL: the machine's NATS (with JetStream) on 127.0.0.1:4222, or a
+# nats-server started with -js for this run on a free port.
+ensure_nats() {
+  if [ -n "${WHARF_TEST_NATS_URL:-}" ]; then return 0; fi
+  if port_open 127.0.0.1 4222; then
+    export WHARF_TEST_NATS_URL=nats://127.0.0.1:4222
+    return 0
+  fi
+  need_cmd nats-server nats-server
+  local port dir
+  port=$(free_port)
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/wharf-nats.XXXXXX")
+  nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir" > "$dir/nats.log" 2>&1 &
+  WHARF_NATS_PID=$!
+  WHARF_NATS_DIR=$dir
+  wait_port 127.0.0.1 "$port" 20 || { log "nats-server did not start:"; cat "$dir/nats.log" >&2; return 1; }
+  export WHARF_TEST_NATS_URL="nats://127.0.0.1:$port"
+  log "nats-server (JetStream) on $WHARF_TEST_NATS_URL"
+}
+
+stop_nats() {
+  if [ -n "${WHARF_NATS_PID:-}" ]; then kill "$WHARF_NATS_PID" 2>/dev/null || true; wait "$WHARF_NATS_PID" 2>/dev/null || true; fi
+  if [ -n "${WHARF_NATS_DIR:-}" ]; then rm -rf "$WHARF_NATS_DIR"; fi
+}

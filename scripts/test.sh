@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 ensure_client_tools
 ensure_postgres
-trap stop_garage EXIT
+trap 'stop_garage; stop_nats' EXIT
 ensure_garage
+ensure_nats
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"

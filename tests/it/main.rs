@@ -3,6 +3,7 @@
 
 mod accounts;
 mod cli;
+mod events;
 mod harness;
 mod sftp;
 mod storage;

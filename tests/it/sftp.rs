@@ -8,74 +8,9 @@ use sha2::{Digest, Sha256};
 use std::io::Write as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{raw_sftp_channel, sftp, ssh_keygen, Auth, PgDb, S3Env, Server, Wharf};
-
-const PW: &str = "Settlement-Reports-2026";
-
-/// A gateway on S3 under a fresh prefix, with user `acme` (password PW) and optionally
-/// accounts in Postgres.
-struct Gateway {
-    w: Wharf,
-    server: Server,
-    s3: S3Env,
-    prefix: String,
-    _pg: Option<PgDb>,
-}
-
-impl Gateway {
-    async fn start(postgres: bool, extra_env: &[(&str, &str)]) -> Gateway {
-        let s3 = S3Env::from_env();
-        let prefix = S3Env::fresh_prefix();
-        let mut w = Wharf::embedded();
-        for (k, v) in s3.wharf_env(&format!("s3://{}/{prefix}", s3.bucket)) {
-            w = w.with_env(&k, &v);
-        }
-        // Small parts so multi-part uploads stay quick to test.
-        w = w.with_env("WHARF_STORAGE__S3__PART_SIZE", "5MiB");
-        let pg = if postgres {
-            let pg = PgDb::create().await;
-            w = w.with_env("WHARF_DATABASE__URL", &pg.url);
-            Some(pg)
-        } else {
-            None
-        };
-        for (k, v) in extra_env {
-            w = w.with_env(k, v);
-        }
-        w.run_stdin(
-            &["user", "add", "acme", "--password-stdin"],
-            Some(&format!("{PW}\n")),
-        )
-        .ok();
-        let server = Server::start(&w);
-        Gateway {
-            w,
-            server,
-            s3,
-            prefix,
-            _pg: pg,
-        }
-    }
-
-    fn sftp(&self, user: &str, auth: &Auth, batch: &str) -> crate::harness::SftpRun {
-        sftp(self.server.port(), user, auth, self.w.path(), batch)
-    }
-
-    fn acme(&self, batch: &str) -> crate::harness::SftpRun {
-        self.sftp("acme", &Auth::Password(PW.into()), batch)
-    }
-
-    fn write_file(&self, name: &str, data: &[u8]) {
-        std::fs::write(self.w.file(name), data).unwrap();
-    }
-}
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    use rand::RngCore as _;
-    let mut v = vec![0u8; n];
-    rand::thread_rng().fill_bytes(&mut v);
-    v
-}
+use crate::harness::{
+    random_bytes, raw_sftp_channel, sftp, ssh_keygen, Auth, Gateway, Server, Wharf, PW,
+};
 
 fn b64_sha256(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))

@@ -192,7 +192,11 @@ pub fn ssh_fingerprint(pubkey: &Path) -> String {
         .to_string()
 }
 
+mod gateway;
 mod s3;
 mod server;
+mod webhook;
+pub use gateway::{random_bytes, Gateway, PW};
 pub use s3::S3Env;
 pub use server::{raw_sftp_channel, sftp, sftp_command, Auth, Server, SftpRun};
+pub use webhook::{Received, Receiver};

@@ -1,0 +1,370 @@
+//! Arrival events end to end: uploads with stock `sftp`, events received by a local webhook
+//! receiver (signature, content type, body), the machine's NATS JetStream (msg ids), and the
+//! outbox surviving sinks that are down, `kill -9` and a second instance.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::harness::{random_bytes, Gateway, Receiver, Server};
+
+const SECRET: &str = "pipeline-shared-secret";
+
+fn nats_url() -> String {
+    std::env::var("WHARF_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn webhook_sink(r: &Receiver) -> String {
+    format!(
+        "[{{name = \"hook\", type = \"webhook\", url = \"{}\", secret = \"{SECRET}\", timeout = \"2s\"}}]",
+        r.url()
+    )
+}
+
+fn verify_signature(r: &crate::harness::Received) {
+    let expected = wharf::events::sinks::webhook::signature(SECRET, r.body.as_bytes());
+    assert_eq!(r.headers.get("wharf-signature"), Some(&expected), "{r:?}");
+    assert_eq!(
+        r.headers.get("content-type").map(String::as_str),
+        Some("application/cloudevents+json")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completed_events_reach_the_webhook_and_jetstream() {
+    let hook = Receiver::start().await;
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let (prefix, stream) = (format!("t{tag}"), format!("WHARF_T{tag}"));
+    let sinks = format!(
+        "[{{name = \"hook\", type = \"webhook\", url = \"{}\", secret = \"{SECRET}\"}}, \
+          {{name = \"bus\", type = \"nats\", url = \"{}\", subject_prefix = \"{prefix}\", stream = \"{stream}\"}}]",
+        hook.url(),
+        nats_url()
+    );
+    let g = Gateway::start(
+        true,
+        &[
+            ("WHARF_EVENTS__SINKS", &sinks),
+            ("WHARF_EVENTS__SOURCE", "wharf://test-cluster"),
+        ],
+    )
+    .await;
+    let data = random_bytes(7 << 20);
+    g.write_file("settlement.csv", &data);
+    g.acme("mkdir inbound\nput settlement.csv inbound/settlement-2026-11-26.csv\n")
+        .ok();
+
+    let got = hook.wait_accepted(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    verify_signature(&got[0]);
+    let ev = got[0].json();
+    assert_eq!(ev["specversion"], "1.0");
+    assert_eq!(ev["type"], "wharf.upload.completed");
+    assert_eq!(ev["source"], "wharf://test-cluster");
+    assert_eq!(ev["subject"], "/inbound/settlement-2026-11-26.csv");
+    assert_eq!(ev["datacontenttype"], "application/json");
+    let id = ev["id"].as_str().unwrap();
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+    let d = &ev["data"];
+    let key = format!("{}acme/inbound/settlement-2026-11-26.csv", g.prefix);
+    assert_eq!(d["username"], "acme");
+    assert_eq!(d["protocol"], "sftp");
+    assert_eq!(d["client_ip"], "127.0.0.1");
+    assert_eq!(d["path"], "/inbound/settlement-2026-11-26.csv");
+    assert_eq!(d["bucket"], g.s3.bucket.as_str());
+    assert_eq!(d["key"], key.as_str());
+    assert_eq!(d["location"], format!("s3://{}/{key}", g.s3.bucket));
+    assert_eq!(d["bytes"], data.len() as u64);
+    assert_eq!(d["sha256"], hex::encode(Sha256::digest(&data)));
+    assert!(d["etag"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty() && !e.contains('"')));
+    assert!(d["failure_code"].is_null() && d["failure_message"].is_null());
+    assert!(
+        d["session_id"].is_string() && d["started_at"].is_string() && d["finished_at"].is_string()
+    );
+    // The pipeline can read the object the event names.
+    assert_eq!(g.s3.get(&key).await.unwrap(), data);
+
+    // JetStream has the same event, with the event id as Nats-Msg-Id.
+    let client = async_nats::connect(nats_url())
+        .await
+        .expect("NATS with JetStream at WHARF_TEST_NATS_URL (scripts/test.sh starts one)");
+    let js = async_nats::jetstream::new(client);
+    let mut msg = None;
+    for _ in 0..100 {
+        if let Ok(mut s) = js.get_stream(&stream).await {
+            if s.info().await.map(|i| i.state.messages).unwrap_or(0) >= 1 {
+                msg = Some(s.get_raw_message(1).await.unwrap());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let msg = msg.expect("event published to JetStream");
+    assert_eq!(
+        msg.subject.as_str(),
+        format!("{prefix}.wharf.upload.completed")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(body["id"], id);
+    let msg_id = msg.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+    assert_eq!(msg_id.as_deref(), Some(id));
+    let _ = js.delete_stream(&stream).await;
+
+    // The outbox shows both deliveries done.
+    let out = g.w.run(&["events", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out.ok().stdout).unwrap();
+    let states: Vec<(String, String)> = listed[0]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["sink"].as_str().unwrap().into(),
+                d["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("bus".to_string(), "delivered".to_string()),
+            ("hook".into(), "delivered".into())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_down_then_back_gets_every_event_in_order() {
+    let hook = Receiver::start().await;
+    hook.status.store(503, std::sync::atomic::Ordering::SeqCst);
+    let g = Gateway::start(false, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    for i in 0..5 {
+        g.write_file(&format!("f{i}.csv"), format!("row {i}\n").as_bytes());
+    }
+    // Uploads succeed while the pipeline is down.
+    g.acme("put f0.csv\nput f1.csv\nput f2.csv\nput f3.csv\nput f4.csv\n")
+        .ok();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(hook.accepted().is_empty());
+    assert!(!hook.all().is_empty(), "no delivery was attempted");
+    let pending = g.w.run(&["events", "list", "--pending", "--json"]);
+    let pending: serde_json::Value = serde_json::from_str(&pending.ok().stdout).unwrap();
+    assert_eq!(pending.as_array().unwrap().len(), 5);
+    // Delivery keeps commit order per account: only the oldest event was tried.
+    let subjects: std::collections::BTreeSet<String> = hook
+        .all()
+        .iter()
+        .map(|r| r.json()["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subjects.into_iter().collect::<Vec<_>>(), ["/f0.csv"]);
+
+    hook.status.store(200, std::sync::atomic::Ordering::SeqCst);
+    let got = hook.wait_accepted(5, Duration::from_secs(15)).await;
+    let order: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        order,
+        ["/f0.csv", "/f1.csv", "/f2.csv", "/f3.csv", "/f4.csv"]
+    );
+    for r in &got {
+        verify_signature(r);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undelivered_events_survive_kill_9() {
+    let hook = Receiver::start().await;
+    hook.status.store(500, std::sync::atomic::Ordering::SeqCst);
+    let mut g = Gateway::start(true, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    g.write_file("a.csv", b"a\n");
+    g.acme("put a.csv\nput a.csv b.csv\n").ok();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    g.server.child.kill().unwrap(); // SIGKILL
+    let _ = g.server.child.wait();
+    assert!(hook.accepted().is_empty());
+
+    hook.status.store(200, std::sync::atomic::Ordering::SeqCst);
+    g.server = Server::start(&g.w);
+    let got = hook.wait_accepted(2, Duration::from_secs(15)).await;
+    let subjects: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subjects, ["/a.csv", "/b.csv"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_deliver_each_event_once() {
+    let hook = Receiver::start().await;
+    let g = Gateway::start(true, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    let second = Server::start(&g.w);
+    let g2_port = second.port();
+    g.write_file("x.csv", b"x\n");
+    // Two partners upload through both instances at once.
+    g.w.run_stdin(
+        &["user", "add", "beta", "--password-stdin"],
+        Some(&format!("{}\n", crate::harness::PW)),
+    )
+    .ok();
+    let dir = g.w.path().to_path_buf();
+    let batch: String = (0..10).map(|i| format!("put x.csv x{i}.csv\n")).collect();
+    let (b1, b2) = (batch.clone(), batch.clone());
+    let port1 = g.server.port();
+    let (d1, d2) = (dir.clone(), dir.clone());
+    let t1 = std::thread::spawn(move || {
+        crate::harness::sftp(
+            port1,
+            "acme",
+            &crate::harness::Auth::Password(crate::harness::PW.into()),
+            &d1,
+            &b1,
+        )
+    });
+    let t2 = std::thread::spawn(move || {
+        crate::harness::sftp(
+            g2_port,
+            "beta",
+            &crate::harness::Auth::Password(crate::harness::PW.into()),
+            &d2,
+            &b2,
+        )
+    });
+    t1.join().unwrap().ok();
+    t2.join().unwrap().ok();
+    let got = hook.wait_accepted(20, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got_after = hook.accepted();
+    assert_eq!(got.len(), 20);
+    let mut ids: Vec<String> = got_after
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((n, ids.len()), (20, 20), "duplicate deliveries");
+    // Each account's events arrived in the order its uploads completed.
+    for user in ["acme", "beta"] {
+        let order: Vec<String> = got_after
+            .iter()
+            .map(|r| r.json())
+            .filter(|e| e["data"]["username"] == user)
+            .map(|e| e["subject"].as_str().unwrap().to_string())
+            .collect();
+        let expected: Vec<String> = (0..10).map(|i| format!("/x{i}.csv")).collect();
+        assert_eq!(order, expected, "{user}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn temp_name_upload_arrives_once_on_rename() {
+    let hook = Receiver::start().await;
+    let g = Gateway::start(false, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    let data = random_bytes(6 << 20);
+    g.write_file("r.csv", &data);
+    g.acme("put r.csv report.csv.filepart\nrename report.csv.filepart report.csv\n")
+        .ok();
+    let got = hook.wait_accepted(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let all = hook.accepted();
+    assert_eq!(
+        all.len(),
+        1,
+        "{:?}",
+        all.iter().map(|r| r.body.clone()).collect::<Vec<_>>()
+    );
+    let ev = got[0].json();
+    assert_eq!(ev["type"], "wharf.upload.completed");
+    assert_eq!(ev["subject"], "/report.csv");
+    assert_eq!(ev["data"]["key"], format!("{}acme/report.csv", g.prefix));
+    assert_eq!(ev["data"]["bytes"], data.len() as u64);
+    assert_eq!(ev["data"]["sha256"], hex::encode(Sha256::digest(&data)));
+    assert_eq!(
+        g.s3.get(&format!("{}acme/report.csv", g.prefix))
+            .await
+            .unwrap(),
+        data
+    );
+    assert!(g
+        .s3
+        .get(&format!("{}acme/report.csv.filepart", g.prefix))
+        .await
+        .is_none());
+
+    // Renaming an arrived file is not a new arrival.
+    g.acme("rename report.csv report-final.csv\n").ok();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(hook.accepted().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_upload_emits_a_failed_event() {
+    let hook = Receiver::start().await;
+    let g = Gateway::start(false, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    g.write_file("big.bin", &random_bytes(30 << 20));
+    let mut child = crate::harness::sftp_command(
+        g.server.port(),
+        "acme",
+        &crate::harness::Auth::Password(crate::harness::PW.into()),
+        g.w.path(),
+        &["-l", "16000"],
+    )
+    .spawn()
+    .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"put big.bin\n")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    let got = hook.wait_accepted(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let ev = got[0].json();
+    assert_eq!(ev["type"], "wharf.upload.failed");
+    assert_eq!(ev["subject"], "/big.bin");
+    assert_eq!(ev["data"]["failure_code"], "partial_upload");
+    assert!(ev["data"]["failure_message"].is_string());
+    let bytes = ev["data"]["bytes"].as_u64().unwrap();
+    assert!(bytes > 0 && bytes < 30 << 20, "{bytes}");
+    assert!(ev["data"]["sha256"].is_null());
+    assert!(g.s3.keys(&g.prefix).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_delivers_again() {
+    let hook = Receiver::start().await;
+    let g = Gateway::start(false, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    g.write_file("a.csv", b"a\n");
+    g.acme("put a.csv\n").ok();
+    let first = hook.wait_accepted(1, Duration::from_secs(10)).await;
+    let id = first[0].json()["id"].as_str().unwrap().to_string();
+    g.w.run(&["events", "replay", "--id", &id]).ok();
+    let again = hook.wait_accepted(2, Duration::from_secs(10)).await;
+    assert_eq!(again.len(), 2);
+    assert_eq!(again[1].json()["id"], id.as_str());
+    assert_eq!(
+        again[1].body, first[0].body,
+        "a replay sends the same bytes"
+    );
+    g.w.run(&["events", "replay", "--id", "nope"])
+        .fails_with(&["no event", "nope"]);
+    g.w.run(&[
+        "events",
+        "replay",
+        "--since",
+        "2020-01-01T00:00:00Z",
+        "--sink",
+        "ghost",
+    ])
+    .fails_with(&["unknown sink", "ghost"]);
+    g.w.run(&["events", "list", "--since", "yesterday"])
+        .fails_with(&["RFC 3339"]);
+}
