@@ -23,8 +23,7 @@ need_cmd sftp openssh-client
 command -v aws >/dev/null || python3 -m pip install -q awscli >&2
 
 cargo build --release -q
-WHARF=${CARGO_TARGET_DIR:-target}/release/wharf
-[ -x "$WHARF" ] || WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
 
 WORK=$(mktemp -d /dev/shm/wharf-bench.XXXXXX)
 PIDS=()
@@ -53,7 +52,7 @@ start_wharf() {  # name default_home -> sets PORT_<name>, PID_<name>
     cd "$dir"
     export WHARF_STORAGE__DEFAULT_HOME=$home WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT \
       WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION WHARF_STORAGE__S3__FORCE_PATH_STYLE=true \
-      WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn
+      WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn WHARF_SFTP__MAX_SESSIONS_PER_IP=1000
     "$WHARF" user add bench --ssh-key "$WORK/client.pub" >/dev/null 2>&1
     "$WHARF" serve > "$dir/out" 2> "$dir/err" &
     echo $! > "$dir/pid"
@@ -131,6 +130,7 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -A MBS
+if ((ROUNDS > 0)); then
 echo
 echo "Upload of ${SIZE_MIB} MiB with OpenSSH sftp, median of $ROUNDS interleaved rounds:"
 printf '  %-20s %10s %10s   %s\n' target "median s" "MB/s" "all rounds (s)"
@@ -144,11 +144,15 @@ echo
 printf '  wharf->garage / rclone->garage     = %.2fx  (target >= 2)\n' "$(ratio 'wharf->garage' 'rclone->garage')"
 printf '  wharf->garage / aws s3 cp->garage  = %.2fx  (target >= 0.9)\n' "$(ratio 'wharf->garage' 'aws-s3-cp->garage')"
 printf '  wharf->/dev/shm / sshd->/dev/shm   = %.2fx  (target >= 1.5)\n' "$(ratio 'wharf->/dev/shm' 'sshd->/dev/shm')"
+fi
 
 rss() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status"; }
 
-# --- memory: 100 idle sessions -------------------------------------------------------------
+# --- memory: 100 idle sessions, on a fresh instance -----------------------------------------
 echo
+kill "$PID_s3" 2>/dev/null || true
+start_wharf idle "s3://$WHARF_TEST_S3_BUCKET/wharf-idle/"
+PID_s3=$PID_idle PORT_s3=$PORT_idle
 base=$(rss "$PID_s3" VmRSS)
 IDLE=()
 for ((i = 0; i < 100; i++)); do
@@ -160,12 +164,12 @@ sessions=$(ss -tn state established "( sport = :$PORT_s3 )" | tail -n +2 | wc -l
 idle_rss=$(rss "$PID_s3" VmRSS)
 printf '  wharf RSS: %d KiB before, %d KiB with %d idle sessions (%.1f MiB total, target < 40)\n' \
   "$base" "$idle_rss" "$sessions" "$(echo "$idle_rss / 1024" | bc -l)"
-pkill -f "sleep 30" 2>/dev/null || true
 for p in "${IDLE[@]}"; do kill "$p" 2>/dev/null || true; done
 wait "${IDLE[@]}" 2>/dev/null || true
+pkill -f "^sleep 30$" 2>/dev/null || true
 
 # --- memory: 8 concurrent uploads ----------------------------------------------------------
-kill "$PID_s3"; sleep 0.5
+kill "$PID_s3" 2>/dev/null || true; sleep 0.5
 start_wharf s3b "s3://$WHARF_TEST_S3_BUCKET/wharf-concurrent/"
 before=$(rss "$PID_s3b" VmRSS)
 start=$(date +%s.%N)
@@ -174,7 +178,7 @@ for ((i = 0; i < 8; i++)); do
   (sftp -q "${SSH_OPTS[@]}" -P "$PORT_s3b" -b - "bench@127.0.0.1" >/dev/null <<<"put $WORK/upload.bin up$i.bin") &
   UP+=($!)
 done
-wait "${UP[@]}"
+wait "${UP[@]}" || true
 end=$(date +%s.%N)
 peak=$(rss "$PID_s3b" VmHWM)
 printf '  8 concurrent %d MiB uploads to garage: %.1f s (%.0f MB/s aggregate); wharf RSS %d KiB before, peak %d KiB (%.0f MiB)\n' \

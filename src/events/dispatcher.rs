@@ -19,7 +19,9 @@ use crate::db::Db;
 
 /// How often a worker looks for due deliveries when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
-const BATCH: i64 = 64;
+/// Accounts claimed at once (delivered concurrently), and events per account (in order).
+const ACCOUNTS: i64 = 32;
+const RUN: i64 = 64;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -126,7 +128,7 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
         woken.as_mut().enable();
         let now = Utc::now();
         let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-        let batch = match outbox.claim(&name, now, lease_until, BATCH).await {
+        let batch = match outbox.claim(&name, now, lease_until, ACCOUNTS, RUN).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(sink = %name, error = %e, "cannot claim events; retrying");
@@ -145,13 +147,20 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
             }
             continue;
         }
-        // One event per account per batch: deliver them concurrently.
-        let mut inflight: FuturesUnordered<_> = batch
+        // Accounts concurrently; each account's events one after another, in commit order.
+        let mut runs: Vec<Vec<Claimed>> = Vec::new();
+        for c in batch {
+            match runs.iter_mut().find(|r| r[0].event.username == c.event.username) {
+                Some(r) => r.push(c),
+                None => runs.push(vec![c]),
+            }
+        }
+        let mut inflight: FuturesUnordered<_> = runs
             .into_iter()
-            .map(|c| {
+            .map(|run| {
                 let w = w.clone();
                 let outbox = outbox.clone();
-                async move { deliver_one(&outbox, &w, c).await }
+                async move { deliver_run(&outbox, &w, run).await }
             })
             .collect();
         while inflight.next().await.is_some() {}
@@ -161,17 +170,49 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
     }
 }
 
-async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: Claimed) {
+/// Delivers one account's claimed events in order; stops at the first failure and gives the
+/// rest back, so nothing overtakes an event that is being retried.
+async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>) {
+    let name = w.sink.name();
+    let mut done = Vec::new();
+    let mut rest = run.into_iter();
+    for c in rest.by_ref() {
+        match deliver_one(outbox, w, &c).await {
+            Attempt::Delivered => done.push(c.seq),
+            Attempt::Dead => {}
+            Attempt::Retry => break,
+        }
+    }
+    if !done.is_empty() {
+        if let Err(e) = outbox.delivered(&done, name).await {
+            // The sink has them; they may be sent again after the lease: at-least-once.
+            tracing::warn!(sink = name, error = %e, "delivered but not recorded");
+        }
+    }
+    let left: Vec<i64> = rest.map(|c| c.seq).collect();
+    if !left.is_empty() {
+        if let Err(e) = outbox.release(&left, name).await {
+            tracing::warn!(sink = name, error = %e, "could not release claims; they expire with the lease");
+        }
+    }
+}
+
+enum Attempt {
+    Delivered,
+    /// Given up (older than `max_age`): it no longer holds the account's later events back.
+    Dead,
+    Retry,
+}
+
+/// One attempt. Failures are recorded here; successes by the caller, in one transaction.
+async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: &Claimed) -> Attempt {
     let name = w.sink.name();
     let attempt = c.attempts + 1;
     match w.sink.deliver(&c.event).await {
         Ok(()) => {
             tracing::info!(activity = "EVENT_DELIVERY", event_id = %c.event.id, sink = name, outcome = "delivered", attempt);
             w.stats.delivered.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = outbox.delivered(c.seq, name).await {
-                // The sink has it; it may get it again after the lease: at-least-once.
-                tracing::warn!(event_id = %c.event.id, sink = name, error = %e, "delivered but not recorded");
-            }
+            Attempt::Delivered
         }
         Err(err) => {
             let (message, hint) = match &err {
@@ -194,6 +235,11 @@ async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: Claimed) {
             let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             if let Err(e) = outbox.failed(c.seq, name, &message, next, dead).await {
                 tracing::warn!(event_id = %c.event.id, sink = name, error = %e, "could not record a failed delivery");
+            }
+            if dead {
+                Attempt::Dead
+            } else {
+                Attempt::Retry
             }
         }
     }

@@ -81,7 +81,9 @@ type DeliveryRow = (String, String, i32, Option<String>, Option<i64>);
 const INSERT_EVENT: &str = "INSERT INTO events (id, type, username, subject, created_us, body) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
 const INSERT_DELIVERY: &str =
     "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) VALUES ($1, $2, $3, $4)";
-const CLAIM_HEAD: &str = "SELECT d.event_seq, d.sink FROM event_deliveries d WHERE d.sink = $1 AND d.state = 'pending' AND d.next_at_us <= $2 AND d.lease_until_us <= $2 AND NOT EXISTS (SELECT 1 FROM event_deliveries p WHERE p.sink = d.sink AND p.username = d.username AND p.state = 'pending' AND p.event_seq < d.event_seq) ORDER BY d.event_seq LIMIT $3";
+const CLAIM_HEAD: &str = "SELECT d.event_seq, d.username FROM event_deliveries d WHERE d.sink = $1 AND d.state = 'pending' AND d.next_at_us <= $2 AND d.lease_until_us <= $2 AND NOT EXISTS (SELECT 1 FROM event_deliveries p WHERE p.sink = d.sink AND p.username = d.username AND p.state = 'pending' AND p.event_seq < d.event_seq) ORDER BY d.event_seq LIMIT $3";
+/// An account's pending deliveries in commit order (the head and what follows it).
+const ACCOUNT_RUN: &str = "SELECT event_seq FROM event_deliveries WHERE sink = $1 AND username = $2 AND state = 'pending' ORDER BY event_seq LIMIT $3";
 const CLAIMED: &str = "SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, d.attempts FROM event_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.sink = $1 AND d.lease_owner = $2 ORDER BY e.seq";
 
 /// The outbox on the accounts database.
@@ -149,14 +151,19 @@ impl Outbox {
         Ok(())
     }
 
-    /// Claims up to `limit` due deliveries for `sink` (the oldest pending one of each
-    /// account) under a lease until `lease_until`, and returns them in commit order.
+    /// Claims, for `sink`, up to `accounts` accounts whose oldest pending delivery is due and
+    /// unclaimed, and for each the first `run` pending deliveries in commit order, under a
+    /// lease until `lease_until`. Returns them in commit order. A claim always takes the
+    /// oldest events of an account, so while one instance holds an account's head no other
+    /// instance can take any of that account's events: per-account order holds across
+    /// instances.
     pub async fn claim(
         &self,
         sink: &str,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-        limit: i64,
+        accounts: i64,
+        run: i64,
     ) -> Result<Vec<Claimed>> {
         let token = uuid::Uuid::now_v7().to_string();
         let (now, until) = (micros(now), micros(lease_until));
@@ -166,18 +173,26 @@ impl Outbox {
             let heads = sqlx::query(&format!("{CLAIM_HEAD}{lock}"))
                 .bind(sink)
                 .bind(now)
-                .bind(limit)
+                .bind(accounts)
                 .fetch_all(&mut *tx)
                 .await?;
             for h in &heads {
-                let seq: i64 = h.try_get(0)?;
-                sqlx::query("UPDATE event_deliveries SET lease_owner = $3, lease_until_us = $4 WHERE event_seq = $1 AND sink = $2")
-                    .bind(seq)
+                let username: String = h.try_get(1)?;
+                let seqs: Vec<i64> = sqlx::query_scalar(ACCOUNT_RUN)
                     .bind(sink)
-                    .bind(&token)
-                    .bind(until)
-                    .execute(&mut *tx)
+                    .bind(&username)
+                    .bind(run)
+                    .fetch_all(&mut *tx)
                     .await?;
+                for seq in seqs {
+                    sqlx::query("UPDATE event_deliveries SET lease_owner = $3, lease_until_us = $4 WHERE event_seq = $1 AND sink = $2")
+                        .bind(seq)
+                        .bind(sink)
+                        .bind(&token)
+                        .bind(until)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
             if heads.is_empty() {
@@ -208,11 +223,29 @@ impl Outbox {
         Ok(rows)
     }
 
-    pub async fn delivered(&self, seq: i64, sink: &str) -> Result<()> {
+    /// Gives claimed deliveries back unattempted (an earlier event of the account failed).
+    pub async fn release(&self, seqs: &[i64], sink: &str) -> Result<()> {
+        on_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for seq in seqs {
+                sqlx::query("UPDATE event_deliveries SET lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2")
+                    .bind(seq).bind(sink).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Records deliveries the sink acknowledged, in one transaction.
+    pub async fn delivered(&self, seqs: &[i64], sink: &str) -> Result<()> {
         let now = micros(Utc::now());
         on_pool!(&self.db, pool => {
-            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $3, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE event_seq = $1 AND sink = $2")
-                .bind(seq).bind(sink).bind(now).execute(pool).await?;
+            let mut tx = pool.begin().await?;
+            for seq in seqs {
+                sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $3, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE event_seq = $1 AND sink = $2")
+                    .bind(seq).bind(sink).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{
     Backend, ContentHash, DirEntry, ErrorKind, Location, Meta, Result, StorageError, Stored,
@@ -220,9 +220,14 @@ impl Backend for LocalBackend {
             .create_new(true)
             .open(&temp)
             .await
-            .map_err(|e| io_err(e, path))?;
+            .map_err(|e| io_err(e, path))?
+            .into_std()
+            .await;
         Ok(Box::new(LocalUpload {
             file: Some(file),
+            batch: Vec::new(),
+            batched: 0,
+            done: false,
             temp,
             target,
             location: self.location(path),
@@ -232,8 +237,16 @@ impl Backend for LocalBackend {
     }
 }
 
+/// Bytes gathered before one write to the file: fewer trips to the blocking pool, and the
+/// received buffers are written as they are, without another copy.
+const WRITE_BATCH: usize = 4 << 20;
+
 struct LocalUpload {
-    file: Option<tokio::fs::File>,
+    /// `None` while a batch is being written on the blocking pool, and after the end.
+    file: Option<std::fs::File>,
+    batch: Vec<Bytes>,
+    batched: usize,
+    done: bool,
     temp: PathBuf,
     target: PathBuf,
     location: Location,
@@ -241,31 +254,65 @@ struct LocalUpload {
     bytes: u64,
 }
 
-#[async_trait]
-impl Upload for LocalUpload {
-    async fn write(&mut self, data: Bytes) -> Result<()> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| StorageError::new(ErrorKind::Aborted, "upload already finished"))?;
-        self.hash.update(&data);
-        self.bytes += data.len() as u64;
-        f.write_all(&data)
-            .await
-            .map_err(|e| io_err(e, "writing upload"))
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<Stored> {
-        let mut f = self
+impl LocalUpload {
+    async fn flush_batch(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut file = self
             .file
             .take()
             .ok_or_else(|| StorageError::new(ErrorKind::Aborted, "upload already finished"))?;
+        let batch = std::mem::take(&mut self.batch);
+        self.batched = 0;
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let res = batch.iter().try_for_each(|b| file.write_all(b));
+            (file, res)
+        })
+        .await
+        .map_err(|e| StorageError::new(ErrorKind::Unavailable, format!("writing upload: {e}")))?;
+        self.file = Some(file);
+        res.map_err(|e| io_err(e, "writing upload"))
+    }
+}
+
+#[async_trait]
+impl Upload for LocalUpload {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        if self.done {
+            return Err(StorageError::new(
+                ErrorKind::Aborted,
+                "upload already finished",
+            ));
+        }
+        self.hash.update(&data);
+        self.bytes += data.len() as u64;
+        self.batched += data.len();
+        self.batch.push(data);
+        if self.batched >= WRITE_BATCH {
+            self.flush_batch().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<Stored> {
+        if self.done {
+            return Err(StorageError::new(
+                ErrorKind::Aborted,
+                "upload already finished",
+            ));
+        }
         let res: Result<()> = async {
-            f.flush().await.map_err(|e| io_err(e, "flushing upload"))?;
-            f.sync_all()
+            self.flush_batch().await?;
+            let file = self
+                .file
+                .take()
+                .ok_or_else(|| StorageError::new(ErrorKind::Aborted, "upload already finished"))?;
+            tokio::task::spawn_blocking(move || file.sync_all())
                 .await
+                .map_err(|e| StorageError::new(ErrorKind::Unavailable, e.to_string()))?
                 .map_err(|e| io_err(e, "syncing upload"))?;
-            drop(f);
             if tokio::fs::metadata(&self.target)
                 .await
                 .is_ok_and(|m| m.is_dir())
@@ -282,6 +329,7 @@ impl Upload for LocalUpload {
             Ok(())
         }
         .await;
+        self.done = true;
         if let Err(e) = res {
             let _ = tokio::fs::remove_file(&self.temp).await;
             return Err(e);
@@ -295,6 +343,7 @@ impl Upload for LocalUpload {
     }
 
     async fn abort(mut self: Box<Self>) {
+        self.done = true;
         self.file.take();
         let _ = tokio::fs::remove_file(&self.temp).await;
     }
@@ -302,7 +351,7 @@ impl Upload for LocalUpload {
 
 impl Drop for LocalUpload {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if !self.done {
             let _ = std::fs::remove_file(&self.temp);
         }
     }

@@ -190,7 +190,11 @@ impl ContentHash {
     }
 
     pub fn hex(self) -> String {
+        hex::encode(self.digest())
+    }
+
+    pub fn digest(self) -> [u8; 32] {
         use sha2::Digest as _;
-        hex::encode(self.0.finalize())
+        self.0.finalize().into()
     }
 }

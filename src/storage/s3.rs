@@ -620,6 +620,8 @@ impl S3Upload {
                 .content_length(len)
                 .checksum_sha256(&sum)
                 .body(ByteStream::from(body))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| sdk_err(e, "UploadPart"))?;
@@ -698,14 +700,20 @@ impl Upload for S3Upload {
         let res = if self.multipart.is_none() {
             // Everything fits in one part: one PutObject with the whole-object checksum.
             let (body, _permit) = self.take_part();
+            // The whole-object hash is this body's hash: no second pass.
+            let digest = self.hash.clone().digest();
             self.s3
                 .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&self.key)
                 .content_length(body.len() as i64)
-                .checksum_sha256(sha256_b64(&body))
+                .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
                 .body(ByteStream::from(body))
+                .customize()
+                // The signed x-amz-checksum-sha256 header already protects the body: hashing
+                // it again for SigV4 would be a third SHA-256 pass over every byte.
+                .disable_payload_signing()
                 .send()
                 .await
                 .map(|r| unquote(r.e_tag()))
