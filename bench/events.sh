@@ -41,7 +41,9 @@ HOOK_PORT=$(free_port)
     WHARF_STORAGE__S3__FORCE_PATH_STYLE=true WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn \
     WHARF_DATABASE__URL=${WHARF_BENCH_DATABASE_URL:-sqlite://wharf.db} \
     WHARF_EVENTS__SINKS="[{name = \"hook\", type = \"webhook\", url = \"http://127.0.0.1:$HOOK_PORT/\", secret = \"s\"}]"
-  "$WHARF" user add bench --ssh-key "$WORK/client.pub" >/dev/null 2>&1
+  for u in bench bench0 bench1 bench2 bench3 bench4 bench5 bench6 bench7 bench8 bench9; do
+    "$WHARF" user add "$u" --ssh-key "$WORK/client.pub" >/dev/null 2>&1
+  done
   "$WHARF" serve > "$WORK/wharf.out" 2> "$WORK/wharf.err" &
   echo $! > "$WORK/wharf.pid"
 )
@@ -60,6 +62,9 @@ PIDS+=($!)
 wait_port 127.0.0.1 "$PORT_rclone" 20
 
 echo "1. Close-to-delivery latency (wharf -> garage, webhook sink, database ${WHARF_BENCH_DATABASE_URL:-sqlite})"
+echo " a) 10 sessions of 10 different accounts"
+python3 bench/events_bench.py latency "$PORT" "$HOOK_PORT" 'bench*' "$WORK/client" 10 100
+echo " b) 10 sessions of one account (its events are delivered one after another, in order)"
 python3 bench/events_bench.py latency "$PORT" "$HOOK_PORT" bench "$WORK/client" 10 100
 
 echo

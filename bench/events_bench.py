@@ -3,7 +3,7 @@
 Run by bench/events.sh, which starts garage, wharf (with a webhook sink pointing here) and
 `rclone serve sftp`. Modes:
 
-  latency PORT HOOK_PORT USER KEYFILE SESSIONS FILES_PER_SESSION
+  latency PORT HOOK_PORT USER KEYFILE SESSIONS FILES_PER_SESSION   (USER "name*": one account per session)
       uploads small files over SESSIONS concurrent sessions; the webhook receiver in this
       process timestamps each event; prints p50/p90/p99/max of (event received - close returned)
   throughput PORT USER KEYFILE SESSIONS FILES_PER_SESSION SIZE
@@ -28,6 +28,9 @@ def connect(port, user, keyfile):
 
 
 def upload_many(port, user, keyfile, session, n, size, closed_at):
+    # "bench*" means one account per session (bench0, bench1, ...).
+    if user.endswith("*"):
+        user = f"{user[:-1]}{session}"
     t, sftp = connect(port, user, keyfile)
     payload = b"x" * size
     for i in range(n):
@@ -59,15 +62,16 @@ def percentile(xs, p):
     return xs[k]
 
 
-def latency(port, hook_port, user, keyfile, sessions, per_session):
-    received = {}
+def receiver(hook_port, out_path):
+    """The webhook, in a process of its own so the clients' threads cannot slow it down."""
+    out = open(out_path, "w", buffering=1)
 
     class Hook(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            received[json.loads(body)["subject"]] = time.monotonic()
+            out.write(f"{json.loads(body)['subject']} {time.time()}\n")
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -75,14 +79,32 @@ def latency(port, hook_port, user, keyfile, sessions, per_session):
         def log_message(self, *a):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", hook_port), Hook)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    closed_at = {}
-    elapsed = run_sessions(port, user, keyfile, sessions, per_session, 1024, closed_at)
+    http.server.ThreadingHTTPServer(("127.0.0.1", hook_port), Hook).serve_forever()
+
+
+def latency(port, hook_port, user, keyfile, sessions, per_session):
+    import multiprocessing
+    import os
+    import tempfile
+
+    out_path = os.path.join(tempfile.mkdtemp(), "received.txt")
+    proc = multiprocessing.Process(target=receiver, args=(hook_port, out_path), daemon=True)
+    proc.start()
+    time.sleep(0.5)
+    closed_mono = {}
+    # Wall-clock close times, comparable with the receiver's (same machine, same clock).
+    offset = time.time() - time.monotonic()
+    elapsed = run_sessions(port, user, keyfile, sessions, per_session, 1024, closed_mono)
+    closed_at = {k: v + offset for k, v in closed_mono.items()}
+    received = {}
     deadline = time.monotonic() + 30
-    while len(received) < len(closed_at) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    srv.shutdown()
+    while time.monotonic() < deadline:
+        with open(out_path) as f:
+            received = dict((l.split()[0], float(l.split()[1])) for l in f if l.strip())
+        if len(received) >= len(closed_at):
+            break
+        time.sleep(0.1)
+    proc.terminate()
     lat = [(received[k] - closed_at[k]) * 1000 for k in closed_at if k in received]
     missing = len(closed_at) - len(lat)
     print(f"  {len(closed_at)} uploads of 1 KiB over {sessions} sessions in {elapsed:.1f} s; "

@@ -150,7 +150,10 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
         // Accounts concurrently; each account's events one after another, in commit order.
         let mut runs: Vec<Vec<Claimed>> = Vec::new();
         for c in batch {
-            match runs.iter_mut().find(|r| r[0].event.username == c.event.username) {
+            match runs
+                .iter_mut()
+                .find(|r| r[0].event.username == c.event.username)
+            {
                 Some(r) => r.push(c),
                 None => runs.push(vec![c]),
             }

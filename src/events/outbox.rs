@@ -22,6 +22,16 @@ macro_rules! on_pool {
     };
 }
 
+/// SQLite must take its write lock when the transaction starts: a deferred transaction that
+/// reads first and writes later fails outright (SQLITE_BUSY_SNAPSHOT, no busy wait) whenever
+/// an upload committed an event in between.
+fn begin(db: &Db) -> &'static str {
+    match db {
+        Db::Sqlite(_) => "BEGIN IMMEDIATE",
+        Db::Postgres(_) => "BEGIN",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("event outbox: {0}")]
 pub struct OutboxError(String);
@@ -114,7 +124,7 @@ impl Outbox {
     pub async fn record(&self, e: &Event, staged_remove: Option<&str>) -> Result<()> {
         let now = micros(Utc::now());
         on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin(&self.db)).await?;
             let seq: i64 = sqlx::query_scalar(INSERT_EVENT)
                 .bind(&e.id)
                 .bind(&e.kind)
@@ -168,7 +178,7 @@ impl Outbox {
         let token = uuid::Uuid::now_v7().to_string();
         let (now, until) = (micros(now), micros(lease_until));
         let rows = on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin(&self.db)).await?;
             let lock = if matches!(self.db, Db::Postgres(_)) { " FOR UPDATE SKIP LOCKED" } else { "" };
             let heads = sqlx::query(&format!("{CLAIM_HEAD}{lock}"))
                 .bind(sink)
@@ -226,7 +236,7 @@ impl Outbox {
     /// Gives claimed deliveries back unattempted (an earlier event of the account failed).
     pub async fn release(&self, seqs: &[i64], sink: &str) -> Result<()> {
         on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin(&self.db)).await?;
             for seq in seqs {
                 sqlx::query("UPDATE event_deliveries SET lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2")
                     .bind(seq).bind(sink).execute(&mut *tx).await?;
@@ -240,7 +250,7 @@ impl Outbox {
     pub async fn delivered(&self, seqs: &[i64], sink: &str) -> Result<()> {
         let now = micros(Utc::now());
         on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin(&self.db)).await?;
             for seq in seqs {
                 sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $3, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE event_seq = $1 AND sink = $2")
                     .bind(seq).bind(sink).bind(now).execute(&mut *tx).await?;
@@ -311,7 +321,7 @@ impl Outbox {
     /// Moves a staged upload to a new temp name (a rename between two temp names).
     pub async fn restage(&self, from: &str, to: &str) -> Result<()> {
         on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin(&self.db)).await?;
             sqlx::query("DELETE FROM staged_uploads WHERE location = $1").bind(to).execute(&mut *tx).await?;
             sqlx::query("UPDATE staged_uploads SET location = $2 WHERE location = $1").bind(from).bind(to).execute(&mut *tx).await?;
             tx.commit().await?;

@@ -14,4 +14,4 @@ impl PgAccountStore {
     }
 }
 
-super::sql::sql_account_store!(PgAccountStore, sqlx::Postgres);
+super::sql::sql_account_store!(PgAccountStore, sqlx::Postgres, "BEGIN");

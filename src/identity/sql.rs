@@ -104,9 +104,10 @@ pub(super) const ACCOUNT_ID: &str = "SELECT id FROM accounts WHERE username = $1
 pub(super) const INSERT_KEY: &str = "INSERT INTO account_keys (account_id, fingerprint, algorithm, public_key, comment, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
 pub(super) const SELECT_KEYS: &str = "SELECT k.fingerprint, k.algorithm, k.public_key, k.comment, k.created_at FROM account_keys k JOIN accounts a ON a.id = k.account_id WHERE a.username = $1";
 
-/// Implements `AccountStore` for a struct with a `pool: sqlx::Pool<$db>` field.
+/// Implements `AccountStore` for a struct with a `pool: sqlx::Pool<$db>` field; `$begin` is
+/// the statement that opens a write transaction.
 macro_rules! sql_account_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $begin:expr) => {
         impl $store {
             async fn account_id(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -160,7 +161,7 @@ macro_rules! sql_account_store {
                 keys: &[$crate::identity::AccountKey],
             ) -> Result<(), $crate::identity::StoreError> {
                 use $crate::identity::{sql, StoreError};
-                let mut tx = self.pool.begin().await.map_err(sql::map_err)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(sql::map_err)?;
                 let id: i64 = sqlx::query_scalar(sql::INSERT_ACCOUNT)
                     .bind(&a.username)
                     .bind(a.password_hash.as_ref().map(|h| h.as_phc()))
@@ -253,7 +254,7 @@ macro_rules! sql_account_store {
                 keys: &[$crate::identity::AccountKey],
             ) -> Result<(), $crate::identity::StoreError> {
                 use $crate::identity::sql;
-                let mut tx = self.pool.begin().await.map_err(sql::map_err)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(sql::map_err)?;
                 let id = Self::account_id(&mut tx, username).await?;
                 Self::insert_keys(&mut tx, id, username, keys).await?;
                 tx.commit().await.map_err(sql::map_err)

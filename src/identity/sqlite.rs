@@ -14,4 +14,4 @@ impl SqliteAccountStore {
     }
 }
 
-super::sql::sql_account_store!(SqliteAccountStore, sqlx::Sqlite);
+super::sql::sql_account_store!(SqliteAccountStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
