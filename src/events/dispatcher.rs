@@ -177,24 +177,32 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
 /// rest back, so nothing overtakes an event that is being retried.
 async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>) {
     let name = w.sink.name();
-    let mut done = Vec::new();
-    let mut rest = run.into_iter();
-    for c in rest.by_ref() {
-        match deliver_one(outbox, w, &c).await {
-            Attempt::Delivered => done.push(c.seq),
+    let (Some(lease), Some(user)) = (
+        run.first().map(|c| c.lease.clone()),
+        run.first().map(|c| c.event.username.clone()),
+    ) else {
+        return;
+    };
+    let mut last_delivered = None;
+    let mut stopped = false;
+    for c in &run {
+        match deliver_one(outbox, w, c).await {
+            Attempt::Delivered => last_delivered = Some(c.seq),
             Attempt::Dead => {}
-            Attempt::Retry => break,
+            Attempt::Retry => {
+                stopped = true;
+                break;
+            }
         }
     }
-    if !done.is_empty() {
-        if let Err(e) = outbox.delivered(&done, name).await {
+    if let Some(last) = last_delivered {
+        if let Err(e) = outbox.delivered(name, &lease, &user, last).await {
             // The sink has them; they may be sent again after the lease: at-least-once.
             tracing::warn!(sink = name, error = %e, "delivered but not recorded");
         }
     }
-    let left: Vec<i64> = rest.map(|c| c.seq).collect();
-    if !left.is_empty() {
-        if let Err(e) = outbox.release(&left, name).await {
+    if stopped {
+        if let Err(e) = outbox.release(name, &lease, &user).await {
             tracing::warn!(sink = name, error = %e, "could not release claims; they expire with the lease");
         }
     }

@@ -58,6 +58,8 @@ pub struct Claimed {
     pub seq: i64,
     pub event: Event,
     pub attempts: i32,
+    /// The claim this delivery belongs to.
+    pub lease: String,
 }
 
 /// One event with the state of its deliveries, for `wharf events list`.
@@ -93,7 +95,7 @@ const INSERT_DELIVERY: &str =
     "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) VALUES ($1, $2, $3, $4)";
 const CLAIM_HEAD: &str = "SELECT d.event_seq, d.username FROM event_deliveries d WHERE d.sink = $1 AND d.state = 'pending' AND d.next_at_us <= $2 AND d.lease_until_us <= $2 AND NOT EXISTS (SELECT 1 FROM event_deliveries p WHERE p.sink = d.sink AND p.username = d.username AND p.state = 'pending' AND p.event_seq < d.event_seq) ORDER BY d.event_seq LIMIT $3";
 /// An account's pending deliveries in commit order (the head and what follows it).
-const ACCOUNT_RUN: &str = "SELECT event_seq FROM event_deliveries WHERE sink = $1 AND username = $2 AND state = 'pending' ORDER BY event_seq LIMIT $3";
+const CLAIM_RUN: &str = "UPDATE event_deliveries SET lease_owner = $4, lease_until_us = $5 WHERE sink = $1 AND event_seq IN (SELECT event_seq FROM event_deliveries WHERE sink = $1 AND username = $2 AND state = 'pending' ORDER BY event_seq LIMIT $3)";
 const CLAIMED: &str = "SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, d.attempts FROM event_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.sink = $1 AND d.lease_owner = $2 ORDER BY e.seq";
 
 /// The outbox on the accounts database.
@@ -188,21 +190,14 @@ impl Outbox {
                 .await?;
             for h in &heads {
                 let username: String = h.try_get(1)?;
-                let seqs: Vec<i64> = sqlx::query_scalar(ACCOUNT_RUN)
+                sqlx::query(CLAIM_RUN)
                     .bind(sink)
                     .bind(&username)
                     .bind(run)
-                    .fetch_all(&mut *tx)
+                    .bind(&token)
+                    .bind(until)
+                    .execute(&mut *tx)
                     .await?;
-                for seq in seqs {
-                    sqlx::query("UPDATE event_deliveries SET lease_owner = $3, lease_until_us = $4 WHERE event_seq = $1 AND sink = $2")
-                        .bind(seq)
-                        .bind(sink)
-                        .bind(&token)
-                        .bind(until)
-                        .execute(&mut *tx)
-                        .await?;
-                }
             }
             tx.commit().await?;
             if heads.is_empty() {
@@ -226,6 +221,7 @@ impl Outbox {
                             body: r.try_get(6)?,
                         },
                         attempts: r.try_get(7)?,
+                        lease: token.clone(),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?
@@ -233,29 +229,29 @@ impl Outbox {
         Ok(rows)
     }
 
-    /// Gives claimed deliveries back unattempted (an earlier event of the account failed).
-    pub async fn release(&self, seqs: &[i64], sink: &str) -> Result<()> {
+    /// Gives an account's still-claimed deliveries back unattempted (an earlier event of
+    /// the account failed).
+    pub async fn release(&self, sink: &str, lease: &str, username: &str) -> Result<()> {
         on_pool!(&self.db, pool => {
-            let mut tx = pool.begin_with(begin(&self.db)).await?;
-            for seq in seqs {
-                sqlx::query("UPDATE event_deliveries SET lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2")
-                    .bind(seq).bind(sink).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
+            sqlx::query("UPDATE event_deliveries SET lease_owner = NULL, lease_until_us = 0 WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending'")
+                .bind(sink).bind(lease).bind(username).execute(pool).await?;
         });
         Ok(())
     }
 
-    /// Records deliveries the sink acknowledged, in one transaction.
-    pub async fn delivered(&self, seqs: &[i64], sink: &str) -> Result<()> {
+    /// Records that the sink acknowledged every still-pending delivery of this claim for
+    /// `username` up to `last_seq` (those before it were delivered in order or are dead).
+    pub async fn delivered(
+        &self,
+        sink: &str,
+        lease: &str,
+        username: &str,
+        last_seq: i64,
+    ) -> Result<()> {
         let now = micros(Utc::now());
         on_pool!(&self.db, pool => {
-            let mut tx = pool.begin_with(begin(&self.db)).await?;
-            for seq in seqs {
-                sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $3, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE event_seq = $1 AND sink = $2")
-                    .bind(seq).bind(sink).bind(now).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
+            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $5, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending' AND event_seq <= $4")
+                .bind(sink).bind(lease).bind(username).bind(last_seq).bind(now).execute(pool).await?;
         });
         Ok(())
     }
