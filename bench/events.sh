@@ -51,15 +51,9 @@ PIDS+=("$(cat "$WORK/wharf.pid")")
 for ((i = 0; i < 100; i++)); do grep -q "listening on" "$WORK/wharf.out" 2>/dev/null && break; sleep 0.1; done
 PORT=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/wharf.out")
 
-PORT_rclone=$(free_port)
-RCLONE_CONFIG_GARAGE_TYPE=s3 RCLONE_CONFIG_GARAGE_PROVIDER=Other \
-  RCLONE_CONFIG_GARAGE_ENDPOINT=$WHARF_TEST_S3_ENDPOINT RCLONE_CONFIG_GARAGE_REGION=$WHARF_TEST_S3_REGION \
-  RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_GARAGE_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
-  RCLONE_CONFIG_GARAGE_FORCE_PATH_STYLE=true \
-  rclone serve sftp "garage:$WHARF_TEST_S3_BUCKET/rclone" --addr "127.0.0.1:$PORT_rclone" \
-  --authorized-keys "$WORK/client.pub" --vfs-cache-mode off > "$WORK/rclone.log" 2>&1 &
-PIDS+=($!)
-wait_port 127.0.0.1 "$PORT_rclone" 20
+start_rclone_sftp rclone "$WORK/client.pub" "$WORK/rclone.log"
+PORT_rclone=$RCLONE_PORT
+PIDS+=("$RCLONE_PID")
 
 echo "1. Close-to-delivery latency (wharf -> garage, webhook sink, database ${WHARF_BENCH_DATABASE_URL:-sqlite})"
 echo " a) 10 sessions of 10 different accounts"

@@ -67,15 +67,9 @@ start_wharf s3 "s3://$WHARF_TEST_S3_BUCKET/wharf/"
 start_wharf shm "file://$WORK/wharf-shm/data/"
 
 # --- rclone serve sftp on the same bucket ---------------------------------------------------
-PORT_rclone=$(free_port)
-RCLONE_CONFIG_GARAGE_TYPE=s3 RCLONE_CONFIG_GARAGE_PROVIDER=Other \
-  RCLONE_CONFIG_GARAGE_ENDPOINT=$WHARF_TEST_S3_ENDPOINT RCLONE_CONFIG_GARAGE_REGION=$WHARF_TEST_S3_REGION \
-  RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_GARAGE_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
-  RCLONE_CONFIG_GARAGE_FORCE_PATH_STYLE=true \
-  rclone serve sftp "garage:$WHARF_TEST_S3_BUCKET/rclone" --addr "127.0.0.1:$PORT_rclone" \
-  --authorized-keys "$WORK/client.pub" --vfs-cache-mode off > "$WORK/rclone.log" 2>&1 &
-PIDS+=($!)
-wait_port 127.0.0.1 "$PORT_rclone" 20
+start_rclone_sftp rclone "$WORK/client.pub" "$WORK/rclone.log"
+PORT_rclone=$RCLONE_PORT
+PIDS+=("$RCLONE_PID")
 
 # --- OpenSSH sshd with internal-sftp, chrooted to /dev/shm ----------------------------------
 PORT_sshd=$(free_port)

@@ -151,3 +151,18 @@ stop_nats() {
   if [ -n "${WHARF_NATS_PID:-}" ]; then kill "$WHARF_NATS_PID" 2>/dev/null || true; wait "$WHARF_NATS_PID" 2>/dev/null || true; fi
   if [ -n "${WHARF_NATS_DIR:-}" ]; then rm -rf "$WHARF_NATS_DIR"; fi
 }
+
+# Starts `rclone serve sftp` on the garage bucket (under PREFIX), accepting KEYFILE.pub; sets
+# RCLONE_PORT and RCLONE_PID. For the benchmarks.
+start_rclone_sftp() {  # prefix keyfile.pub logfile
+  need_cmd rclone rclone
+  RCLONE_PORT=$(free_port)
+  RCLONE_CONFIG_GARAGE_TYPE=s3 RCLONE_CONFIG_GARAGE_PROVIDER=Other \
+    RCLONE_CONFIG_GARAGE_ENDPOINT=$WHARF_TEST_S3_ENDPOINT RCLONE_CONFIG_GARAGE_REGION=$WHARF_TEST_S3_REGION \
+    RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_GARAGE_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+    RCLONE_CONFIG_GARAGE_FORCE_PATH_STYLE=true \
+    rclone serve sftp "garage:$WHARF_TEST_S3_BUCKET/$1" --addr "127.0.0.1:$RCLONE_PORT" \
+    --authorized-keys "$2" --vfs-cache-mode off > "$3" 2>&1 &
+  RCLONE_PID=$!
+  wait_port 127.0.0.1 "$RCLONE_PORT" 20
+}

@@ -38,12 +38,7 @@ impl App {
     /// Opens and migrates the database, loads (or creates) host keys and binds the listeners.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let db = Db::open(&config.database).await?;
-        let s = &config.security;
-        let hasher = Hasher::new(
-            s.argon2_memory_kib,
-            s.argon2_iterations,
-            s.argon2_parallelism,
-        )?;
+        let hasher = Hasher::from_config(&config.security)?;
         let auth = Authenticator::new(db.account_store(), hasher);
         let storage =
             Storage::new(S3Storage::new(&config.storage.s3, config.storage.upload_memory.0).await);

@@ -352,12 +352,7 @@ fn password_from(
     } else {
         return Ok(None);
     };
-    let s = &config.security;
-    let hasher = Hasher::new(
-        s.argon2_memory_kib,
-        s.argon2_iterations,
-        s.argon2_parallelism,
-    )?;
+    let hasher = Hasher::from_config(&config.security)?;
     Ok(Some((hasher.hash(&pw)?, generated)))
 }
 

@@ -74,6 +74,15 @@ impl Hasher {
         Ok(h)
     }
 
+    /// The costs configured in `[security]`.
+    pub fn from_config(s: &crate::config::SecurityConfig) -> Result<Self, PasswordError> {
+        Hasher::new(
+            s.argon2_memory_kib,
+            s.argon2_iterations,
+            s.argon2_parallelism,
+        )
+    }
+
     fn argon2(&self) -> Argon2<'static> {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
     }
