@@ -207,7 +207,7 @@ impl Session {
             .await
             .map_err(|e| storage(e, path))?;
         let location = self.backend.location(&rel);
-        tracing::info!(activity = "OPEN", path = %path, mode = "write");
+        tracing::info!(parent: &self.span,activity = "OPEN", path = %path, mode = "write");
         Ok(WriteFile {
             path: path.clone(),
             pipeline: UploadPipeline::start(upload, location.uri.clone(), &self.ctx.uploads),
@@ -241,18 +241,18 @@ impl Session {
             Ok(stored) => {
                 let rec = record(UploadOutcome::Completed(stored.clone()));
                 if let Err(why) = self.ctx.observer.completed(&rec).await {
-                    tracing::error!(activity = "ERROR", path = %f.path, error = %why, "arrival not recorded; removing the object");
+                    tracing::error!(parent: &self.span,activity = "ERROR", path = %f.path, error = %why, "arrival not recorded; removing the object");
                     // The client is told the upload failed, so it must not stay visible
                     // without its event: it will be uploaded again.
                     if let Err(e) = self.backend.delete(&f.path.relative()).await {
-                        tracing::error!(activity = "ERROR", path = %f.path, error = %e, "could not remove the unrecorded object");
+                        tracing::error!(parent: &self.span,activity = "ERROR", path = %f.path, error = %e, "could not remove the unrecorded object");
                     }
                     return Err(FsError::new(
                         FsErrorKind::Failure,
                         format!("{}: the file was stored but its arrival could not be recorded; upload it again", f.path),
                     ));
                 }
-                tracing::info!(
+                tracing::info!(parent: &self.span,
                     activity = "CLOSE",
                     path = %f.path,
                     bytes = stored.bytes,
@@ -275,7 +275,7 @@ impl Session {
                     code,
                     message: err.message.clone(),
                 });
-                tracing::warn!(activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason = %err.message);
+                tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason = %err.message);
                 self.ctx.observer.failed(&rec).await;
                 Err(err)
             }
@@ -286,7 +286,7 @@ impl Session {
     pub async fn abort_write(&self, f: WriteFile, code: &'static str, reason: &str) {
         let received = f.pipeline.received();
         f.pipeline.abort().await;
-        tracing::warn!(activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason);
+        tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason);
         let rec = UploadRecord {
             session: self.info.clone(),
             path: f.path.to_string(),
@@ -315,7 +315,7 @@ impl Session {
                 format!("{path}: is a directory"),
             ));
         }
-        tracing::info!(activity = "OPEN", path = %path, mode = "read");
+        tracing::info!(parent: &self.span,activity = "OPEN", path = %path, mode = "read");
         Ok(ReadFile {
             path: path.clone(),
             size: m.size,
@@ -352,7 +352,7 @@ impl Session {
             .delete(&path.relative())
             .await
             .map_err(|e| storage(e, path))?;
-        tracing::info!(activity = "DELETE", path = %path);
+        tracing::info!(parent: &self.span,activity = "DELETE", path = %path);
         Ok(())
     }
 
@@ -379,7 +379,7 @@ impl Session {
             .rename(&src, &dst)
             .await
             .map_err(|e| storage(e, from))?;
-        tracing::info!(activity = "RENAME", path = %from, to = %to);
+        tracing::info!(parent: &self.span,activity = "RENAME", path = %from, to = %to);
         let (from_s, to_s) = (from.to_string(), to.to_string());
         let from_loc = self.backend.location(&src);
         let to_loc = self.backend.location(&dst);
@@ -389,9 +389,9 @@ impl Session {
             .renamed(&self.info, (&from_s, &from_loc), (&to_s, &to_loc))
             .await
         {
-            tracing::error!(activity = "ERROR", path = %to, error = %why, "arrival not recorded; undoing the rename");
+            tracing::error!(parent: &self.span,activity = "ERROR", path = %to, error = %why, "arrival not recorded; undoing the rename");
             if let Err(e) = self.backend.rename(&dst, &src).await {
-                tracing::error!(activity = "ERROR", path = %to, error = %e, "could not undo the rename");
+                tracing::error!(parent: &self.span,activity = "ERROR", path = %to, error = %e, "could not undo the rename");
             }
             return Err(FsError::new(
                 FsErrorKind::Failure,
@@ -410,7 +410,7 @@ impl Session {
             .mkdir(&path.relative())
             .await
             .map_err(|e| storage(e, path))?;
-        tracing::info!(activity = "MKDIR", path = %path);
+        tracing::info!(parent: &self.span,activity = "MKDIR", path = %path);
         Ok(())
     }
 
@@ -426,7 +426,7 @@ impl Session {
             .rmdir(&path.relative())
             .await
             .map_err(|e| storage(e, path))?;
-        tracing::info!(activity = "RMDIR", path = %path);
+        tracing::info!(parent: &self.span,activity = "RMDIR", path = %path);
         Ok(())
     }
 
@@ -434,7 +434,7 @@ impl Session {
     pub fn setstat(&self, path: &VirtualPath) -> Result<(), FsError> {
         match self.ctx.setstat {
             SetstatPolicy::Ignore => {
-                tracing::debug!(activity = "SETSTAT", path = %path, "ignored");
+                tracing::debug!(parent: &self.span,activity = "SETSTAT", path = %path, "ignored");
                 Ok(())
             }
             SetstatPolicy::Refuse => Err(FsError::new(

@@ -114,6 +114,8 @@ pub struct Session {
     pub account: Account,
     backend: Arc<dyn Backend>,
     ctx: Arc<SessionContext>,
+    /// Parent of every activity line, so each carries who did it.
+    span: tracing::Span,
 }
 
 impl Session {
@@ -123,11 +125,19 @@ impl Session {
         backend: Arc<dyn Backend>,
         ctx: Arc<SessionContext>,
     ) -> Self {
+        let span = tracing::info_span!(
+            "session",
+            session_id = %info.id,
+            protocol = info.protocol.name(),
+            client_ip = %info.client_ip,
+            username = %info.username,
+        );
         Session {
             info,
             account,
             backend,
             ctx,
+            span,
         }
     }
 }
