@@ -87,6 +87,42 @@ pub struct Staged {
     pub started_at: DateTime<Utc>,
 }
 
+/// An `events` row; both databases decode it the same way.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    seq: i64,
+    id: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    username: String,
+    subject: String,
+    created_us: i64,
+    body: String,
+}
+
+impl EventRow {
+    fn into_event(self) -> (i64, Event) {
+        (
+            self.seq,
+            Event {
+                id: self.id,
+                kind: self.kind,
+                username: self.username,
+                subject: self.subject,
+                time: from_micros(self.created_us),
+                body: self.body,
+            },
+        )
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    event: EventRow,
+    attempts: i32,
+}
+
 /// `sink, state, attempts, last_error, delivered_us`
 type DeliveryRow = (String, String, i32, Option<String>, Option<i64>);
 
@@ -203,28 +239,17 @@ impl Outbox {
             if heads.is_empty() {
                 return Ok(Vec::new());
             }
-            let rows = sqlx::query(CLAIMED)
+            sqlx::query_as::<_, ClaimedRow>(CLAIMED)
                 .bind(sink)
                 .bind(&token)
                 .fetch_all(pool)
-                .await?;
-            rows.iter()
-                .map(|r| -> Result<Claimed> {
-                    Ok(Claimed {
-                        seq: r.try_get(0)?,
-                        event: Event {
-                            id: r.try_get(1)?,
-                            kind: r.try_get(2)?,
-                            username: r.try_get(3)?,
-                            subject: r.try_get(4)?,
-                            time: from_micros(r.try_get(5)?),
-                            body: r.try_get(6)?,
-                        },
-                        attempts: r.try_get(7)?,
-                        lease: token.clone(),
-                    })
+                .await?
+                .into_iter()
+                .map(|r| {
+                    let (seq, event) = r.event.into_event();
+                    Claimed { seq, event, attempts: r.attempts, lease: token.clone() }
                 })
-                .collect::<Result<Vec<_>>>()?
+                .collect::<Vec<_>>()
         });
         Ok(rows)
     }
@@ -340,19 +365,10 @@ impl Outbox {
         };
         let q = format!("SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body FROM events e WHERE e.created_us >= $1{filter} ORDER BY e.seq DESC LIMIT $2");
         let events: Vec<(i64, Event)> = on_pool!(&self.db, pool => {
-            sqlx::query(&q).bind(since).bind(limit).fetch_all(pool).await?
-                .iter()
-                .map(|r| -> Result<(i64, Event)> {
-                    Ok((r.try_get(0)?, Event {
-                        id: r.try_get(1)?,
-                        kind: r.try_get(2)?,
-                        username: r.try_get(3)?,
-                        subject: r.try_get(4)?,
-                        time: from_micros(r.try_get(5)?),
-                        body: r.try_get(6)?,
-                    }))
-                })
-                .collect::<Result<Vec<_>>>()?
+            sqlx::query_as::<_, EventRow>(&q).bind(since).bind(limit).fetch_all(pool).await?
+                .into_iter()
+                .map(EventRow::into_event)
+                .collect()
         });
         let mut out = Vec::with_capacity(events.len());
         for (seq, event) in events {

@@ -170,23 +170,31 @@ impl S3Backend {
         }
     }
 
-    /// Whether anything (a marker or any object) exists under `dir/`.
-    async fn dir_exists(&self, dir: &str) -> Result<bool> {
-        if dir.is_empty() {
-            return Ok(true);
-        }
-        let p = self.dir_prefix(dir)?;
+    /// Up to `max` keys under `prefix`.
+    async fn keys_under(&self, prefix: &str, max: i32) -> Result<Vec<String>> {
         let out = self
             .s3
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
-            .prefix(&p)
-            .max_keys(1)
+            .prefix(prefix)
+            .max_keys(max)
             .send()
             .await
             .map_err(|e| sdk_err(e, "ListObjectsV2"))?;
-        Ok(out.key_count().unwrap_or(0) > 0 || !out.contents().is_empty())
+        Ok(out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect())
+    }
+
+    /// Whether anything (a marker or any object) exists under `dir/`.
+    async fn dir_exists(&self, dir: &str) -> Result<bool> {
+        if dir.is_empty() {
+            return Ok(true);
+        }
+        Ok(!self.keys_under(&self.dir_prefix(dir)?, 1).await?.is_empty())
     }
 
     async fn copy(&self, from: &str, to: &str, size: u64) -> Result<()> {
@@ -484,17 +492,7 @@ impl Backend for S3Backend {
 
     async fn rmdir(&self, dir: &str) -> Result<()> {
         let p = self.dir_prefix(dir)?;
-        let out = self
-            .s3
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&p)
-            .max_keys(2)
-            .send()
-            .await
-            .map_err(|e| sdk_err(e, "ListObjectsV2"))?;
-        let keys: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
+        let keys = self.keys_under(&p, 2).await?;
         if keys.is_empty() {
             return Err(StorageError::new(
                 ErrorKind::NotFound,
