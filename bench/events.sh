@@ -38,7 +38,7 @@ HOOK_PORT=$(free_port)
   cd "$WORK"
   export WHARF_STORAGE__DEFAULT_HOME="s3://$WHARF_TEST_S3_BUCKET/wharf/" \
     WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION \
-    WHARF_STORAGE__S3__FORCE_PATH_STYLE=true WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn \
+    WHARF_STORAGE__S3__FORCE_PATH_STYLE=true WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_METRICS__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn \
     WHARF_DATABASE__URL=${WHARF_BENCH_DATABASE_URL:-sqlite://wharf.db} \
     WHARF_EVENTS__SINKS="[{name = \"hook\", type = \"webhook\", url = \"http://127.0.0.1:$HOOK_PORT/\", secret = \"s\"}]"
   for u in bench bench0 bench1 bench2 bench3 bench4 bench5 bench6 bench7 bench8 bench9; do
@@ -48,8 +48,8 @@ HOOK_PORT=$(free_port)
   echo $! > "$WORK/wharf.pid"
 )
 PIDS+=("$(cat "$WORK/wharf.pid")")
-for ((i = 0; i < 100; i++)); do grep -q "listening on" "$WORK/wharf.out" 2>/dev/null && break; sleep 0.1; done
-PORT=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/wharf.out")
+for ((i = 0; i < 100; i++)); do grep -q "sftp listening on" "$WORK/wharf.out" 2>/dev/null && break; sleep 0.1; done
+PORT=$(sed -n 's/^sftp listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/wharf.out")
 
 start_rclone_sftp rclone "$WORK/client.pub" "$WORK/rclone.log"
 PORT_rclone=$RCLONE_PORT

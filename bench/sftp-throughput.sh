@@ -2,6 +2,8 @@
 # SFTP upload throughput and memory, side by side with peers on this machine, in one run.
 #
 #   bench/sftp-throughput.sh [ROUNDS] [SIZE_MIB]      (defaults: 3 rounds of 1024 MiB)
+#   BENCH_CIPHER=aes128-gcm@openssh.com bench/sftp-throughput.sh   (default: the client's choice,
+#                                       chacha20-poly1305 for OpenSSH; applies to every SSH peer)
 #
 # Each round uploads the same file, interleaved, with the OpenSSH sftp client to:
 #   wharf -> garage        wharf (release build) streaming into a garage bucket
@@ -43,6 +45,7 @@ ssh-keygen -q -t ed25519 -N '' -f "$WORK/client" -C bench
 
 SSH_OPTS=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
   -o IdentitiesOnly=yes -i "$WORK/client")
+if [[ -n ${BENCH_CIPHER:-} ]]; then SSH_OPTS+=(-c "$BENCH_CIPHER"); fi
 
 # --- wharf on garage, and wharf on /dev/shm -------------------------------------------------
 start_wharf() {  # name default_home -> sets PORT_<name>, PID_<name>
@@ -52,15 +55,15 @@ start_wharf() {  # name default_home -> sets PORT_<name>, PID_<name>
     cd "$dir"
     export WHARF_STORAGE__DEFAULT_HOME=$home WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT \
       WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION WHARF_STORAGE__S3__FORCE_PATH_STYLE=true \
-      WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn WHARF_SFTP__MAX_SESSIONS_PER_IP=1000
+      WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_METRICS__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn WHARF_SFTP__MAX_SESSIONS_PER_IP=1000
     "$WHARF" user add bench --ssh-key "$WORK/client.pub" >/dev/null 2>&1
     "$WHARF" serve > "$dir/out" 2> "$dir/err" &
     echo $! > "$dir/pid"
   )
   local i
-  for ((i = 0; i < 100; i++)); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
+  for ((i = 0; i < 100; i++)); do grep -q "sftp listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
   PIDS+=("$(cat "$dir/pid")")
-  eval "PORT_$name=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$dir/out")"
+  eval "PORT_$name=$(sed -n 's/^sftp listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/out")"
   eval "PID_$name=$(cat "$dir/pid")"
 }
 start_wharf s3 "s3://$WHARF_TEST_S3_BUCKET/wharf/"
@@ -126,7 +129,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR
 declare -A MBS
 if ((ROUNDS > 0)); then
 echo
-echo "Upload of ${SIZE_MIB} MiB with OpenSSH sftp, median of $ROUNDS interleaved rounds:"
+echo "Upload of ${SIZE_MIB} MiB with OpenSSH sftp (cipher: ${BENCH_CIPHER:-client default}), median of $ROUNDS interleaved rounds:"
 printf '  %-20s %10s %10s   %s\n' target "median s" "MB/s" "all rounds (s)"
 for n in "${NAMES[@]}"; do
   m=$(echo "${T[$n]}" | median)

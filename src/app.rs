@@ -20,7 +20,9 @@ use crate::identity::auth::Authenticator;
 use crate::identity::Hasher;
 use crate::session::{SessionContext, UploadRegistry};
 use crate::sftp::{hostkeys, SftpContext, SftpServer};
-use crate::storage::{S3Storage, Storage};
+use crate::storage::{Home, S3Storage, Storage};
+use crate::telemetry::http::{self, Check, Endpoint};
+use crate::telemetry::metrics::metrics;
 
 /// How long aborts of cut-off uploads may take to reach storage at shutdown.
 const ABORT_DRAIN: Duration = Duration::from_secs(15);
@@ -28,6 +30,7 @@ const ABORT_DRAIN: Duration = Duration::from_secs(15);
 pub struct App {
     config: Config,
     db: Db,
+    ops: Option<(TcpListener, Arc<Endpoint>)>,
     sftp: Arc<SftpServer>,
     sftp_listener: TcpListener,
     uploads: Arc<UploadRegistry>,
@@ -50,14 +53,39 @@ impl App {
             sink_configs.iter().map(sinks::sink_name).collect(),
         );
         let mut workers = Vec::new();
+        metrics().register_protocol("sftp");
         for c in &sink_configs {
+            metrics().register_sink(&sinks::sink_name(c));
             workers.push(SinkWorker {
                 sink: sinks::build(c)?,
                 max_age: c.max_age.map(|d| d.0),
-                stats: Default::default(),
             });
         }
         let dispatcher = Dispatcher::new(outbox.clone(), workers, config.events.lease.0);
+        let ops = if config.metrics.listen.is_empty() {
+            None
+        } else {
+            let listener = TcpListener::bind(&config.metrics.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on metrics.listen = {}",
+                        config.metrics.listen
+                    )
+                })?;
+            let default_home = Home::default_base(
+                &config.storage.default_home,
+                &std::env::current_dir().context("current directory")?,
+            )?;
+            let endpoint = operations_endpoint(
+                db.clone(),
+                storage.clone(),
+                default_home,
+                keys.len(),
+                outbox.clone(),
+            );
+            Some((listener, Arc::new(endpoint)))
+        };
         let source = if config.events.source.is_empty() {
             crate::events::default_source()
         } else {
@@ -83,6 +111,7 @@ impl App {
         Ok(App {
             config,
             db,
+            ops,
             sftp,
             sftp_listener,
             uploads,
@@ -94,6 +123,11 @@ impl App {
         self.sftp_listener.local_addr()
     }
 
+    /// The `/metrics`, `/healthz` and `/readyz` address, unless `metrics.listen` is empty.
+    pub fn metrics_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.ops.as_ref().map(|(l, _)| l.local_addr())
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, gives running sessions
     /// `sftp.shutdown_grace` to finish, cuts the rest (aborting their uploads) and returns.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
@@ -101,6 +135,11 @@ impl App {
         let force = CancellationToken::new();
         let stop_events = CancellationToken::new();
         let events = tokio::spawn(self.dispatcher.run(stop_events.clone()));
+        // Stays up through the drain, so probes see the instance until it is gone.
+        let stop_ops = CancellationToken::new();
+        if let Some((listener, endpoint)) = self.ops {
+            tokio::spawn(http::serve(listener, endpoint, stop_ops.clone()));
+        }
         let sftp = tokio::spawn(self.sftp.clone().run(
             self.sftp_listener,
             stop.clone(),
@@ -134,9 +173,53 @@ impl App {
         // Undelivered events stay in the outbox for the next start (or another instance).
         stop_events.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), events).await;
+        stop_ops.cancel();
         self.db.close().await;
         Ok(())
     }
+}
+
+/// Readiness checks (database, default storage, host keys) and the outbox gauges.
+fn operations_endpoint(
+    db: Db,
+    storage: Storage,
+    default_home: Home,
+    host_keys: usize,
+    outbox: Outbox,
+) -> Endpoint {
+    let checks = vec![
+        Check {
+            name: "database",
+            probe: Box::new(move || {
+                let db = db.clone();
+                Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+            }),
+        },
+        Check {
+            name: "storage",
+            probe: Box::new(move || {
+                let (storage, home) = (storage.clone(), default_home.clone());
+                Box::pin(async move { storage.probe(&home).await.map_err(|e| e.to_string()) })
+            }),
+        },
+        Check {
+            name: "host_keys",
+            probe: Box::new(move || {
+                Box::pin(async move {
+                    if host_keys > 0 {
+                        Ok(())
+                    } else {
+                        Err("no host keys loaded".into())
+                    }
+                })
+            }),
+        },
+    ];
+    let refresh = Box::new(move || {
+        let outbox = outbox.clone();
+        Box::pin(async move { outbox.export_pending().await }) as http::BoxFuture<()>
+    });
+    Endpoint { checks, refresh }
 }
 
 /// Resolves on SIGTERM or SIGINT.

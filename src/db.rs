@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool, SqlitePool};
 
 use crate::config::{redact_url, DatabaseConfig};
@@ -102,6 +102,49 @@ impl Db {
             other => other,
         })?;
         Ok(db)
+    }
+
+    /// A second, small pool on the same database whose commits are not flushed to disk one
+    /// by one (Postgres `synchronous_commit = off`, SQLite `synchronous = NORMAL` in WAL
+    /// mode). Only for bookkeeping whose loss in a crash is harmless: delivery claims and
+    /// outcomes, which at worst make an event be delivered again (at-least-once). Events
+    /// themselves are always recorded through the durable pool.
+    pub fn bookkeeping(&self) -> Db {
+        const CONNECTIONS: u32 = 4;
+        match self {
+            Db::Sqlite(p) => {
+                let opts = (*p.connect_options())
+                    .clone()
+                    .synchronous(SqliteSynchronous::Normal);
+                let options = p.options();
+                Db::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(CONNECTIONS)
+                        .acquire_timeout(options.get_acquire_timeout())
+                        .connect_lazy_with(opts),
+                )
+            }
+            Db::Postgres(p) => {
+                let opts = (*p.connect_options())
+                    .clone()
+                    .options([("synchronous_commit", "off")]);
+                let options = p.options();
+                Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(CONNECTIONS)
+                        .acquire_timeout(options.get_acquire_timeout())
+                        .connect_lazy_with(opts),
+                )
+            }
+        }
+    }
+
+    /// One round trip to the database (readiness).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Db::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+            Db::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+        }
     }
 
     pub fn kind(&self) -> &'static str {

@@ -4,7 +4,6 @@
 //! once older than the sink's `max_age`. Wakes on new events of this instance, on Postgres
 //! NOTIFY from other instances, and polls as the fallback.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::outbox::{Claimed, Outbox};
 use super::sinks::{DeliveryError, EventSink};
 use crate::db::Db;
+use crate::telemetry::metrics::metrics;
 
 /// How often a worker looks for due deliveries when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
@@ -25,18 +25,9 @@ const RUN: i64 = 64;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// Delivery counters of one sink (exported by the observability layer).
-#[derive(Default, Debug)]
-pub struct SinkStats {
-    pub delivered: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead: AtomicU64,
-}
-
 pub struct SinkWorker {
     pub sink: Box<dyn EventSink>,
     pub max_age: Option<Duration>,
-    pub stats: Arc<SinkStats>,
 }
 
 /// Time before attempt `n + 1` after `n` failures: 0.5 s doubling to 5 min, ±20 % jitter.
@@ -61,13 +52,6 @@ impl Dispatcher {
             workers: workers.into_iter().map(Arc::new).collect(),
             lease,
         }
-    }
-
-    pub fn stats(&self) -> Vec<(String, Arc<SinkStats>)> {
-        self.workers
-            .iter()
-            .map(|w| (w.sink.name().to_string(), w.stats.clone()))
-            .collect()
     }
 
     /// Runs every sink's worker until `stop`; deliveries in flight finish first.
@@ -222,7 +206,7 @@ async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: &Claimed) -> Attempt {
     match w.sink.deliver(&c.event).await {
         Ok(()) => {
             tracing::info!(activity = "EVENT_DELIVERY", event_id = %c.event.id, sink = name, outcome = "delivered", attempt);
-            w.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            metrics().delivery(name, "delivered").inc();
             Attempt::Delivered
         }
         Err(err) => {
@@ -238,11 +222,7 @@ async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: &Claimed) -> Attempt {
             let delay = backoff(c.attempts).max(hint.unwrap_or_default());
             let outcome = if dead { "dead" } else { "retry" };
             tracing::warn!(activity = "EVENT_DELIVERY", event_id = %c.event.id, sink = name, outcome, attempt, error = %message, retry_in_ms = delay.as_millis() as u64);
-            if dead {
-                w.stats.dead.fetch_add(1, Ordering::Relaxed);
-            } else {
-                w.stats.retried.fetch_add(1, Ordering::Relaxed);
-            }
+            metrics().delivery(name, outcome).inc();
             let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             if let Err(e) = outbox.failed(c.seq, name, &message, next, dead).await {
                 tracing::warn!(event_id = %c.event.id, sink = name, error = %e, "could not record a failed delivery");

@@ -138,6 +138,9 @@ const CLAIMED: &str = "SELECT e.seq, e.id, e.type, e.username, e.subject, e.crea
 #[derive(Clone)]
 pub struct Outbox {
     db: Db,
+    /// Claims and delivery outcomes: losing one in a crash only means a redelivery, so
+    /// they skip the per-commit flush that recording an event needs.
+    bookkeeping: Db,
     sinks: Arc<Vec<String>>,
     /// Woken on every recorded event so dispatchers on this instance deliver at once.
     pub wake: Arc<Notify>,
@@ -147,6 +150,7 @@ impl Outbox {
     /// `sinks` are the names every new event is queued for.
     pub fn new(db: Db, sinks: Vec<String>) -> Self {
         Outbox {
+            bookkeeping: db.bookkeeping(),
             db,
             sinks: Arc::new(sinks),
             wake: Arc::new(Notify::new()),
@@ -215,9 +219,9 @@ impl Outbox {
     ) -> Result<Vec<Claimed>> {
         let token = uuid::Uuid::now_v7().to_string();
         let (now, until) = (micros(now), micros(lease_until));
-        let rows = on_pool!(&self.db, pool => {
-            let mut tx = pool.begin_with(begin(&self.db)).await?;
-            let lock = if matches!(self.db, Db::Postgres(_)) { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let rows = on_pool!(&self.bookkeeping, pool => {
+            let mut tx = pool.begin_with(begin(&self.bookkeeping)).await?;
+            let lock = if matches!(self.bookkeeping, Db::Postgres(_)) { " FOR UPDATE SKIP LOCKED" } else { "" };
             let heads = sqlx::query(&format!("{CLAIM_HEAD}{lock}"))
                 .bind(sink)
                 .bind(now)
@@ -257,7 +261,7 @@ impl Outbox {
     /// Gives an account's still-claimed deliveries back unattempted (an earlier event of
     /// the account failed).
     pub async fn release(&self, sink: &str, lease: &str, username: &str) -> Result<()> {
-        on_pool!(&self.db, pool => {
+        on_pool!(&self.bookkeeping, pool => {
             sqlx::query("UPDATE event_deliveries SET lease_owner = NULL, lease_until_us = 0 WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending'")
                 .bind(sink).bind(lease).bind(username).execute(pool).await?;
         });
@@ -274,7 +278,7 @@ impl Outbox {
         last_seq: i64,
     ) -> Result<()> {
         let now = micros(Utc::now());
-        on_pool!(&self.db, pool => {
+        on_pool!(&self.bookkeeping, pool => {
             sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $5, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending' AND event_seq <= $4")
                 .bind(sink).bind(lease).bind(username).bind(last_seq).bind(now).execute(pool).await?;
         });
@@ -291,7 +295,7 @@ impl Outbox {
         dead: bool,
     ) -> Result<()> {
         let state = if dead { "dead" } else { "pending" };
-        on_pool!(&self.db, pool => {
+        on_pool!(&self.bookkeeping, pool => {
             sqlx::query("UPDATE event_deliveries SET state = $3, attempts = attempts + 1, next_at_us = $4, last_error = $5, lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2")
                 .bind(seq).bind(sink).bind(state).bind(micros(next_at)).bind(error).execute(pool).await?;
         });
@@ -307,9 +311,30 @@ impl Outbox {
         Ok((n, oldest.map(from_micros)))
     }
 
+    /// Sets the outbox gauges of every sink (pending count, age of the oldest) from the
+    /// database; a sink whose figures cannot be read keeps its last ones.
+    pub async fn export_pending(&self) {
+        let m = crate::telemetry::metrics::metrics();
+        for sink in self.sinks.iter() {
+            match self.pending(sink).await {
+                Ok((n, oldest)) => {
+                    let labels = crate::telemetry::metrics::SinkLabels { sink: sink.clone() };
+                    m.outbox_pending.get_or_create(&labels).set(n);
+                    let age = oldest.map_or(0.0, |t| {
+                        (Utc::now() - t).to_std().unwrap_or_default().as_secs_f64()
+                    });
+                    m.outbox_oldest_age.get_or_create(&labels).set(age);
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %sink, error = %e, "cannot read the outbox for metrics")
+                }
+            }
+        }
+    }
+
     /// The earliest time a pending delivery of `sink` becomes due (to sleep until then).
     pub async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
-        let next: Option<i64> = on_pool!(&self.db, pool => {
+        let next: Option<i64> = on_pool!(&self.bookkeeping, pool => {
             sqlx::query_scalar("SELECT MIN(CASE WHEN lease_until_us > next_at_us THEN lease_until_us ELSE next_at_us END) FROM event_deliveries WHERE sink = $1 AND state = 'pending'")
                 .bind(sink).fetch_one(pool).await?
         });

@@ -14,6 +14,7 @@ use super::{Session, UploadOutcome, UploadRecord};
 use crate::config::SetstatPolicy;
 use crate::identity::Permission;
 use crate::storage::{DirEntry, ErrorKind, Meta, StorageError, Stored};
+use crate::telemetry::metrics::metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsErrorKind {
@@ -242,6 +243,7 @@ impl Session {
                 let rec = record(UploadOutcome::Completed(stored.clone()));
                 if let Err(why) = self.ctx.observer.completed(&rec).await {
                     tracing::error!(parent: &self.span,activity = "ERROR", path = %f.path, error = %why, "arrival not recorded; removing the object");
+                    metrics().upload_failed(self.info.protocol.name());
                     // The client is told the upload failed, so it must not stay visible
                     // without its event: it will be uploaded again.
                     if let Err(e) = self.backend.delete(&f.path.relative()).await {
@@ -252,6 +254,11 @@ impl Session {
                         format!("{}: the file was stored but its arrival could not be recorded; upload it again", f.path),
                     ));
                 }
+                metrics().upload_completed(
+                    self.info.protocol.name(),
+                    stored.bytes,
+                    f.started.elapsed(),
+                );
                 tracing::info!(parent: &self.span,
                     activity = "CLOSE",
                     path = %f.path,
@@ -275,6 +282,7 @@ impl Session {
                     code,
                     message: err.message.clone(),
                 });
+                metrics().upload_failed(self.info.protocol.name());
                 tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason = %err.message);
                 self.ctx.observer.failed(&rec).await;
                 Err(err)
@@ -286,6 +294,7 @@ impl Session {
     pub async fn abort_write(&self, f: WriteFile, code: &'static str, reason: &str) {
         let received = f.pipeline.received();
         f.pipeline.abort().await;
+        metrics().upload_failed(self.info.protocol.name());
         tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason);
         let rec = UploadRecord {
             session: self.info.clone(),
@@ -434,13 +443,16 @@ impl Session {
     pub fn setstat(&self, path: &VirtualPath) -> Result<(), FsError> {
         match self.ctx.setstat {
             SetstatPolicy::Ignore => {
-                tracing::debug!(parent: &self.span,activity = "SETSTAT", path = %path, "ignored");
+                tracing::info!(parent: &self.span, activity = "SETSTAT", path = %path, outcome = "ignored");
                 Ok(())
             }
-            SetstatPolicy::Refuse => Err(FsError::new(
-                FsErrorKind::PermissionDenied,
-                format!("{path}: changing attributes is not allowed"),
-            )),
+            SetstatPolicy::Refuse => {
+                tracing::info!(parent: &self.span, activity = "SETSTAT", path = %path, outcome = "refused");
+                Err(FsError::new(
+                    FsErrorKind::PermissionDenied,
+                    format!("{path}: changing attributes is not allowed"),
+                ))
+            }
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::identity::keys::fingerprint;
 use crate::identity::Account;
 use crate::session::{Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
+use crate::telemetry::metrics::metrics;
 
 /// What every SFTP connection of this process shares.
 pub struct SftpContext {
@@ -223,6 +224,7 @@ impl SftpServer {
         force: CancellationToken,
     ) {
         let _ = sock.set_nodelay(true);
+        let _active = metrics().session("sftp");
         let authed = Arc::new(AtomicBool::new(false));
         let session_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!("session", session_id = %session_id, protocol = "sftp", client_ip = %peer.ip(), username = tracing::field::Empty);
@@ -331,7 +333,8 @@ fn is_sha1_rsa(alg: &Algorithm) -> bool {
 }
 
 impl SshHandler {
-    fn refused(&self, user: &str, method: &str, why: Refusal) -> Auth {
+    fn refused(&self, user: &str, method: &'static str, why: Refusal) -> Auth {
+        metrics().auth_failed("sftp", method);
         self.span.in_scope(|| {
             tracing::info!(
                 activity = "AUTH_FAILURE",

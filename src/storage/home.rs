@@ -79,7 +79,8 @@ impl Home {
         Ok(base.join(&rel))
     }
 
-    fn default_base(default_home: &str, cwd: &Path) -> Result<Home, HomeError> {
+    /// The home that `storage.default_home` names (accounts' homes are below it).
+    pub fn default_base(default_home: &str, cwd: &Path) -> Result<Home, HomeError> {
         if default_home.starts_with("s3://") || default_home.starts_with("file://") {
             return Home::parse_uri(default_home);
         }

@@ -48,6 +48,13 @@ impl LocalBackend {
     }
 }
 
+/// The local storage root is a directory (created when missing, as uploads would).
+pub async fn probe(dir: &Path) -> Result<()> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| io_err(e, &format!("directory {}", dir.display())))
+}
+
 fn io_err(e: std::io::Error, what: &str) -> StorageError {
     let kind = match e.kind() {
         IoKind::NotFound => ErrorKind::NotFound,

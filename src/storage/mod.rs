@@ -173,9 +173,17 @@ impl Storage {
         }
     }
 
-    /// Checks the S3 service answers (for readiness), when any S3 home is in use.
     pub fn s3(&self) -> &S3Storage {
         &self.s3
+    }
+
+    /// Whether the storage behind `home` answers (readiness): its bucket exists and the
+    /// credentials reach it, or its local directory exists or can be created.
+    pub async fn probe(&self, home: &Home) -> Result<()> {
+        match home {
+            Home::S3 { bucket, .. } => self.s3.probe(bucket).await,
+            Home::Local { dir } => local::probe(dir).await,
+        }
     }
 }
 

@@ -50,7 +50,8 @@ impl S3Storage {
             .force_path_style(cfg.force_path_style)
             // wharf sets SHA-256 checksums itself; the SDK's own CRC would buffer and hash twice.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .interceptor(RequestMetrics);
         if !cfg.endpoint.is_empty() {
             b = b.endpoint_url(cfg.endpoint.clone());
         }
@@ -68,6 +69,17 @@ impl S3Storage {
         &self.client
     }
 
+    /// HeadBucket: the endpoint answers, the credentials work and the bucket exists.
+    pub async fn probe(&self, bucket: &str) -> Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| sdk_err(e, &format!("bucket {bucket}")))?;
+        Ok(())
+    }
+
     /// Reserves memory for `len` buffered bytes, waiting while other uploads hold the budget.
     async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit> {
         let kib = len.div_ceil(1024).max(1) as u32;
@@ -76,6 +88,60 @@ impl S3Storage {
             .acquire_many_owned(kib)
             .await
             .map_err(|_| StorageError::new(ErrorKind::Aborted, "shutting down"))
+    }
+}
+
+/// Times every S3 call (all its attempts) and counts those that fail (other than "not found"),
+/// by operation.
+#[derive(Debug)]
+struct RequestMetrics;
+
+#[derive(Debug, Clone)]
+struct CallStarted(std::time::Instant);
+
+impl aws_smithy_types::config_bag::Storable for CallStarted {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+impl aws_sdk_s3::config::Intercept for RequestMetrics {
+    fn name(&self) -> &'static str {
+        "wharf-request-metrics"
+    }
+
+    fn read_before_execution(
+        &self,
+        _: &aws_sdk_s3::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        cfg.interceptor_state()
+            .store_put(CallStarted(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::FinalizerInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map(|m| m.name().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let labels = crate::telemetry::metrics::OperationLabels { operation };
+        let m = crate::telemetry::metrics::metrics();
+        if let Some(CallStarted(t)) = cfg.load::<CallStarted>() {
+            m.s3_duration
+                .get_or_create(&labels)
+                .observe(t.elapsed().as_secs_f64());
+        }
+        // "Not found" answers are how wharf asks whether something exists, not failures.
+        let failed = ctx.output_or_error().is_some_and(|r| r.is_err())
+            && ctx.response().map(|r| r.status().as_u16()) != Some(404);
+        if failed {
+            m.s3_errors.get_or_create(&labels).inc();
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,9 @@
-//! Logging setup: `tracing` to stderr, pretty or one JSON object per line, `RUST_LOG` overriding
-//! the configured level.
+//! What operators see: logging setup (`tracing` to stderr, pretty or one JSON object per line,
+//! `RUST_LOG` overriding the configured level), the metrics registry, and the `/metrics`,
+//! `/healthz` and `/readyz` endpoint.
+
+pub mod http;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

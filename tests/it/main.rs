@@ -5,5 +5,6 @@ mod accounts;
 mod cli;
 mod events;
 mod harness;
+mod observability;
 mod sftp;
 mod storage;

@@ -25,6 +25,8 @@ fn shared_host_keys() -> &'static Path {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -60,21 +62,43 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut metrics = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(a) = line.strip_prefix("sftp listening on ") {
-                    let _ = tx.send(a.trim().to_string());
+                // `{"message":"listening","listener":"sftp","addr":…}` in JSON mode,
+                // `sftp listening on ADDR` otherwise.
+                let (what, addr) = match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) => (
+                        v["listener"].as_str().unwrap_or_default().to_string(),
+                        v["addr"].as_str().unwrap_or_default().to_string(),
+                    ),
+                    Err(_) => match line.split_once(" listening on ") {
+                        Some((w, a)) => (w.to_string(), a.trim().to_string()),
+                        None => continue,
+                    },
+                };
+                match what.as_str() {
+                    "metrics" => metrics = addr.parse::<SocketAddr>().ok(),
+                    "sftp" => {
+                        let _ = tx.send((addr, metrics));
+                    }
+                    _ => {}
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a.parse().expect("listen address"),
+        let (addr, metrics_addr) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((a, m)) => (a.parse().expect("listen address"), m),
             Err(_) => {
                 let _ = child.kill();
                 std::thread::sleep(Duration::from_millis(200));
                 panic!("wharf serve did not start:\n{}", log.lock().unwrap());
             }
         };
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            metrics_addr,
+            log,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -84,6 +108,15 @@ impl Server {
     /// Everything the server logged so far (JSON lines).
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// GET on the operations endpoint: status and body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let addr = self.metrics_addr.expect("metrics endpoint enabled");
+        let r = reqwest::get(format!("http://{addr}{path}"))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,134 @@
+//! The operations endpoint on `metrics.listen`: `/metrics` (Prometheus text), `/healthz`
+//! (the process is up) and `/readyz` (every dependency answers, else 503 naming what is down).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::metrics;
+
+/// How long one readiness check may take before it counts as down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection to this endpoint is closed after this long, whatever it is doing.
+const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One readiness check: a name and a probe that says what is wrong.
+pub struct Check {
+    pub name: &'static str,
+    pub probe: Box<dyn Fn() -> BoxFuture<Result<(), String>> + Send + Sync>,
+}
+
+pub struct Endpoint {
+    pub checks: Vec<Check>,
+    /// Brings gauges read from elsewhere (the outbox) up to date before a scrape.
+    pub refresh: Box<dyn Fn() -> BoxFuture<()> + Send + Sync>,
+}
+
+/// Serves until `stop`.
+pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, stop: CancellationToken) {
+    loop {
+        let (sock, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let endpoint = endpoint.clone();
+                async move { Ok::<_, Infallible>(handle(req, &endpoint).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), service);
+            let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn handle(req: Request<Incoming>, endpoint: &Endpoint) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            (endpoint.refresh)().await;
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics().encode(),
+            )
+        }
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => readiness(endpoint).await,
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}
+
+async fn readiness(endpoint: &Endpoint) -> Response<Full<Bytes>> {
+    let results = futures::future::join_all(endpoint.checks.iter().map(|c| async {
+        let outcome = match tokio::time::timeout(CHECK_TIMEOUT, (c.probe)()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+        };
+        (c.name, outcome)
+    }))
+    .await;
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
+    for (name, outcome) in results {
+        let v = match outcome {
+            Ok(()) => "ok".to_string(),
+            Err(e) => {
+                ready = false;
+                tracing::warn!(check = name, error = %e, "not ready");
+                e
+            }
+        };
+        checks.insert(name.into(), v.into());
+    }
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": checks,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply(status, "application/json", format!("{body}\n"))
+}
