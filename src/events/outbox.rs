@@ -142,6 +142,10 @@ pub struct Outbox {
     /// they skip the per-commit flush that recording an event needs.
     bookkeeping: Db,
     sinks: Arc<Vec<String>>,
+    /// SQLite has one writer at a time, and a writer that finds the file locked sleeps in
+    /// growing steps (up to 100 ms) before retrying. Queueing this process's writers here
+    /// instead hands the lock over at once, in order.
+    sqlite_writer: Arc<tokio::sync::Mutex<()>>,
     /// Woken on every recorded event so dispatchers on this instance deliver at once.
     pub wake: Arc<Notify>,
 }
@@ -153,6 +157,7 @@ impl Outbox {
             bookkeeping: db.bookkeeping(),
             db,
             sinks: Arc::new(sinks),
+            sqlite_writer: Arc::default(),
             wake: Arc::new(Notify::new()),
         }
     }
@@ -161,9 +166,18 @@ impl Outbox {
         &self.db
     }
 
+    /// Held for the length of a write on SQLite; nothing on Postgres.
+    async fn writing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.db {
+            Db::Sqlite(_) => Some(self.sqlite_writer.lock().await),
+            Db::Postgres(_) => None,
+        }
+    }
+
     /// Writes the event and one pending delivery per sink, atomically. `staged_remove` also
     /// deletes a staged temp upload in the same transaction (a rename that arrives).
     pub async fn record(&self, e: &Event, staged_remove: Option<&str>) -> Result<()> {
+        let _writing = self.writing().await;
         let now = micros(Utc::now());
         on_pool!(&self.db, pool => {
             let mut tx = pool.begin_with(begin(&self.db)).await?;
@@ -217,6 +231,7 @@ impl Outbox {
         accounts: i64,
         run: i64,
     ) -> Result<Vec<Claimed>> {
+        let _writing = self.writing().await;
         let token = uuid::Uuid::now_v7().to_string();
         let (now, until) = (micros(now), micros(lease_until));
         let rows = on_pool!(&self.bookkeeping, pool => {
@@ -261,6 +276,7 @@ impl Outbox {
     /// Gives an account's still-claimed deliveries back unattempted (an earlier event of
     /// the account failed).
     pub async fn release(&self, sink: &str, lease: &str, username: &str) -> Result<()> {
+        let _writing = self.writing().await;
         on_pool!(&self.bookkeeping, pool => {
             sqlx::query("UPDATE event_deliveries SET lease_owner = NULL, lease_until_us = 0 WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending'")
                 .bind(sink).bind(lease).bind(username).execute(pool).await?;
@@ -277,6 +293,7 @@ impl Outbox {
         username: &str,
         last_seq: i64,
     ) -> Result<()> {
+        let _writing = self.writing().await;
         let now = micros(Utc::now());
         on_pool!(&self.bookkeeping, pool => {
             sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $5, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending' AND event_seq <= $4")
@@ -294,6 +311,7 @@ impl Outbox {
         next_at: DateTime<Utc>,
         dead: bool,
     ) -> Result<()> {
+        let _writing = self.writing().await;
         let state = if dead { "dead" } else { "pending" };
         on_pool!(&self.bookkeeping, pool => {
             sqlx::query("UPDATE event_deliveries SET state = $3, attempts = attempts + 1, next_at_us = $4, last_error = $5, lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2")
@@ -342,6 +360,7 @@ impl Outbox {
     }
 
     pub async fn stage(&self, location: &str, s: &Staged) -> Result<()> {
+        let _writing = self.writing().await;
         let now = micros(Utc::now());
         on_pool!(&self.db, pool => {
             sqlx::query("INSERT INTO staged_uploads (location, bytes, sha256, etag, started_us, created_us) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (location) DO UPDATE SET bytes = excluded.bytes, sha256 = excluded.sha256, etag = excluded.etag, started_us = excluded.started_us, created_us = excluded.created_us")
@@ -366,6 +385,7 @@ impl Outbox {
 
     /// Moves a staged upload to a new temp name (a rename between two temp names).
     pub async fn restage(&self, from: &str, to: &str) -> Result<()> {
+        let _writing = self.writing().await;
         on_pool!(&self.db, pool => {
             let mut tx = pool.begin_with(begin(&self.db)).await?;
             sqlx::query("DELETE FROM staged_uploads WHERE location = $1").bind(to).execute(&mut *tx).await?;
