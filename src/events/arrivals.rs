@@ -71,6 +71,7 @@ impl UploadObserver for OutboxObserver {
         session: &SessionInfo,
         from: (&str, &Location),
         to: (&str, &Location),
+        etag: Option<&str>,
     ) -> Result<(), String> {
         match (self.is_temp(from.0), self.is_temp(to.0)) {
             (true, false) => {
@@ -93,9 +94,8 @@ impl UploadObserver for OutboxObserver {
                         location: to.1,
                         bytes,
                         sha256,
-                        // The object was copied to its final key: the temp upload's ETag no
-                        // longer describes it.
-                        etag: None,
+                        // The object now at the final key (an S3 copy has its own ETag).
+                        etag,
                         started_at,
                         finished_at: now,
                         failure: None,

@@ -384,7 +384,8 @@ impl Session {
             _ => {}
         }
         let (src, dst) = (from.relative(), to.relative());
-        self.backend
+        let etag = self
+            .backend
             .rename(&src, &dst)
             .await
             .map_err(|e| storage(e, from))?;
@@ -395,7 +396,12 @@ impl Session {
         if let Err(why) = self
             .ctx
             .observer
-            .renamed(&self.info, (&from_s, &from_loc), (&to_s, &to_loc))
+            .renamed(
+                &self.info,
+                (&from_s, &from_loc),
+                (&to_s, &to_loc),
+                etag.as_deref(),
+            )
             .await
         {
             tracing::error!(parent: &self.span,activity = "ERROR", path = %to, error = %why, "arrival not recorded; undoing the rename");

@@ -72,13 +72,15 @@ pub enum UploadOutcome {
 pub trait UploadObserver: Send + Sync {
     async fn completed(&self, record: &UploadRecord) -> Result<(), String>;
     async fn failed(&self, record: &UploadRecord);
-    /// A file was renamed (`(client path, location)` before and after); a temp-name upload
-    /// renamed to its final name arrives here. Runs before the client is answered.
+    /// A file was renamed (`(client path, location)` before and after; `etag` of the object
+    /// at its new location, where storage has one); a temp-name upload renamed to its final
+    /// name arrives here. Runs before the client is answered.
     async fn renamed(
         &self,
         session: &SessionInfo,
         from: (&str, &crate::storage::Location),
         to: (&str, &crate::storage::Location),
+        etag: Option<&str>,
     ) -> Result<(), String>;
 }
 
@@ -96,6 +98,7 @@ impl UploadObserver for LogOnlyObserver {
         _session: &SessionInfo,
         _from: (&str, &crate::storage::Location),
         _to: (&str, &crate::storage::Location),
+        _etag: Option<&str>,
     ) -> Result<(), String> {
         Ok(())
     }

@@ -157,7 +157,7 @@ impl Backend for LocalBackend {
             .map_err(|e| io_err(e, path))
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+    async fn rename(&self, from: &str, to: &str) -> Result<Option<String>> {
         let src = self.resolve(from).await?;
         let dst = self.resolve(to).await?;
         let m = tokio::fs::metadata(&src)
@@ -184,7 +184,8 @@ impl Backend for LocalBackend {
         }
         tokio::fs::rename(&src, &dst)
             .await
-            .map_err(|e| io_err(e, from))
+            .map_err(|e| io_err(e, from))?;
+        Ok(None)
     }
 
     async fn mkdir(&self, dir: &str) -> Result<()> {

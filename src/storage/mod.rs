@@ -131,8 +131,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `len` bytes at `offset`; empty at or past the end.
     async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes>;
     async fn delete(&self, path: &str) -> Result<()>;
-    /// Replaces `to` if it is a file.
-    async fn rename(&self, from: &str, to: &str) -> Result<()>;
+    /// Replaces `to` if it is a file. Returns the ETag of the object at `to`, where the
+    /// backend has one (S3 copies it to a new key, which gets its own).
+    async fn rename(&self, from: &str, to: &str) -> Result<Option<String>>;
     async fn mkdir(&self, dir: &str) -> Result<()>;
     /// Removes an empty directory.
     async fn rmdir(&self, dir: &str) -> Result<()>;

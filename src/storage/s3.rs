@@ -263,7 +263,8 @@ impl S3Backend {
         Ok(!self.keys_under(&self.dir_prefix(dir)?, 1).await?.is_empty())
     }
 
-    async fn copy(&self, from: &str, to: &str, size: u64) -> Result<()> {
+    /// Copies an object; returns the copy's ETag.
+    async fn copy(&self, from: &str, to: &str, size: u64) -> Result<Option<String>> {
         let source = format!(
             "{}/{}",
             self.bucket,
@@ -271,7 +272,8 @@ impl S3Backend {
         );
         let c = &self.s3.client;
         if size <= MAX_COPY_OBJECT {
-            c.copy_object()
+            let r = c
+                .copy_object()
                 .bucket(&self.bucket)
                 .key(to)
                 .copy_source(&source)
@@ -279,7 +281,10 @@ impl S3Backend {
                 .send()
                 .await
                 .map_err(|e| sdk_err(e, "CopyObject"))?;
-            return Ok(());
+            return Ok(r
+                .copy_object_result()
+                .and_then(|o| o.e_tag())
+                .map(str::to_string));
         }
         let up = c
             .create_multipart_upload()
@@ -290,7 +295,7 @@ impl S3Backend {
             .await
             .map_err(|e| sdk_err(e, "CreateMultipartUpload"))?;
         let id = up.upload_id().unwrap_or_default().to_string();
-        let res: Result<()> = async {
+        let res: Result<Option<String>> = async {
             let mut parts = Vec::new();
             let mut start = 0u64;
             let mut n = 1;
@@ -331,8 +336,8 @@ impl S3Backend {
                 )
                 .send()
                 .await
-                .map_err(|e| sdk_err(e, "CompleteMultipartUpload"))?;
-            Ok(())
+                .map_err(|e| sdk_err(e, "CompleteMultipartUpload"))
+                .map(|done| done.e_tag().map(str::to_string))
         }
         .await;
         if res.is_err() {
@@ -504,7 +509,7 @@ impl Backend for S3Backend {
         Ok(())
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+    async fn rename(&self, from: &str, to: &str) -> Result<Option<String>> {
         let src = self.key(from)?;
         let dst = self.key(to)?;
         let Some(meta) = self.head(&src).await? else {
@@ -523,7 +528,7 @@ impl Backend for S3Backend {
                 format!("{to} is a directory"),
             ));
         }
-        self.copy(&src, &dst, meta.size).await?;
+        let etag = self.copy(&src, &dst, meta.size).await?;
         self.s3
             .client
             .delete_object()
@@ -532,7 +537,7 @@ impl Backend for S3Backend {
             .send()
             .await
             .map_err(|e| sdk_err(e, "DeleteObject"))?;
-        Ok(())
+        Ok(etag)
     }
 
     async fn mkdir(&self, dir: &str) -> Result<()> {

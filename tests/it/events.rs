@@ -283,6 +283,17 @@ async fn temp_name_upload_arrives_once_on_rename() {
     assert_eq!(ev["data"]["key"], format!("{}acme/report.csv", g.prefix));
     assert_eq!(ev["data"]["bytes"], data.len() as u64);
     assert_eq!(ev["data"]["sha256"], hex::encode(Sha256::digest(&data)));
+    // The ETag is the final object's (the S3 copy's), not the temp upload's.
+    let head =
+        g.s3.client
+            .head_object()
+            .bucket(&g.s3.bucket)
+            .key(format!("{}acme/report.csv", g.prefix))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(ev["data"]["etag"].as_str(), head.e_tag(), "{ev}");
+    assert!(head.e_tag().is_some());
     assert_eq!(
         g.s3.get(&format!("{}acme/report.csv", g.prefix))
             .await
