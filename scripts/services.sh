@@ -40,6 +40,9 @@ ensure_client_tools() {
   need_cmd ssh-keygen openssh-client
   need_cmd sftp openssh-client
   need_cmd python3 python3
+  need_cmd lftp lftp
+  need_cmd curl curl
+  need_cmd openssl openssl
 }
 
 # Exports WHARF_TEST_POSTGRES_URL: an admin URL that may create and drop databases.

@@ -16,6 +16,7 @@ use crate::events::arrivals::OutboxObserver;
 use crate::events::dispatcher::{Dispatcher, SinkWorker};
 use crate::events::outbox::Outbox;
 use crate::events::sinks;
+use crate::ftps::{FtpsContext, FtpsServer};
 use crate::identity::auth::Authenticator;
 use crate::identity::Hasher;
 use crate::session::{SessionContext, UploadRegistry};
@@ -33,6 +34,7 @@ pub struct App {
     ops: Option<(TcpListener, Arc<Endpoint>)>,
     sftp: Arc<SftpServer>,
     sftp_listener: TcpListener,
+    ftps: Option<(Arc<FtpsServer>, TcpListener)>,
     uploads: Arc<UploadRegistry>,
     dispatcher: Dispatcher,
 }
@@ -97,6 +99,26 @@ impl App {
             observer: Arc::new(observer),
             setstat: config.security.setstat,
         });
+        let ftps_ctx = Arc::new(FtpsContext {
+            auth: auth.clone(),
+            storage: storage.clone(),
+            sessions: sessions.clone(),
+        });
+        let ftps =
+            match FtpsServer::from_config(&config.ftps, config.sftp.idle_timeout.0, ftps_ctx)? {
+                Some(server) => {
+                    server.check()?;
+                    metrics().register_protocol("ftps");
+                    let listener =
+                        TcpListener::bind(&config.ftps.listen)
+                            .await
+                            .with_context(|| {
+                                format!("cannot listen on ftps.listen = {}", config.ftps.listen)
+                            })?;
+                    Some((Arc::new(server), listener))
+                }
+                None => None,
+            };
         let banner = Some(config.sftp.banner.clone()).filter(|b| !b.is_empty());
         let ctx = Arc::new(SftpContext {
             auth,
@@ -114,6 +136,7 @@ impl App {
             ops,
             sftp,
             sftp_listener,
+            ftps,
             uploads,
             dispatcher,
         })
@@ -121,6 +144,11 @@ impl App {
 
     pub fn sftp_addr(&self) -> std::io::Result<SocketAddr> {
         self.sftp_listener.local_addr()
+    }
+
+    /// The FTPS (explicit TLS) address, when FTPS is configured.
+    pub fn ftps_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.ftps.as_ref().map(|(_, l)| l.local_addr())
     }
 
     /// The `/metrics`, `/healthz` and `/readyz` address, unless `metrics.listen` is empty.
@@ -140,11 +168,22 @@ impl App {
         if let Some((listener, endpoint)) = self.ops {
             tokio::spawn(http::serve(listener, endpoint, stop_ops.clone()));
         }
+        let ftps = self.ftps.map(|(server, listener)| {
+            tokio::spawn(server.run(listener, stop.clone(), force.clone()))
+        });
         let sftp = tokio::spawn(self.sftp.clone().run(
             self.sftp_listener,
             stop.clone(),
             force.clone(),
         ));
+        // Both front-ends drain under the same deadline.
+        let sftp = async move {
+            let r = sftp.await;
+            if let Some(f) = ftps {
+                let _ = f.await;
+            }
+            r
+        };
         tokio::pin!(sftp);
         tokio::select! {
             _ = shutdown => {}

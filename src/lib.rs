@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod ftps;
 pub mod identity;
 pub mod session;
 pub mod sftp;

@@ -25,6 +25,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, "metrics, /healthz and /readyz listening");
         announce("metrics", addr);
     }
+    if let Some(addr) = app.ftps_addr() {
+        let addr = addr?;
+        tracing::info!(protocol = "ftps", %addr, "listening");
+        announce("ftps", addr);
+    }
     let addr = app.sftp_addr()?;
     tracing::info!(protocol = "sftp", %addr, "listening");
     announce("sftp", addr);

@@ -12,8 +12,14 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber. Admin commands pass a quieter default level than `serve`
 /// so their stdout/stderr stay readable; `RUST_LOG` overrides either.
 pub fn init(cfg: &LogConfig, default_level: &str) {
+    // The FTP and TLS libraries log per-connection chatter (and, through their spans, whole
+    // internal structures) at info and warn: keep only their errors unless RUST_LOG asks.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(default_level))
+        .or_else(|_| {
+            EnvFilter::try_new(format!(
+                "{default_level},libunftp=error,unftp_core=error,rustls=error"
+            ))
+        })
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

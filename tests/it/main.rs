@@ -4,6 +4,7 @@
 mod accounts;
 mod cli;
 mod events;
+mod ftps;
 mod harness;
 mod observability;
 mod sftp;

@@ -244,7 +244,6 @@ async fn killed_client_leaves_no_object_and_no_multipart_upload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_packet_closes_the_session_without_allocating() {
     let g = Gateway::start(false, &[]).await;
-    let before = g.server.rss_kib();
     let (_ssh, mut ch) = raw_sftp_channel(g.server.addr, "acme", PW).await;
     // INIT, then a packet claiming 2 GiB followed by a stream of bytes.
     ch.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap();
@@ -253,6 +252,8 @@ async fn oversized_packet_closes_the_session_without_allocating() {
     assert_eq!(hdr[4], 2, "expected SSH_FXP_VERSION");
     let mut rest = vec![0u8; u32::from_be_bytes(hdr[..4].try_into().unwrap()) as usize - 1];
     ch.read_exact(&mut rest).await.unwrap();
+    // The baseline is a logged-in session: what follows must not grow the server.
+    let before = g.server.rss_kib();
     ch.write_all(&0x8000_0000u32.to_be_bytes()).await.unwrap();
     let junk = vec![0x41u8; 64 * 1024];
     let mut sent = 0usize;

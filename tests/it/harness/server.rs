@@ -27,6 +27,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// `/metrics`, `/healthz` and `/readyz`.
     pub metrics_addr: Option<SocketAddr>,
+    /// FTPS (explicit TLS), when configured.
+    pub ftps_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -62,7 +64,7 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut metrics = None;
+            let (mut metrics, mut ftps) = (None, None);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 // `{"message":"listening","listener":"sftp","addr":…}` in JSON mode,
                 // `sftp listening on ADDR` otherwise.
@@ -78,15 +80,16 @@ impl Server {
                 };
                 match what.as_str() {
                     "metrics" => metrics = addr.parse::<SocketAddr>().ok(),
+                    "ftps" => ftps = addr.parse::<SocketAddr>().ok(),
                     "sftp" => {
-                        let _ = tx.send((addr, metrics));
+                        let _ = tx.send((addr, metrics, ftps));
                     }
                     _ => {}
                 }
             }
         });
-        let (addr, metrics_addr) = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((a, m)) => (a.parse().expect("listen address"), m),
+        let (addr, metrics_addr, ftps_addr) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((a, m, f)) => (a.parse().expect("listen address"), m, f),
             Err(_) => {
                 let _ = child.kill();
                 std::thread::sleep(Duration::from_millis(200));
@@ -97,6 +100,7 @@ impl Server {
             child,
             addr,
             metrics_addr,
+            ftps_addr,
             log,
         }
     }

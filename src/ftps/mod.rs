@@ -1,0 +1,356 @@
+//! The FTPS front-end: libunftp speaks the protocol (explicit TLS, `PROT P` required on
+//! control and data), wharf accepts the connections, logs partners in against the account
+//! store (`Logins`) and serves their files through the shared session layer (`storage.rs`).
+
+pub mod storage;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use libunftp::options::FtpsRequired;
+use secrecy::SecretString;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use unftp_core::auth::{
+    AuthenticationError, Authenticator as FtpAuthenticator, Credentials, Principal, UserDetail,
+    UserDetailError, UserDetailProvider,
+};
+
+use crate::config::FtpsConfig;
+use crate::identity::auth::Authenticator;
+use crate::identity::Account;
+use crate::session::{Protocol, Session, SessionContext, SessionInfo};
+use crate::storage::Storage;
+use crate::telemetry::metrics::metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FtpsError {
+    #[error("ftps: {0}")]
+    Config(String),
+}
+
+/// A logged-in FTPS partner: their session, shared by every command of the connection.
+#[derive(Clone)]
+pub struct FtpsUser {
+    pub session: Arc<Session>,
+}
+
+impl fmt::Debug for FtpsUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.session.info.username)
+    }
+}
+
+impl fmt::Display for FtpsUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.session.info.username)
+    }
+}
+
+impl UserDetail for FtpsUser {}
+
+/// Everything an FTPS connection needs.
+pub struct FtpsContext {
+    pub auth: Authenticator,
+    pub storage: Storage,
+    pub sessions: Arc<SessionContext>,
+}
+
+/// libunftp asks one object to check the password (it only learns a principal's name) and
+/// another to turn that name into a user. The first hands the second a one-time ticket, so
+/// the session is built with the right account and client address even when the same
+/// account logs in from several places at once.
+struct Logins {
+    ctx: Arc<FtpsContext>,
+    pending: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl fmt::Debug for Logins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("wharf logins")
+    }
+}
+
+impl Logins {
+    fn session(&self, account: Account, ip: IpAddr) -> Arc<Session> {
+        let info = SessionInfo {
+            id: uuid::Uuid::now_v7().to_string(),
+            protocol: Protocol::Ftps,
+            client_ip: ip,
+            username: account.username.clone(),
+        };
+        let backend = self.ctx.storage.backend(&account.home);
+        Arc::new(Session::new(
+            info,
+            account,
+            backend,
+            self.ctx.sessions.clone(),
+        ))
+    }
+}
+
+#[async_trait]
+impl FtpAuthenticator for Logins {
+    async fn authenticate(
+        &self,
+        username: &str,
+        creds: &Credentials,
+    ) -> Result<Principal, AuthenticationError> {
+        let ip = creds.source_ip;
+        let password = SecretString::from(creds.password.clone().unwrap_or_default());
+        match self.ctx.auth.password(username, &password, ip).await {
+            Ok(account) => {
+                tracing::info!(
+                    activity = "AUTH_SUCCESS",
+                    protocol = "ftps",
+                    client_ip = %ip,
+                    username = %account.username,
+                    method = "password"
+                );
+                let auth = self.ctx.auth.clone();
+                let name = account.username.clone();
+                tokio::spawn(async move { auth.record_login(&name).await });
+                let ticket = uuid::Uuid::new_v4().to_string();
+                let session = self.session(account, ip);
+                if let Ok(mut p) = self.pending.lock() {
+                    p.insert(ticket.clone(), session);
+                }
+                Ok(Principal { username: ticket })
+            }
+            Err(why) => {
+                metrics().auth_failed("ftps", "password");
+                tracing::info!(
+                    activity = "AUTH_FAILURE",
+                    protocol = "ftps",
+                    client_ip = %ip,
+                    username,
+                    method = "password",
+                    reason = why.name()
+                );
+                Err(AuthenticationError::BadPassword)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl UserDetailProvider for Logins {
+    type User = FtpsUser;
+
+    async fn provide_user_detail(
+        &self,
+        principal: &Principal,
+    ) -> Result<FtpsUser, UserDetailError> {
+        let session = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&principal.username));
+        match session {
+            Some(session) => Ok(FtpsUser { session }),
+            None => Err(UserDetailError::Generic("login ticket not found".into())),
+        }
+    }
+}
+
+/// Forwards to the shared `Logins` (libunftp wants the two roles as separate `Arc`s).
+#[derive(Debug)]
+struct Tickets(Arc<Logins>);
+
+#[async_trait]
+impl UserDetailProvider for Tickets {
+    type User = FtpsUser;
+
+    async fn provide_user_detail(
+        &self,
+        principal: &Principal,
+    ) -> Result<FtpsUser, UserDetailError> {
+        self.0.provide_user_detail(principal).await
+    }
+}
+
+pub struct FtpsServer {
+    logins: Arc<Logins>,
+    cert: PathBuf,
+    key: PathBuf,
+    passive_ports: RangeInclusive<u16>,
+    passive_host: Option<String>,
+    idle_timeout: Duration,
+}
+
+impl FtpsServer {
+    /// `None` when FTPS is not configured: no certificate at the default path.
+    pub fn from_config(
+        cfg: &FtpsConfig,
+        idle_timeout: Duration,
+        ctx: Arc<FtpsContext>,
+    ) -> Result<Option<FtpsServer>, FtpsError> {
+        let default = FtpsConfig::default();
+        if !cfg.cert.exists() {
+            if cfg.cert == default.cert {
+                return Ok(None);
+            }
+            return Err(FtpsError::Config(format!(
+                "ftps.cert = {}: no such file",
+                cfg.cert.display()
+            )));
+        }
+        if !cfg.key.exists() {
+            return Err(FtpsError::Config(format!(
+                "ftps.key = {}: no such file",
+                cfg.key.display()
+            )));
+        }
+        if !cfg.implicit_listen.is_empty() {
+            return Err(FtpsError::Config(
+                "ftps.implicit_listen: implicit TLS is not supported yet; use explicit TLS (AUTH TLS) on ftps.listen".into(),
+            ));
+        }
+        let passive_ports = parse_ports(&cfg.passive_ports)?;
+        let passive_host = Some(cfg.passive_host.clone()).filter(|h| !h.is_empty());
+        if let Some(h) = &passive_host {
+            if h.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(FtpsError::Config(format!(
+                    "ftps.passive_host = {h:?}: expected an IPv4 address"
+                )));
+            }
+        }
+        Ok(Some(FtpsServer {
+            logins: Arc::new(Logins {
+                ctx,
+                pending: Mutex::new(HashMap::new()),
+            }),
+            cert: cfg.cert.clone(),
+            key: cfg.key.clone(),
+            passive_ports,
+            passive_host,
+            idle_timeout,
+        }))
+    }
+
+    /// A libunftp server for one connection (it consumes itself serving it). The certificate
+    /// is read each time, so a renewed one takes effect without a restart.
+    fn build(&self) -> Result<libunftp::Server<storage::SessionStorage, FtpsUser>, String> {
+        let mut b = libunftp::ServerBuilder::with_user_detail_provider(
+            Box::new(storage::SessionStorage::default),
+            Arc::new(Tickets(self.logins.clone())),
+        )
+        .authenticator(self.logins.clone())
+        .greeting("wharf FTPS: AUTH TLS required")
+        .ftps(self.cert.clone(), self.key.clone())
+        .ftps_required(FtpsRequired::All, FtpsRequired::All)
+        .passive_ports(self.passive_ports.clone())
+        .idle_session_timeout(self.idle_timeout.as_secs().max(1))
+        .logger(slog::Logger::root(slog::Discard, slog::o!()));
+        if let Some(h) = &self.passive_host {
+            b = b.passive_host(h.as_str());
+        }
+        b.build().map_err(|e| e.to_string())
+    }
+
+    /// Checks the certificate and key load, so a bad pair fails at startup, not per client.
+    pub fn check(&self) -> Result<(), FtpsError> {
+        self.build().map(drop).map_err(|e| {
+            FtpsError::Config(format!(
+                "cannot use ftps.cert {} / ftps.key {}: {e}",
+                self.cert.display(),
+                self.key.display()
+            ))
+        })
+    }
+
+    /// Accepts connections until `stop`; then waits for running sessions until `force`.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+        force: CancellationToken,
+    ) {
+        let sessions = TaskTracker::new();
+        loop {
+            let (sock, peer) = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ftps accept failed; backing off");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            let force = force.clone();
+            sessions.spawn(async move {
+                tokio::select! {
+                    _ = this.connection(sock, peer) => {}
+                    _ = force.cancelled() => {}
+                }
+            });
+        }
+        drop(listener);
+        sessions.close();
+        sessions.wait().await;
+    }
+
+    async fn connection(&self, sock: TcpStream, peer: SocketAddr) {
+        let _ = sock.set_nodelay(true);
+        let _active = metrics().session("ftps");
+        let started = std::time::Instant::now();
+        tracing::info!(activity = "CONNECTED", protocol = "ftps", client_ip = %peer.ip());
+        let reason = match self.build() {
+            Ok(server) => match server.service(sock).await {
+                Ok(()) => "connection closed".to_string(),
+                Err(e) => format!("connection error: {e}"),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve an FTPS connection");
+                "server configuration error".to_string()
+            }
+        };
+        tracing::info!(
+            activity = "DISCONNECTED",
+            protocol = "ftps",
+            client_ip = %peer.ip(),
+            reason,
+            duration_ms = started.elapsed().as_millis() as u64
+        );
+    }
+}
+
+fn parse_ports(s: &str) -> Result<RangeInclusive<u16>, FtpsError> {
+    let bad = || {
+        FtpsError::Config(format!(
+            "ftps.passive_ports = {s:?}: expected a range like \"50000-50100\""
+        ))
+    };
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ports;
+
+    #[test]
+    fn passive_port_ranges() {
+        assert_eq!(parse_ports("50000-50100").unwrap(), 50000..=50100);
+        assert!(parse_ports("50100-50000").is_err());
+        assert!(parse_ports("0-10").is_err());
+        assert!(parse_ports("5000").is_err());
+    }
+}

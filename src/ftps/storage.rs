@@ -1,0 +1,244 @@
+//! libunftp's storage interface onto a wharf session: every FTP file operation goes through
+//! the same jail, permissions, streaming upload pipeline and arrival events as SFTP.
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend};
+
+use super::FtpsUser;
+use crate::session::fs::{FsError, FsErrorKind, WriteFile};
+use crate::session::path::VirtualPath;
+use crate::session::Session;
+
+/// Bytes read from the data connection before they are handed to the upload pipeline.
+const CHUNK: usize = 256 << 10;
+
+#[derive(Debug, Default)]
+pub struct SessionStorage;
+
+#[derive(Debug, Clone)]
+pub struct Meta(crate::storage::Meta);
+
+impl Metadata for Meta {
+    fn len(&self) -> u64 {
+        self.0.size
+    }
+    fn is_dir(&self) -> bool {
+        self.0.is_dir
+    }
+    fn is_file(&self) -> bool {
+        !self.0.is_dir
+    }
+    fn is_symlink(&self) -> bool {
+        false
+    }
+    fn modified(&self) -> Result<SystemTime> {
+        Ok(self.0.modified.unwrap_or(SystemTime::UNIX_EPOCH))
+    }
+    fn gid(&self) -> u32 {
+        0
+    }
+    fn uid(&self) -> u32 {
+        0
+    }
+}
+
+fn ftp_err(e: FsError) -> Error {
+    let kind = match e.kind {
+        FsErrorKind::NotFound => ErrorKind::PermanentFileNotAvailable,
+        FsErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        FsErrorKind::Unsupported => ErrorKind::CommandNotImplemented,
+        FsErrorKind::Failure => ErrorKind::LocalError,
+    };
+    Error::new(kind, e)
+}
+
+fn path_of(s: &Session, p: &Path) -> Result<VirtualPath> {
+    let text = p.to_str().ok_or_else(|| {
+        Error::new(
+            ErrorKind::FileNameNotAllowedError,
+            "file names must be UTF-8",
+        )
+    })?;
+    s.resolve(text)
+        .map_err(|e| Error::new(ErrorKind::FileNameNotAllowedError, e))
+}
+
+/// Aborts an upload whose `put` did not finish (the data connection failed, or the transfer
+/// was cancelled and its future dropped): nothing becomes visible, a failed event is written.
+struct OpenUpload {
+    session: Arc<Session>,
+    file: Option<WriteFile>,
+}
+
+impl Drop for OpenUpload {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            let s = self.session.clone();
+            self.session.clone().spawn_upload_task(async move {
+                s.abort_write(f, "partial_upload", "transfer aborted").await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl StorageBackend<FtpsUser> for SessionStorage {
+    type Metadata = Meta;
+
+    async fn metadata<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpsUser,
+        path: P,
+    ) -> Result<Meta> {
+        let s = &user.session;
+        let p = path_of(s, path.as_ref())?;
+        if p.is_root() {
+            return Ok(Meta(crate::storage::Meta::dir()));
+        }
+        s.stat(&p).await.map(Meta).map_err(ftp_err)
+    }
+
+    async fn list<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpsUser,
+        path: P,
+    ) -> Result<Vec<Fileinfo<PathBuf, Meta>>> {
+        let s = &user.session;
+        let p = path_of(s, path.as_ref())?;
+        let entries = s.list(&p).await.map_err(ftp_err)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| Fileinfo {
+                path: PathBuf::from(e.name),
+                metadata: Meta(e.meta),
+            })
+            .collect())
+    }
+
+    async fn get<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpsUser,
+        path: P,
+        start_pos: u64,
+    ) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+        let s = user.session.clone();
+        let p = path_of(&s, path.as_ref())?;
+        let mut f = s.open_read(&p).await.map_err(ftp_err)?;
+        // Streams the file through a pipe, one ranged read at a time.
+        let (mut tx, rx) = tokio::io::duplex(CHUNK);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut offset = start_pos;
+            loop {
+                match s.read(&mut f, offset, CHUNK as u32).await {
+                    Ok(b) if b.is_empty() => break,
+                    Ok(b) => {
+                        offset += b.len() as u64;
+                        if tx.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.shutdown().await;
+        });
+        Ok(Box::new(rx))
+    }
+
+    async fn put<P: AsRef<Path> + Send + Debug, R: AsyncRead + Send + Sync + Unpin + 'static>(
+        &self,
+        user: &FtpsUser,
+        mut input: R,
+        path: P,
+        start_pos: u64,
+    ) -> Result<u64> {
+        let s = user.session.clone();
+        let p = path_of(&s, path.as_ref())?;
+        if start_pos != 0 {
+            // REST before STOR, or APPE: uploads are streamed once, front to back.
+            return Err(Error::new(
+                ErrorKind::CommandNotImplemented,
+                "resuming or appending to uploads is not supported: upload the whole file again",
+            ));
+        }
+        let file = s.open_write(&p, false).await.map_err(ftp_err)?;
+        let mut open = OpenUpload {
+            session: s.clone(),
+            file: Some(file),
+        };
+        let mut offset = 0u64;
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            let n = match input.read_buf(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // A TLS data connection cut without close_notify ends up here too.
+                    if let Some(f) = open.file.take() {
+                        s.abort_write(f, "partial_upload", &format!("data connection: {e}"))
+                            .await;
+                    }
+                    return Err(Error::new(ErrorKind::ConnectionClosed, e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let f = open.file.as_mut().expect("upload open until committed");
+            s.write(f, offset, buf.freeze()).await.map_err(ftp_err)?;
+            offset += n as u64;
+        }
+        let f = open.file.take().expect("upload open until committed");
+        s.close_write(f).await.map_err(ftp_err)?;
+        Ok(offset)
+    }
+
+    async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &FtpsUser, path: P) -> Result<()> {
+        let s = &user.session;
+        let p = path_of(s, path.as_ref())?;
+        s.remove(&p).await.map_err(ftp_err)
+    }
+
+    async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpsUser, path: P) -> Result<()> {
+        let s = &user.session;
+        let p = path_of(s, path.as_ref())?;
+        s.mkdir(&p).await.map_err(ftp_err)
+    }
+
+    async fn rename<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpsUser,
+        from: P,
+        to: P,
+    ) -> Result<()> {
+        let s = &user.session;
+        let (f, t) = (path_of(s, from.as_ref())?, path_of(s, to.as_ref())?);
+        s.rename(&f, &t).await.map_err(ftp_err)
+    }
+
+    async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpsUser, path: P) -> Result<()> {
+        let s = &user.session;
+        let p = path_of(s, path.as_ref())?;
+        s.rmdir(&p).await.map_err(ftp_err)
+    }
+
+    async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpsUser, path: P) -> Result<()> {
+        let s = &user.session;
+        let p = path_of(s, path.as_ref())?;
+        if p.is_root() {
+            return Ok(());
+        }
+        match s.stat(&p).await {
+            Ok(m) if m.is_dir => Ok(()),
+            Ok(_) => Err(Error::from(ErrorKind::PermanentDirectoryNotAvailable)),
+            Err(e) => Err(ftp_err(e)),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! FTPS end to end with real clients (curl and lftp, explicit TLS) into wharf -> garage:
+//! byte-exact objects, arrival events with `protocol: "ftps"`, plain FTP and bad logins
+//! refused, the jail, and a transfer cut mid-way leaving nothing behind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::harness::{random_bytes, Gateway, Receiver, PW};
+
+/// A self-signed certificate for 127.0.0.1, made for this test.
+fn make_cert(dir: &Path) -> (String, String) {
+    let (crt, key) = (dir.join("ftps.crt"), dir.join("ftps.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl (package openssl) must be installed");
+    assert!(out.status.success(), "{out:?}");
+    (
+        crt.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+async fn ftps_gateway(hook: &Receiver) -> Gateway {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (crt, key) = make_cert(&dir);
+    // A passive range of its own, so parallel tests do not compete for ports.
+    let base = 20000 + (rand::random::<u16>() % 400) * 100;
+    let ports = format!("{}-{}", base, base + 99);
+    let sinks = format!(
+        "[{{name = \"hook\", type = \"webhook\", url = \"{}\", secret = \"s\"}}]",
+        hook.url()
+    );
+    Gateway::start(
+        false,
+        &[
+            ("WHARF_FTPS__CERT", &crt),
+            ("WHARF_FTPS__KEY", &key),
+            ("WHARF_FTPS__LISTEN", "127.0.0.1:0"),
+            ("WHARF_FTPS__PASSIVE_PORTS", &ports),
+            ("WHARF_EVENTS__SINKS", &sinks),
+        ],
+    )
+    .await
+}
+
+fn port(g: &Gateway) -> u16 {
+    g.server.ftps_addr.expect("ftps listening").port()
+}
+
+fn curl(g: &Gateway, args: &[&str]) -> Output {
+    Command::new("curl")
+        .current_dir(g.w.path())
+        .args(["-sS", "--insecure", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl (package curl) must be installed")
+}
+
+fn lftp(g: &Gateway, user: &str, password: &str, script: &str) -> Output {
+    let open = format!(
+        "set ssl:verify-certificate no; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
+         set net:max-retries 1; set net:timeout 10; open -u {user},{password} -p {} 127.0.0.1; {script}",
+        port(g)
+    );
+    Command::new("lftp")
+        .current_dir(g.w.path())
+        .args(["-c", &open])
+        .output()
+        .expect("lftp (package lftp) must be installed")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_and_lftp_upload_over_explicit_tls_into_s3_with_events() {
+    let hook = Receiver::start().await;
+    let g = ftps_gateway(&hook).await;
+    let data = random_bytes(7 << 20);
+    g.write_file("settle.bin", &data);
+
+    let url = format!("ftp://127.0.0.1:{}/settlement.bin", port(&g));
+    let out = curl(
+        &g,
+        &[
+            "--ssl-reqd",
+            "--user",
+            &format!("acme:{PW}"),
+            "-T",
+            "settle.bin",
+            &url,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let key = format!("{}acme/settlement.bin", g.prefix);
+    assert_eq!(g.s3.get(&key).await.as_deref(), Some(&data[..]));
+
+    // lftp: a directory, a temp-name upload renamed into place, a listing.
+    let out = lftp(
+        &g,
+        "acme",
+        PW,
+        "mkdir inbound; cd inbound; put settle.bin -o report.csv.filepart; \
+         mv report.csv.filepart report.csv; cls -1",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "report.csv");
+    let final_key = format!("{}acme/inbound/report.csv", g.prefix);
+    assert_eq!(g.s3.get(&final_key).await.as_deref(), Some(&data[..]));
+    assert!(g.s3.get(&format!("{final_key}.filepart")).await.is_none());
+
+    let got = hook.wait_accepted(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        hook.accepted().len(),
+        2,
+        "one event per arrival, none for the temp name"
+    );
+    let sha = hex::encode(Sha256::digest(&data));
+    let mut subjects: Vec<String> = got
+        .iter()
+        .map(|r| {
+            let ev = r.json();
+            assert_eq!(ev["type"], "wharf.upload.completed", "{ev}");
+            assert_eq!(ev["data"]["protocol"], "ftps", "{ev}");
+            assert_eq!(ev["data"]["bytes"], data.len() as u64, "{ev}");
+            assert_eq!(ev["data"]["sha256"], sha, "{ev}");
+            ev["subject"].as_str().unwrap().to_string()
+        })
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["/inbound/report.csv", "/settlement.bin"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_ftp_bad_logins_and_escapes_are_refused() {
+    let hook = Receiver::start().await;
+    let g = ftps_gateway(&hook).await;
+    g.write_file("r.csv", b"id,amount\n1,5\n");
+    let url = format!("ftp://127.0.0.1:{}/r.csv", port(&g));
+
+    // Plain FTP: refused before the password is even sent, with a reply asking for TLS.
+    let out = curl(&g, &["--user", &format!("acme:{PW}"), "-T", "r.csv", &url]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("534"),
+        "{out:?}"
+    );
+
+    for (user, pw) in [("acme", "wrong"), ("nobody", PW)] {
+        let out = curl(
+            &g,
+            &[
+                "--ssl-reqd",
+                "--user",
+                &format!("{user}:{pw}"),
+                "-T",
+                "r.csv",
+                &url,
+            ],
+        );
+        assert!(!out.status.success(), "{user} logged in");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("530"),
+            "{out:?}"
+        );
+    }
+
+    // Paths that climb out of the home are refused; nothing lands anywhere.
+    let out = lftp(
+        &g,
+        "acme",
+        PW,
+        "put r.csv -o ../../../escape.csv; put r.csv -o /../etc.csv",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("553").count(), 2, "{out:?}");
+    assert!(g.s3.keys(&g.prefix).await.is_empty());
+    let log = g.server.log();
+    assert!(log.contains("\"AUTH_FAILURE\""), "{log}");
+    assert!(!log.contains(PW) && !log.contains("\"wrong\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transfer_cut_mid_way_leaves_nothing_and_emits_a_failed_event() {
+    let hook = Receiver::start().await;
+    let g = ftps_gateway(&hook).await;
+    g.write_file("big.bin", &random_bytes(40 << 20));
+    let url = format!("ftp://127.0.0.1:{}/big.bin", port(&g));
+    let mut child = Command::new("curl")
+        .current_dir(g.w.path())
+        .args(["-sS", "--insecure", "--ssl-reqd", "--limit-rate", "2M"])
+        .args(["--user", &format!("acme:{PW}"), "-T", "big.bin", &url])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // SIGKILL: the data connection ends without a TLS close_notify.
+    child.kill().unwrap();
+    let _ = child.wait();
+
+    let got = hook.wait_accepted(1, Duration::from_secs(15)).await;
+    let ev = got[0].json();
+    assert_eq!(ev["type"], "wharf.upload.failed", "{ev}");
+    assert_eq!(ev["data"]["protocol"], "ftps");
+    assert_eq!(ev["data"]["failure_code"], "partial_upload", "{ev}");
+    assert!(ev["data"]["bytes"].as_u64().unwrap() > 0, "{ev}");
+    let key = format!("{}acme/big.bin", g.prefix);
+    assert!(g.s3.get(&key).await.is_none());
+    assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
+}
