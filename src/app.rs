@@ -19,6 +19,7 @@ use crate::events::sinks;
 use crate::ftps::{FtpsContext, FtpsServer};
 use crate::identity::auth::Authenticator;
 use crate::identity::Hasher;
+use crate::session::limits::ConnectionLimits;
 use crate::session::{SessionContext, UploadRegistry};
 use crate::sftp::{hostkeys, SftpContext, SftpServer};
 use crate::storage::{Home, S3Storage, Storage};
@@ -99,8 +100,11 @@ impl App {
             observer: Arc::new(observer),
             setstat: config.security.setstat,
         });
+        let limits =
+            ConnectionLimits::new(config.sftp.max_sessions, config.sftp.max_sessions_per_ip);
         let ftps_ctx = Arc::new(FtpsContext {
             auth: auth.clone(),
+            limits: limits.clone(),
             storage: storage.clone(),
             sessions: sessions.clone(),
         });
@@ -126,7 +130,7 @@ impl App {
             sessions,
             banner,
         });
-        let sftp = Arc::new(SftpServer::new(&config.sftp, keys, ctx));
+        let sftp = Arc::new(SftpServer::new(&config.sftp, keys, ctx, limits));
         let sftp_listener = TcpListener::bind(&config.sftp.listen)
             .await
             .with_context(|| format!("cannot listen on sftp.listen = {}", config.sftp.listen))?;

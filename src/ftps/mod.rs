@@ -26,6 +26,7 @@ use unftp_core::auth::{
 use crate::config::FtpsConfig;
 use crate::identity::auth::Authenticator;
 use crate::identity::Account;
+use crate::session::limits::ConnectionLimits;
 use crate::session::{Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
@@ -59,6 +60,7 @@ impl UserDetail for FtpsUser {}
 /// Everything an FTPS connection needs.
 pub struct FtpsContext {
     pub auth: Authenticator,
+    pub limits: Arc<ConnectionLimits>,
     pub storage: Storage,
     pub sessions: Arc<SessionContext>,
 }
@@ -286,9 +288,17 @@ impl FtpsServer {
                     }
                 },
             };
+            let admitted = match self.logins.ctx.limits.try_admit(peer.ip()) {
+                Ok(a) => a,
+                Err(why) => {
+                    tracing::warn!(activity = "ERROR", protocol = "ftps", client_ip = %peer.ip(), reason = why, "connection refused");
+                    continue;
+                }
+            };
             let this = self.clone();
             let force = force.clone();
             sessions.spawn(async move {
+                let _admitted = admitted;
                 tokio::select! {
                     _ = this.connection(sock, peer) => {}
                     _ = force.cancelled() => {}

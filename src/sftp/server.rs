@@ -3,9 +3,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey, PublicKey};
@@ -25,6 +25,7 @@ use crate::config::SftpConfig;
 use crate::identity::auth::{Authenticator, Refusal};
 use crate::identity::keys::fingerprint;
 use crate::identity::Account;
+use crate::session::limits::{Admitted, ConnectionLimits};
 use crate::session::{Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
@@ -108,67 +109,25 @@ pub fn russh_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::C
     }
 }
 
-/// Caps on concurrent connections, in total and per client address.
-struct Limits {
-    max_total: usize,
-    max_per_ip: usize,
-    active: Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
-struct Admitted {
-    limits: Arc<Limits>,
-    ip: IpAddr,
-}
-
-impl Limits {
-    fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
-        let mut g = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 >= self.max_total {
-            return Err("max_sessions reached");
-        }
-        let n = g.1.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err("max_sessions_per_ip reached");
-        }
-        *n += 1;
-        g.0 += 1;
-        Ok(Admitted {
-            limits: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut g = self.limits.active.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 = g.0.saturating_sub(1);
-        if let Some(n) = g.1.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                g.1.remove(&self.ip);
-            }
-        }
-    }
-}
-
 pub struct SftpServer {
     config: Arc<russh::server::Config>,
     ctx: Arc<SftpContext>,
-    limits: Arc<Limits>,
+    limits: Arc<ConnectionLimits>,
     login_timeout: Duration,
 }
 
 impl SftpServer {
-    pub fn new(cfg: &SftpConfig, keys: Vec<PrivateKey>, ctx: Arc<SftpContext>) -> Self {
+    /// `limits` are shared with the other front-ends.
+    pub fn new(
+        cfg: &SftpConfig,
+        keys: Vec<PrivateKey>,
+        ctx: Arc<SftpContext>,
+        limits: Arc<ConnectionLimits>,
+    ) -> Self {
         SftpServer {
             config: Arc::new(russh_config(cfg, keys)),
             ctx,
-            limits: Arc::new(Limits {
-                max_total: cfg.max_sessions,
-                max_per_ip: cfg.max_sessions_per_ip,
-                active: Mutex::new((0, HashMap::new())),
-            }),
+            limits,
             login_timeout: cfg.login_timeout.0,
         }
     }
