@@ -108,21 +108,24 @@ impl App {
             storage: storage.clone(),
             sessions: sessions.clone(),
         });
-        let ftps =
-            match FtpsServer::from_config(&config.ftps, config.sftp.idle_timeout.0, ftps_ctx)? {
-                Some(server) => {
-                    server.check()?;
-                    metrics().register_protocol("ftps");
-                    let listener =
-                        TcpListener::bind(&config.ftps.listen)
-                            .await
-                            .with_context(|| {
-                                format!("cannot listen on ftps.listen = {}", config.ftps.listen)
-                            })?;
-                    Some((Arc::new(server), listener))
-                }
-                None => None,
-            };
+        let ftps = match FtpsServer::from_config(
+            &config.ftps,
+            config.sftp.idle_timeout.0,
+            config.sftp.login_timeout.0,
+            ftps_ctx,
+        )? {
+            Some(server) => {
+                server.check()?;
+                metrics().register_protocol("ftps");
+                let listener = TcpListener::bind(&config.ftps.listen)
+                    .await
+                    .with_context(|| {
+                        format!("cannot listen on ftps.listen = {}", config.ftps.listen)
+                    })?;
+                Some((Arc::new(server), listener))
+            }
+            None => None,
+        };
         let banner = Some(config.sftp.banner.clone()).filter(|b| !b.is_empty());
         let ctx = Arc::new(SftpContext {
             auth,

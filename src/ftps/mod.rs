@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub enum FtpsError {
 #[derive(Clone)]
 pub struct FtpsUser {
     pub session: Arc<Session>,
+    /// Cancelled when wharf ends the connection (shutdown): running transfers abort.
+    pub cut: CancellationToken,
 }
 
 impl fmt::Debug for FtpsUser {
@@ -71,7 +74,7 @@ pub struct FtpsContext {
 /// account logs in from several places at once.
 struct Logins {
     ctx: Arc<FtpsContext>,
-    pending: Mutex<HashMap<String, Arc<Session>>>,
+    pending: Mutex<HashMap<String, FtpsUser>>,
 }
 
 impl fmt::Debug for Logins {
@@ -81,9 +84,9 @@ impl fmt::Debug for Logins {
 }
 
 impl Logins {
-    fn session(&self, account: Account, ip: IpAddr) -> Arc<Session> {
+    fn session(&self, id: &str, account: Account, ip: IpAddr) -> Arc<Session> {
         let info = SessionInfo {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: id.to_string(),
             protocol: Protocol::Ftps,
             client_ip: ip,
             username: account.username.clone(),
@@ -98,8 +101,24 @@ impl Logins {
     }
 }
 
+/// One control connection: its id (the session id once logged in), whether it has logged
+/// in yet (for `login_timeout`), and the span its activity lines belong to.
+struct Connection {
+    id: String,
+    logins: Arc<Logins>,
+    authed: AtomicBool,
+    span: tracing::Span,
+    cut: CancellationToken,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ftps connection {}", self.id)
+    }
+}
+
 #[async_trait]
-impl FtpAuthenticator for Logins {
+impl FtpAuthenticator for Connection {
     async fn authenticate(
         &self,
         username: &str,
@@ -107,35 +126,36 @@ impl FtpAuthenticator for Logins {
     ) -> Result<Principal, AuthenticationError> {
         let ip = creds.source_ip;
         let password = SecretString::from(creds.password.clone().unwrap_or_default());
-        match self.ctx.auth.password(username, &password, ip).await {
+        let ctx = &self.logins.ctx;
+        match ctx.auth.password(username, &password, ip).await {
             Ok(account) => {
-                tracing::info!(
-                    activity = "AUTH_SUCCESS",
-                    protocol = "ftps",
-                    client_ip = %ip,
-                    username = %account.username,
-                    method = "password"
-                );
-                let auth = self.ctx.auth.clone();
+                self.span.record("username", account.username.as_str());
+                self.span
+                    .in_scope(|| tracing::info!(activity = "AUTH_SUCCESS", method = "password"));
+                let auth = ctx.auth.clone();
                 let name = account.username.clone();
                 tokio::spawn(async move { auth.record_login(&name).await });
                 let ticket = uuid::Uuid::new_v4().to_string();
-                let session = self.session(account, ip);
-                if let Ok(mut p) = self.pending.lock() {
-                    p.insert(ticket.clone(), session);
+                let user = FtpsUser {
+                    session: self.logins.session(&self.id, account, ip),
+                    cut: self.cut.clone(),
+                };
+                if let Ok(mut p) = self.logins.pending.lock() {
+                    p.insert(ticket.clone(), user);
                 }
+                self.authed.store(true, Ordering::Release);
                 Ok(Principal { username: ticket })
             }
             Err(why) => {
                 metrics().auth_failed("ftps", "password");
-                tracing::info!(
-                    activity = "AUTH_FAILURE",
-                    protocol = "ftps",
-                    client_ip = %ip,
-                    username,
-                    method = "password",
-                    reason = why.name()
-                );
+                self.span.in_scope(|| {
+                    tracing::info!(
+                        activity = "AUTH_FAILURE",
+                        username,
+                        method = "password",
+                        reason = why.name()
+                    )
+                });
                 Err(AuthenticationError::BadPassword)
             }
         }
@@ -150,15 +170,11 @@ impl UserDetailProvider for Logins {
         &self,
         principal: &Principal,
     ) -> Result<FtpsUser, UserDetailError> {
-        let session = self
-            .pending
+        self.pending
             .lock()
             .ok()
-            .and_then(|mut p| p.remove(&principal.username));
-        match session {
-            Some(session) => Ok(FtpsUser { session }),
-            None => Err(UserDetailError::Generic("login ticket not found".into())),
-        }
+            .and_then(|mut p| p.remove(&principal.username))
+            .ok_or_else(|| UserDetailError::Generic("login ticket not found".into()))
     }
 }
 
@@ -185,6 +201,7 @@ pub struct FtpsServer {
     passive_ports: RangeInclusive<u16>,
     passive_host: Option<String>,
     idle_timeout: Duration,
+    login_timeout: Duration,
 }
 
 impl FtpsServer {
@@ -192,6 +209,7 @@ impl FtpsServer {
     pub fn from_config(
         cfg: &FtpsConfig,
         idle_timeout: Duration,
+        login_timeout: Duration,
         ctx: Arc<FtpsContext>,
     ) -> Result<Option<FtpsServer>, FtpsError> {
         let default = FtpsConfig::default();
@@ -234,17 +252,21 @@ impl FtpsServer {
             passive_ports,
             passive_host,
             idle_timeout,
+            login_timeout,
         }))
     }
 
     /// A libunftp server for one connection (it consumes itself serving it). The certificate
     /// is read each time, so a renewed one takes effect without a restart.
-    fn build(&self) -> Result<libunftp::Server<storage::SessionStorage, FtpsUser>, String> {
+    fn build(
+        &self,
+        conn: Arc<Connection>,
+    ) -> Result<libunftp::Server<storage::SessionStorage, FtpsUser>, String> {
         let mut b = libunftp::ServerBuilder::with_user_detail_provider(
             Box::new(storage::SessionStorage::default),
             Arc::new(Tickets(self.logins.clone())),
         )
-        .authenticator(self.logins.clone())
+        .authenticator(conn)
         .greeting("wharf FTPS: AUTH TLS required")
         .ftps(self.cert.clone(), self.key.clone())
         .ftps_required(FtpsRequired::All, FtpsRequired::All)
@@ -259,7 +281,14 @@ impl FtpsServer {
 
     /// Checks the certificate and key load, so a bad pair fails at startup, not per client.
     pub fn check(&self) -> Result<(), FtpsError> {
-        self.build().map(drop).map_err(|e| {
+        let probe = Arc::new(Connection {
+            id: String::new(),
+            logins: self.logins.clone(),
+            authed: AtomicBool::new(false),
+            span: tracing::Span::none(),
+            cut: CancellationToken::new(),
+        });
+        self.build(probe).map(drop).map_err(|e| {
             FtpsError::Config(format!(
                 "cannot use ftps.cert {} / ftps.key {}: {e}",
                 self.cert.display(),
@@ -299,10 +328,7 @@ impl FtpsServer {
             let force = force.clone();
             sessions.spawn(async move {
                 let _admitted = admitted;
-                tokio::select! {
-                    _ = this.connection(sock, peer) => {}
-                    _ = force.cancelled() => {}
-                }
+                this.connection(sock, peer, force).await;
             });
         }
         drop(listener);
@@ -310,29 +336,81 @@ impl FtpsServer {
         sessions.wait().await;
     }
 
-    async fn connection(&self, sock: TcpStream, peer: SocketAddr) {
+    async fn connection(&self, sock: TcpStream, peer: SocketAddr, force: CancellationToken) {
         let _ = sock.set_nodelay(true);
+        // libunftp runs the connection on a task of its own: closing the socket is the way
+        // to end it (login timeout, shutdown).
+        let (sock, closer) = match split_closer(sock) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, client_ip = %peer.ip(), "cannot set up an FTPS connection");
+                return;
+            }
+        };
         let _active = metrics().session("ftps");
         let started = std::time::Instant::now();
-        tracing::info!(activity = "CONNECTED", protocol = "ftps", client_ip = %peer.ip());
-        let reason = match self.build() {
-            Ok(server) => match server.service(sock).await {
-                Ok(()) => "connection closed".to_string(),
-                Err(e) => format!("connection error: {e}"),
-            },
+        let id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!("session", session_id = %id, protocol = "ftps", client_ip = %peer.ip(), username = tracing::field::Empty);
+        span.in_scope(|| tracing::info!(activity = "CONNECTED"));
+        let conn = Arc::new(Connection {
+            id,
+            logins: self.logins.clone(),
+            authed: AtomicBool::new(false),
+            span: span.clone(),
+            cut: CancellationToken::new(),
+        });
+        let reason = match self.build(conn.clone()) {
+            Ok(server) => {
+                let serving = server.service(sock);
+                tokio::pin!(serving);
+                let login_deadline = tokio::time::sleep(self.login_timeout);
+                tokio::pin!(login_deadline);
+                let (why, ended) = loop {
+                    tokio::select! {
+                        r = &mut serving => break (match r {
+                            Ok(()) => "connection closed".to_string(),
+                            Err(e) => format!("connection error: {e}"),
+                        }, true),
+                        _ = force.cancelled() => break ("server shutting down".to_string(), false),
+                        _ = &mut login_deadline => {
+                            if !conn.authed.load(Ordering::Acquire) {
+                                break ("login_timeout".to_string(), false);
+                            }
+                            // Logged in in time: from here on only idle_timeout applies.
+                            login_deadline.as_mut().reset(
+                                tokio::time::Instant::now() + Duration::from_secs(86400 * 365),
+                            );
+                        }
+                    }
+                };
+                conn.cut.cancel();
+                let _ = closer.shutdown(std::net::Shutdown::Both);
+                if !ended {
+                    // Let the control loop notice, and an upload cut by it abort.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut serving).await;
+                }
+                why
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot serve an FTPS connection");
                 "server configuration error".to_string()
             }
         };
-        tracing::info!(
-            activity = "DISCONNECTED",
-            protocol = "ftps",
-            client_ip = %peer.ip(),
-            reason,
-            duration_ms = started.elapsed().as_millis() as u64
-        );
+        span.in_scope(|| {
+            tracing::info!(
+                activity = "DISCONNECTED",
+                reason,
+                duration_ms = started.elapsed().as_millis() as u64
+            )
+        });
     }
+}
+
+/// The connection, and a handle on the same socket that can shut it down from outside.
+fn split_closer(sock: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std = sock.into_std()?;
+    let closer = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, closer))
 }
 
 fn parse_ports(s: &str) -> Result<RangeInclusive<u16>, FtpsError> {

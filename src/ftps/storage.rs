@@ -177,7 +177,17 @@ impl StorageBackend<FtpsUser> for SessionStorage {
         let mut offset = 0u64;
         loop {
             let mut buf = BytesMut::with_capacity(CHUNK);
-            let n = match input.read_buf(&mut buf).await {
+            let read = tokio::select! {
+                r = input.read_buf(&mut buf) => r,
+                _ = user.cut.cancelled() => {
+                    if let Some(f) = open.file.take() {
+                        s.abort_write(f, "partial_upload", "the server ended the connection (shutdown)")
+                            .await;
+                    }
+                    return Err(Error::from(ErrorKind::ConnectionClosed));
+                }
+            };
+            let n = match read {
                 Ok(n) => n,
                 Err(e) => {
                     // A TLS data connection cut without close_notify ends up here too.

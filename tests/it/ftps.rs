@@ -31,6 +31,10 @@ fn make_cert(dir: &Path) -> (String, String) {
 }
 
 async fn ftps_gateway(hook: &Receiver) -> Gateway {
+    ftps_gateway_with(hook, &[]).await
+}
+
+async fn ftps_gateway_with(hook: &Receiver, extra: &[(&str, &str)]) -> Gateway {
     let dir = tempfile::tempdir().unwrap().keep();
     let (crt, key) = make_cert(&dir);
     // A passive range of its own, so parallel tests do not compete for ports.
@@ -40,17 +44,15 @@ async fn ftps_gateway(hook: &Receiver) -> Gateway {
         "[{{name = \"hook\", type = \"webhook\", url = \"{}\", secret = \"s\"}}]",
         hook.url()
     );
-    Gateway::start(
-        false,
-        &[
-            ("WHARF_FTPS__CERT", &crt),
-            ("WHARF_FTPS__KEY", &key),
-            ("WHARF_FTPS__LISTEN", "127.0.0.1:0"),
-            ("WHARF_FTPS__PASSIVE_PORTS", &ports),
-            ("WHARF_EVENTS__SINKS", &sinks),
-        ],
-    )
-    .await
+    let mut env = vec![
+        ("WHARF_FTPS__CERT", crt.as_str()),
+        ("WHARF_FTPS__KEY", key.as_str()),
+        ("WHARF_FTPS__LISTEN", "127.0.0.1:0"),
+        ("WHARF_FTPS__PASSIVE_PORTS", ports.as_str()),
+        ("WHARF_EVENTS__SINKS", sinks.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    Gateway::start(false, &env).await
 }
 
 fn port(g: &Gateway) -> u16 {
@@ -137,6 +139,31 @@ async fn curl_and_lftp_upload_over_explicit_tls_into_s3_with_events() {
         .collect();
     subjects.sort();
     assert_eq!(subjects, ["/inbound/report.csv", "/settlement.bin"]);
+
+    // Activity lines: each CLOSE belongs to a session whose CONNECTED and AUTH_SUCCESS share
+    // its session_id.
+    let lines: Vec<serde_json::Value> = g
+        .server
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    let of = |activity: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|v| v["activity"] == activity).collect()
+    };
+    let closes = of("CLOSE");
+    assert_eq!(closes.len(), 2, "{lines:?}");
+    for c in closes {
+        assert_eq!(c["span"]["protocol"], "ftps", "{c}");
+        assert_eq!(c["span"]["username"], "acme", "{c}");
+        let id = &c["span"]["session_id"];
+        for activity in ["CONNECTED", "AUTH_SUCCESS", "DISCONNECTED"] {
+            assert!(
+                of(activity).iter().any(|v| &v["span"]["session_id"] == id),
+                "no {activity} for session {id}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,4 +242,35 @@ async fn a_transfer_cut_mid_way_leaves_nothing_and_emits_a_failed_event() {
     let key = format!("{}acme/big.bin", g.prefix);
     assert!(g.s3.get(&key).await.is_none());
     assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_that_never_log_in_are_closed_at_login_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    let hook = Receiver::start().await;
+    let g = ftps_gateway_with(&hook, &[("WHARF_SFTP__LOGIN_TIMEOUT", "1s")]).await;
+    let mut sock = tokio::net::TcpStream::connect(g.server.ftps_addr.unwrap())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    // The greeting, then nothing from us: the server must hang up on its own.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after 10 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = g.server.log();
+    assert!(log.contains("login_timeout"), "{log}");
 }
