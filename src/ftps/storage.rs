@@ -148,6 +148,7 @@ impl StorageBackend<FtpsUser> for SessionStorage {
                     Err(_) => break,
                 }
             }
+            s.close_read(f);
             let _ = tx.shutdown().await;
         });
         Ok(Box::new(rx))

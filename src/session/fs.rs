@@ -125,6 +125,9 @@ pub struct ReadFile {
     pub size: u64,
     /// Read-ahead: the last block fetched, so small sequential reads cost one request per block.
     cache: Option<(u64, Bytes)>,
+    /// Bytes handed to the client, for the CLOSE line.
+    sent: u64,
+    started: Instant,
 }
 
 const READ_AHEAD: u32 = 4 << 20;
@@ -262,7 +265,9 @@ impl Session {
                 tracing::info!(parent: &self.span,
                     activity = "CLOSE",
                     path = %f.path,
+                    mode = "write",
                     bytes = stored.bytes,
+                    bytes_in = stored.bytes,
                     sha256 = %stored.sha256,
                     duration_ms = f.started.elapsed().as_millis() as u64,
                 );
@@ -329,7 +334,20 @@ impl Session {
             path: path.clone(),
             size: m.size,
             cache: None,
+            sent: 0,
+            started: Instant::now(),
         })
+    }
+
+    /// Ends a download (logged like an upload's close, with the bytes sent).
+    pub fn close_read(&self, f: ReadFile) {
+        tracing::info!(parent: &self.span,
+            activity = "CLOSE",
+            path = %f.path,
+            mode = "read",
+            bytes_out = f.sent,
+            duration_ms = f.started.elapsed().as_millis() as u64,
+        );
     }
 
     /// Up to `len` bytes at `offset`; empty at the end of the file.
@@ -339,6 +357,7 @@ impl Session {
             if offset >= *start && offset < end {
                 let from = (offset - start) as usize;
                 let to = (from + len as usize).min(block.len());
+                f.sent += (to - from) as u64;
                 return Ok(block.slice(from..to));
             }
         }
@@ -352,6 +371,7 @@ impl Session {
             .map_err(|e| storage(e, &f.path))?;
         let out = block.slice(..(len as usize).min(block.len()));
         f.cache = Some((offset, block));
+        f.sent += out.len() as u64;
         Ok(out)
     }
 

@@ -297,6 +297,10 @@ impl russh_sftp::server::Handler for SftpHandler {
                 self.session.close_write(f).await.map_err(reply)?;
                 Ok(ok(id))
             }
+            Some(Open::Read(f)) => {
+                self.session.close_read(f);
+                Ok(ok(id))
+            }
             Some(_) => Ok(ok(id)),
             None => Err(bad_handle()),
         }

@@ -265,9 +265,16 @@ async fn every_activity_is_one_json_line_with_who_did_it() {
                 assert_eq!(v["reason"], "bad_password", "{line}");
             }
             "AUTH_SUCCESS" => assert_eq!(v["method"], "password", "{line}"),
-            "CLOSE" => {
-                assert!(v["bytes"].is_u64() && v["duration_ms"].is_u64(), "{line}");
+            "CLOSE" if v["mode"] == "write" => {
+                assert!(
+                    v["bytes_in"].is_u64() && v["duration_ms"].is_u64(),
+                    "{line}"
+                );
                 assert_eq!(v["sha256"].as_str().map(str::len), Some(64), "{line}");
+            }
+            "CLOSE" => {
+                assert_eq!(v["mode"], "read", "{line}");
+                assert_eq!(v["bytes_out"], 16, "{line}");
             }
             "DISCONNECTED" => assert!(v["duration_ms"].is_u64(), "{line}"),
             _ => {}
@@ -292,6 +299,7 @@ async fn every_activity_is_one_json_line_with_who_did_it() {
             "no {activity} line in {seen:?}\n{log}"
         );
     }
+    assert_eq!(seen["CLOSE"], 2, "an upload and a download: {seen:?}");
     assert_eq!(seen["CONNECTED"], 2, "{seen:?}");
     assert_eq!(seen["DISCONNECTED"], 2, "{seen:?}");
     assert!(!log.contains(PW) && !log.contains("wrong-password-1"));
