@@ -115,4 +115,12 @@ impl UploadObserver for OutboxObserver {
             _ => Ok(()),
         }
     }
+
+    async fn removed(&self, path: &str, location: &Location) {
+        if self.is_temp(path) {
+            if let Err(e) = self.outbox.unstage(&location.uri).await {
+                tracing::warn!(path, error = %e, "could not forget a deleted temp upload");
+            }
+        }
+    }
 }

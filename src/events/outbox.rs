@@ -384,6 +384,15 @@ impl Outbox {
     }
 
     /// Moves a staged upload to a new temp name (a rename between two temp names).
+    /// Forgets a staged temp upload (its file was deleted).
+    pub async fn unstage(&self, location: &str) -> Result<()> {
+        let _writing = self.writing().await;
+        on_pool!(&self.db, pool => {
+            sqlx::query("DELETE FROM staged_uploads WHERE location = $1").bind(location).execute(pool).await?;
+        });
+        Ok(())
+    }
+
     pub async fn restage(&self, from: &str, to: &str) -> Result<()> {
         let _writing = self.writing().await;
         on_pool!(&self.db, pool => {

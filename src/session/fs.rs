@@ -382,6 +382,11 @@ impl Session {
             .await
             .map_err(|e| storage(e, path))?;
         tracing::info!(parent: &self.span,activity = "DELETE", path = %path);
+        let location = self.backend.location(&path.relative());
+        self.ctx
+            .observer
+            .removed(&path.to_string(), &location)
+            .await;
         Ok(())
     }
 

@@ -84,6 +84,9 @@ pub trait UploadObserver: Send + Sync {
         to: (&str, &crate::storage::Location),
         etag: Option<&str>,
     ) -> Result<(), String>;
+    /// A file was deleted (a temp-name upload that will never be renamed, for instance).
+    /// Failures are logged, not reported: the file is gone either way.
+    async fn removed(&self, path: &str, location: &crate::storage::Location);
 }
 
 /// Logs uploads and records nothing (no event outbox configured).
@@ -104,6 +107,7 @@ impl UploadObserver for LogOnlyObserver {
     ) -> Result<(), String> {
         Ok(())
     }
+    async fn removed(&self, _path: &str, _location: &crate::storage::Location) {}
 }
 
 /// What every session of this process shares.

@@ -379,3 +379,39 @@ async fn replay_delivers_again() {
     g.w.run(&["events", "list", "--since", "yesterday"])
         .fails_with(&["RFC 3339"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_temp_upload_is_forgotten() {
+    let hook = Receiver::start().await;
+    let g = Gateway::start(false, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    g.w.run(&[
+        "user",
+        "set",
+        "acme",
+        "--permissions",
+        "list,upload,overwrite,delete,rename",
+    ])
+    .ok();
+    let (old, new) = (random_bytes(1000), random_bytes(2000));
+    g.write_file("old.bin", &old);
+    g.write_file("new.bin", &new);
+    // A temp upload that is deleted, then a different file that reaches the same temp name
+    // by a rename: its arrival must not be described with the deleted upload's content.
+    g.acme(
+        "put old.bin t.csv.filepart\nrm t.csv.filepart\nput new.bin final.csv\n\
+         rename final.csv t.csv.filepart\nrename t.csv.filepart done.csv\n",
+    )
+    .ok();
+    let got = hook.wait_accepted(2, Duration::from_secs(10)).await;
+    let done = got
+        .iter()
+        .map(|r| r.json())
+        .find(|e| e["subject"] == "/done.csv")
+        .expect("an event for done.csv");
+    assert_ne!(
+        done["data"]["sha256"],
+        hex::encode(Sha256::digest(&old)),
+        "{done}"
+    );
+    assert_ne!(done["data"]["bytes"], old.len() as u64, "{done}");
+}
