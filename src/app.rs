@@ -18,6 +18,7 @@ use crate::events::outbox::Outbox;
 use crate::events::sinks;
 use crate::ftps::{FtpsContext, FtpsServer};
 use crate::identity::auth::Authenticator;
+use crate::identity::bans::Bans;
 use crate::identity::Hasher;
 use crate::session::limits::ConnectionLimits;
 use crate::session::{SessionContext, UploadRegistry};
@@ -45,7 +46,8 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let db = Db::open(&config.database).await?;
         let hasher = Hasher::from_config(&config.security)?;
-        let auth = Authenticator::new(db.account_store(), hasher);
+        let auth = Authenticator::new(db.account_store(), hasher)
+            .with_bans(Bans::new(db.clone(), &config.security));
         let storage =
             Storage::new(S3Storage::new(&config.storage.s3, config.storage.upload_memory.0).await);
         let keys = hostkeys::load_or_generate(&config.sftp.host_key_dir)?;

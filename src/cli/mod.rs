@@ -1,6 +1,7 @@
 //! The `wharf` command line: argument definitions, config loading, and dispatch to one
 //! module per command group.
 
+mod ban;
 mod events;
 mod hostkey;
 mod migrate;
@@ -31,7 +32,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway (SFTP) until SIGTERM/SIGINT
+    /// Run the gateway (SFTP, and FTPS when configured) until SIGTERM/SIGINT
     Serve,
     /// Apply database migrations (every other command also does it)
     Migrate,
@@ -44,6 +45,9 @@ pub enum Command {
     /// The server's SSH host keys
     #[command(subcommand)]
     Hostkey(HostkeyCommand),
+    /// Addresses banned for repeated failed logins
+    #[command(subcommand)]
+    Ban(ban::BanCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,5 +107,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(cmd) => events::run(&config, cmd).await,
         Command::Migrate => migrate::run(&config).await,
         Command::User(cmd) => user::run(&config, cmd).await,
+        Command::Ban(cmd) => ban::run(&config, cmd).await,
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use russh::keys::PublicKey;
 use secrecy::SecretString;
 
+use super::bans::Bans;
 use super::{keys, validate_username, Account, AccountStore, Hasher};
 
 /// Why a login was refused. Logged for admins; never told to the client, which sees one
@@ -19,6 +20,8 @@ pub enum Refusal {
     UnknownKey,
     Disabled,
     AddressNotAllowed,
+    /// The address is banned for repeated failures: refused before any hashing.
+    Banned,
     /// The account store could not be asked.
     Unavailable,
 }
@@ -32,6 +35,7 @@ impl Refusal {
             Refusal::UnknownKey => "unknown_key",
             Refusal::Disabled => "disabled",
             Refusal::AddressNotAllowed => "address_not_allowed",
+            Refusal::Banned => "banned",
             Refusal::Unavailable => "store_unavailable",
         }
     }
@@ -41,11 +45,29 @@ impl Refusal {
 pub struct Authenticator {
     store: Arc<dyn AccountStore>,
     hasher: Hasher,
+    bans: Option<Arc<Bans>>,
 }
 
 impl Authenticator {
     pub fn new(store: Arc<dyn AccountStore>, hasher: Hasher) -> Self {
-        Authenticator { store, hasher }
+        Authenticator {
+            store,
+            hasher,
+            bans: None,
+        }
+    }
+
+    /// Checks and records bans on every login (every protocol shares this authenticator).
+    pub fn with_bans(mut self, bans: Arc<Bans>) -> Self {
+        self.bans = Some(bans);
+        self
+    }
+
+    async fn banned(&self, ip: IpAddr) -> bool {
+        match &self.bans {
+            Some(b) => b.is_banned(ip).await,
+            None => false,
+        }
     }
 
     async fn account(&self, username: &str) -> Result<Option<Account>, Refusal> {
@@ -71,6 +93,30 @@ impl Authenticator {
     /// Checks a password. Every path runs one argon2 verification (against a dummy hash when
     /// there is no account or no password) so timing does not tell them apart.
     pub async fn password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        ip: IpAddr,
+    ) -> Result<Account, Refusal> {
+        if self.banned(ip).await {
+            return Err(Refusal::Banned);
+        }
+        if let Some(b) = &self.bans {
+            let hold = b.user_delay(username);
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
+        }
+        let res = self.check_password(username, password, ip).await;
+        if let (Err(why), Some(b)) = (&res, &self.bans) {
+            if *why != Refusal::Unavailable {
+                b.failed(ip, username).await;
+            }
+        }
+        res
+    }
+
+    async fn check_password(
         &self,
         username: &str,
         password: &SecretString,
@@ -103,6 +149,9 @@ impl Authenticator {
         key: &PublicKey,
         ip: IpAddr,
     ) -> Result<Account, Refusal> {
+        if self.banned(ip).await {
+            return Err(Refusal::Banned);
+        }
         let account = self.account(username).await?.ok_or(Refusal::UnknownUser)?;
         let fp = keys::fingerprint(key);
         let stored = self

@@ -2,6 +2,7 @@
 //! keys and password hashes, and the `AccountStore` seam with its SQLite and Postgres stores.
 
 pub mod auth;
+pub mod bans;
 pub mod keys;
 pub mod password;
 pub mod permissions;

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub s3_errors: Family<OperationLabels, Counter>,
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub outbox_pending: Family<SinkLabels, Gauge>,
+    pub bans_active: Gauge,
     pub outbox_oldest_age: Family<SinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -87,6 +88,7 @@ impl Metrics {
             s3_errors: Family::default(),
             deliveries: Family::default(),
             outbox_pending: Family::default(),
+            bans_active: Gauge::default(),
             outbox_oldest_age: Family::default(),
             registry: Registry::default(),
         };
@@ -134,6 +136,11 @@ impl Metrics {
             "wharf_event_deliveries",
             "Event delivery attempts by sink and outcome (delivered, retry, dead)",
             m.deliveries.clone(),
+        );
+        r.register(
+            "wharf_bans_active",
+            "Addresses banned for repeated failed logins (all instances on the database)",
+            m.bans_active.clone(),
         );
         r.register(
             "wharf_outbox_pending",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::harness::{random_bytes, Gateway, Receiver, PW};
+use crate::harness::{random_bytes, Auth, Gateway, Receiver, PW};
 
 /// A self-signed certificate for 127.0.0.1, made for this test.
 fn make_cert(dir: &Path) -> (String, String) {
@@ -31,10 +31,10 @@ fn make_cert(dir: &Path) -> (String, String) {
 }
 
 async fn ftps_gateway(hook: &Receiver) -> Gateway {
-    ftps_gateway_with(hook, &[]).await
+    ftps_gateway_with(hook, false, &[]).await
 }
 
-async fn ftps_gateway_with(hook: &Receiver, extra: &[(&str, &str)]) -> Gateway {
+async fn ftps_gateway_with(hook: &Receiver, postgres: bool, extra: &[(&str, &str)]) -> Gateway {
     let dir = tempfile::tempdir().unwrap().keep();
     let (crt, key) = make_cert(&dir);
     // A passive range of its own, so parallel tests do not compete for ports.
@@ -52,7 +52,7 @@ async fn ftps_gateway_with(hook: &Receiver, extra: &[(&str, &str)]) -> Gateway {
         ("WHARF_EVENTS__SINKS", sinks.as_str()),
     ];
     env.extend_from_slice(extra);
-    Gateway::start(false, &env).await
+    Gateway::start(postgres, &env).await
 }
 
 fn port(g: &Gateway) -> u16 {
@@ -248,7 +248,7 @@ async fn a_transfer_cut_mid_way_leaves_nothing_and_emits_a_failed_event() {
 async fn connections_that_never_log_in_are_closed_at_login_timeout() {
     use tokio::io::AsyncReadExt as _;
     let hook = Receiver::start().await;
-    let g = ftps_gateway_with(&hook, &[("WHARF_SFTP__LOGIN_TIMEOUT", "1s")]).await;
+    let g = ftps_gateway_with(&hook, false, &[("WHARF_SFTP__LOGIN_TIMEOUT", "1s")]).await;
     let mut sock = tokio::net::TcpStream::connect(g.server.ftps_addr.unwrap())
         .await
         .unwrap();
@@ -273,4 +273,58 @@ async fn connections_that_never_log_in_are_closed_at_login_timeout() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = g.server.log();
     assert!(log.contains("login_timeout"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_failures_ban_the_address_for_every_protocol_until_lifted() {
+    let hook = Receiver::start().await;
+    // On Postgres: the bans table is what instances share.
+    let g = ftps_gateway_with(&hook, true, &[("WHARF_SECURITY__BAN_AFTER_FAILURES", "3")]).await;
+    g.write_file("r.csv", b"id,amount\n1,5\n");
+    for _ in 0..3 {
+        let r = g.sftp("acme", &Auth::Password("guess".into()), "ls\n");
+        assert_ne!(r.code, Some(0));
+    }
+    // Now even the right password is refused, over SFTP and over FTPS alike.
+    let r = g.acme("put r.csv\n");
+    assert_ne!(r.code, Some(0), "banned address logged in over SFTP: {r:?}");
+    let url = format!("ftp://127.0.0.1:{}/r.csv", port(&g));
+    let out = curl(
+        &g,
+        &[
+            "--ssl-reqd",
+            "--user",
+            &format!("acme:{PW}"),
+            "-T",
+            "r.csv",
+            &url,
+        ],
+    );
+    assert!(!out.status.success(), "banned address logged in over FTPS");
+    assert!(g.s3.keys(&g.prefix).await.is_empty());
+
+    let log = g.server.log();
+    assert!(log.contains("\"BAN\""), "{log}");
+    assert!(log.contains("\"reason\":\"banned\""), "{log}");
+    let (_, metrics) = g.server.http_get("/metrics").await;
+    assert!(metrics.contains("wharf_bans_active 1"), "{metrics}");
+
+    let listed = g.w.run(&["ban", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&listed.ok().stdout).unwrap();
+    assert_eq!(v[0]["address"], "127.0.0.1", "{v}");
+    assert_eq!(v[0]["failures"], 3, "{v}");
+    g.w.run(&["ban", "rm", "127.0.0.1"]).ok();
+    g.w.run(&["ban", "rm", "127.0.0.1"])
+        .fails_with(&["127.0.0.1 is not banned"]);
+
+    // Every instance re-reads bans within seconds.
+    let mut ok = false;
+    for _ in 0..20 {
+        if g.acme("put r.csv\n").code == Some(0) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(ok, "login still refused after the ban was lifted");
 }
