@@ -568,6 +568,49 @@ async fn login_timeout_closes_silent_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_silent_connections_neither_block_partners_nor_linger() {
+    let g = Gateway::start(
+        false,
+        &[
+            ("WHARF_SFTP__LOGIN_TIMEOUT", "3s"),
+            ("WHARF_SFTP__MAX_SESSIONS_PER_IP", "1000"),
+        ],
+    )
+    .await;
+    g.write_file("r.csv", b"id,amount\n1,5\n");
+    let before = g.server.rss_kib();
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(tokio::net::TcpStream::connect(g.server.addr).await.unwrap());
+    }
+    // A partner still gets in and uploads while they sit there.
+    g.acme("put r.csv\n").ok();
+    let during = g.server.rss_kib();
+    eprintln!("RSS {before} KiB before, {during} KiB with 200 silent connections");
+    assert!(
+        during < before + 20 * 1024,
+        "RSS grew from {before} KiB to {during} KiB with 200 silent connections"
+    );
+    // And the server hangs up on every one of them at login_timeout.
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        for mut sock in silent {
+            let mut buf = vec![0u8; 256];
+            loop {
+                match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "some silent connections were still open after 15 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_running_uploads_finish() {
     let g = Gateway::start(false, &[]).await;
     let data = random_bytes(8 << 20);
