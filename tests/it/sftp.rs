@@ -611,6 +611,46 @@ async fn two_hundred_silent_connections_neither_block_partners_nor_linger() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_open_close_pairs_leak_no_handles() {
+    // Local storage, so the test measures wharf and not the S3 server.
+    let w = crate::harness::Wharf::embedded();
+    w.run_stdin(
+        &["user", "add", "acme", "--password-stdin"],
+        Some(&format!("{PW}\n")),
+    )
+    .ok();
+    let server = crate::harness::Server::start(&w);
+    let (_ssh, ch) = raw_sftp_channel(server.addr, "acme", PW).await;
+    let sftp = russh_sftp::client::RawSftpSession::new(ch);
+    sftp.init().await.unwrap();
+    let before = server.rss_kib();
+    let started = std::time::Instant::now();
+    for i in 0..10_000 {
+        let h = sftp
+            .opendir("/")
+            .await
+            .unwrap_or_else(|e| panic!("opendir #{i}: {e:?}"))
+            .handle;
+        sftp.close(&h).await.unwrap();
+    }
+    let took = started.elapsed();
+    let after = server.rss_kib();
+    eprintln!("10,000 opendir/close pairs in {took:?}; RSS {before} -> {after} KiB");
+    assert!(
+        after < before + 10 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    // Handles were really released: the per-session cap (256) still leaves room.
+    let mut open = Vec::new();
+    for _ in 0..200 {
+        open.push(sftp.opendir("/").await.unwrap().handle);
+    }
+    for h in open {
+        sftp.close(&h).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_running_uploads_finish() {
     let g = Gateway::start(false, &[]).await;
     let data = random_bytes(8 << 20);
