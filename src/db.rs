@@ -26,6 +26,18 @@ pub enum DbError {
     Migrate { target: String, reason: String },
 }
 
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds: for SQL that both databases
+/// accept as written (`$1` placeholders work in both).
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
 /// A pool on one of the supported databases.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -141,10 +153,7 @@ impl Db {
 
     /// One round trip to the database (readiness).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        match self {
-            Db::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
-            Db::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
-        }
+        on_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(drop))
     }
 
     pub fn kind(&self) -> &'static str {

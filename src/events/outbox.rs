@@ -10,17 +10,7 @@ use sqlx::Row as _;
 use tokio::sync::Notify;
 
 use super::Event;
-use crate::db::Db;
-
-/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the SQL is shared.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Db::Sqlite($pool) => $body,
-            Db::Postgres($pool) => $body,
-        }
-    };
-}
+use crate::db::{on_pool, Db};
 
 /// SQLite must take its write lock when the transaction starts: a deferred transaction that
 /// reads first and writes later fails outright (SQLITE_BUSY_SNAPSHOT, no busy wait) whenever

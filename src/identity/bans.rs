@@ -12,7 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
 use crate::config::SecurityConfig;
-use crate::db::Db;
+use crate::db::{on_pool, Db};
 
 /// How long the cached ban list is trusted before it is read again.
 const REFRESH: Duration = Duration::from_secs(2);
@@ -148,24 +148,14 @@ impl Bans {
         }
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(self.duration).unwrap_or_default();
-        let res = match &self.db {
-            Db::Sqlite(p) => sqlx::query(UPSERT)
-                .bind(ip.to_string())
-                .bind(micros(until))
-                .bind(count as i64)
-                .bind(micros(now))
-                .execute(p)
-                .await
-                .map(drop),
-            Db::Postgres(p) => sqlx::query(UPSERT)
-                .bind(ip.to_string())
-                .bind(micros(until))
-                .bind(count as i64)
-                .bind(micros(now))
-                .execute(p)
-                .await
-                .map(drop),
-        };
+        let res = on_pool!(&self.db, p => sqlx::query(UPSERT)
+            .bind(ip.to_string())
+            .bind(micros(until))
+            .bind(count as i64)
+            .bind(micros(now))
+            .execute(p)
+            .await
+            .map(drop));
         if let Err(e) = res {
             tracing::error!(error = %e, client_ip = %ip, "cannot record a ban; banning on this instance only");
         }
@@ -185,10 +175,8 @@ const UPSERT: &str = "INSERT INTO bans (address, until_us, failures, created_us)
 pub async fn list(db: &Db) -> Result<Vec<Ban>, sqlx::Error> {
     const Q: &str =
         "SELECT address, until_us, CAST(failures AS BIGINT), created_us FROM bans ORDER BY created_us";
-    let rows: Vec<(String, i64, i64, i64)> = match db {
-        Db::Sqlite(p) => sqlx::query_as(Q).fetch_all(p).await?,
-        Db::Postgres(p) => sqlx::query_as(Q).fetch_all(p).await?,
-    };
+    let rows: Vec<(String, i64, i64, i64)> =
+        on_pool!(db, p => sqlx::query_as(Q).fetch_all(p).await?);
     Ok(rows
         .into_iter()
         .map(|(address, until, failures, created)| Ban {
