@@ -68,6 +68,13 @@ fn curl(g: &Gateway, args: &[&str]) -> Output {
         .expect("curl (package curl) must be installed")
 }
 
+/// `curl --ssl-reqd -T FILE` to `remote` on the gateway's FTPS port (explicit TLS).
+fn curl_put(g: &Gateway, user: &str, password: &str, file: &str, remote: &str) -> Output {
+    let url = format!("ftp://127.0.0.1:{}/{remote}", port(g));
+    let login = format!("{user}:{password}");
+    curl(g, &["--ssl-reqd", "--user", &login, "-T", file, &url])
+}
+
 fn lftp(g: &Gateway, user: &str, password: &str, script: &str) -> Output {
     let open = format!(
         "set ssl:verify-certificate no; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
@@ -88,18 +95,7 @@ async fn curl_and_lftp_upload_over_explicit_tls_into_s3_with_events() {
     let data = random_bytes(7 << 20);
     g.write_file("settle.bin", &data);
 
-    let url = format!("ftp://127.0.0.1:{}/settlement.bin", port(&g));
-    let out = curl(
-        &g,
-        &[
-            "--ssl-reqd",
-            "--user",
-            &format!("acme:{PW}"),
-            "-T",
-            "settle.bin",
-            &url,
-        ],
-    );
+    let out = curl_put(&g, "acme", PW, "settle.bin", "settlement.bin");
     assert!(out.status.success(), "{out:?}");
     let key = format!("{}acme/settlement.bin", g.prefix);
     assert_eq!(g.s3.get(&key).await.as_deref(), Some(&data[..]));
@@ -182,17 +178,7 @@ async fn plain_ftp_bad_logins_and_escapes_are_refused() {
     );
 
     for (user, pw) in [("acme", "wrong"), ("nobody", PW)] {
-        let out = curl(
-            &g,
-            &[
-                "--ssl-reqd",
-                "--user",
-                &format!("{user}:{pw}"),
-                "-T",
-                "r.csv",
-                &url,
-            ],
-        );
+        let out = curl_put(&g, user, pw, "r.csv", "r.csv");
         assert!(!out.status.success(), "{user} logged in");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("530"),
@@ -288,18 +274,7 @@ async fn repeated_failures_ban_the_address_for_every_protocol_until_lifted() {
     // Now even the right password is refused, over SFTP and over FTPS alike.
     let r = g.acme("put r.csv\n");
     assert_ne!(r.code, Some(0), "banned address logged in over SFTP: {r:?}");
-    let url = format!("ftp://127.0.0.1:{}/r.csv", port(&g));
-    let out = curl(
-        &g,
-        &[
-            "--ssl-reqd",
-            "--user",
-            &format!("acme:{PW}"),
-            "-T",
-            "r.csv",
-            &url,
-        ],
-    );
+    let out = curl_put(&g, "acme", PW, "r.csv", "r.csv");
     assert!(!out.status.success(), "banned address logged in over FTPS");
     assert!(g.s3.keys(&g.prefix).await.is_empty());
 
