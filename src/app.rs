@@ -20,7 +20,7 @@ use crate::ftps::{FtpsContext, FtpsServer};
 use crate::identity::auth::Authenticator;
 use crate::identity::bans::Bans;
 use crate::identity::Hasher;
-use crate::session::limits::ConnectionLimits;
+use crate::session::limits::{ConnectionLimits, Gate};
 use crate::session::{SessionContext, UploadRegistry};
 use crate::sftp::{hostkeys, SftpContext, SftpServer};
 use crate::storage::{Home, S3Storage, Storage};
@@ -36,7 +36,7 @@ pub struct App {
     ops: Option<(TcpListener, Arc<Endpoint>)>,
     sftp: Arc<SftpServer>,
     sftp_listener: TcpListener,
-    ftps: Option<(Arc<FtpsServer>, TcpListener)>,
+    ftps: Option<(Arc<FtpsServer>, TcpListener, Option<TcpListener>)>,
     uploads: Arc<UploadRegistry>,
     dispatcher: Dispatcher,
 }
@@ -102,11 +102,14 @@ impl App {
             observer: Arc::new(observer),
             setstat: config.security.setstat,
         });
-        let limits =
-            ConnectionLimits::new(config.sftp.max_sessions, config.sftp.max_sessions_per_ip);
+        let gate = Gate::new(
+            ConnectionLimits::new(config.sftp.max_sessions, config.sftp.max_sessions_per_ip),
+            config.security.proxy_protocol,
+            config.sftp.login_timeout.0,
+        );
         let ftps_ctx = Arc::new(FtpsContext {
             auth: auth.clone(),
-            limits: limits.clone(),
+            gate: gate.clone(),
             storage: storage.clone(),
             sessions: sessions.clone(),
         });
@@ -124,7 +127,13 @@ impl App {
                     .with_context(|| {
                         format!("cannot listen on ftps.listen = {}", config.ftps.listen)
                     })?;
-                Some((Arc::new(server), listener))
+                let implicit = match config.ftps.implicit_listen.as_str() {
+                    "" => None,
+                    addr => Some(TcpListener::bind(addr).await.with_context(|| {
+                        format!("cannot listen on ftps.implicit_listen = {addr}")
+                    })?),
+                };
+                Some((Arc::new(server), listener, implicit))
             }
             None => None,
         };
@@ -135,7 +144,7 @@ impl App {
             sessions,
             banner,
         });
-        let sftp = Arc::new(SftpServer::new(&config.sftp, keys, ctx, limits));
+        let sftp = Arc::new(SftpServer::new(&config.sftp, keys, ctx, gate));
         let sftp_listener = TcpListener::bind(&config.sftp.listen)
             .await
             .with_context(|| format!("cannot listen on sftp.listen = {}", config.sftp.listen))?;
@@ -157,7 +166,14 @@ impl App {
 
     /// The FTPS (explicit TLS) address, when FTPS is configured.
     pub fn ftps_addr(&self) -> Option<std::io::Result<SocketAddr>> {
-        self.ftps.as_ref().map(|(_, l)| l.local_addr())
+        self.ftps.as_ref().map(|(_, l, _)| l.local_addr())
+    }
+
+    /// The implicit-TLS FTPS address, when `ftps.implicit_listen` is set.
+    pub fn ftps_implicit_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.ftps
+            .as_ref()
+            .and_then(|(_, _, l)| l.as_ref().map(|l| l.local_addr()))
     }
 
     /// The `/metrics`, `/healthz` and `/readyz` address, unless `metrics.listen` is empty.
@@ -177,8 +193,16 @@ impl App {
         if let Some((listener, endpoint)) = self.ops {
             tokio::spawn(http::serve(listener, endpoint, stop_ops.clone()));
         }
-        let ftps = self.ftps.map(|(server, listener)| {
-            tokio::spawn(server.run(listener, stop.clone(), force.clone()))
+        let ftps = self.ftps.map(|(server, listener, implicit)| {
+            let implicit = implicit
+                .map(|l| tokio::spawn(server.clone().run(l, true, stop.clone(), force.clone())));
+            let explicit = tokio::spawn(server.run(listener, false, stop.clone(), force.clone()));
+            async move {
+                let _ = explicit.await;
+                if let Some(i) = implicit {
+                    let _ = i.await;
+                }
+            }
         });
         let sftp = tokio::spawn(self.sftp.clone().run(
             self.sftp_listener,

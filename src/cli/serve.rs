@@ -30,6 +30,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(protocol = "ftps", %addr, "listening");
         announce("ftps", addr);
     }
+    if let Some(addr) = app.ftps_implicit_addr() {
+        let addr = addr?;
+        tracing::info!(protocol = "ftps", %addr, "listening (implicit TLS)");
+        announce("ftps-implicit", addr);
+    }
     let addr = app.sftp_addr()?;
     tracing::info!(protocol = "sftp", %addr, "listening");
     announce("sftp", addr);

@@ -1,5 +1,5 @@
-//! The FTPS front-end: libunftp speaks the protocol (explicit TLS, `PROT P` required on
-//! control and data), wharf accepts the connections, logs partners in against the account
+//! The FTPS front-end: libunftp speaks the protocol (explicit TLS on `listen`, implicit TLS on
+//! `implicit_listen`, `PROT P` required on control and data), wharf accepts the connections, logs partners in against the account
 //! store (`Logins`) and serves their files through the shared session layer (`storage.rs`).
 
 pub mod storage;
@@ -27,7 +27,7 @@ use unftp_core::auth::{
 use crate::config::FtpsConfig;
 use crate::identity::auth::Authenticator;
 use crate::identity::Account;
-use crate::session::limits::ConnectionLimits;
+use crate::session::limits::{Admitted, Gate};
 use crate::session::{Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
@@ -63,7 +63,7 @@ impl UserDetail for FtpsUser {}
 /// Everything an FTPS connection needs.
 pub struct FtpsContext {
     pub auth: Authenticator,
-    pub limits: Arc<ConnectionLimits>,
+    pub gate: Arc<Gate>,
     pub storage: Storage,
     pub sessions: Arc<SessionContext>,
 }
@@ -105,6 +105,9 @@ impl Logins {
 /// in yet (for `login_timeout`), and the span its activity lines belong to.
 struct Connection {
     id: String,
+    /// The client's address: the socket's peer, or the PROXY header's source. libunftp only
+    /// knows the socket's.
+    client_ip: IpAddr,
     logins: Arc<Logins>,
     authed: AtomicBool,
     span: tracing::Span,
@@ -124,7 +127,7 @@ impl FtpAuthenticator for Connection {
         username: &str,
         creds: &Credentials,
     ) -> Result<Principal, AuthenticationError> {
-        let ip = creds.source_ip;
+        let ip = self.client_ip;
         let password = SecretString::from(creds.password.clone().unwrap_or_default());
         let ctx = &self.logins.ctx;
         match ctx.auth.password(username, &password, ip).await {
@@ -228,11 +231,6 @@ impl FtpsServer {
                 cfg.key.display()
             )));
         }
-        if !cfg.implicit_listen.is_empty() {
-            return Err(FtpsError::Config(
-                "ftps.implicit_listen: implicit TLS is not supported yet; use explicit TLS (AUTH TLS) on ftps.listen".into(),
-            ));
-        }
         let passive_ports = parse_ports(&cfg.passive_ports)?;
         let passive_host = Some(cfg.passive_host.clone()).filter(|h| !h.is_empty());
         if let Some(h) = &passive_host {
@@ -283,6 +281,7 @@ impl FtpsServer {
     pub fn check(&self) -> Result<(), FtpsError> {
         let probe = Arc::new(Connection {
             id: String::new(),
+            client_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             logins: self.logins.clone(),
             authed: AtomicBool::new(false),
             span: tracing::Span::none(),
@@ -298,9 +297,11 @@ impl FtpsServer {
     }
 
     /// Accepts connections until `stop`; then waits for running sessions until `force`.
+    /// `implicit`: the listener's clients speak TLS from their first byte (`implicit_listen`).
     pub async fn run(
         self: Arc<Self>,
         listener: TcpListener,
+        implicit: bool,
         stop: CancellationToken,
         force: CancellationToken,
     ) {
@@ -317,7 +318,7 @@ impl FtpsServer {
                     }
                 },
             };
-            let admitted = match self.logins.ctx.limits.try_admit(peer.ip()) {
+            let admitted = match self.logins.ctx.gate.admit(peer) {
                 Ok(a) => a,
                 Err(why) => {
                     tracing::warn!(activity = "ERROR", protocol = "ftps", client_ip = %peer.ip(), reason = why, "connection refused");
@@ -327,8 +328,7 @@ impl FtpsServer {
             let this = self.clone();
             let force = force.clone();
             sessions.spawn(async move {
-                let _admitted = admitted;
-                this.connection(sock, peer, force).await;
+                this.connection(sock, peer, admitted, implicit, force).await;
             });
         }
         drop(listener);
@@ -336,8 +336,28 @@ impl FtpsServer {
         sessions.wait().await;
     }
 
-    async fn connection(&self, sock: TcpStream, peer: SocketAddr, force: CancellationToken) {
+    async fn connection(
+        &self,
+        mut sock: TcpStream,
+        peer: SocketAddr,
+        mut admitted: Admitted,
+        implicit: bool,
+        force: CancellationToken,
+    ) {
         let _ = sock.set_nodelay(true);
+        let peer = match self
+            .logins
+            .ctx
+            .gate
+            .client(&mut sock, peer, &mut admitted)
+            .await
+        {
+            Ok(client) => client,
+            Err(why) => {
+                tracing::warn!(activity = "ERROR", protocol = "ftps", client_ip = %peer.ip(), reason = why, "connection refused");
+                return;
+            }
+        };
         // libunftp runs the connection on a task of its own: closing the socket is the way
         // to end it (login timeout, shutdown).
         let (sock, closer) = match split_closer(sock) {
@@ -354,6 +374,7 @@ impl FtpsServer {
         span.in_scope(|| tracing::info!(activity = "CONNECTED"));
         let conn = Arc::new(Connection {
             id,
+            client_ip: peer.ip(),
             logins: self.logins.clone(),
             authed: AtomicBool::new(false),
             span: span.clone(),
@@ -361,7 +382,13 @@ impl FtpsServer {
         });
         let reason = match self.build(conn.clone()) {
             Ok(server) => {
-                let serving = server.service(sock);
+                let serving = async move {
+                    if implicit {
+                        server.service_implicit_tls(sock).await
+                    } else {
+                        server.service(sock).await
+                    }
+                };
                 tokio::pin!(serving);
                 let login_deadline = tokio::time::sleep(self.login_timeout);
                 tokio::pin!(login_deadline);

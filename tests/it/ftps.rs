@@ -1,6 +1,6 @@
-//! FTPS end to end with real clients (curl and lftp, explicit TLS) into wharf -> garage:
-//! byte-exact objects, arrival events with `protocol: "ftps"`, plain FTP and bad logins
-//! refused, the jail, and a transfer cut mid-way leaving nothing behind.
+//! FTPS end to end with real clients (curl and lftp; explicit and implicit TLS) into
+//! wharf -> garage: byte-exact objects, arrival events with `protocol: "ftps"`, plain FTP and
+//! bad logins refused, the jail, and a transfer cut mid-way leaving nothing behind.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -34,7 +34,11 @@ async fn ftps_gateway(hook: &Receiver) -> Gateway {
     ftps_gateway_with(hook, false, &[]).await
 }
 
-async fn ftps_gateway_with(hook: &Receiver, postgres: bool, extra: &[(&str, &str)]) -> Gateway {
+pub(crate) async fn ftps_gateway_with(
+    hook: &Receiver,
+    postgres: bool,
+    extra: &[(&str, &str)],
+) -> Gateway {
     let dir = tempfile::tempdir().unwrap().keep();
     let (crt, key) = make_cert(&dir);
     // A passive range of its own, so parallel tests do not compete for ports.
@@ -59,7 +63,7 @@ fn port(g: &Gateway) -> u16 {
     g.server.ftps_addr.expect("ftps listening").port()
 }
 
-fn curl(g: &Gateway, args: &[&str]) -> Output {
+pub(crate) fn curl(g: &Gateway, args: &[&str]) -> Output {
     Command::new("curl")
         .current_dir(g.w.path())
         .args(["-sS", "--insecure", "--max-time", "60"])
@@ -302,4 +306,52 @@ async fn repeated_failures_ban_the_address_for_every_protocol_until_lifted() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(ok, "login still refused after the ban was lifted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_uploads_over_implicit_tls() {
+    let hook = Receiver::start().await;
+    let g = ftps_gateway_with(
+        &hook,
+        false,
+        &[("WHARF_FTPS__IMPLICIT_LISTEN", "127.0.0.1:0")],
+    )
+    .await;
+    let addr = g
+        .server
+        .ftps_implicit_addr
+        .expect("ftps-implicit listening");
+    let data = random_bytes(6 << 20);
+    g.write_file("imp.bin", &data);
+    // curl's ftps:// scheme is implicit TLS: the TLS handshake comes before any FTP.
+    let url = format!("ftps://127.0.0.1:{}/implicit.bin", addr.port());
+    let out = curl(
+        &g,
+        &["--user", &format!("acme:{PW}"), "-T", "imp.bin", &url],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let key = format!("{}acme/implicit.bin", g.prefix);
+    assert_eq!(g.s3.get(&key).await.as_deref(), Some(&data[..]));
+    let list = format!("ftps://127.0.0.1:{}/", addr.port());
+    let out = curl(&g, &["--user", &format!("acme:{PW}"), "--list-only", &list]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "implicit.bin");
+
+    let got = hook.wait_accepted(1, Duration::from_secs(10)).await;
+    let ev = got[0].json();
+    assert_eq!(ev["type"], "wharf.upload.completed", "{ev}");
+    assert_eq!(ev["data"]["protocol"], "ftps", "{ev}");
+    assert_eq!(
+        ev["data"]["sha256"],
+        hex::encode(Sha256::digest(&data)),
+        "{ev}"
+    );
+
+    // A wrong password is refused there as on the explicit port.
+    let out = curl(&g, &["--user", "acme:wrong", "-T", "imp.bin", &url]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("530"),
+        "{out:?}"
+    );
 }

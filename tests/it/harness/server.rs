@@ -29,6 +29,8 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     /// FTPS (explicit TLS), when configured.
     pub ftps_addr: Option<SocketAddr>,
+    /// FTPS with implicit TLS, when `ftps.implicit_listen` is set.
+    pub ftps_implicit_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -64,7 +66,7 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let (mut metrics, mut ftps) = (None, None);
+            let mut seen = std::collections::HashMap::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 // `{"message":"listening","listener":"sftp","addr":…}` in JSON mode,
                 // `sftp listening on ADDR` otherwise.
@@ -78,18 +80,16 @@ impl Server {
                         None => continue,
                     },
                 };
-                match what.as_str() {
-                    "metrics" => metrics = addr.parse::<SocketAddr>().ok(),
-                    "ftps" => ftps = addr.parse::<SocketAddr>().ok(),
-                    "sftp" => {
-                        let _ = tx.send((addr, metrics, ftps));
-                    }
-                    _ => {}
+                // sftp comes last.
+                if what == "sftp" {
+                    let _ = tx.send((addr, std::mem::take(&mut seen)));
+                } else if let Ok(a) = addr.parse::<SocketAddr>() {
+                    seen.insert(what, a);
                 }
             }
         });
-        let (addr, metrics_addr, ftps_addr) = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((a, m, f)) => (a.parse().expect("listen address"), m, f),
+        let (addr, others) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((a, others)) => (a.parse().expect("listen address"), others),
             Err(_) => {
                 let _ = child.kill();
                 std::thread::sleep(Duration::from_millis(200));
@@ -99,8 +99,9 @@ impl Server {
         Server {
             child,
             addr,
-            metrics_addr,
-            ftps_addr,
+            metrics_addr: others.get("metrics").copied(),
+            ftps_addr: others.get("ftps").copied(),
+            ftps_implicit_addr: others.get("ftps-implicit").copied(),
             log,
         }
     }
