@@ -1,11 +1,12 @@
 //! A logged-in partner's session, shared by every protocol: who it is, its jailed view of
 //! its home (`VirtualPath`), its permissions, and the file operations of `fs.rs` with the
-//! streaming upload pipeline of `upload.rs`; plus the connection limits every listener
-//! shares (`limits.rs`).
+//! streaming upload pipeline of `upload.rs`; plus the admission every listener shares
+//! (`limits.rs`: connection limits, and the PROXY protocol header of `proxy.rs`).
 
 pub mod fs;
 pub mod limits;
 pub mod path;
+pub mod proxy;
 pub mod upload;
 
 use std::net::IpAddr;

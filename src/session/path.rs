@@ -19,6 +19,10 @@ pub enum PathError {
     TooLong,
     #[error("path contains a NUL or control character")]
     ControlCharacter,
+    /// The SFTP decoder turns bytes that are not UTF-8 into U+FFFD; storing that would name
+    /// the file differently from what the client sent, so such a path is refused instead.
+    #[error("path is not valid UTF-8")]
+    NotUtf8,
     #[error("path leads outside the home directory")]
     Escapes,
     #[error("name {0:?} is reserved")]
@@ -41,6 +45,9 @@ impl VirtualPath {
         }
         if input.chars().any(char::is_control) {
             return Err(PathError::ControlCharacter);
+        }
+        if input.contains(char::REPLACEMENT_CHARACTER) {
+            return Err(PathError::NotUtf8);
         }
         let mut segments = if input.starts_with('/') {
             Vec::new()
@@ -132,6 +139,7 @@ mod tests {
         assert_eq!(p("a/../../b"), Err(PathError::Escapes));
         assert_eq!(p("a\0b"), Err(PathError::ControlCharacter));
         assert_eq!(p("a\nb"), Err(PathError::ControlCharacter));
+        assert_eq!(p("bad-\u{FFFD}.csv"), Err(PathError::NotUtf8));
         assert_eq!(p(&"a".repeat(1025)), Err(PathError::TooLong));
         assert!(matches!(
             p("in/.wharf-upload-123"),

@@ -25,7 +25,7 @@ use crate::config::SftpConfig;
 use crate::identity::auth::{Authenticator, Refusal};
 use crate::identity::keys::fingerprint;
 use crate::identity::Account;
-use crate::session::limits::{Admitted, ConnectionLimits};
+use crate::session::limits::{Admitted, Gate};
 use crate::session::{Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
@@ -112,22 +112,22 @@ pub fn russh_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::C
 pub struct SftpServer {
     config: Arc<russh::server::Config>,
     ctx: Arc<SftpContext>,
-    limits: Arc<ConnectionLimits>,
+    gate: Arc<Gate>,
     login_timeout: Duration,
 }
 
 impl SftpServer {
-    /// `limits` are shared with the other front-ends.
+    /// `gate` (limits, PROXY protocol) is shared with the other front-ends.
     pub fn new(
         cfg: &SftpConfig,
         keys: Vec<PrivateKey>,
         ctx: Arc<SftpContext>,
-        limits: Arc<ConnectionLimits>,
+        gate: Arc<Gate>,
     ) -> Self {
         SftpServer {
             config: Arc::new(russh_config(cfg, keys)),
             ctx,
-            limits,
+            gate,
             login_timeout: cfg.login_timeout.0,
         }
     }
@@ -151,7 +151,7 @@ impl SftpServer {
             match accepted {
                 Ok((sock, peer)) => {
                     backoff = Duration::from_millis(10);
-                    match self.limits.try_admit(peer.ip()) {
+                    match self.gate.admit(peer) {
                         Ok(admitted) => {
                             let this = self.clone();
                             sessions.spawn(this.connection(sock, peer, admitted, force.clone()));
@@ -177,12 +177,19 @@ impl SftpServer {
 
     async fn connection(
         self: Arc<Self>,
-        sock: TcpStream,
+        mut sock: TcpStream,
         peer: SocketAddr,
-        admitted: Admitted,
+        mut admitted: Admitted,
         force: CancellationToken,
     ) {
         let _ = sock.set_nodelay(true);
+        let peer = match self.gate.client(&mut sock, peer, &mut admitted).await {
+            Ok(client) => client,
+            Err(why) => {
+                tracing::warn!(activity = "ERROR", protocol = "sftp", client_ip = %peer.ip(), reason = why, "connection refused");
+                return;
+            }
+        };
         let _active = metrics().session("sftp");
         let authed = Arc::new(AtomicBool::new(false));
         let session_id = uuid::Uuid::now_v7().to_string();

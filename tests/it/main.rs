@@ -5,6 +5,7 @@ mod accounts;
 mod cli;
 mod events;
 mod ftps;
+mod hardening;
 mod harness;
 mod observability;
 mod sftp;
