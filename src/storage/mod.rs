@@ -188,13 +188,20 @@ impl Storage {
     }
 }
 
-/// A running SHA-256 of an upload, shared by the backends.
-#[derive(Clone, Default)]
-pub(crate) struct ContentHash(sha2::Sha256);
+/// A running SHA-256 of an upload, shared by the backends. aws-lc's assembly runs about 1.7×
+/// the speed of the `sha2` crate on CPUs without SHA extensions, and every uploaded byte is
+/// hashed (twice on S3: per part for the part checksum, and whole for the event).
+#[derive(Clone)]
+pub(crate) struct ContentHash(aws_lc_rs::digest::Context);
+
+impl Default for ContentHash {
+    fn default() -> Self {
+        ContentHash(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+}
 
 impl ContentHash {
     pub fn update(&mut self, data: &[u8]) {
-        use sha2::Digest as _;
         self.0.update(data);
     }
 
@@ -203,7 +210,9 @@ impl ContentHash {
     }
 
     pub fn digest(self) -> [u8; 32] {
-        use sha2::Digest as _;
-        self.0.finalize().into()
+        let d = self.0.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
     }
 }
