@@ -355,3 +355,79 @@ async fn curl_uploads_over_implicit_tls() {
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_commands_partners_clients_send_work_over_ftps() {
+    let hook = Receiver::start().await;
+    let g = ftps_gateway(&hook).await;
+    g.w.run(&[
+        "user",
+        "set",
+        "acme",
+        "--permissions",
+        "list,upload,download,overwrite,delete,rename,mkdir",
+    ])
+    .ok();
+    g.write_file("r.csv", b"id,amount\n");
+    let out = lftp(
+        &g,
+        "acme",
+        PW,
+        "mkdir in; cd in; pwd; put r.csv; ls; nlist; cls -l; quote MLST r.csv; \
+         quote SIZE r.csv; quote MDTM r.csv; quote TYPE I; quote MODE S; quote STRU F; \
+         quote OPTS UTF8 ON; quote NOOP; quote FEAT; get r.csv -o back.csv; \
+         mv r.csv s.csv; cls; rm s.csv; cd ..; quote PWD; rmdir in; quote REST 5",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (what, needle) in [
+        ("PWD after CWD", ":{port}/in\n"),
+        ("LIST", " r.csv\n"),
+        ("MLST", "type=file;size=10;"),
+        ("SIZE", "213 10\n"),
+        ("MDTM", "213 20"),
+        ("TYPE", "200 Always in binary mode"),
+        ("MODE", "200 Using Stream transfer mode"),
+        ("STRU", "200 In File structure mode"),
+        ("OPTS UTF8", "200 Always in UTF-8 mode"),
+        ("NOOP", "200 "),
+        ("FEAT", "\nMLST\n"),
+        ("listing after RNFR/RNTO", "s.csv\n"),
+        ("PWD after cd ..", "257 \"/\""),
+    ] {
+        let needle = needle.replace("{port}", &port(&g).to_string());
+        assert!(
+            stdout.contains(&needle) || stderr.contains(&needle),
+            "{what}: no {needle:?} in\n{stdout}\n{stderr}"
+        );
+    }
+    // Uploads stream once, front to back: no resuming. (EPSV is what every transfer above used.)
+    assert!(
+        stdout.contains("502 ") || stderr.contains("502 "),
+        "REST was not refused:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(std::fs::read(g.w.file("back.csv")).unwrap(), b"id,amount\n");
+    // RNFR/RNTO, DELE and RMD really happened in storage.
+    assert!(g.s3.keys(&g.prefix).await.is_empty(), "{stderr}");
+
+    // APPE onto an existing file is refused and leaves it as it was.
+    let out = curl_put(&g, "acme", PW, "r.csv", "a.csv");
+    assert!(out.status.success(), "{out:?}");
+    let url = format!("ftp://127.0.0.1:{}/a.csv", port(&g));
+    let login = format!("acme:{PW}");
+    let out = curl(
+        &g,
+        &[
+            "--ssl-reqd",
+            "--user",
+            &login,
+            "--append",
+            "-T",
+            "r.csv",
+            &url,
+        ],
+    );
+    assert!(!out.status.success(), "APPE accepted: {out:?}");
+    let key = format!("{}acme/a.csv", g.prefix);
+    assert_eq!(g.s3.get(&key).await.as_deref(), Some(&b"id,amount\n"[..]));
+}

@@ -42,7 +42,9 @@ where
             (session.user.clone(), Arc::clone(&session.storage), session.cwd.clone())
         };
 
-        let path = if let Some(p) = &self.path { p.clone().into() } else { cwd };
+        // wharf patch: a relative path names a file in the working directory, as for SIZE
+        // and MDTM; upstream looked it up from the root.
+        let path = if let Some(p) = &self.path { cwd.join(p) } else { cwd };
 
         let metadata = match storage.metadata((*user).as_ref().unwrap(), &path).await {
             Ok(m) => m,
