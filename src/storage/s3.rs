@@ -14,7 +14,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -170,6 +170,63 @@ where
     };
     let msg = format!("S3 {what}: {}", DisplayErrorContext(&e));
     StorageError::with_source(kind, msg, e)
+}
+
+/// A part as the chunks it was received in. It goes to S3 as they are, without first being
+/// copied into one buffer, and can be replayed for a retry.
+struct Part(Arc<[Bytes]>);
+
+impl Part {
+    fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    fn sha256_b64(&self) -> String {
+        let mut h = ContentHash::default();
+        for c in self.0.iter() {
+            h.update(c);
+        }
+        base64::engine::general_purpose::STANDARD.encode(h.digest())
+    }
+
+    fn stream(&self) -> ByteStream {
+        let chunks = self.0.clone();
+        ByteStream::new(aws_smithy_types::body::SdkBody::retryable(move || {
+            aws_smithy_types::body::SdkBody::from_body_1_x(Chunks {
+                chunks: chunks.clone(),
+                next: 0,
+            })
+        }))
+    }
+}
+
+/// An HTTP body that yields a part's chunks in order, with its exact length known.
+struct Chunks {
+    chunks: Arc<[Bytes]>,
+    next: usize,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let frame = self.chunks.get(self.next).cloned();
+        self.next += 1;
+        std::task::Poll::Ready(frame.map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next >= self.chunks.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let rest = self.chunks.get(self.next..).unwrap_or_default();
+        http_body::SizeHint::with_exact(rest.iter().map(|b| b.len() as u64).sum())
+    }
 }
 
 fn sha256_b64(data: &[u8]) -> String {
@@ -629,13 +686,12 @@ struct S3Upload {
 }
 
 impl S3Upload {
-    fn take_part(&mut self) -> (Bytes, Option<OwnedSemaphorePermit>) {
-        let mut body = BytesMut::with_capacity(self.buffered);
-        for c in self.chunks.drain(..) {
-            body.extend_from_slice(&c);
-        }
+    fn take_part(&mut self) -> (Part, Option<OwnedSemaphorePermit>) {
         self.buffered = 0;
-        (body.freeze(), self.permits.take())
+        (
+            Part(std::mem::take(&mut self.chunks).into()),
+            self.permits.take(),
+        )
     }
 
     /// Sends the buffered part (starting the multipart upload on the first one), waiting while
@@ -678,7 +734,7 @@ impl S3Upload {
         let (bucket, key, id) = (self.bucket.clone(), self.key.clone(), mp.upload_id.clone());
         mp.inflight.spawn(async move {
             let _permit = permit;
-            let sum = sha256_b64(&body);
+            let sum = body.sha256_b64();
             let len = body.len() as i64;
             let r = client
                 .upload_part()
@@ -688,7 +744,7 @@ impl S3Upload {
                 .part_number(n)
                 .content_length(len)
                 .checksum_sha256(&sum)
-                .body(ByteStream::from(body))
+                .body(body.stream())
                 .customize()
                 .disable_payload_signing()
                 .send()
@@ -778,7 +834,7 @@ impl Upload for S3Upload {
                 .key(&self.key)
                 .content_length(body.len() as i64)
                 .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
-                .body(ByteStream::from(body))
+                .body(body.stream())
                 .customize()
                 // The signed x-amz-checksum-sha256 header already protects the body: hashing
                 // it again for SigV4 would be a third SHA-256 pass over every byte.
