@@ -4,6 +4,9 @@
 #   bench/sftp-throughput.sh [ROUNDS] [SIZE_MIB]      (defaults: 3 rounds of 1024 MiB)
 #   BENCH_CIPHER=aes128-gcm@openssh.com bench/sftp-throughput.sh   (default: the client's choice,
 #                                       chacha20-poly1305 for OpenSSH; applies to every SSH peer)
+#   BENCH_BASELINE=/path/to/older/wharf bench/sftp-throughput.sh   adds that build as two more
+#                                       targets (->garage, ->/dev/shm) and prints this build's
+#                                       speed relative to it: an A/B of a change on a noisy machine
 #
 # Each round uploads the same file, interleaved, with the OpenSSH sftp client to:
 #   wharf -> garage        wharf (release build) streaming into a garage bucket
@@ -48,16 +51,16 @@ SSH_OPTS=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLeve
 if [[ -n ${BENCH_CIPHER:-} ]]; then SSH_OPTS+=(-c "$BENCH_CIPHER"); fi
 
 # --- wharf on garage, and wharf on /dev/shm -------------------------------------------------
-start_wharf() {  # name default_home -> sets PORT_<name>, PID_<name>
-  local name=$1 home=$2 dir="$WORK/wharf-$1"
+start_wharf() {  # name default_home [binary] -> sets PORT_<name>, PID_<name>
+  local name=$1 home=$2 bin=${3:-$WHARF} dir="$WORK/wharf-$1"
   mkdir -p "$dir"
   (
     cd "$dir"
     export WHARF_STORAGE__DEFAULT_HOME=$home WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT \
       WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION WHARF_STORAGE__S3__FORCE_PATH_STYLE=true \
       WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_METRICS__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn WHARF_SFTP__MAX_SESSIONS_PER_IP=1000
-    "$WHARF" user add bench --ssh-key "$WORK/client.pub" >/dev/null 2>&1
-    "$WHARF" serve > "$dir/out" 2> "$dir/err" &
+    "$bin" user add bench --ssh-key "$WORK/client.pub" >/dev/null 2>&1
+    "$bin" serve > "$dir/out" 2> "$dir/err" &
     echo $! > "$dir/pid"
   )
   local i
@@ -68,6 +71,10 @@ start_wharf() {  # name default_home -> sets PORT_<name>, PID_<name>
 }
 start_wharf s3 "s3://$WHARF_TEST_S3_BUCKET/wharf/"
 start_wharf shm "file://$WORK/wharf-shm/data/"
+if [[ -n ${BENCH_BASELINE:-} ]]; then
+  start_wharf s3base "s3://$WHARF_TEST_S3_BUCKET/baseline/" "$BENCH_BASELINE"
+  start_wharf shmbase "file://$WORK/wharf-shmbase/data/" "$BENCH_BASELINE"
+fi
 
 # --- rclone serve sftp on the same bucket ---------------------------------------------------
 start_rclone_sftp rclone "$WORK/client.pub" "$WORK/rclone.log"
@@ -114,6 +121,7 @@ need_cmd bc bc
 
 declare -A T
 NAMES=("wharf->garage" "rclone->garage" "aws-s3-cp->garage" "wharf->/dev/shm" "sshd->/dev/shm")
+if [[ -n ${BENCH_BASELINE:-} ]]; then NAMES+=("baseline->garage" "baseline->/dev/shm"); fi
 for ((r = 1; r <= ROUNDS; r++)); do
   log "round $r/$ROUNDS"
   T["wharf->garage"]+="$(put "$PORT_s3" bench upload.bin) "
@@ -123,6 +131,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
   rm -f "$WORK/wharf-shm/data/bench/upload.bin"
   T["sshd->/dev/shm"]+="$(put "$PORT_sshd" root "$WORK/sshd-target/upload.bin") "
   rm -f "$WORK/sshd-target/upload.bin"
+  if [[ -n ${BENCH_BASELINE:-} ]]; then
+    T["baseline->garage"]+="$(put "$PORT_s3base" bench upload.bin) "
+    T["baseline->/dev/shm"]+="$(put "$PORT_shmbase" bench upload.bin) "
+    rm -f "$WORK/wharf-shmbase/data/bench/upload.bin"
+  fi
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -141,6 +154,10 @@ echo
 printf '  wharf->garage / rclone->garage     = %.2fx  (target >= 2)\n' "$(ratio 'wharf->garage' 'rclone->garage')"
 printf '  wharf->garage / aws s3 cp->garage  = %.2fx  (target >= 0.9)\n' "$(ratio 'wharf->garage' 'aws-s3-cp->garage')"
 printf '  wharf->/dev/shm / sshd->/dev/shm   = %.2fx  (target >= 1.5)\n' "$(ratio 'wharf->/dev/shm' 'sshd->/dev/shm')"
+if [[ -n ${BENCH_BASELINE:-} ]]; then
+  printf '  this build / baseline, ->garage    = %.2fx\n' "$(ratio 'wharf->garage' 'baseline->garage')"
+  printf '  this build / baseline, ->/dev/shm  = %.2fx\n' "$(ratio 'wharf->/dev/shm' 'baseline->/dev/shm')"
+fi
 fi
 
 rss() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status"; }

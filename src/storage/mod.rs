@@ -189,8 +189,8 @@ impl Storage {
 }
 
 /// A running SHA-256 of an upload, shared by the backends. aws-lc's assembly runs about 1.7×
-/// the speed of the `sha2` crate on CPUs without SHA extensions, and every uploaded byte is
-/// hashed (twice on S3: per part for the part checksum, and whole for the event).
+/// the speed of the `sha2` crate on CPUs without SHA extensions, and every uploaded byte goes
+/// through it.
 #[derive(Clone)]
 pub(crate) struct ContentHash(aws_lc_rs::digest::Context);
 

@@ -1,6 +1,7 @@
 //! `Backend` on S3 (or any S3-compatible server): small files in one PutObject, large ones as
-//! multipart uploads with parts sent concurrently while the client keeps writing, SHA-256
-//! checksums on every request, and AbortMultipartUpload on every failure path.
+//! multipart uploads with parts sent concurrently while the client keeps writing, checksums
+//! on every request (SHA-256 on a PutObject; CRC64NVME per part and for the full object on a
+//! multipart upload), and AbortMultipartUpload on every failure path.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,7 +12,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -181,12 +182,12 @@ impl Part {
         self.0.iter().map(Bytes::len).sum()
     }
 
-    fn sha256_b64(&self) -> String {
-        let mut h = ContentHash::default();
+    fn crc64nvme_b64(&self) -> String {
+        let mut crc = crc64nvme();
         for c in self.0.iter() {
-            h.update(c);
+            crc.update(c);
         }
-        base64::engine::general_purpose::STANDARD.encode(h.digest())
+        crc64nvme_b64(crc.finalize())
     }
 
     fn stream(&self) -> ByteStream {
@@ -227,6 +228,15 @@ impl http_body::Body for Chunks {
         let rest = self.chunks.get(self.next..).unwrap_or_default();
         http_body::SizeHint::with_exact(rest.iter().map(|b| b.len() as u64).sum())
     }
+}
+
+fn crc64nvme() -> crc_fast::Digest {
+    crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme)
+}
+
+/// S3's encoding of a CRC64NVME: the big-endian bytes, base64.
+fn crc64nvme_b64(crc: u64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
 
 fn sha256_b64(data: &[u8]) -> String {
@@ -652,6 +662,7 @@ impl Backend for S3Backend {
             location: self.location(path),
             key,
             hash: ContentHash::default(),
+            crc: crc64nvme(),
             bytes: 0,
             chunks: Vec::new(),
             buffered: 0,
@@ -676,6 +687,8 @@ struct S3Upload {
     key: String,
     location: Location,
     hash: ContentHash,
+    /// The whole object's CRC64NVME: a multipart upload's full-object checksum.
+    crc: crc_fast::Digest,
     bytes: u64,
     /// The current part, as received (no copy until it is sealed).
     chunks: Vec<Bytes>,
@@ -704,7 +717,8 @@ impl S3Upload {
                 .create_multipart_upload()
                 .bucket(&self.bucket)
                 .key(&self.key)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+                .checksum_type(ChecksumType::FullObject)
                 .send()
                 .await
                 .map_err(|e| sdk_err(e, "CreateMultipartUpload"))?;
@@ -734,7 +748,7 @@ impl S3Upload {
         let (bucket, key, id) = (self.bucket.clone(), self.key.clone(), mp.upload_id.clone());
         mp.inflight.spawn(async move {
             let _permit = permit;
-            let sum = body.sha256_b64();
+            let sum = body.crc64nvme_b64();
             let len = body.len() as i64;
             let r = client
                 .upload_part()
@@ -743,7 +757,7 @@ impl S3Upload {
                 .upload_id(id)
                 .part_number(n)
                 .content_length(len)
-                .checksum_sha256(&sum)
+                .checksum_crc64_nvme(&sum)
                 .body(body.stream())
                 .customize()
                 .disable_payload_signing()
@@ -753,7 +767,7 @@ impl S3Upload {
             Ok(CompletedPart::builder()
                 .part_number(n)
                 .set_e_tag(r.e_tag().map(str::to_string))
-                .checksum_sha256(r.checksum_sha256().unwrap_or(&sum))
+                .checksum_crc64_nvme(r.checksum_crc64_nvme().unwrap_or(&sum))
                 .build())
         });
         Ok(())
@@ -794,6 +808,7 @@ impl Upload for S3Upload {
             ));
         }
         self.hash.update(&data);
+        self.crc.update(&data);
         self.bytes += data.len() as u64;
         while !data.is_empty() {
             let take = (self.s3.part_size - self.buffered).min(data.len());
@@ -867,6 +882,11 @@ impl Upload for S3Upload {
                         .bucket(&self.bucket)
                         .key(&self.key)
                         .upload_id(&mp.upload_id)
+                        // S3 checks the parts it assembled against the CRC of every byte the
+                        // client sent, end to end.
+                        .checksum_crc64_nvme(crc64nvme_b64(self.crc.finalize()))
+                        .checksum_type(ChecksumType::FullObject)
+                        .mpu_object_size(self.bytes as i64)
                         .multipart_upload(
                             CompletedMultipartUpload::builder()
                                 .set_parts(Some(parts))

@@ -17,7 +17,7 @@ fn b64_sha256(data: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn uploads_land_byte_exact_with_sha256_checksums() {
+async fn uploads_land_byte_exact_with_s3_checksums() {
     let g = Gateway::start(true, &[]).await;
     let small = random_bytes(1000);
     let large = random_bytes(12 * 1024 * 1024 + 12345); // three 5 MiB parts
@@ -44,8 +44,8 @@ async fn uploads_land_byte_exact_with_sha256_checksums() {
             .unwrap();
     assert_eq!(head.checksum_sha256(), Some(b64_sha256(&small).as_str()));
 
-    // The large one is a multipart upload whose parts each carried their SHA-256: S3's
-    // composite checksum is the SHA-256 of the part digests.
+    // The large one is a multipart upload checked end to end: every part carried its
+    // CRC64NVME and S3 holds the full-object CRC64NVME of exactly the bytes the client sent.
     let head =
         g.s3.client
             .head_object()
@@ -55,14 +55,16 @@ async fn uploads_land_byte_exact_with_sha256_checksums() {
             .send()
             .await
             .unwrap();
-    let mut digests = Vec::new();
-    for part in large.chunks(5 << 20) {
-        digests.extend_from_slice(&Sha256::digest(part));
-    }
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &large);
+    let crc = base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes());
+    assert_eq!(head.checksum_crc64_nvme(), Some(crc.as_str()));
     assert_eq!(
-        head.checksum_sha256(),
-        Some(format!("{}-3", b64_sha256(&digests)).as_str())
+        head.checksum_type(),
+        Some(&aws_sdk_s3::types::ChecksumType::FullObject)
     );
+    // The event (and the CLOSE log line) carry the whole file's SHA-256.
+    let sha = hex::encode(Sha256::digest(&large));
+    assert!(g.server.log().contains(&sha), "no CLOSE with sha256 {sha}");
 
     // Nothing was left open and nothing landed outside the home.
     assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
