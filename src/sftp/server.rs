@@ -243,6 +243,12 @@ impl SftpServer {
                     break;
                 }
                 _ = &mut login_deadline, if !authed.load(Ordering::Acquire) => {
+                    // select! checked the guard when it started waiting, maybe before the
+                    // login: a session that has logged in since is not timed out.
+                    if authed.load(Ordering::Acquire) {
+                        login_deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+                        continue;
+                    }
                     reason = "login_timeout";
                     let _ = handle
                         .disconnect(Disconnect::ByApplication, "login timeout".into(), "en".into())

@@ -360,14 +360,7 @@ async fn curl_uploads_over_implicit_tls() {
 async fn the_commands_partners_clients_send_work_over_ftps() {
     let hook = Receiver::start().await;
     let g = ftps_gateway(&hook).await;
-    g.w.run(&[
-        "user",
-        "set",
-        "acme",
-        "--permissions",
-        "list,upload,download,overwrite,delete,rename,mkdir",
-    ])
-    .ok();
+    g.grant_acme_everything();
     g.write_file("r.csv", b"id,amount\n");
     let out = lftp(
         &g,

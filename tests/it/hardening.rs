@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::ftps::{curl, ftps_gateway_with};
-use crate::harness::{raw_sftp_channel, sftp, ssh_keygen, Auth, Gateway, Receiver, PW};
+use crate::harness::{raw_sftp_initialized, sftp, ssh_keygen, Auth, Gateway, Receiver, PW};
 
 /// A TCP relay that starts every connection to `target` with `header`, as a load balancer
 /// speaking the PROXY protocol does.
@@ -330,12 +330,7 @@ const FXP_HANDLE: u8 = 102;
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_sftp_paths_get_errors_and_write_nothing() {
     let g = Gateway::start(false, &[]).await;
-    let (_ssh, mut ch) = raw_sftp_channel(g.server.addr, "acme", PW).await;
-    ch.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap();
-    let mut hdr = [0u8; 4];
-    ch.read_exact(&mut hdr).await.unwrap();
-    let mut version = vec![0u8; u32::from_be_bytes(hdr) as usize];
-    ch.read_exact(&mut version).await.unwrap();
+    let (_ssh, mut ch) = raw_sftp_initialized(g.server.addr, "acme", PW).await;
 
     let hostile: Vec<(&str, Vec<u8>)> = vec![
         ("NUL", b"report\0.csv".to_vec()),
@@ -460,4 +455,27 @@ async fn a_client_that_never_reads_its_replies_is_held_in_bounded_memory() {
     assert!(!writer.is_finished(), "the server took every request");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logged_in_session_outlives_login_timeout() {
+    // A regression: the login deadline armed before the login still fired after it, so
+    // every SFTP session (an upload of a few GiB, say) was cut at login_timeout.
+    let g = Gateway::start(false, &[("WHARF_SFTP__LOGIN_TIMEOUT", "2s")]).await;
+    let (_ssh, mut ch) = raw_sftp_initialized(g.server.addr, "acme", PW).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ch.write_all(&packet(FXP_STAT, 7, &string(b"/")))
+        .await
+        .unwrap();
+    let (t, id, _) = reply(&mut ch).await;
+    assert_eq!(
+        (t, id),
+        (105, 7),
+        "expected SSH_FXP_ATTRS after login_timeout"
+    );
+    assert!(
+        !g.server.log().contains("login_timeout"),
+        "{}",
+        g.server.log()
+    );
 }

@@ -207,14 +207,7 @@ async fn readyz_follows_the_s3_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_activity_is_one_json_line_with_who_did_it() {
     let g = Gateway::start(false, &[]).await;
-    g.w.run(&[
-        "user",
-        "set",
-        "acme",
-        "--permissions",
-        "list,upload,download,overwrite,delete,rename,mkdir",
-    ])
-    .ok();
+    g.grant_acme_everything();
     g.write_file("report.csv", b"id,amount\n1,100\n");
     let r = g.sftp("acme", &Auth::Password("wrong-password-1".into()), "ls\n");
     assert_ne!(r.code, Some(0));

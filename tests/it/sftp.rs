@@ -9,7 +9,8 @@ use std::io::Write as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{
-    random_bytes, raw_sftp_channel, sftp, ssh_keygen, Auth, Gateway, Server, Wharf, PW,
+    random_bytes, raw_sftp_channel, raw_sftp_initialized, sftp, ssh_keygen, Auth, Gateway, Server,
+    Wharf, PW,
 };
 
 fn b64_sha256(data: &[u8]) -> String {
@@ -246,14 +247,8 @@ async fn killed_client_leaves_no_object_and_no_multipart_upload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_packet_closes_the_session_without_allocating() {
     let g = Gateway::start(false, &[]).await;
-    let (_ssh, mut ch) = raw_sftp_channel(g.server.addr, "acme", PW).await;
-    // INIT, then a packet claiming 2 GiB followed by a stream of bytes.
-    ch.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap();
-    let mut hdr = [0u8; 5];
-    ch.read_exact(&mut hdr).await.unwrap();
-    assert_eq!(hdr[4], 2, "expected SSH_FXP_VERSION");
-    let mut rest = vec![0u8; u32::from_be_bytes(hdr[..4].try_into().unwrap()) as usize - 1];
-    ch.read_exact(&mut rest).await.unwrap();
+    // After INIT, a packet claiming 2 GiB followed by a stream of bytes.
+    let (_ssh, mut ch) = raw_sftp_initialized(g.server.addr, "acme", PW).await;
     // The baseline is a logged-in session: what follows must not grow the server.
     let before = g.server.rss_kib();
     ch.write_all(&0x8000_0000u32.to_be_bytes()).await.unwrap();
@@ -382,12 +377,7 @@ async fn unknown_requests_and_random_access_get_op_unsupported() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_packet_types_get_a_reply_with_their_id() {
     let g = Gateway::start(false, &[]).await;
-    let (_ssh, mut ch) = raw_sftp_channel(g.server.addr, "acme", PW).await;
-    ch.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap();
-    let mut len = [0u8; 4];
-    ch.read_exact(&mut len).await.unwrap();
-    let mut version = vec![0u8; u32::from_be_bytes(len) as usize];
-    ch.read_exact(&mut version).await.unwrap();
+    let (_ssh, mut ch) = raw_sftp_initialized(g.server.addr, "acme", PW).await;
     // Type 99 does not exist; id 4242.
     ch.write_all(&[0, 0, 0, 5, 99, 0, 0, 0x10, 0x92])
         .await

@@ -57,6 +57,14 @@ impl Gateway {
         self.sftp("acme", &Auth::Password(PW.into()), batch)
     }
 
+    /// Gives `acme` every permission (the default has neither download nor delete).
+    pub fn grant_acme_everything(&self) {
+        let all = "list,upload,download,overwrite,delete,rename,mkdir";
+        self.w
+            .run(&["user", "set", "acme", "--permissions", all])
+            .ok();
+    }
+
     pub fn write_file(&self, name: &str, data: &[u8]) {
         std::fs::write(self.w.file(name), data).unwrap();
     }

@@ -198,5 +198,7 @@ mod server;
 mod webhook;
 pub use gateway::{random_bytes, Gateway, PW};
 pub use s3::S3Env;
-pub use server::{raw_sftp_channel, sftp, sftp_command, Auth, Server, SftpRun};
+pub use server::{
+    raw_sftp_channel, raw_sftp_initialized, sftp, sftp_command, Auth, Server, SftpRun,
+};
 pub use webhook::{Received, Receiver};

@@ -313,3 +313,23 @@ pub async fn raw_sftp_channel(
         .expect("sftp subsystem");
     (handle, channel.into_stream())
 }
+
+/// `raw_sftp_channel` past the INIT/VERSION exchange, ready for hand-made request packets.
+pub async fn raw_sftp_initialized(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> (
+    russh::client::Handle<impl russh::client::Handler>,
+    russh::ChannelStream<russh::client::Msg>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (handle, mut ch) = raw_sftp_channel(addr, user, password).await;
+    ch.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap();
+    let mut hdr = [0u8; 5];
+    ch.read_exact(&mut hdr).await.unwrap();
+    assert_eq!(hdr[4], 2, "expected SSH_FXP_VERSION");
+    let mut rest = vec![0u8; u32::from_be_bytes(hdr[..4].try_into().unwrap()) as usize - 1];
+    ch.read_exact(&mut rest).await.unwrap();
+    (handle, ch)
+}
