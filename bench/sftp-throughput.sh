@@ -192,8 +192,11 @@ for ((i = 0; i < 8; i++)); do
   (sftp -q "${SSH_OPTS[@]}" -P "$PORT_s3b" -b - "bench@127.0.0.1" >/dev/null <<<"put $WORK/upload.bin up$i.bin") &
   UP+=($!)
 done
-wait "${UP[@]}" || true
+failed=0
+for p in "${UP[@]}"; do wait "$p" || failed=$((failed + 1)); done
 end=$(date +%s.%N)
+# A figure over failed uploads would be meaningless: say so instead.
+if ((failed > 0)); then echo "  8 concurrent uploads: $failed of 8 FAILED"; fi
 peak=$(rss "$PID_s3b" VmHWM)
 printf '  8 concurrent %d MiB uploads to garage: %.1f s (%.0f MB/s aggregate); wharf RSS %d KiB before, peak %d KiB (%.0f MiB)\n' \
   "$SIZE_MIB" "$(echo "$end - $start" | bc -l)" "$(echo "8 * $SIZE_MIB * 1.048576 / ($end - $start)" | bc -l)" \
