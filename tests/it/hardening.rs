@@ -11,7 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::ftps::{curl, ftps_gateway_with};
-use crate::harness::{raw_sftp_initialized, sftp, ssh_keygen, Auth, Gateway, Receiver, PW};
+use crate::harness::{
+    closed_within, raw_sftp_initialized, sftp, ssh_keygen, Auth, Gateway, Receiver, PW,
+};
 
 /// A TCP relay that starts every connection to `target` with `header`, as a load balancer
 /// speaking the PROXY protocol does.
@@ -186,21 +188,6 @@ async fn read_line<R: AsyncRead + Unpin>(r: &mut R) -> String {
         }
     }
     String::from_utf8_lossy(&line).into_owned()
-}
-
-/// Reads until the peer closes; true when it did within `within`.
-async fn closed_within<R: AsyncRead + Unpin>(r: &mut R, within: Duration) -> bool {
-    let mut buf = vec![0u8; 4096];
-    tokio::time::timeout(within, async {
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]

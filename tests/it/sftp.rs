@@ -9,8 +9,8 @@ use std::io::Write as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{
-    random_bytes, raw_sftp_channel, raw_sftp_initialized, sftp, ssh_keygen, Auth, Gateway, Server,
-    Wharf, PW,
+    closed_within, random_bytes, raw_sftp_channel, raw_sftp_initialized, sftp, ssh_keygen, Auth,
+    Gateway, Server, Wharf, PW,
 };
 
 fn b64_sha256(data: &[u8]) -> String {
@@ -544,18 +544,11 @@ async fn embedded_default_lands_files_under_data() {
 async fn login_timeout_closes_silent_connections() {
     let g = Gateway::start(false, &[("WHARF_SFTP__LOGIN_TIMEOUT", "1s")]).await;
     let mut sock = tokio::net::TcpStream::connect(g.server.addr).await.unwrap();
-    let mut buf = vec![0u8; 256];
     let started = std::time::Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match sock.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "connection still open after 10s");
+    assert!(
+        closed_within(&mut sock, Duration::from_secs(10)).await,
+        "connection still open after 10s"
+    );
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 

@@ -4,8 +4,10 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use sqlx::{Connection as _, Executor as _, PgConnection};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 /// The admin connection used to create and drop one database per test.
 pub fn pg_admin_url() -> String {
@@ -190,6 +192,21 @@ pub fn ssh_fingerprint(pubkey: &Path) -> String {
         .nth(1)
         .expect("fingerprint field")
         .to_string()
+}
+
+/// Reads and discards until the peer closes; true when it did within `within`.
+pub async fn closed_within<R: AsyncRead + Unpin>(r: &mut R, within: Duration) -> bool {
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 mod gateway;
