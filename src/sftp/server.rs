@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::framing;
+use super::dispatch;
 use super::subsystem::{SftpHandler, MAX_PACKET_LEN};
 use crate::config::SftpConfig;
 use crate::identity::auth::{Authenticator, Refusal};
@@ -436,22 +436,24 @@ impl russh::server::Handler for SshHandler {
         ));
         let handle = session.handle();
         let span = self.span.clone();
-        let stream = framing::capped(channel.into_stream(), MAX_PACKET_LEN, move |v| {
-            span.in_scope(|| tracing::warn!(activity = "ERROR", violation = ?v, "SFTP framing violation; closing the session"));
-            tokio::spawn(async move {
-                let _ = handle
-                    .disconnect(
-                        Disconnect::ProtocolError,
-                        "SFTP packet too long".into(),
-                        "en".into(),
-                    )
-                    .await;
-            });
-        });
-        let cfg = russh_sftp::server::Config {
-            max_client_packet_len: MAX_PACKET_LEN,
-        };
-        russh_sftp::server::run_with_config(stream, SftpHandler::new(fs), cfg).await;
+        let handler = SftpHandler::new(fs);
+        tokio::spawn(dispatch::serve(
+            channel.into_stream(),
+            handler,
+            MAX_PACKET_LEN,
+            move |v| {
+                span.in_scope(|| tracing::warn!(activity = "ERROR", violation = ?v, "SFTP framing violation; closing the session"));
+                tokio::spawn(async move {
+                    let _ = handle
+                        .disconnect(
+                            Disconnect::ProtocolError,
+                            "SFTP packet too long".into(),
+                            "en".into(),
+                        )
+                        .await;
+                });
+            },
+        ));
         Ok(())
     }
 

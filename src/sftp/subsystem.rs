@@ -1,4 +1,4 @@
-//! The SFTP subsystem: russh-sftp requests turned into `session::fs` calls, handles, status
+//! The SFTP subsystem: SFTP requests turned into `session::fs` calls, handles, status
 //! codes and the OpenSSH extensions wharf offers (limits, posix-rename).
 
 use std::collections::HashMap;
@@ -57,6 +57,23 @@ impl SftpHandler {
         self.next_handle += 1;
         self.handles.insert(h.clone(), open);
         Ok(h)
+    }
+}
+
+impl SftpHandler {
+    /// SSH_FXP_WRITE with the data as it arrived (`dispatch` slices it out of the packet).
+    pub async fn write_bytes(
+        &mut self,
+        id: u32,
+        handle: &str,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<Status, StatusReply> {
+        let Some(Open::Write(f)) = self.handles.get_mut(handle) else {
+            return Err(bad_handle());
+        };
+        self.session.write(f, offset, data).await.map_err(reply)?;
+        Ok(ok(id))
     }
 }
 
@@ -260,14 +277,8 @@ impl russh_sftp::server::Handler for SftpHandler {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
-        let Some(Open::Write(f)) = self.handles.get_mut(&handle) else {
-            return Err(bad_handle());
-        };
-        self.session
-            .write(f, offset, Bytes::from(data))
+        self.write_bytes(id, &handle, offset, Bytes::from(data))
             .await
-            .map_err(reply)?;
-        Ok(ok(id))
     }
 
     async fn read(

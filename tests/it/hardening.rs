@@ -309,6 +309,7 @@ async fn reply<R: AsyncRead + Unpin>(r: &mut R) -> (u8, u32, Vec<u8>) {
 
 const FXP_OPEN: u8 = 3;
 const FXP_CLOSE: u8 = 4;
+const FXP_WRITE: u8 = 6;
 const FXP_MKDIR: u8 = 14;
 const FXP_STAT: u8 = 17;
 const FXP_STATUS: u8 = 101;
@@ -365,15 +366,53 @@ async fn hostile_sftp_paths_get_errors_and_write_nothing() {
     let (t, _, rest) = reply(&mut ch).await;
     assert_eq!(t, FXP_HANDLE);
     let handle_len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+    let handle = rest[..4 + handle_len].to_vec();
+
+    // Writes are decoded by wharf itself: malformed ones get a status, not a hang or a crash,
+    // and write nothing.
+    let write = |handle: &[u8], offset: u64, claimed: u32, data: &[u8]| {
+        let mut body = handle.to_vec();
+        body.extend_from_slice(&offset.to_be_bytes());
+        body.extend_from_slice(&claimed.to_be_bytes());
+        body.extend_from_slice(data);
+        body
+    };
+    let bad_writes: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "data shorter than its length",
+            write(&handle, 0, 100, b"short"),
+            5,
+        ),
+        ("bytes after the data", write(&handle, 0, 2, b"abc"), 5),
+        ("no offset", handle.clone(), 5),
+        ("unknown handle", write(&string(b"999"), 0, 3, b"abc"), 4),
+    ];
+    for (what, body, code) in bad_writes {
+        id += 1;
+        ch.write_all(&packet(FXP_WRITE, id, &body)).await.unwrap();
+        let (t, rid, rest) = reply(&mut ch).await;
+        assert_eq!((t, rid), (FXP_STATUS, id), "{what}");
+        assert_eq!(
+            u32::from_be_bytes(rest[..4].try_into().unwrap()),
+            code,
+            "{what}"
+        );
+    }
     id += 1;
-    ch.write_all(&packet(FXP_CLOSE, id, &rest[..4 + handle_len]))
+    ch.write_all(&packet(FXP_WRITE, id, &write(&handle, 0, 9, b"12.50 EUR")))
         .await
         .unwrap();
+    let (t, _, rest) = reply(&mut ch).await;
+    assert_eq!((t, &rest[..4]), (FXP_STATUS, &[0u8, 0, 0, 0][..]));
+    id += 1;
+    ch.write_all(&packet(FXP_CLOSE, id, &handle)).await.unwrap();
     let (t, _, rest) = reply(&mut ch).await;
     assert_eq!((t, &rest[..4]), (FXP_STATUS, &[0u8, 0, 0, 0][..]));
 
     let keys = g.s3.keys(&g.prefix).await;
     assert_eq!(keys, [format!("{}acme/fine.csv", g.prefix)]);
+    let fine = g.s3.get(&keys[0]).await.unwrap();
+    assert_eq!(fine, b"12.50 EUR");
 }
 
 #[tokio::test(flavor = "multi_thread")]

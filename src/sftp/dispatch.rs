@@ -1,0 +1,197 @@
+//! The SFTP request loop of one session, in place of russh-sftp's: reads packets through the
+//! framing cap, answers each request in order, and hands a write's data to the upload
+//! pipeline as a slice of the packet it arrived in (no copy, no serde).
+
+use bytes::{Buf, Bytes};
+use russh_sftp::protocol::{Packet, Status, StatusCode};
+use russh_sftp::server::{Handler, StatusReply};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::framing::{self, Violation};
+use super::subsystem::SftpHandler;
+
+const FXP_WRITE: u8 = 6;
+const FX_BAD_MESSAGE: u32 = 5;
+const FX_FAILURE: u32 = 4;
+const FX_OP_UNSUPPORTED: u32 = 8;
+
+/// Serves SFTP on `stream` until the client ends it or breaks the framing rules
+/// (`on_violation` is told which). Dropping `handler` at the end aborts any upload still open.
+pub async fn serve<S>(
+    mut stream: S,
+    mut handler: SftpHandler,
+    max_len: u32,
+    on_violation: impl FnOnce(Violation),
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let body = match framing::read_packet(&mut stream, max_len).await {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
+            Err(v) => {
+                on_violation(v);
+                break;
+            }
+        };
+        let reply = respond(&mut handler, body).await;
+        if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err() {
+            break;
+        }
+    }
+    drop(handler);
+    let _ = stream.shutdown().await;
+}
+
+/// The request id of a packet body, when it is long enough to have one.
+fn request_id(body: &[u8]) -> u32 {
+    body.get(1..5)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0)
+}
+
+async fn respond(handler: &mut SftpHandler, mut body: Bytes) -> Bytes {
+    let t = body[0];
+    let id = request_id(&body);
+    let packet = if t == FXP_WRITE {
+        body.advance(1);
+        match parse_write(body) {
+            Some(w) => match handler.write_bytes(w.id, &w.handle, w.offset, w.data).await {
+                Ok(s) => Packet::Status(s),
+                Err(e) => status(w.id, e),
+            },
+            None => return framing::status_packet(id, FX_BAD_MESSAGE, "malformed write request"),
+        }
+    } else if !framing::is_known_request(t) {
+        let msg = format!("SFTP request type {t} is not supported");
+        return framing::status_packet(id, FX_OP_UNSUPPORTED, &msg);
+    } else {
+        match Packet::try_from(&mut body) {
+            Ok(request) => process(handler, request).await,
+            Err(_) => return framing::status_packet(id, FX_BAD_MESSAGE, "malformed request"),
+        }
+    };
+    Bytes::try_from(packet)
+        .unwrap_or_else(|_| framing::status_packet(id, FX_FAILURE, "reply could not be encoded"))
+}
+
+struct Write {
+    id: u32,
+    handle: String,
+    offset: u64,
+    data: Bytes,
+}
+
+/// SSH_FXP_WRITE after its type byte: id, handle, offset, data, and nothing after.
+fn parse_write(mut b: Bytes) -> Option<Write> {
+    let id = b.try_get_u32().ok()?;
+    let handle_len = b.try_get_u32().ok()? as usize;
+    if b.remaining() < handle_len {
+        return None;
+    }
+    let handle = String::from_utf8(b.split_to(handle_len).to_vec()).ok()?;
+    let offset = b.try_get_u64().ok()?;
+    let data_len = b.try_get_u32().ok()? as usize;
+    if b.remaining() != data_len {
+        return None;
+    }
+    Some(Write {
+        id,
+        handle,
+        offset,
+        data: b,
+    })
+}
+
+fn status(id: u32, e: StatusReply) -> Packet {
+    let StatusReply {
+        status_code,
+        error_message,
+        language_tag,
+    } = e;
+    Packet::Status(Status {
+        id,
+        status_code,
+        error_message: error_message.unwrap_or_else(|| status_code.to_string()),
+        language_tag: language_tag.unwrap_or_else(|| "en-US".to_string()),
+    })
+}
+
+/// Every other request, decoded by russh-sftp and answered by the `Handler` methods.
+async fn process(h: &mut SftpHandler, request: Packet) -> Packet {
+    let id = request.get_request_id();
+    let result: Result<Packet, StatusReply> = match request {
+        Packet::Init(p) => h.init(p.version, p.extensions).await.map(Into::into),
+        Packet::Open(p) => h
+            .open(p.id, p.filename, p.pflags, p.attrs)
+            .await
+            .map(Into::into),
+        Packet::Close(p) => h.close(p.id, p.handle).await.map(Into::into),
+        Packet::Read(p) => h
+            .read(p.id, p.handle, p.offset, p.len)
+            .await
+            .map(Into::into),
+        Packet::Write(p) => h
+            .write(p.id, p.handle, p.offset, p.data)
+            .await
+            .map(Into::into),
+        Packet::Lstat(p) => h.lstat(p.id, p.path).await.map(Into::into),
+        Packet::Fstat(p) => h.fstat(p.id, p.handle).await.map(Into::into),
+        Packet::SetStat(p) => h.setstat(p.id, p.path, p.attrs).await.map(Into::into),
+        Packet::FSetStat(p) => h.fsetstat(p.id, p.handle, p.attrs).await.map(Into::into),
+        Packet::OpenDir(p) => h.opendir(p.id, p.path).await.map(Into::into),
+        Packet::ReadDir(p) => h.readdir(p.id, p.handle).await.map(Into::into),
+        Packet::Remove(p) => h.remove(p.id, p.filename).await.map(Into::into),
+        Packet::MkDir(p) => h.mkdir(p.id, p.path, p.attrs).await.map(Into::into),
+        Packet::RmDir(p) => h.rmdir(p.id, p.path).await.map(Into::into),
+        Packet::RealPath(p) => h.realpath(p.id, p.path).await.map(Into::into),
+        Packet::Stat(p) => h.stat(p.id, p.path).await.map(Into::into),
+        Packet::Rename(p) => h.rename(p.id, p.oldpath, p.newpath).await.map(Into::into),
+        Packet::ReadLink(p) => h.readlink(p.id, p.path).await.map(Into::into),
+        Packet::Symlink(p) => h
+            .symlink(p.id, p.linkpath, p.targetpath)
+            .await
+            .map(Into::into),
+        Packet::Extended(p) => h.extended(p.id, p.request, p.data).await,
+        _ => Err(StatusCode::BadMessage.into()),
+    };
+    result.unwrap_or_else(|e| status(id, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn write_body(handle: &[u8], offset: u64, data: &[u8], extra: &[u8]) -> Bytes {
+        let mut b = bytes::BytesMut::new();
+        b.put_u32(7);
+        b.put_u32(handle.len() as u32);
+        b.put_slice(handle);
+        b.put_u64(offset);
+        b.put_u32(data.len() as u32);
+        b.put_slice(data);
+        b.put_slice(extra);
+        b.freeze()
+    }
+
+    #[test]
+    fn a_write_is_parsed_without_copying_its_data() {
+        let body = write_body(b"12", 4096, b"settlement", b"");
+        let w = parse_write(body.clone()).expect("well-formed");
+        assert_eq!((w.id, w.handle.as_str(), w.offset), (7, "12", 4096));
+        assert_eq!(&w.data[..], b"settlement");
+        // The data is a view into the packet buffer, not a copy of it.
+        assert_eq!(w.data.as_ptr(), body[body.len() - 10..].as_ptr());
+    }
+
+    #[test]
+    fn malformed_writes_are_refused() {
+        let good = write_body(b"1", 0, b"abc", b"");
+        for cut in 0..good.len() {
+            assert!(parse_write(good.slice(..cut)).is_none(), "cut at {cut}");
+        }
+        assert!(parse_write(write_body(b"1", 0, b"abc", b"x")).is_none());
+        assert!(parse_write(write_body(b"\xff", 0, b"abc", b"")).is_none());
+    }
+}
