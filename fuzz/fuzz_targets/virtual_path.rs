@@ -11,8 +11,14 @@ fn check(p: &VirtualPath) {
     assert!(!rel.starts_with('/'), "{rel:?} is absolute");
     if !rel.is_empty() {
         for seg in rel.split('/') {
-            assert!(!seg.is_empty() && seg != "." && seg != "..", "{rel:?} has segment {seg:?}");
-            assert!(!seg.chars().any(char::is_control), "{rel:?} has a control character");
+            assert!(
+                !seg.is_empty() && seg != "." && seg != "..",
+                "{rel:?} has segment {seg:?}"
+            );
+            assert!(
+                !seg.chars().any(char::is_control),
+                "{rel:?} has a control character"
+            );
         }
     }
     assert!(p.to_string().starts_with('/'));

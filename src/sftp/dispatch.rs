@@ -50,36 +50,56 @@ fn request_id(body: &[u8]) -> u32 {
         .unwrap_or(0)
 }
 
-async fn respond(handler: &mut SftpHandler, mut body: Bytes) -> Bytes {
+/// A request as wharf sees it before answering it.
+pub enum Request {
+    /// SSH_FXP_WRITE, decoded by wharf with its data sliced out of the packet.
+    Write(Write),
+    /// Any other request type russh-sftp decodes.
+    Other(Packet),
+    /// A request type russh-sftp has no decoder for.
+    Unsupported(u8),
+    /// A known type whose body does not decode.
+    Malformed,
+}
+
+/// Decodes a packet body (type byte onwards). Pure: the fuzz target drives it directly.
+pub fn decode(mut body: Bytes) -> Request {
     let t = body[0];
-    let id = request_id(&body);
-    let packet = if t == FXP_WRITE {
+    if t == FXP_WRITE {
         body.advance(1);
-        match parse_write(body) {
-            Some(w) => match handler.write_bytes(w.id, &w.handle, w.offset, w.data).await {
-                Ok(s) => Packet::Status(s),
-                Err(e) => status(w.id, e),
-            },
-            None => return framing::status_packet(id, FX_BAD_MESSAGE, "malformed write request"),
+        return parse_write(body).map_or(Request::Malformed, Request::Write);
+    }
+    if !framing::is_known_request(t) {
+        return Request::Unsupported(t);
+    }
+    Packet::try_from(&mut body).map_or(Request::Malformed, Request::Other)
+}
+
+async fn respond(handler: &mut SftpHandler, body: Bytes) -> Bytes {
+    let id = request_id(&body);
+    let packet = match decode(body) {
+        Request::Write(w) => match handler.write_bytes(w.id, &w.handle, w.offset, w.data).await {
+            Ok(s) => Packet::Status(s),
+            Err(e) => status(w.id, e),
+        },
+        Request::Other(request) => process(handler, request).await,
+        Request::Unsupported(t) => {
+            let msg = format!("SFTP request type {t} is not supported");
+            return framing::status_packet(id, FX_OP_UNSUPPORTED, &msg);
         }
-    } else if !framing::is_known_request(t) {
-        let msg = format!("SFTP request type {t} is not supported");
-        return framing::status_packet(id, FX_OP_UNSUPPORTED, &msg);
-    } else {
-        match Packet::try_from(&mut body) {
-            Ok(request) => process(handler, request).await,
-            Err(_) => return framing::status_packet(id, FX_BAD_MESSAGE, "malformed request"),
+        Request::Malformed => {
+            return framing::status_packet(id, FX_BAD_MESSAGE, "malformed request")
         }
     };
     Bytes::try_from(packet)
         .unwrap_or_else(|_| framing::status_packet(id, FX_FAILURE, "reply could not be encoded"))
 }
 
-struct Write {
-    id: u32,
-    handle: String,
-    offset: u64,
-    data: Bytes,
+pub struct Write {
+    pub id: u32,
+    pub handle: String,
+    pub offset: u64,
+    pub data: Bytes,
 }
 
 /// SSH_FXP_WRITE after its type byte: id, handle, offset, data, and nothing after.
