@@ -8,13 +8,14 @@
 #                                       targets (->garage, ->/dev/shm) and prints this build's
 #                                       speed relative to it: an A/B of a change on a noisy machine
 #
-# Each round uploads the same file, interleaved, with the OpenSSH sftp client to:
+# Each round uploads the same file, interleaved (each round in a rotated order, the page
+# cache flushed and the CPUs quiet before every upload), with the OpenSSH sftp client to:
 #   wharf -> garage        wharf (release build) streaming into a garage bucket
 #   rclone -> garage       `rclone serve sftp` on the same bucket (--vfs-cache-mode off)
 #   aws s3 cp -> garage    no gateway at all
 #   wharf -> /dev/shm      wharf on local storage
 #   sshd -> /dev/shm       OpenSSH's own internal-sftp
-# then prints medians and ratios, wharf's RSS with 100 idle sessions, and its peak RSS
+# then prints medians, the receiving server's CPU seconds, ratios, wharf's RSS with 100 idle sessions, and its peak RSS
 # during 8 concurrent uploads. Installs rclone, openssh-server and awscli when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,52 +104,84 @@ wait_port 127.0.0.1 "$PORT_sshd" 20
 PIDS+=("$(cat "$WORK/sshd/pid")")
 mkdir -p "$WORK/sshd-target"
 
-put() {  # port user remote-path -> seconds
-  local start end
-  start=$(date +%s.%N)
-  sftp -q "${SSH_OPTS[@]}" -P "$1" -b - "$2@127.0.0.1" >/dev/null <<<"put $WORK/upload.bin $3"
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
+# Before every upload: flush what the previous one left in the page cache (garage's data
+# directory is on disk) and wait for the CPUs to go quiet, so no target pays for its
+# predecessor's background work.
+cpu_idle_pct() {  # idle share of all CPUs over 0.5 s
+  local a b
+  a=($(head -1 /proc/stat)); sleep 0.5; b=($(head -1 /proc/stat))
+  local idle=$(( (b[4] + b[5]) - (a[4] + a[5]) )) total=0 i
+  for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
+  echo $((total > 0 ? 100 * idle / total : 100))
 }
-aws_cp() {
-  local start end
-  start=$(date +%s.%N)
-  aws --endpoint-url "$WHARF_TEST_S3_ENDPOINT" s3 cp --only-show-errors "$WORK/upload.bin" "s3://$WHARF_TEST_S3_BUCKET/aws/upload.bin"
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
+settle() {
+  sync
+  local i
+  for ((i = 0; i < 20; i++)); do (( $(cpu_idle_pct) >= 90 )) && return 0; done
 }
+ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }  # own + reaped children's CPU
 need_cmd bc bc
 
-declare -A T
+# name -> "port user remote-path server-pid local-copy-to-remove"
+declare -A TARGET
+TARGET["wharf->garage"]="$PORT_s3 bench upload.bin $PID_s3 -"
+TARGET["rclone->garage"]="$PORT_rclone bench upload.bin $RCLONE_PID -"
+TARGET["aws-s3-cp->garage"]="- - - - -"
+TARGET["wharf->/dev/shm"]="$PORT_shm bench upload.bin $PID_shm $WORK/wharf-shm/data/bench/upload.bin"
+TARGET["sshd->/dev/shm"]="$PORT_sshd root $WORK/sshd-target/upload.bin $(cat "$WORK/sshd/pid") $WORK/sshd-target/upload.bin"
+if [[ -n ${BENCH_BASELINE:-} ]]; then
+  TARGET["baseline->garage"]="$PORT_s3base bench upload.bin $PID_s3base -"
+  TARGET["baseline->/dev/shm"]="$PORT_shmbase bench upload.bin $PID_shmbase $WORK/wharf-shmbase/data/bench/upload.bin"
+fi
+
+declare -A T C
+measure() {  # target name: appends its wall time to T and its server's CPU time to C
+  local port user path pid copy c0=0 c1=0 start end
+  read -r port user path pid copy <<<"${TARGET[$1]}"
+  settle
+  [[ $pid != - ]] && c0=$(ticks "$pid")
+  start=$(date +%s.%N)
+  if [[ $port == - ]]; then
+    aws --endpoint-url "$WHARF_TEST_S3_ENDPOINT" s3 cp --only-show-errors "$WORK/upload.bin" "s3://$WHARF_TEST_S3_BUCKET/aws/upload.bin"
+  else
+    sftp -q "${SSH_OPTS[@]}" -P "$port" -b - "$user@127.0.0.1" >/dev/null <<<"put $WORK/upload.bin $path"
+  fi
+  end=$(date +%s.%N)
+  if [[ $pid != - ]]; then
+    sleep 0.3 # sshd adds a session's CPU to its own once it has reaped the session process
+    c1=$(ticks "$pid")
+    C[$1]+="$(echo "($c1 - $c0) / $(getconf CLK_TCK)" | bc -l) "
+  fi
+  T[$1]+="$(echo "$end - $start" | bc -l) "
+  [[ $copy != - ]] && rm -f "$copy"
+  return 0
+}
+
 NAMES=("wharf->garage" "rclone->garage" "aws-s3-cp->garage" "wharf->/dev/shm" "sshd->/dev/shm")
 if [[ -n ${BENCH_BASELINE:-} ]]; then NAMES+=("baseline->garage" "baseline->/dev/shm"); fi
 for ((r = 1; r <= ROUNDS; r++)); do
   log "round $r/$ROUNDS"
-  T["wharf->garage"]+="$(put "$PORT_s3" bench upload.bin) "
-  T["rclone->garage"]+="$(put "$PORT_rclone" bench upload.bin) "
-  T["aws-s3-cp->garage"]+="$(aws_cp) "
-  T["wharf->/dev/shm"]+="$(put "$PORT_shm" bench upload.bin) "
-  rm -f "$WORK/wharf-shm/data/bench/upload.bin"
-  T["sshd->/dev/shm"]+="$(put "$PORT_sshd" root "$WORK/sshd-target/upload.bin") "
-  rm -f "$WORK/sshd-target/upload.bin"
-  if [[ -n ${BENCH_BASELINE:-} ]]; then
-    T["baseline->garage"]+="$(put "$PORT_s3base" bench upload.bin) "
-    T["baseline->/dev/shm"]+="$(put "$PORT_shmbase" bench upload.bin) "
-    rm -f "$WORK/wharf-shmbase/data/bench/upload.bin"
-  fi
+  # Each round starts one target further along, so no target always follows the same one.
+  for ((k = 0; k < ${#NAMES[@]}; k++)); do
+    measure "${NAMES[$(((k + r - 1) % ${#NAMES[@]}))]}"
+  done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -A MBS
 if ((ROUNDS > 0)); then
 echo
-echo "Upload of ${SIZE_MIB} MiB with OpenSSH sftp (cipher: ${BENCH_CIPHER:-client default}), median of $ROUNDS interleaved rounds:"
-printf '  %-20s %10s %10s   %s\n' target "median s" "MB/s" "all rounds (s)"
+echo "Upload of ${SIZE_MIB} MiB with OpenSSH sftp (cipher: ${BENCH_CIPHER:-client default}), median of $ROUNDS rounds"
+echo "(interleaved, rotating order, page cache flushed and CPUs quiet before each upload):"
+printf '  %-20s %10s %10s %14s   %s\n' target "median s" "MB/s" "server CPU s" "all rounds (s)"
 for n in "${NAMES[@]}"; do
   m=$(echo "${T[$n]}" | median)
   MBS[$n]=$(echo "$SIZE_MIB * 1.048576 / $m" | bc -l)
-  printf '  %-20s %10.2f %10.1f   %s\n' "$n" "$m" "${MBS[$n]}" "${T[$n]}"
+  cpu=-
+  [[ -n ${C[$n]:-} ]] && cpu=$(printf '%.2f' "$(echo "${C[$n]}" | median)")
+  printf '  %-20s %10.2f %10.1f %14s   %s\n' "$n" "$m" "${MBS[$n]}" "$cpu" "${T[$n]}"
 done
+echo "  (server CPU: median CPU seconds the receiving server spent per upload; aws s3 cp has none)"
 ratio() { echo "${MBS[$1]} / ${MBS[$2]}" | bc -l; }
 echo
 printf '  wharf->garage / rclone->garage     = %.2fx  (target >= 2)\n' "$(ratio 'wharf->garage' 'rclone->garage')"
