@@ -156,6 +156,10 @@ pub struct S3Config {
     pub force_path_style: bool,
     pub part_size: ByteSize,
     pub max_inflight_parts: usize,
+    /// The longest one attempt at an S3 request may take (a part upload included; copies get
+    /// 10× and CompleteMultipartUpload 5×). A request S3 never answers is retried, then fails
+    /// the operation, instead of holding the client and the upload forever.
+    pub request_timeout: HumanDuration,
 }
 
 impl Default for S3Config {
@@ -166,6 +170,7 @@ impl Default for S3Config {
             force_path_style: false,
             part_size: ByteSize(8 << 20),
             max_inflight_parts: 4,
+            request_timeout: HumanDuration(Duration::from_secs(60)),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! multipart upload), and AbortMultipartUpload on every failure path.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::{
@@ -30,11 +30,19 @@ const MAX_KEY_LEN: usize = 1024;
 const MAX_COPY_OBJECT: u64 = 5 << 30;
 const COPY_PART_SIZE: u64 = 1 << 30;
 
+fn attempt_timeout(t: Duration) -> aws_sdk_s3::config::timeout::TimeoutConfig {
+    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(t.min(Duration::from_secs(10)))
+        .operation_attempt_timeout(t)
+        .build()
+}
+
 /// The S3 client and the memory budget shared by every upload of this process.
 pub struct S3Storage {
     client: Client,
     part_size: usize,
     max_inflight_parts: usize,
+    request_timeout: Duration,
     /// Bytes (in KiB) that uploads may hold in part buffers at once, across all uploads.
     memory: Arc<Semaphore>,
 }
@@ -52,6 +60,10 @@ impl S3Storage {
             // wharf sets SHA-256 checksums itself; the SDK's own CRC would buffer and hash twice.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            // Every attempt is bounded: a request S3 accepts and never answers (garage did this
+            // under load: request headers taken, no reply, for good) is retried on a fresh
+            // connection and then fails, instead of holding the session and the upload forever.
+            .timeout_config(attempt_timeout(cfg.request_timeout.0))
             .interceptor(RequestMetrics);
         if !cfg.endpoint.is_empty() {
             b = b.endpoint_url(cfg.endpoint.clone());
@@ -62,8 +74,16 @@ impl S3Storage {
             client: Client::from_conf(b.build()),
             part_size,
             max_inflight_parts: cfg.max_inflight_parts.max(1),
+            request_timeout: cfg.request_timeout.0,
             memory: Arc::new(Semaphore::new(kib)),
         }
+    }
+
+    /// A longer per-attempt limit, `factor` × `request_timeout`, for calls S3 may legitimately
+    /// take long over (server-side copies, assembling a large object).
+    fn attempt_limit(&self, factor: u32) -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::config::Builder::default()
+            .timeout_config(attempt_timeout(self.request_timeout * factor))
     }
 
     pub fn client(&self) -> &Client {
@@ -345,6 +365,8 @@ impl S3Backend {
                 .key(to)
                 .copy_source(&source)
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .customize()
+                .config_override(self.s3.attempt_limit(10))
                 .send()
                 .await
                 .map_err(|e| sdk_err(e, "CopyObject"))?;
@@ -376,6 +398,8 @@ impl S3Backend {
                     .part_number(n)
                     .copy_source(&source)
                     .copy_source_range(format!("bytes={start}-{end}"))
+                    .customize()
+                    .config_override(self.s3.attempt_limit(10))
                     .send()
                     .await
                     .map_err(|e| sdk_err(e, "UploadPartCopy"))?;
@@ -401,6 +425,8 @@ impl S3Backend {
                         .set_parts(Some(parts))
                         .build(),
                 )
+                .customize()
+                .config_override(self.s3.attempt_limit(5))
                 .send()
                 .await
                 .map_err(|e| sdk_err(e, "CompleteMultipartUpload"))
@@ -436,7 +462,7 @@ async fn abort_multipart(c: &Client, bucket: &str, key: &str, upload_id: &str) {
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(bucket, key, upload_id, attempt, error = %DisplayErrorContext(&e), "AbortMultipartUpload failed");
-                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
         }
     }
@@ -892,6 +918,9 @@ impl Upload for S3Upload {
                                 .set_parts(Some(parts))
                                 .build(),
                         )
+                        .customize()
+                        // S3 may take minutes to assemble a large object.
+                        .config_override(self.s3.attempt_limit(5))
                         .send()
                         .await
                         .map(|r| unquote(r.e_tag()))

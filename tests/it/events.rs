@@ -14,7 +14,7 @@ fn nats_url() -> String {
     std::env::var("WHARF_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-fn webhook_sink(r: &Receiver) -> String {
+pub(crate) fn webhook_sink(r: &Receiver) -> String {
     format!(
         "[{{name = \"hook\", type = \"webhook\", url = \"{}\", secret = \"{SECRET}\", timeout = \"2s\"}}]",
         r.url()

@@ -505,3 +505,107 @@ async fn a_logged_in_session_outlives_login_timeout() {
         g.server.log()
     );
 }
+
+/// An S3 endpoint that answers lookups (HEAD: no such key; GET: an empty listing) and takes
+/// every write (PUT, POST) without ever answering: what a stuck S3 server looks like from the
+/// gateway. garage did this under load: request headers taken, no reply, for good.
+fn stuck_s3() -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().unwrap();
+                let mut rd = BufReader::new(conn);
+                loop {
+                    let mut request = String::new();
+                    if rd.read_line(&mut request).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut line = String::new();
+                    while rd.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                        line.clear();
+                    }
+                    let reply = if request.starts_with("HEAD ") {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+                    } else if request.starts_with("GET ") {
+                        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><IsTruncated>false</IsTruncated><KeyCount>0</KeyCount></ListBucketResult>";
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                    } else {
+                        // A write: take what comes, answer nothing.
+                        let mut sink = [0u8; 64 * 1024];
+                        while matches!(std::io::Read::read(rd.get_mut(), &mut sink), Ok(n) if n > 0)
+                        {
+                        }
+                        return;
+                    };
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_that_never_answers_fails_the_upload_instead_of_holding_it() {
+    let hook = Receiver::start().await;
+    let endpoint = format!("http://{}", stuck_s3());
+    let sinks = crate::events::webhook_sink(&hook);
+    let g = Gateway::start(
+        false,
+        &[
+            ("WHARF_STORAGE__S3__ENDPOINT", &endpoint),
+            ("WHARF_STORAGE__S3__REQUEST_TIMEOUT", "1s"),
+            ("WHARF_EVENTS__SINKS", &sinks),
+        ],
+    )
+    .await;
+    // A file inside one part (PutObject) and one of several parts (CreateMultipartUpload).
+    g.write_file("small.csv", b"date,amount\n2026-11-26,12.50\n");
+    g.write_file("big.bin", &crate::harness::random_bytes(12 << 20));
+    for name in ["small.csv", "big.bin"] {
+        let mut child = crate::harness::sftp_command(
+            g.server.port(),
+            "acme",
+            &Auth::Password(PW.into()),
+            g.w.path(),
+            &[],
+        )
+        .spawn()
+        .unwrap();
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("put {name}\n").as_bytes()).unwrap();
+        drop(stdin);
+        // Three attempts of 1 s each plus the SDK's backoff; without the limit, never.
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(40) {
+                let _ = child.kill();
+                panic!("{name}: the upload still hangs after 40 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            !status.success(),
+            "{name}: the upload cannot have succeeded"
+        );
+    }
+    let got = hook.wait_accepted(2, Duration::from_secs(20)).await;
+    let mut failed: Vec<String> = got
+        .iter()
+        .map(|r| r.json())
+        .inspect(|ev| assert_eq!(ev["type"], "wharf.upload.failed", "{ev}"))
+        .map(|ev| ev["subject"].as_str().unwrap().to_string())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["/big.bin", "/small.csv"]);
+    assert!(g.server.log().contains("timeout"), "the log says why");
+}

@@ -148,6 +148,7 @@ async fn s3_backend_meets_the_contract() {
         force_path_style: true,
         part_size: ByteSize(5 << 20),
         max_inflight_parts: 2,
+        ..S3Config::default()
     };
     let storage = Storage::new(S3Storage::new(&cfg, 64 << 20).await);
     let prefix = S3Env::fresh_prefix();
