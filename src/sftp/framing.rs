@@ -1,6 +1,6 @@
 //! SFTP packet framing: whole packets read off the channel, a packet longer than the cap
-//! ending the session before anything is allocated for it, and replies built without serde
-//! for requests russh-sftp cannot decode.
+//! ending the session before anything is allocated for it, and status replies built without
+//! serde (for requests that do not decode).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
