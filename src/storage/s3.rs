@@ -61,8 +61,9 @@ impl S3Storage {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             // Every attempt is bounded: a request S3 accepts and never answers (garage did this
-            // under load: request headers taken, no reply, for good) is retried on a fresh
-            // connection and then fails, instead of holding the session and the upload forever.
+            // under load: request headers taken, no reply, for good) is retried by the SDK's
+            // standard retries and then fails, instead of holding the session and the upload
+            // forever.
             .timeout_config(attempt_timeout(cfg.request_timeout.0))
             .interceptor(RequestMetrics);
         if !cfg.endpoint.is_empty() {
