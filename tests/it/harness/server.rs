@@ -115,6 +115,21 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the server logs `needle` within `within`. Its stderr is read by another
+    /// thread, so a line may land a moment after what the client saw.
+    pub async fn logs_within(&self, needle: &str, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// GET on the operations endpoint: status and body.
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         let addr = self.metrics_addr.expect("metrics endpoint enabled");
