@@ -49,6 +49,47 @@ trait AsyncReadAsyncWriteSendUnpin: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadAsyncWriteSendUnpin for T {}
 
+/// wharf patch: a stream that yields `prefix` before reading from `io` (bytes the control
+/// codec had already read when the channel switched to TLS).
+struct Prefixed<IO> {
+    prefix: bytes::BytesMut,
+    io: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config<Storage, User>
 where
@@ -260,7 +301,14 @@ where
 
                         // Get back the original TCP Stream
                         let codec_io = reply_sink.reunite(command_source).unwrap();
-                        let io = codec_io.into_inner();
+                        // wharf patch: keep what the codec already read. A client may send its
+                        // ClientHello as soon as it sees 234; bytes of it read before this point
+                        // were dropped by `into_inner`, and the handshake then failed.
+                        let parts = codec_io.into_parts();
+                        let io = Prefixed {
+                            prefix: parts.read_buf,
+                            io: parts.io,
+                        };
 
                         // Wrap in TLS Stream
                         let acceptor: tokio_rustls::TlsAcceptor = match ftps_config.clone() {
