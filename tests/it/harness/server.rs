@@ -287,7 +287,7 @@ pub fn sftp(port: u16, user: &str, auth: &Auth, cwd: &Path, batch: &str) -> Sftp
     }
 }
 
-struct TrustAll;
+pub struct TrustAll;
 
 impl russh::client::Handler for TrustAll {
     type Error = russh::Error;
@@ -299,16 +299,15 @@ impl russh::client::Handler for TrustAll {
     }
 }
 
+/// An SSH connection (keep it alive) and its sftp channel.
+pub type RawSftp = (
+    russh::client::Handle<TrustAll>,
+    russh::ChannelStream<russh::client::Msg>,
+);
+
 /// A logged-in SSH connection with the sftp subsystem started on one channel, for sending
 /// what stock clients never would.
-pub async fn raw_sftp_channel(
-    addr: SocketAddr,
-    user: &str,
-    password: &str,
-) -> (
-    russh::client::Handle<impl russh::client::Handler>,
-    russh::ChannelStream<russh::client::Msg>,
-) {
+pub async fn raw_sftp_channel(addr: SocketAddr, user: &str, password: &str) -> RawSftp {
     let config = Arc::new(russh::client::Config::default());
     let mut handle = russh::client::connect(config, addr, TrustAll)
         .await
@@ -330,14 +329,7 @@ pub async fn raw_sftp_channel(
 }
 
 /// `raw_sftp_channel` past the INIT/VERSION exchange, ready for hand-made request packets.
-pub async fn raw_sftp_initialized(
-    addr: SocketAddr,
-    user: &str,
-    password: &str,
-) -> (
-    russh::client::Handle<impl russh::client::Handler>,
-    russh::ChannelStream<russh::client::Msg>,
-) {
+pub async fn raw_sftp_initialized(addr: SocketAddr, user: &str, password: &str) -> RawSftp {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let (handle, mut ch) = raw_sftp_channel(addr, user, password).await;
     ch.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap();
