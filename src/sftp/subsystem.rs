@@ -58,9 +58,7 @@ impl SftpHandler {
         self.handles.insert(h.clone(), open);
         Ok(h)
     }
-}
 
-impl SftpHandler {
     /// SSH_FXP_WRITE with the data as it arrived (`dispatch` slices it out of the packet).
     pub async fn write_bytes(
         &mut self,
