@@ -1,4 +1,5 @@
-//! The server's SSH host keys: ed25519 and rsa-3072, generated on first start in
+//! The server's SSH host keys: ed25519, ecdsa-sha2-nistp256 (for clients such as JSch 0.1.5x
+//! that know neither ed25519 nor rsa-sha2) and rsa-3072, generated on first start in
 //! `sftp.host_key_dir`, then kept and reused so every instance pointed at the same directory
 //! presents the same identity.
 
@@ -7,18 +8,22 @@ use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::private::RsaKeypair;
 use russh::keys::ssh_key::LineEnding;
-use russh::keys::{Algorithm, PrivateKey};
+use russh::keys::{Algorithm, EcdsaCurve, PrivateKey};
 
 use crate::identity::keys::fingerprint;
 
-const FILES: [(&str, KeyKind); 2] = [
+/// Missing keys are generated, so a directory from an older wharf gains the ECDSA key on its
+/// next start while the keys partners already pinned stay as they are.
+const FILES: [(&str, KeyKind); 3] = [
     ("ssh_host_ed25519_key", KeyKind::Ed25519),
+    ("ssh_host_ecdsa_key", KeyKind::EcdsaP256),
     ("ssh_host_rsa_key", KeyKind::Rsa3072),
 ];
 
 #[derive(Clone, Copy)]
 enum KeyKind {
     Ed25519,
+    EcdsaP256,
     Rsa3072,
 }
 
@@ -66,6 +71,12 @@ fn generate(path: &Path, kind: KeyKind) -> Result<(), HostKeyError> {
     let mut rng = rand010::rng();
     let key = match kind {
         KeyKind::Ed25519 => PrivateKey::random(&mut rng, Algorithm::Ed25519),
+        KeyKind::EcdsaP256 => PrivateKey::random(
+            &mut rng,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+        ),
         KeyKind::Rsa3072 => RsaKeypair::random(&mut rng, 3072).map(PrivateKey::from),
     }
     .map_err(|e| HostKeyError::Generate(e.to_string()))?;

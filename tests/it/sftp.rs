@@ -476,8 +476,10 @@ async fn weak_algorithms_are_refused() {
 async fn host_keys_are_kept_and_listed() {
     let w = Wharf::embedded().with_env("WHARF_SFTP__HOST_KEY_DIR", "keys");
     let listed = w.run(&["hostkey", "list"]).ok().stdout.clone();
-    assert_eq!(listed.lines().count(), 2, "{listed}");
-    assert!(listed.contains("ssh-ed25519") && listed.contains("ssh-rsa"));
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    for alg in ["ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"] {
+        assert!(listed.contains(alg), "{alg} missing: {listed}");
+    }
     let server = Server::start(&w);
     // What a client sees is what the admin was told.
     let scan = std::process::Command::new("ssh-keyscan")
@@ -485,7 +487,7 @@ async fn host_keys_are_kept_and_listed() {
             "-p",
             &server.port().to_string(),
             "-t",
-            "ed25519,rsa",
+            "ed25519,ecdsa,rsa",
             "127.0.0.1",
         ])
         .output()
@@ -512,6 +514,23 @@ async fn host_keys_are_kept_and_listed() {
     let meta = std::fs::metadata(w.file("keys/ssh_host_ed25519_key")).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // A key directory from a wharf without the ECDSA key gains one; the others stay.
+    std::fs::remove_file(w.file("keys/ssh_host_ecdsa_key")).unwrap();
+    let again = w.run(&["hostkey", "list"]).ok().stdout.clone();
+    let by_alg = |text: &str, alg: &str| {
+        text.lines()
+            .find(|l| l.ends_with(alg))
+            .map(String::from)
+            .unwrap_or_else(|| panic!("{alg} not in {text}"))
+    };
+    for alg in ["ssh-ed25519", "ssh-rsa"] {
+        assert_eq!(by_alg(&again, alg), by_alg(&listed, alg));
+    }
+    assert_ne!(
+        by_alg(&again, "ecdsa-sha2-nistp256"),
+        by_alg(&listed, "ecdsa-sha2-nistp256")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
