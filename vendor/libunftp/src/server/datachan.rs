@@ -87,6 +87,35 @@ impl<R: AsyncRead + Unpin> AsyncRead for MeasuringReader<R> {
     }
 }
 
+// wharf patch: a TLS data connection that a client ends cleanly (its close_notify) gets the
+// server's close_notify back before the connection closes. Without it, clients that wait for
+// the reply after an upload (Python's ftplib with OpenSSL 3: `SSLEOFError` on `unwrap()`) see
+// a transfer that succeeded fail.
+struct CloseNotifyOnEof<S> {
+    inner: S,
+    answered: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CloseNotifyOnEof<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 && !this.answered => {
+                // End of stream after the peer's close_notify: send ours (best effort).
+                match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => {
+                        this.answered = true;
+                        Poll::Ready(Ok(()))
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 impl<W> MeasuringWriter<W> {
     fn new(writer: W, command: &'static str) -> MeasuringWriter<W> {
         Self { writer, command }
@@ -586,7 +615,13 @@ where
                 let io = async move {
                     let acceptor: TlsAcceptor = tls_config.into();
                     let tls_stream = acceptor.accept(socket).await.unwrap();
-                    MeasuringReader::new(tls_stream, command)
+                    MeasuringReader::new(
+                        CloseNotifyOnEof {
+                            inner: tls_stream,
+                            answered: false,
+                        },
+                        command,
+                    )
                 }
                 .await;
                 Box::new(io) as Box<dyn AsyncRead + Send + Unpin + Sync>
