@@ -1,6 +1,6 @@
 //! Arbitrary client bytes through wharf's SFTP framing and request decoding (wharf's own for
 //! writes, russh-sftp's for the rest): never a panic or a hang, never a packet over the cap
-//! read, a write's data always exactly what its length said.
+//! read, a write's data always exactly what its length said and inside its packet.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -38,14 +38,12 @@ fuzz_target!(|data: &[u8]| {
                 );
                 let whole = body.clone();
                 if let Request::Write(w) = decode(body) {
-                    // The data is the packet's tail, as long as its declared length.
-                    let declared = u32::from_be_bytes(
-                        whole[whole.len() - w.data.len() - 4..][..4]
-                            .try_into()
-                            .unwrap(),
-                    );
+                    // The data follows its length field, is exactly that long, and lies
+                    // inside the packet (bytes after it are ignored, as OpenSSH does).
+                    let at = 1 + 4 + 4 + w.handle.len() + 8;
+                    let declared = u32::from_be_bytes(whole[at..at + 4].try_into().unwrap());
                     assert_eq!(declared as usize, w.data.len());
-                    assert!(whole.ends_with(&w.data));
+                    assert_eq!(&whole[at + 4..at + 4 + w.data.len()], &w.data[..]);
                 }
                 packets += 1;
                 if packets > 10_000 {

@@ -13,7 +13,7 @@ use super::upload::{UploadError, UploadPipeline};
 use super::{Session, UploadOutcome, UploadRecord};
 use crate::config::SetstatPolicy;
 use crate::identity::Permission;
-use crate::storage::{DirEntry, ErrorKind, Meta, StorageError, Stored};
+use crate::storage::{Capacity, DirEntry, ErrorKind, Meta, StorageError, Stored};
 use crate::telemetry::metrics::metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +141,11 @@ impl Session {
         }
     }
 
+    /// Whether this partner may upload at all (statvfs reports a read-only file system if not).
+    pub fn can_upload(&self) -> bool {
+        self.account.permissions.has(Permission::Upload)
+    }
+
     /// Resolves a client path (relative paths are relative to the home root).
     pub fn resolve(&self, input: &str) -> Result<VirtualPath, FsError> {
         Ok(VirtualPath::parse(&VirtualPath::root(), input)?)
@@ -226,6 +231,23 @@ impl Session {
             UploadError::Unsupported(m) => FsError::new(FsErrorKind::Unsupported, m),
             UploadError::Storage(e) => storage(e, &f.path),
         })
+    }
+
+    /// fsync: every byte received so far is in storage, as durable as it can be before the
+    /// close (the file still becomes visible only at close).
+    pub async fn sync(&self, f: &mut WriteFile) -> Result<(), FsError> {
+        f.pipeline.sync().await.map_err(|e| match e {
+            UploadError::Unsupported(m) => FsError::new(FsErrorKind::Unsupported, m),
+            UploadError::Storage(e) => storage(e, &f.path),
+        })
+    }
+
+    /// Size and free space of the home's storage (`None`: no capacity limit, as on S3).
+    pub async fn capacity(&self) -> Result<Option<Capacity>, FsError> {
+        self.backend
+            .capacity()
+            .await
+            .map_err(|e| storage(e, &VirtualPath::root()))
     }
 
     /// Completes an upload: commits it in storage, then records its arrival. The client's
@@ -350,29 +372,52 @@ impl Session {
         );
     }
 
-    /// Up to `len` bytes at `offset`; empty at the end of the file.
+    /// `len` bytes at `offset`, fewer only at the end of the file (empty there). Never a short
+    /// read in the middle: libssh2 (curl) and others take one for an error, and OpenSSH's
+    /// sftp-server never sends one.
     pub async fn read(&self, f: &mut ReadFile, offset: u64, len: u32) -> Result<Bytes, FsError> {
-        if let Some((start, block)) = &f.cache {
-            let end = start + block.len() as u64;
-            if offset >= *start && offset < end {
-                let from = (offset - start) as usize;
-                let to = (from + len as usize).min(block.len());
-                f.sent += (to - from) as u64;
-                return Ok(block.slice(from..to));
-            }
+        let want = (len as u64).min(f.size.saturating_sub(offset)) as usize;
+        let end = offset + want as u64;
+        let first = self.read_block(f, offset, end).await?;
+        if first.len() >= want {
+            f.sent += first.len() as u64;
+            return Ok(first);
         }
-        if offset >= f.size {
+        // The request straddles the end of the read-ahead block.
+        let mut out = bytes::BytesMut::with_capacity(want);
+        out.extend_from_slice(&first);
+        while out.len() < want {
+            let more = self.read_block(f, offset + out.len() as u64, end).await?;
+            if more.is_empty() {
+                break; // The file shrank since it was opened.
+            }
+            out.extend_from_slice(&more);
+        }
+        f.sent += out.len() as u64;
+        Ok(out.freeze())
+    }
+
+    /// What the read-ahead block holds of `pos..end`, fetching the block at `pos` first when
+    /// the cached one does not hold `pos`.
+    async fn read_block(&self, f: &mut ReadFile, pos: u64, end: u64) -> Result<Bytes, FsError> {
+        if pos >= end {
             return Ok(Bytes::new());
         }
-        let block = self
-            .backend
-            .read(&f.path.relative(), offset, len.max(READ_AHEAD))
-            .await
-            .map_err(|e| storage(e, &f.path))?;
-        let out = block.slice(..(len as usize).min(block.len()));
-        f.cache = Some((offset, block));
-        f.sent += out.len() as u64;
-        Ok(out)
+        let cached = matches!(&f.cache, Some((start, block)) if pos >= *start && pos < start + block.len() as u64);
+        if !cached {
+            let block = self
+                .backend
+                .read(&f.path.relative(), pos, READ_AHEAD)
+                .await
+                .map_err(|e| storage(e, &f.path))?;
+            f.cache = Some((pos, block));
+        }
+        let Some((start, block)) = &f.cache else {
+            return Ok(Bytes::new());
+        };
+        let from = ((pos - start) as usize).min(block.len());
+        let to = ((end - start) as usize).min(block.len());
+        Ok(block.slice(from..to))
     }
 
     pub async fn remove(&self, path: &VirtualPath) -> Result<(), FsError> {

@@ -28,6 +28,8 @@ pub enum UploadError {
 
 enum Msg {
     Data(Bytes),
+    /// fsync: answered once every byte queued before it is in storage.
+    Sync(oneshot::Sender<Result<(), StorageError>>),
     Commit(oneshot::Sender<Result<Stored, StorageError>>),
 }
 
@@ -227,6 +229,32 @@ impl UploadPipeline {
         }
     }
 
+    /// Returns once every contiguous byte received so far has been handed to storage and made
+    /// as durable as the backend can before commit (`Upload::sync`). Writes still waiting in
+    /// the reorder window are not covered.
+    pub async fn sync(&mut self) -> Result<(), UploadError> {
+        if let Some(f) = &self.failed {
+            return Err(UploadError::Unsupported(f.clone()));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Msg::Sync(reply_tx)).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(self.storage_failure().await);
+        }
+        match reply_rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.tx = None;
+                self.failed = Some(e.message.clone());
+                Err(UploadError::Storage(e))
+            }
+            Err(_) => Err(self.storage_failure().await),
+        }
+    }
+
     /// Discards the upload and waits until storage has dropped it.
     pub async fn abort(mut self) {
         self.tx = None;
@@ -245,6 +273,14 @@ async fn feed(mut upload: Box<dyn Upload>, mut rx: mpsc::Receiver<Msg>) -> Optio
                     // The storage upload aborts itself on a failed write.
                     return Some(e);
                 }
+            }
+            Msg::Sync(reply) => {
+                if let Err(e) = upload.sync().await {
+                    let _ = reply.send(Err(StorageError::new(e.kind, e.message.clone())));
+                    upload.abort().await;
+                    return Some(e);
+                }
+                let _ = reply.send(Ok(()));
             }
             Msg::Commit(reply) => {
                 let _ = reply.send(upload.commit().await);

@@ -1,11 +1,17 @@
 //! The SFTP request loop of one session, in place of russh-sftp's: reads packets through the
-//! framing cap, answers each request in order, and hands a write's data to the upload
-//! pipeline as a slice of the packet it arrived in (no copy, no serde).
+//! framing cap into a byte-bounded read-ahead queue, answers each request in order, and hands
+//! a write's data to the upload pipeline as a slice of the packet it arrived in (no copy, no
+//! serde).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use russh_sftp::protocol::{Packet, Status, StatusCode};
 use russh_sftp::server::{Handler, StatusReply};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::framing::{self, Violation};
 use super::subsystem::SftpHandler;
@@ -15,32 +21,97 @@ const FX_BAD_MESSAGE: u32 = 5;
 const FX_FAILURE: u32 = 4;
 const FX_OP_UNSUPPORTED: u32 = 8;
 
+/// Requests read ahead of the one being answered, in bytes (each packet's length plus
+/// `QUEUED_OVERHEAD`). While a reply waits for the client's SSH window, the client's window
+/// adjustment can only reach russh after the requests sent before it have been taken off the
+/// channel: without this queue a client that sends many reads before reading any reply
+/// (paramiko's `get` asks for the whole file at once) deadlocks the session.
+pub const REQUEST_QUEUE_BYTES: usize = 1 << 20;
+/// What one queued request costs beyond its bytes (allocation, queue slot).
+const QUEUED_OVERHEAD: usize = 96;
+/// How long a reply may wait for the client to read it while the read-ahead queue is full
+/// before the session is ended (`Violation::RepliesNotRead`) instead of hanging.
+const REPLY_STALL: Duration = Duration::from_secs(30);
+
+enum Incoming {
+    Packet(Bytes, OwnedSemaphorePermit),
+    Violation(Violation),
+}
+
 /// Serves SFTP on `stream` until the client ends it or breaks the framing rules
 /// (`on_violation` is told which). Dropping `handler` at the end aborts any upload still open.
 pub async fn serve<S>(
-    mut stream: S,
+    stream: S,
     mut handler: SftpHandler,
     max_len: u32,
     on_violation: impl FnOnce(Violation),
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    loop {
-        let body = match framing::read_packet(&mut stream, max_len).await {
-            Ok(Some(body)) => body,
-            Ok(None) => break,
-            Err(v) => {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(REQUEST_QUEUE_BYTES));
+    let queue_full = Arc::new(AtomicBool::new(false));
+    let full = queue_full.clone();
+    // Reads requests while the loop below answers earlier ones; the byte budget bounds what
+    // is held, and a full budget stops reading (backpressure to the SSH channel).
+    let reader = tokio::spawn(async move {
+        loop {
+            let item = match framing::read_packet(&mut rd, max_len).await {
+                Ok(Some(body)) => {
+                    let cost = (body.len() + QUEUED_OVERHEAD).min(REQUEST_QUEUE_BYTES) as u32;
+                    let permit = match budget.clone().try_acquire_many_owned(cost) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            full.store(true, Ordering::Release);
+                            let p = budget.clone().acquire_many_owned(cost).await;
+                            full.store(false, Ordering::Release);
+                            let Ok(p) = p else { return };
+                            p
+                        }
+                    };
+                    Incoming::Packet(body, permit)
+                }
+                Ok(None) => return,
+                Err(v) => Incoming::Violation(v),
+            };
+            let last = matches!(item, Incoming::Violation(_));
+            if tx.send(item).is_err() || last {
+                return;
+            }
+        }
+    });
+    while let Some(item) = rx.recv().await {
+        let (body, held) = match item {
+            Incoming::Packet(body, permit) => (body, permit),
+            Incoming::Violation(v) => {
                 on_violation(v);
                 break;
             }
         };
         let reply = respond(&mut handler, body).await;
-        if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err() {
-            break;
+        drop(held);
+        let sent = async { wr.write_all(&reply).await.and(wr.flush().await) };
+        tokio::pin!(sent);
+        let sent = loop {
+            match tokio::time::timeout(REPLY_STALL, &mut sent).await {
+                Ok(r) => break Some(r),
+                Err(_) if queue_full.load(Ordering::Acquire) => break None,
+                Err(_) => {}
+            }
+        };
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(_)) => break,
+            None => {
+                on_violation(Violation::RepliesNotRead);
+                break;
+            }
         }
     }
+    reader.abort();
     drop(handler);
-    let _ = stream.shutdown().await;
+    let _ = wr.shutdown().await;
 }
 
 /// The request id of a packet body, when it is long enough to have one.
@@ -102,7 +173,10 @@ pub struct Write {
     pub data: Bytes,
 }
 
-/// SSH_FXP_WRITE after its type byte: id, handle, offset, data, and nothing after.
+/// SSH_FXP_WRITE after its type byte: id, handle, offset, data. Bytes after the data are
+/// ignored, as OpenSSH's sftp-server does: Go's pkg/sftp (rclone and many Go tools) sends
+/// concurrent writes in packets longer than their data. Data running past the packet is
+/// refused.
 fn parse_write(mut b: Bytes) -> Option<Write> {
     let id = b.try_get_u32().ok()?;
     let handle_len = b.try_get_u32().ok()? as usize;
@@ -112,14 +186,14 @@ fn parse_write(mut b: Bytes) -> Option<Write> {
     let handle = String::from_utf8(b.split_to(handle_len).to_vec()).ok()?;
     let offset = b.try_get_u64().ok()?;
     let data_len = b.try_get_u32().ok()? as usize;
-    if b.remaining() != data_len {
+    if b.remaining() < data_len {
         return None;
     }
     Some(Write {
         id,
         handle,
         offset,
-        data: b,
+        data: b.split_to(data_len),
     })
 }
 
@@ -211,7 +285,17 @@ mod tests {
         for cut in 0..good.len() {
             assert!(parse_write(good.slice(..cut)).is_none(), "cut at {cut}");
         }
-        assert!(parse_write(write_body(b"1", 0, b"abc", b"x")).is_none());
         assert!(parse_write(write_body(b"\xff", 0, b"abc", b"")).is_none());
+        // A declared data length longer than what the packet holds.
+        let mut long = write_body(b"1", 0, b"abc", b"").to_vec();
+        let at = long.len() - 7;
+        long[at..at + 4].copy_from_slice(&4u32.to_be_bytes());
+        assert!(parse_write(Bytes::from(long)).is_none());
+    }
+
+    #[test]
+    fn bytes_after_a_writes_data_are_ignored() {
+        let w = parse_write(write_body(b"1", 32768, b"abc", b"\0\0\0\0pad")).expect("lenient");
+        assert_eq!((w.offset, &w.data[..]), (32768, &b"abc"[..]));
     }
 }

@@ -13,6 +13,20 @@ const FXP_STATUS: u8 = 101;
 pub enum Violation {
     PacketTooLong(u32),
     EmptyPacket,
+    /// The read-ahead queue is full and the client has not taken a reply off the channel for
+    /// `REPLY_STALL`: it will never read the replies its requests are waiting behind.
+    RepliesNotRead,
+}
+
+impl Violation {
+    /// What the client is told when it is disconnected.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Violation::PacketTooLong(_) => "SFTP packet too long",
+            Violation::EmptyPacket => "empty SFTP packet",
+            Violation::RepliesNotRead => "too many SFTP requests sent without reading the replies",
+        }
+    }
 }
 
 /// Request types of SFTP v3 that russh-sftp decodes (INIT, OPEN … SYMLINK, EXTENDED).

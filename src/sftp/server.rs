@@ -93,7 +93,7 @@ fn preferred() -> Preferred {
 pub fn russh_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::Config {
     russh::server::Config {
         server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-wharf")),
-        methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]),
+        methods: MethodSet::from(&METHODS[..]),
         // Every refusal waits the same; the first "none" probe of every client need not.
         auth_rejection_time: Duration::from_millis(300),
         auth_rejection_time_initial: Some(Duration::ZERO),
@@ -289,13 +289,23 @@ struct SshHandler {
     span: tracing::Span,
 }
 
+/// The login methods offered. keyboard-interactive asks for the password in one prompt: it
+/// is how PuTTY, FileZilla, WinSCP and several Java and .NET libraries send one.
+const METHODS: [MethodKind; 3] = [
+    MethodKind::PublicKey,
+    MethodKind::KeyboardInteractive,
+    MethodKind::Password,
+];
+
+/// The one keyboard-interactive prompt. "Password:" is what clients that answer it from a
+/// stored password (JSch, PuTTY's `-pw`) look for.
+const PASSWORD_PROMPT: &str = "Password: ";
+
 /// Refusal that lets the client try again with any method (russh would otherwise drop
 /// "password" from the list after one wrong password).
 fn reject() -> Auth {
     Auth::Reject {
-        proceed_with_methods: Some(MethodSet::from(
-            &[MethodKind::PublicKey, MethodKind::Password][..],
-        )),
+        proceed_with_methods: Some(MethodSet::from(&METHODS[..])),
         partial_success: false,
     }
 }
@@ -305,6 +315,13 @@ fn is_sha1_rsa(alg: &Algorithm) -> bool {
 }
 
 impl SshHandler {
+    async fn check_password(&mut self, user: &str, pw: SecretString, method: &'static str) -> Auth {
+        match self.ctx.auth.password(user, &pw, self.peer.ip()).await {
+            Ok(account) => self.accepted(account, method, None),
+            Err(why) => self.refused(user, method, why),
+        }
+    }
+
     fn refused(&self, user: &str, method: &'static str, why: Refusal) -> Auth {
         metrics().auth_failed("sftp", method);
         self.span.in_scope(|| {
@@ -349,10 +366,27 @@ impl russh::server::Handler for SshHandler {
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         let pw = SecretString::from(password.to_owned());
-        match self.ctx.auth.password(user, &pw, self.peer.ip()).await {
-            Ok(account) => Ok(self.accepted(account, "password", None)),
-            Err(why) => Ok(self.refused(user, "password", why)),
-        }
+        Ok(self.check_password(user, pw, "password").await)
+    }
+
+    /// One prompt for the password, then the same check as password logins: the same bans,
+    /// slow-down and refusal timing, whatever the username.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(mut answers) = response else {
+            return Ok(Auth::Partial {
+                name: Cow::Borrowed(""),
+                instructions: Cow::Borrowed(""),
+                prompts: Cow::Owned(vec![(Cow::Borrowed(PASSWORD_PROMPT), false)]),
+            });
+        };
+        let answer = answers.next().unwrap_or_default();
+        let pw = SecretString::from(String::from_utf8_lossy(&answer).into_owned());
+        Ok(self.check_password(user, pw, "keyboard-interactive").await)
     }
 
     async fn auth_publickey_offered(
@@ -437,23 +471,22 @@ impl russh::server::Handler for SshHandler {
         let handle = session.handle();
         let span = self.span.clone();
         let handler = SftpHandler::new(fs);
-        tokio::spawn(dispatch::serve(
-            channel.into_stream(),
-            handler,
-            MAX_PACKET_LEN,
-            move |v| {
-                span.in_scope(|| tracing::warn!(activity = "ERROR", violation = ?v, "SFTP framing violation; closing the session"));
+        tokio::spawn(async move {
+            let ender = handle.clone();
+            dispatch::serve(channel.into_stream(), handler, MAX_PACKET_LEN, move |v| {
+                span.in_scope(|| tracing::warn!(activity = "ERROR", violation = ?v, reason = v.describe(), "SFTP framing violation; closing the session"));
                 tokio::spawn(async move {
-                    let _ = handle
-                        .disconnect(
-                            Disconnect::ProtocolError,
-                            "SFTP packet too long".into(),
-                            "en".into(),
-                        )
+                    let _ = ender
+                        .disconnect(Disconnect::ProtocolError, v.describe().into(), "en".into())
                         .await;
                 });
-            },
-        ));
+            })
+            .await;
+            // What sshd sends when sftp-server exits: OpenSSH's scp exits 1 without it, after
+            // a transfer that succeeded.
+            let _ = handle.exit_status_request(id, 0).await;
+            let _ = handle.close(id).await;
+        });
         Ok(())
     }
 

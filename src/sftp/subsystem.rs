@@ -1,5 +1,5 @@
 //! The SFTP subsystem: SFTP requests turned into `session::fs` calls, handles, status
-//! codes and the OpenSSH extensions wharf offers (limits, posix-rename).
+//! codes and the OpenSSH extensions wharf offers (limits, posix-rename, fsync, statvfs).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use russh_sftp::protocol::{
 use russh_sftp::server::StatusReply;
 
 use crate::session::{FsError, FsErrorKind, ReadFile, Session, WriteFile};
-use crate::storage::Meta;
+use crate::storage::{Capacity, Meta};
 
 /// The largest SFTP packet a client may send (and the cap the framing enforces).
 pub const MAX_PACKET_LEN: u32 = 256 * 1024;
@@ -25,6 +25,19 @@ pub const MAX_HANDLES: usize = 256;
 const READDIR_BATCH: usize = 128;
 
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
+const FSYNC: &str = "fsync@openssh.com";
+const STATVFS: &str = "statvfs@openssh.com";
+const FSTATVFS: &str = "fstatvfs@openssh.com";
+/// Refused with OP_UNSUPPORTED: object storage has neither hard links nor a copy that a
+/// pipeline would not mistake for an arrival.
+const HARDLINK: &str = "hardlink@openssh.com";
+const COPY_DATA: &str = "copy-data";
+
+/// statvfs flags (as in OpenSSH's sftp-server).
+const ST_RDONLY: u64 = 1;
+const ST_NOSUID: u64 = 2;
+/// What statvfs reports for storage without a capacity (S3): 1 PiB in 4 KiB blocks, free.
+const UNLIMITED_BLOCKS: u64 = 1 << 38;
 
 enum Open {
     Write(WriteFile),
@@ -135,6 +148,37 @@ fn attrs(m: &Meta) -> FileAttributes {
     }
 }
 
+/// The statvfs@openssh.com reply: eleven uint64s, as OpenSSH's sftp-server sends them.
+fn statvfs_reply(cap: Option<Capacity>, writable: bool) -> Vec<u8> {
+    let c = cap.unwrap_or(Capacity {
+        block_size: 4096,
+        total: UNLIMITED_BLOCKS * 4096,
+        free: UNLIMITED_BLOCKS * 4096,
+        available: UNLIMITED_BLOCKS * 4096,
+        files: UNLIMITED_BLOCKS,
+        files_free: UNLIMITED_BLOCKS,
+        name_max: 255,
+    });
+    let unit = c.block_size.max(1);
+    let flag = ST_NOSUID | if writable { 0 } else { ST_RDONLY };
+    [
+        unit,
+        unit,
+        c.total / unit,
+        c.free / unit,
+        c.available / unit,
+        c.files,
+        c.files_free,
+        c.files_free,
+        0,
+        flag,
+        c.name_max,
+    ]
+    .iter()
+    .flat_map(|v| v.to_be_bytes())
+    .collect()
+}
+
 /// Reads one SSH string from an extended request's payload.
 fn take_string(data: &mut &[u8]) -> Option<String> {
     let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
@@ -159,6 +203,9 @@ impl russh_sftp::server::Handler for SftpHandler {
         v.extensions
             .insert(russh_sftp::extensions::LIMITS.into(), "1".into());
         v.extensions.insert(POSIX_RENAME.into(), "1".into());
+        v.extensions.insert(FSYNC.into(), "1".into());
+        v.extensions.insert(STATVFS.into(), "2".into());
+        v.extensions.insert(FSTATVFS.into(), "2".into());
         Ok(v)
     }
 
@@ -408,6 +455,39 @@ impl russh_sftp::server::Handler for SftpHandler {
                 self.session.rename(&from, &to).await.map_err(reply)?;
                 Ok(Packet::Status(ok(id)))
             }
+            FSYNC => {
+                let mut rest = data.as_slice();
+                let Some(handle) = take_string(&mut rest) else {
+                    return Err(StatusCode::BadMessage.with_message("malformed fsync"));
+                };
+                match self.handles.get_mut(&handle) {
+                    Some(Open::Write(f)) => self.session.sync(f).await.map_err(reply)?,
+                    Some(_) => {}
+                    None => return Err(bad_handle()),
+                }
+                Ok(Packet::Status(ok(id)))
+            }
+            STATVFS | FSTATVFS => {
+                let mut rest = data.as_slice();
+                let Some(target) = take_string(&mut rest) else {
+                    return Err(StatusCode::BadMessage.with_message("malformed statvfs"));
+                };
+                if request == STATVFS {
+                    let p = self.session.resolve(&target).map_err(reply)?;
+                    self.session.stat(&p).await.map_err(reply)?;
+                } else if !self.handles.contains_key(&target) {
+                    return Err(bad_handle());
+                }
+                let cap = self.session.capacity().await.map_err(reply)?;
+                Ok(Packet::ExtendedReply(ExtendedReply {
+                    id,
+                    data: statvfs_reply(cap, self.session.can_upload()),
+                }))
+            }
+            HARDLINK => Err(StatusCode::OpUnsupported
+                .with_message("hard links are not supported: upload the file under each name")),
+            COPY_DATA => Err(StatusCode::OpUnsupported
+                .with_message("server-side copies are not supported: upload the file again")),
             other => Err(StatusCode::OpUnsupported
                 .with_message(format!("extension {other} is not supported"))),
         }

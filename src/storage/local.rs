@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{
-    Backend, ContentHash, DirEntry, ErrorKind, Location, Meta, Result, StorageError, Stored,
-    Upload, RESERVED_PREFIX,
+    Backend, Capacity, ContentHash, DirEntry, ErrorKind, Location, Meta, Result, StorageError,
+    Stored, Upload, RESERVED_PREFIX,
 };
 
 /// Files under one account's home directory.
@@ -243,6 +243,25 @@ impl Backend for LocalBackend {
             bytes: 0,
         }))
     }
+
+    async fn capacity(&self) -> Result<Option<Capacity>> {
+        self.ensure_root().await?;
+        let root = self.root.clone();
+        let st = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&root))
+            .await
+            .map_err(|e| StorageError::new(ErrorKind::Unavailable, e.to_string()))?
+            .map_err(|e| io_err(e.into(), "file system of the home"))?;
+        let unit = st.fragment_size() as u64;
+        Ok(Some(Capacity {
+            block_size: unit,
+            total: st.blocks() as u64 * unit,
+            free: st.blocks_free() as u64 * unit,
+            available: st.blocks_available() as u64 * unit,
+            files: st.files() as u64,
+            files_free: st.files_available() as u64,
+            name_max: st.name_max() as u64,
+        }))
+    }
 }
 
 /// Bytes gathered before one write to the file: fewer trips to the blocking pool, and the
@@ -302,6 +321,22 @@ impl Upload for LocalUpload {
             self.flush_batch().await?;
         }
         Ok(())
+    }
+
+    async fn sync(&mut self) -> Result<()> {
+        self.flush_batch().await?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| StorageError::new(ErrorKind::Aborted, "upload already finished"))?;
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            let res = file.sync_data();
+            (file, res)
+        })
+        .await
+        .map_err(|e| StorageError::new(ErrorKind::Unavailable, format!("syncing upload: {e}")))?;
+        self.file = Some(file);
+        res.map_err(|e| io_err(e, "syncing upload"))
     }
 
     async fn commit(mut self: Box<Self>) -> Result<Stored> {

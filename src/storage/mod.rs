@@ -139,6 +139,24 @@ pub trait Backend: Send + Sync + 'static {
     async fn rmdir(&self, dir: &str) -> Result<()>;
     /// Starts a streaming upload; nothing is visible at `path` until `commit`.
     async fn begin_upload(&self, path: &str) -> Result<Box<dyn Upload>>;
+    /// Size and free space of what holds the home, where that is finite (a local file
+    /// system); `None` for storage without a capacity (S3).
+    async fn capacity(&self) -> Result<Option<Capacity>> {
+        Ok(None)
+    }
+}
+
+/// What `statvfs` reports of a file system, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub block_size: u64,
+    pub total: u64,
+    pub free: u64,
+    /// Free for an unprivileged writer, which wharf is.
+    pub available: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u64,
 }
 
 /// A streaming upload. Dropping it without `commit` aborts it.
@@ -146,6 +164,13 @@ pub trait Backend: Send + Sync + 'static {
 pub trait Upload: Send {
     /// Appends bytes. Waits only when the upload's memory budget is used up (backpressure).
     async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Makes the bytes written so far as durable as the backend can before `commit` (an
+    /// SFTP client's fsync). Nothing becomes visible. The default does nothing: on S3 the
+    /// bytes are in parts being uploaded or in memory, and an upload that never commits is
+    /// aborted whatever was synced.
+    async fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Makes the content visible at its path, atomically.
     async fn commit(self: Box<Self>) -> Result<Stored>;
     /// Discards everything written; leaves nothing behind.

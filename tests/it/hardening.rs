@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::ftps::{curl, ftps_gateway_with};
+use crate::harness::raw::*;
 use crate::harness::{
     closed_within, raw_sftp_initialized, sftp, ssh_keygen, Auth, Gateway, Receiver, PW,
 };
@@ -279,42 +280,6 @@ async fn slowloris_tls_handshakes_are_cut_at_login_timeout() {
     assert_eq!(closed_by_timeout, 2, "{}", g.server.log());
 }
 
-/// One SFTP packet: length, type, request id, body.
-fn packet(kind: u8, id: u32, body: &[u8]) -> Vec<u8> {
-    let mut p = ((body.len() + 5) as u32).to_be_bytes().to_vec();
-    p.push(kind);
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(body);
-    p
-}
-
-fn string(s: &[u8]) -> Vec<u8> {
-    let mut v = (s.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(s);
-    v
-}
-
-/// Reads one reply packet: (type, request id, rest).
-async fn reply<R: AsyncRead + Unpin>(r: &mut R) -> (u8, u32, Vec<u8>) {
-    let mut len = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(10), r.read_exact(&mut len))
-        .await
-        .expect("a reply within 10 s")
-        .expect("session still open");
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    r.read_exact(&mut body).await.unwrap();
-    let id = u32::from_be_bytes(body[1..5].try_into().unwrap());
-    (body[0], id, body[5..].to_vec())
-}
-
-const FXP_OPEN: u8 = 3;
-const FXP_CLOSE: u8 = 4;
-const FXP_WRITE: u8 = 6;
-const FXP_MKDIR: u8 = 14;
-const FXP_STAT: u8 = 17;
-const FXP_STATUS: u8 = 101;
-const FXP_HANDLE: u8 = 102;
-
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_sftp_paths_get_errors_and_write_nothing() {
     let g = Gateway::start(false, &[]).await;
@@ -383,7 +348,6 @@ async fn hostile_sftp_paths_get_errors_and_write_nothing() {
             write(&handle, 0, 100, b"short"),
             5,
         ),
-        ("bytes after the data", write(&handle, 0, 2, b"abc"), 5),
         ("no offset", handle.clone(), 5),
         ("unknown handle", write(&string(b"999"), 0, 3, b"abc"), 4),
     ];
@@ -398,12 +362,20 @@ async fn hostile_sftp_paths_get_errors_and_write_nothing() {
             "{what}"
         );
     }
-    id += 1;
-    ch.write_all(&packet(FXP_WRITE, id, &write(&handle, 0, 9, b"12.50 EUR")))
+    // Bytes after a write's data are ignored, as OpenSSH's sftp-server does (Go's pkg/sftp
+    // sends such packets): only the declared data is written.
+    for (offset, claimed, data) in [(0, 5, &b"12.50\0\0\0\0junk"[..]), (5, 4, b" EUR")] {
+        id += 1;
+        ch.write_all(&packet(
+            FXP_WRITE,
+            id,
+            &write(&handle, offset, claimed, data),
+        ))
         .await
         .unwrap();
-    let (t, _, rest) = reply(&mut ch).await;
-    assert_eq!((t, &rest[..4]), (FXP_STATUS, &[0u8, 0, 0, 0][..]));
+        let (t, rid, rest) = reply(&mut ch).await;
+        assert_eq!((t, rid, &rest[..4]), (FXP_STATUS, id, &[0u8, 0, 0, 0][..]));
+    }
     id += 1;
     ch.write_all(&packet(FXP_CLOSE, id, &handle)).await.unwrap();
     let (t, _, rest) = reply(&mut ch).await;
@@ -479,6 +451,17 @@ async fn a_client_that_never_reads_its_replies_is_held_in_bounded_memory() {
         "RSS grew from {before} to {after} KiB"
     );
     assert!(!writer.is_finished(), "the server took every request");
+    // Rather than hold the session until idle_timeout, wharf ends it once its read-ahead
+    // queue is full and no reply has been read for 30 s.
+    assert!(
+        g.server
+            .logs_within(
+                "too many SFTP requests sent without reading the replies",
+                Duration::from_secs(60)
+            )
+            .await,
+        "the stalled session was not ended"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
