@@ -39,10 +39,23 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 ensure_client_tools() {
   need_cmd ssh-keygen openssh-client
   need_cmd sftp openssh-client
+  need_cmd scp openssh-client
   need_cmd python3 python3
   need_cmd lftp lftp
   need_cmd curl curl
   need_cmd openssl openssl
+  # The client matrix (tests/it/clients.rs): rclone (Go's pkg/sftp), PuTTY's psftp, JSch
+  # with a JDK to compile against it, and paramiko.
+  need_cmd rclone rclone
+  need_cmd psftp putty-tools
+  need_cmd javac default-jdk-headless
+  [ -f "${WHARF_TEST_JSCH_JAR:-/usr/share/java/jsch.jar}" ] || apt_install libjsch-java
+  if ! python3 -c 'import paramiko' 2>/dev/null; then
+    log "installing paramiko"
+    python3 -m pip install --quiet paramiko >&2 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages paramiko >&2 2>/dev/null \
+      || apt_install python3-paramiko
+  fi
 }
 
 # Exports WHARF_TEST_POSTGRES_URL: an admin URL that may create and drop databases.

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::harness::{closed_within, random_bytes, Auth, Gateway, Receiver, PW};
 
 /// A self-signed certificate for 127.0.0.1, made for this test.
-fn make_cert(dir: &Path) -> (String, String) {
+pub(crate) fn make_cert(dir: &Path) -> (String, String) {
     let (crt, key) = (dir.join("ftps.crt"), dir.join("ftps.key"));
     let out = Command::new("openssl")
         .args([

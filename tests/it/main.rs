@@ -3,6 +3,7 @@
 
 mod accounts;
 mod cli;
+mod clients;
 mod events;
 mod ftps;
 mod hardening;

@@ -1,4 +1,5 @@
-//! A gateway under test: `wharf serve` on S3 (garage) under a fresh prefix, with user `acme`.
+//! A gateway under test: `wharf serve` on S3 (garage) under a fresh prefix, or on a local
+//! directory, with user `acme`.
 
 use crate::harness::{sftp, Auth, PgDb, S3Env, Server, SftpRun, Wharf};
 
@@ -11,16 +12,25 @@ pub struct Gateway {
     pub server: Server,
     pub s3: S3Env,
     pub prefix: String,
+    /// Files under the working directory's `data/` instead of S3.
+    pub local: bool,
     pub _pg: Option<PgDb>,
 }
 
 impl Gateway {
     pub async fn start(postgres: bool, extra_env: &[(&str, &str)]) -> Gateway {
+        Self::start_on(false, postgres, extra_env).await
+    }
+
+    /// `start` on S3 (`local` false) or on the embedded default's local `data/` directory.
+    pub async fn start_on(local: bool, postgres: bool, extra_env: &[(&str, &str)]) -> Gateway {
         let s3 = S3Env::from_env();
         let prefix = S3Env::fresh_prefix();
         let mut w = Wharf::embedded();
-        for (k, v) in s3.wharf_env(&format!("s3://{}/{prefix}", s3.bucket)) {
-            w = w.with_env(&k, &v);
+        if !local {
+            for (k, v) in s3.wharf_env(&format!("s3://{}/{prefix}", s3.bucket)) {
+                w = w.with_env(&k, &v);
+            }
         }
         // Small parts so multi-part uploads stay quick to test.
         w = w.with_env("WHARF_STORAGE__S3__PART_SIZE", "5MiB");
@@ -45,7 +55,84 @@ impl Gateway {
             server,
             s3,
             prefix,
+            local,
             _pg: pg,
+        }
+    }
+
+    /// The content stored for `acme`'s file at `rel` (a path inside its home), if any.
+    pub async fn stored(&self, rel: &str) -> Option<Vec<u8>> {
+        if self.local {
+            std::fs::read(self.w.file("data/acme").join(rel)).ok()
+        } else {
+            self.s3.get(&format!("{}acme/{rel}", self.prefix)).await
+        }
+    }
+
+    /// Every file stored under `acme`'s home (relative paths), including temporary ones.
+    pub async fn stored_files(&self) -> Vec<String> {
+        if self.local {
+            let root = self.w.file("data/acme");
+            let mut out = Vec::new();
+            let mut dirs = vec![root.clone()];
+            while let Some(d) = dirs.pop() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        dirs.push(p);
+                    } else {
+                        out.push(
+                            p.strip_prefix(&root)
+                                .unwrap()
+                                .to_string_lossy()
+                                .into_owned(),
+                        );
+                    }
+                }
+            }
+            out.sort();
+            out
+        } else {
+            let home = format!("{}acme/", self.prefix);
+            let mut out: Vec<String> = self
+                .s3
+                .keys(&home)
+                .await
+                .into_iter()
+                .filter_map(|k| k.strip_prefix(&home).map(String::from))
+                .filter(|k| !k.ends_with('/'))
+                .collect();
+            out.sort();
+            out
+        }
+    }
+
+    /// The events the default `jsonl` sink (`events.jsonl`) has received so far.
+    pub fn jsonl_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.w.file("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for the `jsonl` sink's event of `type_` for `path` (`/in/x.csv`).
+    pub async fn wait_jsonl_event(&self, type_: &str, path: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if let Some(e) = self
+                .jsonl_events()
+                .into_iter()
+                .find(|e| e["type"] == type_ && e["data"]["path"] == path)
+            {
+                return e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {type_} event for {path}: {:#?}",
+                self.jsonl_events()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 

@@ -210,12 +210,14 @@ pub async fn closed_within<R: AsyncRead + Unpin>(r: &mut R, within: Duration) ->
 }
 
 mod gateway;
+pub mod raw;
 mod s3;
 mod server;
 mod webhook;
 pub use gateway::{random_bytes, Gateway, PW};
 pub use s3::S3Env;
 pub use server::{
-    raw_sftp_channel, raw_sftp_initialized, sftp, sftp_command, Auth, Server, SftpRun,
+    raw_sftp_channel, raw_sftp_initialized, sftp, sftp_command, shared_host_keys, Auth, Server,
+    SftpRun, TrustAll,
 };
 pub use webhook::{Received, Receiver};

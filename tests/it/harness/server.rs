@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::Wharf;
 
 /// Host keys generated once per test run: RSA-3072 generation is too slow to repeat.
-fn shared_host_keys() -> &'static Path {
+pub fn shared_host_keys() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = tempfile::tempdir().expect("tempdir");
