@@ -1,12 +1,13 @@
 //! The FTPS front-end: libunftp speaks the protocol (explicit TLS on `listen`, implicit TLS on
-//! `implicit_listen`, `PROT P` required on control and data), wharf accepts the connections, logs partners in against the account
-//! store (`Logins`) and serves their files through the shared session layer (`storage.rs`).
+//! `implicit_listen`, `PROT P` required on control and data) on connections the shared
+//! lifecycle (`session::listener`) accepts; wharf logs partners in against the account store
+//! (`Logins`) and serves their files through the shared session layer (`storage.rs`).
 
 pub mod storage;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,6 @@ use libunftp::options::FtpsRequired;
 use secrecy::SecretString;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use unftp_core::auth::{
     AuthenticationError, Authenticator as FtpAuthenticator, Credentials, Principal, UserDetail,
     UserDetailError, UserDetailProvider,
@@ -27,7 +27,8 @@ use unftp_core::auth::{
 use crate::config::FtpsConfig;
 use crate::identity::auth::Authenticator;
 use crate::identity::Account;
-use crate::session::limits::{Admitted, Gate};
+use crate::session::limits::Gate;
+use crate::session::listener::{self, Conn, FrontEnd, Running};
 use crate::session::{Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
@@ -109,7 +110,7 @@ struct Connection {
     /// knows the socket's.
     client_ip: IpAddr,
     logins: Arc<Logins>,
-    authed: AtomicBool,
+    authed: Arc<AtomicBool>,
     span: tracing::Span,
     cut: CancellationToken,
 }
@@ -283,7 +284,7 @@ impl FtpsServer {
             id: String::new(),
             client_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             logins: self.logins.clone(),
-            authed: AtomicBool::new(false),
+            authed: Arc::new(AtomicBool::new(false)),
             span: tracing::Span::none(),
             cut: CancellationToken::new(),
         });
@@ -305,131 +306,69 @@ impl FtpsServer {
         stop: CancellationToken,
         force: CancellationToken,
     ) {
-        let sessions = TaskTracker::new();
-        loop {
-            let (sock, peer) = tokio::select! {
-                _ = stop.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ftps accept failed; backing off");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let admitted = match self.logins.ctx.gate.admit(peer) {
-                Ok(a) => a,
-                Err(why) => {
-                    tracing::warn!(activity = "ERROR", protocol = "ftps", client_ip = %peer.ip(), reason = why, "connection refused");
-                    continue;
-                }
-            };
-            let this = self.clone();
-            let force = force.clone();
-            sessions.spawn(async move {
-                this.connection(sock, peer, admitted, implicit, force).await;
-            });
-        }
-        drop(listener);
-        sessions.close();
-        sessions.wait().await;
+        let gate = self.logins.ctx.gate.clone();
+        let login_timeout = self.login_timeout;
+        let front = Arc::new(FtpsListener {
+            server: self,
+            implicit,
+        });
+        listener::serve(front, listener, gate, login_timeout, stop, force).await;
+    }
+}
+
+/// One FTPS listener: explicit TLS (`AUTH TLS`) or implicit TLS from the first byte.
+struct FtpsListener {
+    server: Arc<FtpsServer>,
+    implicit: bool,
+}
+
+impl FrontEnd for FtpsListener {
+    fn protocol(&self) -> &'static str {
+        "ftps"
     }
 
-    async fn connection(
-        &self,
-        mut sock: TcpStream,
-        peer: SocketAddr,
-        mut admitted: Admitted,
-        implicit: bool,
-        force: CancellationToken,
-    ) {
-        let _ = sock.set_nodelay(true);
-        let peer = match self
-            .logins
-            .ctx
-            .gate
-            .client(&mut sock, peer, &mut admitted)
-            .await
-        {
-            Ok(client) => client,
-            Err(why) => {
-                tracing::warn!(activity = "ERROR", protocol = "ftps", client_ip = %peer.ip(), reason = why, "connection refused");
-                return;
-            }
-        };
+    async fn start(self: Arc<Self>, sock: TcpStream, c: &Conn) -> Result<Running, String> {
         // libunftp runs the connection on a task of its own: closing the socket is the way
         // to end it (login timeout, shutdown).
-        let (sock, closer) = match split_closer(sock) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, client_ip = %peer.ip(), "cannot set up an FTPS connection");
-                return;
-            }
-        };
-        let _active = metrics().session("ftps");
-        let started = std::time::Instant::now();
-        let id = uuid::Uuid::now_v7().to_string();
-        let span = tracing::info_span!("session", session_id = %id, protocol = "ftps", client_ip = %peer.ip(), username = tracing::field::Empty);
-        span.in_scope(|| tracing::info!(activity = "CONNECTED"));
+        let (sock, closer) = split_closer(sock).map_err(|e| {
+            tracing::warn!(parent: &c.span, error = %e, "cannot set up an FTPS connection");
+            format!("socket: {e}")
+        })?;
         let conn = Arc::new(Connection {
-            id,
-            client_ip: peer.ip(),
-            logins: self.logins.clone(),
-            authed: AtomicBool::new(false),
-            span: span.clone(),
+            id: c.id.clone(),
+            client_ip: c.client.ip(),
+            logins: self.server.logins.clone(),
+            authed: c.authed.clone(),
+            span: c.span.clone(),
             cut: CancellationToken::new(),
         });
-        let reason = match self.build(conn.clone()) {
-            Ok(server) => {
-                let serving = async move {
-                    if implicit {
-                        server.service_implicit_tls(sock).await
-                    } else {
-                        server.service(sock).await
-                    }
-                };
-                tokio::pin!(serving);
-                let login_deadline = tokio::time::sleep(self.login_timeout);
-                tokio::pin!(login_deadline);
-                let (why, ended) = loop {
-                    tokio::select! {
-                        r = &mut serving => break (match r {
-                            Ok(()) => "connection closed".to_string(),
-                            Err(e) => format!("connection error: {e}"),
-                        }, true),
-                        _ = force.cancelled() => break ("server shutting down".to_string(), false),
-                        _ = &mut login_deadline => {
-                            if !conn.authed.load(Ordering::Acquire) {
-                                break ("login_timeout".to_string(), false);
-                            }
-                            // Logged in in time: from here on only idle_timeout applies.
-                            login_deadline.as_mut().reset(
-                                tokio::time::Instant::now() + Duration::from_secs(86400 * 365),
-                            );
-                        }
-                    }
+        let server = self.server.build(conn.clone()).map_err(|e| {
+            tracing::error!(parent: &c.span, error = %e, "cannot serve an FTPS connection");
+            "server configuration error".to_string()
+        })?;
+        let implicit = self.implicit;
+        let cut_token = conn.cut.clone();
+        Ok(Running {
+            ended: Box::pin(async move {
+                let r = if implicit {
+                    server.service_implicit_tls(sock).await
+                } else {
+                    server.service(sock).await
                 };
                 conn.cut.cancel();
-                let _ = closer.shutdown(std::net::Shutdown::Both);
-                if !ended {
-                    // Let the control loop notice, and an upload cut by it abort.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut serving).await;
+                match r {
+                    Ok(()) => "connection closed".to_string(),
+                    Err(e) => format!("connection error: {e}"),
                 }
-                why
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serve an FTPS connection");
-                "server configuration error".to_string()
-            }
-        };
-        span.in_scope(|| {
-            tracing::info!(
-                activity = "DISCONNECTED",
-                reason,
-                duration_ms = started.elapsed().as_millis() as u64
-            )
-        });
+            }),
+            cut: Box::new(move |_why| {
+                Box::pin(async move {
+                    // Running transfers abort; the control loop sees its socket closed.
+                    cut_token.cancel();
+                    let _ = closer.shutdown(std::net::Shutdown::Both);
+                })
+            }),
+        })
     }
 }
 

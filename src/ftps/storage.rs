@@ -3,7 +3,6 @@
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -12,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend};
 
 use super::FtpsUser;
-use crate::session::fs::{FsError, FsErrorKind, WriteFile};
+use crate::session::fs::{FsError, FsErrorKind};
 use crate::session::path::VirtualPath;
 use crate::session::Session;
 
@@ -68,24 +67,6 @@ fn path_of(s: &Session, p: &Path) -> Result<VirtualPath> {
     })?;
     s.resolve(text)
         .map_err(|e| Error::new(ErrorKind::FileNameNotAllowedError, e))
-}
-
-/// Aborts an upload whose `put` did not finish (the data connection failed, or the transfer
-/// was cancelled and its future dropped): nothing becomes visible, a failed event is written.
-struct OpenUpload {
-    session: Arc<Session>,
-    file: Option<WriteFile>,
-}
-
-impl Drop for OpenUpload {
-    fn drop(&mut self) {
-        if let Some(f) = self.file.take() {
-            let s = self.session.clone();
-            self.session.clone().spawn_upload_task(async move {
-                s.abort_write(f, "partial_upload", "transfer aborted").await;
-            });
-        }
-    }
 }
 
 #[async_trait]
@@ -170,21 +151,16 @@ impl StorageBackend<FtpsUser> for SessionStorage {
                 "resuming or appending to uploads is not supported: upload the whole file again",
             ));
         }
-        let file = s.open_write(&p, false).await.map_err(ftp_err)?;
-        let mut open = OpenUpload {
-            session: s.clone(),
-            file: Some(file),
-        };
+        // Dropped without a close (a cancelled transfer, a failed write), it aborts itself.
+        let mut file = s.open_write(&p, false).await.map_err(ftp_err)?;
         let mut offset = 0u64;
         loop {
             let mut buf = BytesMut::with_capacity(CHUNK);
             let read = tokio::select! {
                 r = input.read_buf(&mut buf) => r,
                 _ = user.cut.cancelled() => {
-                    if let Some(f) = open.file.take() {
-                        s.abort_write(f, "partial_upload", "the server ended the connection (shutdown)")
-                            .await;
-                    }
+                    s.abort_write(file, "partial_upload", "the server ended the connection (shutdown)")
+                        .await;
                     return Err(Error::from(ErrorKind::ConnectionClosed));
                 }
             };
@@ -192,22 +168,20 @@ impl StorageBackend<FtpsUser> for SessionStorage {
                 Ok(n) => n,
                 Err(e) => {
                     // A TLS data connection cut without close_notify ends up here too.
-                    if let Some(f) = open.file.take() {
-                        s.abort_write(f, "partial_upload", &format!("data connection: {e}"))
-                            .await;
-                    }
+                    s.abort_write(file, "partial_upload", &format!("data connection: {e}"))
+                        .await;
                     return Err(Error::new(ErrorKind::ConnectionClosed, e));
                 }
             };
             if n == 0 {
                 break;
             }
-            let f = open.file.as_mut().expect("upload open until committed");
-            s.write(f, offset, buf.freeze()).await.map_err(ftp_err)?;
+            s.write(&mut file, offset, buf.freeze())
+                .await
+                .map_err(ftp_err)?;
             offset += n as u64;
         }
-        let f = open.file.take().expect("upload open until committed");
-        s.close_write(f).await.map_err(ftp_err)?;
+        s.close_write(file).await.map_err(ftp_err)?;
         Ok(offset)
     }
 

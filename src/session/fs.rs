@@ -3,6 +3,7 @@
 //! the four outcomes a client can be told.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -104,9 +105,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A file open for writing: an upload in progress.
+/// A file open for writing: an upload in progress. Dropped without `close_write` or
+/// `abort_write` (the client went away, a transfer was cut), it aborts itself: nothing becomes
+/// visible and a failed event is written, whichever front-end dropped it.
 pub struct WriteFile {
     pub path: VirtualPath,
+    /// `None` once closed or aborted.
+    upload: Option<OpenUpload>,
+    session: Arc<Session>,
+}
+
+struct OpenUpload {
     pipeline: UploadPipeline,
     location: crate::storage::Location,
     started_at: DateTime<Utc>,
@@ -115,7 +124,32 @@ pub struct WriteFile {
 
 impl WriteFile {
     pub fn received(&self) -> u64 {
-        self.pipeline.received()
+        self.upload.as_ref().map_or(0, |u| u.pipeline.received())
+    }
+
+    fn open(&mut self) -> Result<&mut OpenUpload, FsError> {
+        let path = &self.path;
+        self.upload
+            .as_mut()
+            .ok_or_else(|| FsError::new(FsErrorKind::Failure, format!("{path}: upload ended")))
+    }
+}
+
+impl Drop for WriteFile {
+    fn drop(&mut self) {
+        if let Some(u) = self.upload.take() {
+            let (session, path) = (self.session.clone(), self.path.clone());
+            self.session.clone().spawn_upload_task(async move {
+                session
+                    .abort_upload(
+                        &path,
+                        u,
+                        "partial_upload",
+                        "the file was not closed: the client disconnected or the transfer was cut",
+                    )
+                    .await;
+            });
+        }
     }
 }
 
@@ -184,7 +218,7 @@ impl Session {
 
     /// Starts an upload to `path`. `exclusive` refuses an existing file (O_EXCL).
     pub async fn open_write(
-        &self,
+        self: &Arc<Self>,
         path: &VirtualPath,
         exclusive: bool,
     ) -> Result<WriteFile, FsError> {
@@ -219,26 +253,32 @@ impl Session {
         tracing::info!(parent: &self.span,activity = "OPEN", path = %path, mode = "write");
         Ok(WriteFile {
             path: path.clone(),
-            pipeline: UploadPipeline::start(upload, location.uri.clone(), &self.ctx.uploads),
-            location,
-            started_at: crate::identity::now(),
-            started: Instant::now(),
+            upload: Some(OpenUpload {
+                pipeline: UploadPipeline::start(upload, location.uri.clone(), &self.ctx.uploads),
+                location,
+                started_at: crate::identity::now(),
+                started: Instant::now(),
+            }),
+            session: self.clone(),
         })
     }
 
     pub async fn write(&self, f: &mut WriteFile, offset: u64, data: Bytes) -> Result<(), FsError> {
-        f.pipeline.write(offset, data).await.map_err(|e| match e {
+        let path = f.path.clone();
+        let u = f.open()?;
+        u.pipeline.write(offset, data).await.map_err(|e| match e {
             UploadError::Unsupported(m) => FsError::new(FsErrorKind::Unsupported, m),
-            UploadError::Storage(e) => storage(e, &f.path),
+            UploadError::Storage(e) => storage(e, &path),
         })
     }
 
     /// fsync: every byte received so far is in storage, as durable as it can be before the
     /// close (the file still becomes visible only at close).
     pub async fn sync(&self, f: &mut WriteFile) -> Result<(), FsError> {
-        f.pipeline.sync().await.map_err(|e| match e {
+        let path = f.path.clone();
+        f.open()?.pipeline.sync().await.map_err(|e| match e {
             UploadError::Unsupported(m) => FsError::new(FsErrorKind::Unsupported, m),
-            UploadError::Storage(e) => storage(e, &f.path),
+            UploadError::Storage(e) => storage(e, &path),
         })
     }
 
@@ -252,14 +292,21 @@ impl Session {
 
     /// Completes an upload: commits it in storage, then records its arrival. The client's
     /// close succeeds only if both did.
-    pub async fn close_write(&self, f: WriteFile) -> Result<Stored, FsError> {
-        let received = f.pipeline.received();
-        let res = f.pipeline.commit().await;
+    pub async fn close_write(&self, mut file: WriteFile) -> Result<Stored, FsError> {
+        let path = file.path.clone();
+        let Some(u) = file.upload.take() else {
+            return Err(FsError::new(
+                FsErrorKind::Failure,
+                format!("{path}: upload ended"),
+            ));
+        };
+        let received = u.pipeline.received();
+        let res = u.pipeline.commit().await;
         let finished_at = crate::identity::now();
         let record = |outcome| UploadRecord {
             session: self.info.clone(),
-            path: f.path.to_string(),
-            started_at: f.started_at,
+            path: path.to_string(),
+            started_at: u.started_at,
             finished_at,
             outcome,
         };
@@ -267,31 +314,31 @@ impl Session {
             Ok(stored) => {
                 let rec = record(UploadOutcome::Completed(stored.clone()));
                 if let Err(why) = self.ctx.observer.completed(&rec).await {
-                    tracing::error!(parent: &self.span,activity = "ERROR", path = %f.path, error = %why, "arrival not recorded; removing the object");
+                    tracing::error!(parent: &self.span,activity = "ERROR", path = %path, error = %why, "arrival not recorded; removing the object");
                     metrics().upload_failed(self.info.protocol.name());
                     // The client is told the upload failed, so it must not stay visible
                     // without its event: it will be uploaded again.
-                    if let Err(e) = self.backend.delete(&f.path.relative()).await {
-                        tracing::error!(parent: &self.span,activity = "ERROR", path = %f.path, error = %e, "could not remove the unrecorded object");
+                    if let Err(e) = self.backend.delete(&path.relative()).await {
+                        tracing::error!(parent: &self.span,activity = "ERROR", path = %path, error = %e, "could not remove the unrecorded object");
                     }
                     return Err(FsError::new(
                         FsErrorKind::Failure,
-                        format!("{}: the file was stored but its arrival could not be recorded; upload it again", f.path),
+                        format!("{path}: the file was stored but its arrival could not be recorded; upload it again"),
                     ));
                 }
                 metrics().upload_completed(
                     self.info.protocol.name(),
                     stored.bytes,
-                    f.started.elapsed(),
+                    u.started.elapsed(),
                 );
                 tracing::info!(parent: &self.span,
                     activity = "CLOSE",
-                    path = %f.path,
+                    path = %path,
                     mode = "write",
                     bytes = stored.bytes,
                     bytes_in = stored.bytes,
                     sha256 = %stored.sha256,
-                    duration_ms = f.started.elapsed().as_millis() as u64,
+                    duration_ms = u.started.elapsed().as_millis() as u64,
                 );
                 Ok(stored)
             }
@@ -301,16 +348,16 @@ impl Session {
                         "unsupported_write",
                         FsError::new(FsErrorKind::Unsupported, m),
                     ),
-                    UploadError::Storage(e) => ("storage_error", storage(e, &f.path)),
+                    UploadError::Storage(e) => ("storage_error", storage(e, &path)),
                 };
                 let rec = record(UploadOutcome::Failed {
-                    location: f.location.clone(),
+                    location: u.location.clone(),
                     bytes: received,
                     code,
                     message: err.message.clone(),
                 });
                 metrics().upload_failed(self.info.protocol.name());
-                tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason = %err.message);
+                tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %path, bytes = received, reason = %err.message);
                 self.ctx.observer.failed(&rec).await;
                 Err(err)
             }
@@ -318,18 +365,30 @@ impl Session {
     }
 
     /// Abandons an upload (client gone, timeout, shutdown): nothing becomes visible.
-    pub async fn abort_write(&self, f: WriteFile, code: &'static str, reason: &str) {
-        let received = f.pipeline.received();
-        f.pipeline.abort().await;
+    pub async fn abort_write(&self, mut file: WriteFile, code: &'static str, reason: &str) {
+        if let Some(u) = file.upload.take() {
+            self.abort_upload(&file.path, u, code, reason).await;
+        }
+    }
+
+    async fn abort_upload(
+        &self,
+        path: &VirtualPath,
+        u: OpenUpload,
+        code: &'static str,
+        reason: &str,
+    ) {
+        let received = u.pipeline.received();
+        u.pipeline.abort().await;
         metrics().upload_failed(self.info.protocol.name());
-        tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %f.path, bytes = received, reason);
+        tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %path, bytes = received, reason);
         let rec = UploadRecord {
             session: self.info.clone(),
-            path: f.path.to_string(),
-            started_at: f.started_at,
+            path: path.to_string(),
+            started_at: u.started_at,
             finished_at: crate::identity::now(),
             outcome: UploadOutcome::Failed {
-                location: f.location.clone(),
+                location: u.location,
                 bytes: received,
                 code,
                 message: reason.to_string(),

@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub mod limits;
+pub mod listener;
 pub mod path;
 pub mod proxy;
 pub mod upload;

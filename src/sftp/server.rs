@@ -1,5 +1,6 @@
-//! The SSH side of the SFTP front-end (russh): the accept loop with session limits, the
-//! algorithm policy, password and public-key login, the login timeout, and graceful shutdown.
+//! The SSH side of the SFTP front-end (russh): the algorithm policy, password,
+//! keyboard-interactive and public-key login, and the SFTP subsystem's channel, started by
+//! the shared connection lifecycle (`session::listener`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -17,7 +18,6 @@ use russh::{
 use secrecy::SecretString;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::dispatch;
 use super::subsystem::{SftpHandler, MAX_PACKET_LEN};
@@ -25,7 +25,8 @@ use crate::config::SftpConfig;
 use crate::identity::auth::{Authenticator, Refusal};
 use crate::identity::keys::fingerprint;
 use crate::identity::Account;
-use crate::session::limits::{Admitted, Gate};
+use crate::session::limits::Gate;
+use crate::session::listener::{self, Conn, FrontEnd, Running};
 use crate::session::{Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
@@ -141,141 +142,49 @@ impl SftpServer {
         stop: CancellationToken,
         force: CancellationToken,
     ) {
-        let sessions = TaskTracker::new();
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((sock, peer)) => {
-                    backoff = Duration::from_millis(10);
-                    match self.gate.admit(peer) {
-                        Ok(admitted) => {
-                            let this = self.clone();
-                            sessions.spawn(this.connection(sock, peer, admitted, force.clone()));
-                        }
-                        Err(why) => {
-                            tracing::warn!(activity = "ERROR", protocol = "sftp", client_ip = %peer.ip(), reason = why, "connection refused");
-                            drop(sock);
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Out of file descriptors or similar: wait instead of spinning or dying.
-                    tracing::warn!(error = %e, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-        drop(listener);
-        sessions.close();
-        sessions.wait().await;
+        let (gate, login_timeout) = (self.gate.clone(), self.login_timeout);
+        listener::serve(self, listener, gate, login_timeout, stop, force).await;
+    }
+}
+
+impl FrontEnd for SftpServer {
+    fn protocol(&self) -> &'static str {
+        "sftp"
     }
 
-    async fn connection(
-        self: Arc<Self>,
-        mut sock: TcpStream,
-        peer: SocketAddr,
-        mut admitted: Admitted,
-        force: CancellationToken,
-    ) {
-        let _ = sock.set_nodelay(true);
-        let peer = match self.gate.client(&mut sock, peer, &mut admitted).await {
-            Ok(client) => client,
-            Err(why) => {
-                tracing::warn!(activity = "ERROR", protocol = "sftp", client_ip = %peer.ip(), reason = why, "connection refused");
-                return;
-            }
-        };
-        let _active = metrics().session("sftp");
-        let authed = Arc::new(AtomicBool::new(false));
-        let session_id = uuid::Uuid::now_v7().to_string();
-        let span = tracing::info_span!("session", session_id = %session_id, protocol = "sftp", client_ip = %peer.ip(), username = tracing::field::Empty);
-        let _enter = span.clone().entered();
-        tracing::info!(activity = "CONNECTED");
-        let started = std::time::Instant::now();
+    async fn start(self: Arc<Self>, sock: TcpStream, conn: &Conn) -> Result<Running, String> {
         let handler = SshHandler {
             ctx: self.ctx.clone(),
-            peer,
-            session_id,
+            peer: conn.client,
+            session_id: conn.id.clone(),
             account: None,
-            authed: authed.clone(),
+            authed: conn.authed.clone(),
             channels: HashMap::new(),
-            span: span.clone(),
+            span: conn.span.clone(),
         };
-        drop(_enter);
-        let running = match tokio::time::timeout(
-            self.login_timeout,
-            russh::server::run_stream(self.config.clone(), sock, handler),
-        )
-        .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                span.in_scope(|| tracing::info!(activity = "DISCONNECTED", reason = %e));
-                return;
-            }
-            Err(_) => {
-                span.in_scope(|| {
-                    tracing::info!(
-                        activity = "DISCONNECTED",
-                        reason = "no SSH identification before login_timeout"
-                    )
-                });
-                return;
-            }
-        };
+        let running = russh::server::run_stream(self.config.clone(), sock, handler)
+            .await
+            .map_err(|e| e.to_string())?;
         let handle = running.handle();
-        tokio::pin!(running);
-        let login_deadline = tokio::time::sleep(self.login_timeout);
-        tokio::pin!(login_deadline);
-        let mut reason = "client closed the connection";
-        loop {
-            tokio::select! {
-                res = &mut running => {
-                    if let Err(e) = res {
+        let span = conn.span.clone();
+        Ok(Running {
+            ended: Box::pin(async move {
+                match running.await {
+                    Ok(()) => "client closed the connection".to_string(),
+                    Err(e) => {
                         tracing::debug!(parent: &span, error = %e, "session ended with an error");
-                        reason = "connection error";
+                        "connection error".to_string()
                     }
-                    break;
                 }
-                _ = &mut login_deadline, if !authed.load(Ordering::Acquire) => {
-                    // select! checked the guard when it started waiting, maybe before the
-                    // login: a session that has logged in since is not timed out.
-                    if authed.load(Ordering::Acquire) {
-                        login_deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
-                        continue;
-                    }
-                    reason = "login_timeout";
+            }),
+            cut: Box::new(move |why| {
+                Box::pin(async move {
                     let _ = handle
-                        .disconnect(Disconnect::ByApplication, "login timeout".into(), "en".into())
+                        .disconnect(Disconnect::ByApplication, why.into(), "en".into())
                         .await;
-                    // Keep waiting for the session to wind down.
-                    login_deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
-                    authed.store(true, Ordering::Release);
-                }
-                _ = force.cancelled() => {
-                    reason = "server shutting down";
-                    let _ = handle
-                        .disconnect(Disconnect::ByApplication, "server shutting down".into(), "en".into())
-                        .await;
-                    // The session task notices and ends; don't wait on a client that never reads.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
-                    break;
-                }
-            }
-        }
-        drop(admitted);
-        span.in_scope(|| {
-            tracing::info!(
-                activity = "DISCONNECTED",
-                reason,
-                duration_ms = started.elapsed().as_millis() as u64
-            )
-        });
+                })
+            }),
+        })
     }
 }
 

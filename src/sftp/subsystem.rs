@@ -88,27 +88,6 @@ impl SftpHandler {
     }
 }
 
-/// A session that ends with files still open for writing aborts them: nothing half-written
-/// becomes visible.
-impl Drop for SftpHandler {
-    fn drop(&mut self) {
-        for (_, open) in self.handles.drain() {
-            if let Open::Write(f) = open {
-                let session = self.session.clone();
-                session.clone().spawn_upload_task(async move {
-                    session
-                        .abort_write(
-                            f,
-                            "partial_upload",
-                            "the client disconnected before closing the file",
-                        )
-                        .await;
-                });
-            }
-        }
-    }
-}
-
 fn reply(e: FsError) -> StatusReply {
     let code = match e.kind {
         FsErrorKind::NotFound => StatusCode::NoSuchFile,
