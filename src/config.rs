@@ -82,6 +82,10 @@ pub struct FtpsConfig {
     pub key: PathBuf,
     pub passive_ports: String,
     pub passive_host: String,
+    /// A TLS data connection must resume its control connection's TLS session (vsftpd's
+    /// `require_ssl_reuse`): the proof that it comes from the same client, which the address
+    /// alone is not behind a load balancer.
+    pub require_tls_session_reuse: bool,
 }
 
 impl Default for FtpsConfig {
@@ -93,6 +97,7 @@ impl Default for FtpsConfig {
             key: "keys/ftps.key".into(),
             passive_ports: "50000-50100".into(),
             passive_host: String::new(),
+            require_tls_session_reuse: true,
         }
     }
 }
@@ -474,6 +479,17 @@ impl Config {
                 "must be between 5MiB and 5GiB (S3 multipart limits)".into(),
             ));
         }
+        // Fewer than two parts: a multipart upload could never get the part it waits for.
+        if self.storage.upload_memory.0 < 2 * self.storage.s3.part_size.0 {
+            return Err(bad(
+                "storage.upload_memory",
+                format!(
+                    "must hold at least two parts of storage.s3.part_size ({} bytes here), \
+                     or uploads larger than one part could never proceed",
+                    2 * self.storage.s3.part_size.0
+                ),
+            ));
+        }
         if self.storage.s3.max_inflight_parts == 0 {
             return Err(bad(
                 "storage.s3.max_inflight_parts",
@@ -641,6 +657,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.s3.part_size"), "{e}");
+
+        // A budget smaller than two parts would hang every multipart upload.
+        std::fs::write(&f, "[storage]\nupload_memory = \"8MiB\"\n").unwrap();
+        let e = Config::load_from(Some(&f), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("storage.upload_memory") && e.contains("two parts"),
+            "{e}"
+        );
 
         std::fs::write(&f, "[[events.sinks]]\ntype = \"webhook\"\nsecret = \"s\"\n").unwrap();
         let e = Config::load_from(Some(&f), env(&[]))

@@ -29,7 +29,7 @@ use crate::identity::auth::Authenticator;
 use crate::identity::Account;
 use crate::session::limits::Gate;
 use crate::session::listener::{self, Conn, FrontEnd, Running};
-use crate::session::{Protocol, Session, SessionContext, SessionInfo};
+use crate::session::{ConnectionQuota, Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
 
@@ -98,6 +98,7 @@ impl Logins {
             account,
             backend,
             self.ctx.sessions.clone(),
+            ConnectionQuota::new(),
         ))
     }
 }
@@ -204,6 +205,7 @@ pub struct FtpsServer {
     key: PathBuf,
     passive_ports: RangeInclusive<u16>,
     passive_host: Option<String>,
+    require_tls_reuse: bool,
     idle_timeout: Duration,
     login_timeout: Duration,
 }
@@ -250,6 +252,7 @@ impl FtpsServer {
             key: cfg.key.clone(),
             passive_ports,
             passive_host,
+            require_tls_reuse: cfg.require_tls_session_reuse,
             idle_timeout,
             login_timeout,
         }))
@@ -269,9 +272,10 @@ impl FtpsServer {
         .greeting("wharf FTPS: AUTH TLS required")
         .ftps(self.cert.clone(), self.key.clone())
         .ftps_required(FtpsRequired::All, FtpsRequired::All)
+        .ftps_require_data_session_resumption(self.require_tls_reuse)
         .passive_ports(self.passive_ports.clone())
         .idle_session_timeout(self.idle_timeout.as_secs().max(1))
-        .logger(slog::Logger::root(slog::Discard, slog::o!()));
+        .logger(slog::Logger::root(WarningsToTracing, slog::o!()));
         if let Some(h) = &self.passive_host {
             b = b.passive_host(h.as_str());
         }
@@ -369,6 +373,22 @@ impl FrontEnd for FtpsListener {
                 })
             }),
         })
+    }
+}
+
+/// libunftp's own warnings and errors (a refused data connection, say) in wharf's log; its
+/// chatter below that level is dropped.
+struct WarningsToTracing;
+
+impl slog::Drain for WarningsToTracing {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if record.level().is_at_least(slog::Level::Warning) {
+            tracing::warn!(activity = "ERROR", component = "libunftp", "{}", record.msg());
+        }
+        Ok(())
     }
 }
 

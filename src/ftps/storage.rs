@@ -154,32 +154,43 @@ impl StorageBackend<FtpsUser> for SessionStorage {
         // Dropped without a close (a cancelled transfer, a failed write), it aborts itself.
         let mut file = s.open_write(&p, false).await.map_err(ftp_err)?;
         let mut offset = 0u64;
-        loop {
+        let mut eof = false;
+        while !eof {
+            // Each chunk is filled before it is handed on: a TLS read yields one record (at
+            // most 16 KiB), and a chunk sent after one read would keep its whole allocation
+            // alive for a fraction of the bytes the upload's budget counts.
             let mut buf = BytesMut::with_capacity(CHUNK);
-            let read = tokio::select! {
-                r = input.read_buf(&mut buf) => r,
-                _ = user.cut.cancelled() => {
-                    s.abort_write(file, "partial_upload", "the server ended the connection (shutdown)")
-                        .await;
-                    return Err(Error::from(ErrorKind::ConnectionClosed));
+            while buf.len() < CHUNK {
+                let read = tokio::select! {
+                    r = input.read_buf(&mut buf) => r,
+                    _ = user.cut.cancelled() => {
+                        s.abort_write(file, "partial_upload", "the server ended the connection (shutdown)")
+                            .await;
+                        return Err(Error::from(ErrorKind::ConnectionClosed));
+                    }
+                };
+                match read {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // A TLS data connection cut without close_notify ends up here too.
+                        s.abort_write(file, "partial_upload", &format!("data connection: {e}"))
+                            .await;
+                        return Err(Error::new(ErrorKind::ConnectionClosed, e));
+                    }
                 }
-            };
-            let n = match read {
-                Ok(n) => n,
-                Err(e) => {
-                    // A TLS data connection cut without close_notify ends up here too.
-                    s.abort_write(file, "partial_upload", &format!("data connection: {e}"))
-                        .await;
-                    return Err(Error::new(ErrorKind::ConnectionClosed, e));
-                }
-            };
-            if n == 0 {
+            }
+            if buf.is_empty() {
                 break;
             }
+            let n = buf.len() as u64;
             s.write(&mut file, offset, buf.freeze())
                 .await
                 .map_err(ftp_err)?;
-            offset += n as u64;
+            offset += n;
         }
         s.close_write(file).await.map_err(ftp_err)?;
         Ok(offset)

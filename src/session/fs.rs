@@ -83,6 +83,10 @@ fn storage(e: StorageError, path: &VirtualPath) -> FsError {
         ErrorKind::NotDirectory => format!("{path}: not a directory"),
         ErrorKind::InvalidName | ErrorKind::Unsupported => format!("{path}: {}", e.message),
         ErrorKind::Aborted => format!("{path}: upload aborted"),
+        ErrorKind::Busy => {
+            tracing::warn!(activity = "ERROR", path = %path, error = %e.message, "upload refused: server busy");
+            format!("{path}: {}; try again later", e.message)
+        }
         ErrorKind::Unavailable => {
             tracing::error!(activity = "ERROR", path = %path, error = %error_chain(&e), "storage error");
             format!("{path}: storage error, try again later")
@@ -246,7 +250,7 @@ impl Session {
         }
         let upload = self
             .backend
-            .begin_upload(&rel)
+            .begin_upload(&rel, self.quota.uploads.clone())
             .await
             .map_err(|e| storage(e, path))?;
         let location = self.backend.location(&rel);
@@ -254,7 +258,12 @@ impl Session {
         Ok(WriteFile {
             path: path.clone(),
             upload: Some(OpenUpload {
-                pipeline: UploadPipeline::start(upload, location.uri.clone(), &self.ctx.uploads),
+                pipeline: UploadPipeline::start(
+                    upload,
+                    location.uri.clone(),
+                    &self.ctx.uploads,
+                    self.quota.reorder.clone(),
+                ),
                 location,
                 started_at: crate::identity::now(),
                 started: Instant::now(),

@@ -119,10 +119,59 @@ pub struct SessionContext {
     pub setstat: SetstatPolicy,
 }
 
+/// Open files (handles) one connection may hold, over all its SFTP channels.
+pub const MAX_OPEN_FILES: usize = 256;
+
+/// What one connection may hold, shared by all its sessions (an SSH connection opens one per
+/// SFTP channel): open files, and out-of-order write bytes.
+pub struct ConnectionQuota {
+    open_files: std::sync::atomic::AtomicUsize,
+    reorder: Arc<tokio::sync::Semaphore>,
+    uploads: Arc<crate::storage::UploadScope>,
+}
+
+impl ConnectionQuota {
+    pub fn new() -> Arc<Self> {
+        Arc::new(ConnectionQuota {
+            open_files: std::sync::atomic::AtomicUsize::new(0),
+            reorder: UploadRegistry::connection_reorder_budget(),
+            uploads: crate::storage::UploadScope::new(),
+        })
+    }
+
+    /// One more open file, or `None` at `MAX_OPEN_FILES`. Freed when the slot is dropped.
+    pub fn open_file(self: &Arc<Self>) -> Option<FileSlot> {
+        use std::sync::atomic::Ordering;
+        self.open_files
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_OPEN_FILES).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| FileSlot(self.clone()))
+    }
+
+    pub fn open_files(&self) -> usize {
+        self.open_files.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// One open file counted against its connection's `MAX_OPEN_FILES`.
+pub struct FileSlot(Arc<ConnectionQuota>);
+
+impl Drop for FileSlot {
+    fn drop(&mut self) {
+        self.0
+            .open_files
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// One authenticated partner session.
 pub struct Session {
     pub info: SessionInfo,
     pub account: Account,
+    /// Shared with the connection's other sessions.
+    pub quota: Arc<ConnectionQuota>,
     backend: Arc<dyn Backend>,
     ctx: Arc<SessionContext>,
     /// Parent of every activity line, so each carries who did it.
@@ -135,6 +184,7 @@ impl Session {
         account: Account,
         backend: Arc<dyn Backend>,
         ctx: Arc<SessionContext>,
+        quota: Arc<ConnectionQuota>,
     ) -> Self {
         let span = tracing::info_span!(
             "session",
@@ -146,6 +196,7 @@ impl Session {
         Session {
             info,
             account,
+            quota,
             backend,
             ctx,
             span,

@@ -7,15 +7,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::storage::{ErrorKind, StorageError, Stored, Upload};
 
 /// How far past the next expected offset pipelined writes may arrive.
 pub const REORDER_WINDOW: u64 = 8 << 20;
-/// Writes queued between the protocol handler and the storage task.
-const QUEUE_DEPTH: usize = 16;
+/// Out-of-order bytes one connection may have waiting, over all its open files.
+pub const REORDER_PER_CONNECTION: usize = 16 << 20;
+/// Out-of-order bytes the whole process may have waiting.
+pub const REORDER_PER_PROCESS: usize = 256 << 20;
+/// Writes queued between the protocol handler and the storage task (each at most one SFTP
+/// write, 255 KiB, or one FTPS chunk, 256 KiB).
+const QUEUE_DEPTH: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -35,11 +40,69 @@ enum Msg {
 
 /// In-progress uploads of this process, by location, so `stat` of a path being uploaded
 /// reports the bytes received so far, whichever session asks.
-#[derive(Default)]
 pub struct UploadRegistry {
     inflight: Mutex<HashMap<String, Vec<Arc<AtomicU64>>>>,
     /// Upload tasks, so shutdown can wait for their aborts to reach storage.
     pub tasks: TaskTracker,
+    /// Out-of-order bytes held by every upload of this process (`REORDER_PER_PROCESS`).
+    reorder: Arc<Semaphore>,
+}
+
+impl Default for UploadRegistry {
+    fn default() -> Self {
+        UploadRegistry {
+            inflight: Mutex::default(),
+            tasks: TaskTracker::new(),
+            reorder: Arc::new(Semaphore::new(REORDER_PER_PROCESS)),
+        }
+    }
+}
+
+/// Bytes held for reordering, paid for from the connection's and the process's budgets.
+/// Taken without waiting: the bytes that would free them come later on the same channel.
+struct ReorderHold {
+    connection: Arc<Semaphore>,
+    process: Arc<Semaphore>,
+    held: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+impl ReorderHold {
+    fn take(&mut self, len: usize) -> Result<(), String> {
+        let n = u32::try_from(len).map_err(|_| "write too large".to_string())?;
+        let c = self.connection.clone().try_acquire_many_owned(n).map_err(|_| {
+            format!(
+                "more than {} MiB of out-of-order writes held for this connection (random access is not supported)",
+                REORDER_PER_CONNECTION >> 20
+            )
+        })?;
+        let p = self
+            .process
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| {
+                "the server holds too many out-of-order writes; send the file sequentially"
+                    .to_string()
+            })?;
+        match &mut self.held {
+            Some((hc, hp)) => {
+                hc.merge(c);
+                hp.merge(p);
+            }
+            None => self.held = Some((c, p)),
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, len: usize) {
+        if let Some((c, p)) = &mut self.held {
+            let n = len.min(c.num_permits());
+            drop(c.split(n));
+            drop(p.split(n));
+            if c.num_permits() == 0 {
+                self.held = None;
+            }
+        }
+    }
 }
 
 impl UploadRegistry {
@@ -47,6 +110,11 @@ impl UploadRegistry {
         let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         map.get(location)
             .and_then(|v| v.iter().map(|p| p.load(Ordering::Relaxed)).max())
+    }
+
+    /// A budget for one connection's out-of-order writes, shared by its files.
+    pub fn connection_reorder_budget() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(REORDER_PER_CONNECTION))
     }
 
     fn register(self: &Arc<Self>, location: String) -> Registration {
@@ -91,18 +159,23 @@ impl Drop for Registration {
 pub struct UploadPipeline {
     tx: Option<mpsc::Sender<Msg>>,
     next_offset: u64,
+    /// Writes that arrived ahead of `next_offset`: non-overlapping, inside the window, paid
+    /// for by `reorder`.
     pending: BTreeMap<u64, Bytes>,
-    pending_bytes: u64,
+    reorder: ReorderHold,
     failed: Option<String>,
     registration: Registration,
     result: Option<tokio::task::JoinHandle<Option<StorageError>>>,
 }
 
 impl UploadPipeline {
+    /// `connection_reorder`: the budget the connection's out-of-order writes share
+    /// (`UploadRegistry::connection_reorder_budget`).
     pub fn start(
         upload: Box<dyn Upload>,
         location: String,
         registry: &Arc<UploadRegistry>,
+        connection_reorder: Arc<Semaphore>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let result = registry.tasks.spawn(feed(upload, rx));
@@ -110,7 +183,11 @@ impl UploadPipeline {
             tx: Some(tx),
             next_offset: 0,
             pending: BTreeMap::new(),
-            pending_bytes: 0,
+            reorder: ReorderHold {
+                connection: connection_reorder,
+                process: registry.reorder.clone(),
+                held: None,
+            },
             failed: None,
             registration: registry.register(location),
             result: Some(result),
@@ -123,7 +200,9 @@ impl UploadPipeline {
     }
 
     /// Accepts `data` at `offset`. Returns once the bytes are queued; waits only when the
-    /// storage side is applying backpressure.
+    /// storage side is applying backpressure. A write that overlaps one already received or
+    /// held is refused when it arrives, and so is one that would hold more out-of-order bytes
+    /// than the window or the budgets allow.
     pub async fn write(&mut self, offset: u64, data: Bytes) -> Result<(), UploadError> {
         if let Some(f) = &self.failed {
             return Err(UploadError::Unsupported(f.clone()));
@@ -131,36 +210,49 @@ impl UploadPipeline {
         if data.is_empty() {
             return Ok(());
         }
-        let end = offset + data.len() as u64;
-        if offset < self.next_offset
-            || self.pending.contains_key(&offset)
-            || end - self.next_offset > REORDER_WINDOW
-        {
-            let why = if offset < self.next_offset {
-                format!("write at offset {offset} rewrites data already received (random access is not supported; upload the file sequentially)")
-            } else {
-                format!("write at offset {offset} leaves a gap past the reorder window after offset {} (random access is not supported)", self.next_offset)
-            };
-            return Err(self.fail(why));
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return Err(self.fail(format!(
+                "write at offset {offset} ends past the largest file size"
+            )));
+        };
+        if offset < self.next_offset {
+            return Err(self.fail(format!("write at offset {offset} rewrites data already received (random access is not supported; upload the file sequentially)")));
+        }
+        if end - self.next_offset > REORDER_WINDOW {
+            return Err(self.fail(format!("write at offset {offset} leaves a gap past the reorder window after offset {} (random access is not supported)", self.next_offset)));
         }
         if offset > self.next_offset {
-            self.pending_bytes += data.len() as u64;
+            let before = self.pending.range(..offset).next_back();
+            let after = self.pending.range(offset..).next();
+            let overlaps = before.is_some_and(|(&at, b)| at + b.len() as u64 > offset)
+                || after.is_some_and(|(&at, _)| at < end);
+            if overlaps {
+                return Err(self.fail(format!(
+                    "write at offset {offset} overlaps another write (random access is not supported)"
+                )));
+            }
+            if let Err(why) = self.reorder.take(data.len()) {
+                return Err(self.fail(why));
+            }
             self.pending.insert(offset, data);
             return Ok(());
         }
+        if self
+            .pending
+            .first_key_value()
+            .is_some_and(|(&at, _)| at < end)
+        {
+            return Err(self.fail(format!(
+                "write at offset {offset} overlaps another write (random access is not supported)"
+            )));
+        }
         self.push(data).await?;
         while let Some(entry) = self.pending.first_entry() {
-            let at = *entry.key();
-            if at > self.next_offset {
+            if *entry.key() != self.next_offset {
                 break;
             }
             let chunk = entry.remove();
-            self.pending_bytes -= chunk.len() as u64;
-            if at < self.next_offset {
-                let why =
-                    format!("overlapping writes at offset {at} (random access is not supported)");
-                return Err(self.fail(why));
-            }
+            self.reorder.release(chunk.len());
             self.push(chunk).await?;
         }
         Ok(())
@@ -187,6 +279,7 @@ impl UploadPipeline {
         // Closing the queue makes the storage task abort.
         self.tx = None;
         self.pending.clear();
+        self.reorder.held = None;
         UploadError::Unsupported(why)
     }
 

@@ -27,6 +27,11 @@ const FX_OP_UNSUPPORTED: u32 = 8;
 /// channel: without this queue a client that sends many reads before reading any reply
 /// (paramiko's `get` asks for the whole file at once) deadlocks the session.
 pub const REQUEST_QUEUE_BYTES: usize = 1 << 20;
+/// Of that, what large requests (writes) may take: a write waiting for storage backpressure
+/// then holds two more behind it, not four megabytes' worth.
+pub const LARGE_REQUEST_QUEUE_BYTES: usize = 512 << 10;
+/// Requests over this size count as large.
+const LARGE_REQUEST: usize = 4096;
 /// What one queued request costs beyond its bytes (allocation, queue slot).
 const QUEUED_OVERHEAD: usize = 96;
 /// How long a reply may wait for the client to read it while the read-ahead queue is full
@@ -34,8 +39,26 @@ const QUEUED_OVERHEAD: usize = 96;
 const REPLY_STALL: Duration = Duration::from_secs(30);
 
 enum Incoming {
-    Packet(Bytes, OwnedSemaphorePermit),
+    Packet(Bytes, Vec<OwnedSemaphorePermit>),
     Violation(Violation),
+}
+
+/// Takes `cost` from `pool`, noting in `full` while it has to wait.
+async fn take(
+    pool: &Arc<Semaphore>,
+    cost: usize,
+    full: &AtomicBool,
+) -> Option<OwnedSemaphorePermit> {
+    let cost = cost.min(u32::MAX as usize) as u32;
+    match pool.clone().try_acquire_many_owned(cost) {
+        Ok(p) => Some(p),
+        Err(_) => {
+            full.store(true, Ordering::Release);
+            let p = pool.clone().acquire_many_owned(cost).await.ok();
+            full.store(false, Ordering::Release);
+            p
+        }
+    }
 }
 
 /// Serves SFTP on `stream` until the client ends it or breaks the framing rules
@@ -51,6 +74,7 @@ pub async fn serve<S>(
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(REQUEST_QUEUE_BYTES));
+    let large = Arc::new(Semaphore::new(LARGE_REQUEST_QUEUE_BYTES));
     let queue_full = Arc::new(AtomicBool::new(false));
     let full = queue_full.clone();
     // Reads requests while the loop below answers earlier ones; the byte budget bounds what
@@ -59,18 +83,21 @@ pub async fn serve<S>(
         loop {
             let item = match framing::read_packet(&mut rd, max_len).await {
                 Ok(Some(body)) => {
-                    let cost = (body.len() + QUEUED_OVERHEAD).min(REQUEST_QUEUE_BYTES) as u32;
-                    let permit = match budget.clone().try_acquire_many_owned(cost) {
-                        Ok(p) => p,
-                        Err(_) => {
-                            full.store(true, Ordering::Release);
-                            let p = budget.clone().acquire_many_owned(cost).await;
-                            full.store(false, Ordering::Release);
-                            let Ok(p) = p else { return };
-                            p
-                        }
+                    let cost = body.len() + QUEUED_OVERHEAD;
+                    let mut held = Vec::with_capacity(2);
+                    if body.len() > LARGE_REQUEST {
+                        let Some(p) =
+                            take(&large, cost.min(LARGE_REQUEST_QUEUE_BYTES), &full).await
+                        else {
+                            return;
+                        };
+                        held.push(p);
+                    }
+                    let Some(p) = take(&budget, cost.min(REQUEST_QUEUE_BYTES), &full).await else {
+                        return;
                     };
-                    Incoming::Packet(body, permit)
+                    held.push(p);
+                    Incoming::Packet(body, held)
                 }
                 Ok(None) => return,
                 Err(v) => Incoming::Violation(v),

@@ -5,15 +5,15 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, VerifiedPublicKey};
 use russh::{
-    cipher, compression, kex, mac, Channel, ChannelId, Disconnect, MethodKind, MethodSet,
-    Preferred, SshId,
+    cipher, compression, kex, mac, Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind,
+    MethodSet, Preferred, SshId,
 };
 use secrecy::SecretString;
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +27,7 @@ use crate::identity::keys::fingerprint;
 use crate::identity::Account;
 use crate::session::limits::Gate;
 use crate::session::listener::{self, Conn, FrontEnd, Running};
-use crate::session::{Protocol, Session, SessionContext, SessionInfo};
+use crate::session::{ConnectionQuota, Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
 
@@ -105,6 +105,9 @@ pub fn russh_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::C
         nodelay: true,
         window_size: 8 << 20,
         maximum_packet_size: 65535,
+        // Messages russh holds for a channel before it stops reading the connection; the SFTP
+        // loop's own read-ahead queue (bounded in bytes) takes them off at once.
+        channel_buffer_size: 16,
         preferred: preferred(),
         ..Default::default()
     }
@@ -160,6 +163,8 @@ impl FrontEnd for SftpServer {
             account: None,
             authed: conn.authed.clone(),
             channels: HashMap::new(),
+            running_channels: Arc::new(AtomicUsize::new(0)),
+            quota: ConnectionQuota::new(),
             span: conn.span.clone(),
         };
         let running = russh::server::run_stream(self.config.clone(), sock, handler)
@@ -194,9 +199,18 @@ struct SshHandler {
     session_id: String,
     account: Option<Account>,
     authed: Arc<AtomicBool>,
+    /// Session channels opened and not yet running SFTP.
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Channels running the SFTP subsystem.
+    running_channels: Arc<AtomicUsize>,
+    /// Open files and out-of-order bytes, over all the connection's channels.
+    quota: Arc<ConnectionQuota>,
     span: tracing::Span,
 }
+
+/// Session channels one connection may have open at once (AWS Transfer Family allows 10):
+/// each runs its own SFTP session, and all share the connection's `MAX_OPEN_FILES`.
+pub const MAX_CHANNELS: usize = 10;
 
 /// The login methods offered. keyboard-interactive asks for the password in one prompt: it
 /// is how PuTTY, FileZilla, WinSCP and several Java and .NET libraries send one.
@@ -342,10 +356,34 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut russh::server::Session,
     ) -> Result<(), Self::Error> {
-        if self.account.is_some() && self.channels.len() < 8 {
+        let open = self.channels.len() + self.running_channels.load(Ordering::Acquire);
+        if self.account.is_none() {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+        } else if open >= MAX_CHANNELS {
+            self.span.in_scope(|| {
+                tracing::warn!(
+                    activity = "ERROR",
+                    reason = "channel limit",
+                    "channel refused: at most {MAX_CHANNELS} per connection"
+                )
+            });
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+        } else {
             self.channels.insert(channel.id(), channel);
             reply.accept().await;
         }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        // A channel closed before it ran SFTP no longer counts.
+        self.channels.remove(&channel);
         Ok(())
     }
 
@@ -376,10 +414,13 @@ impl russh::server::Handler for SshHandler {
             account,
             backend,
             self.ctx.sessions.clone(),
+            self.quota.clone(),
         ));
         let handle = session.handle();
         let span = self.span.clone();
         let handler = SftpHandler::new(fs);
+        let running = self.running_channels.clone();
+        running.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             let ender = handle.clone();
             dispatch::serve(channel.into_stream(), handler, MAX_PACKET_LEN, move |v| {
@@ -395,6 +436,7 @@ impl russh::server::Handler for SshHandler {
             // a transfer that succeeded.
             let _ = handle.exit_status_request(id, 0).await;
             let _ = handle.close(id).await;
+            running.fetch_sub(1, Ordering::AcqRel);
         });
         Ok(())
     }

@@ -11,7 +11,9 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 
-use crate::session::{FsError, FsErrorKind, ReadFile, Session, WriteFile};
+use crate::session::{
+    FileSlot, FsError, FsErrorKind, ReadFile, Session, WriteFile, MAX_OPEN_FILES,
+};
 use crate::storage::{Capacity, Meta};
 
 /// The largest SFTP packet a client may send (and the cap the framing enforces).
@@ -19,8 +21,6 @@ pub const MAX_PACKET_LEN: u32 = 256 * 1024;
 /// Advertised in limits@openssh.com so OpenSSH clients send large writes instead of 32 KiB.
 const MAX_WRITE_LEN: u64 = 255 * 1024;
 const MAX_READ_LEN: u64 = 255 * 1024;
-/// Open handles per session.
-pub const MAX_HANDLES: usize = 256;
 /// Directory entries per READDIR reply.
 const READDIR_BATCH: usize = 128;
 
@@ -48,6 +48,8 @@ enum Open {
 pub struct SftpHandler {
     session: Arc<Session>,
     handles: HashMap<String, Open>,
+    /// Each handle's place in the connection's `MAX_OPEN_FILES`, shared by its channels.
+    slots: HashMap<String, FileSlot>,
     next_handle: u64,
 }
 
@@ -56,20 +58,31 @@ impl SftpHandler {
         SftpHandler {
             session,
             handles: HashMap::new(),
+            slots: HashMap::new(),
             next_handle: 1,
         }
     }
 
-    fn insert(&mut self, open: Open) -> Result<String, StatusReply> {
-        if self.handles.len() >= MAX_HANDLES {
-            return Err(StatusCode::Failure.with_message(format!(
-                "too many open files (at most {MAX_HANDLES} per session)"
-            )));
-        }
+    /// A place for one more handle on this connection, or the refusal to send.
+    fn slot(&self) -> Result<FileSlot, StatusReply> {
+        self.session.quota.open_file().ok_or_else(|| {
+            StatusCode::Failure.with_message(format!(
+                "too many open files (at most {MAX_OPEN_FILES} per connection)"
+            ))
+        })
+    }
+
+    fn insert(&mut self, open: Open, slot: FileSlot) -> String {
         let h = self.next_handle.to_string();
         self.next_handle += 1;
         self.handles.insert(h.clone(), open);
-        Ok(h)
+        self.slots.insert(h.clone(), slot);
+        h
+    }
+
+    fn remove(&mut self, handle: &str) -> Option<Open> {
+        self.slots.remove(handle);
+        self.handles.remove(handle)
     }
 
     /// SSH_FXP_WRITE with the data as it arrived (`dispatch` slices it out of the packet).
@@ -265,11 +278,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
         let p = self.session.resolve(&filename).map_err(reply)?;
-        if self.handles.len() >= MAX_HANDLES {
-            return Err(StatusCode::Failure.with_message(format!(
-                "too many open files (at most {MAX_HANDLES} per session)"
-            )));
-        }
+        let slot = self.slot()?;
         let writing = pflags.intersects(
             OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
         );
@@ -290,7 +299,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         };
         Ok(Handle {
             id,
-            handle: self.insert(open)?,
+            handle: self.insert(open, slot),
         })
     }
 
@@ -327,7 +336,7 @@ impl russh_sftp::server::Handler for SftpHandler {
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
-        match self.handles.remove(&handle) {
+        match self.remove(&handle) {
             Some(Open::Write(f)) => {
                 self.session.close_write(f).await.map_err(reply)?;
                 Ok(ok(id))
@@ -343,6 +352,7 @@ impl russh_sftp::server::Handler for SftpHandler {
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         let p = self.session.resolve(&path).map_err(reply)?;
+        let slot = self.slot()?;
         let entries = self.session.list(&p).await.map_err(reply)?;
         let files: Vec<File> = entries
             .into_iter()
@@ -350,7 +360,7 @@ impl russh_sftp::server::Handler for SftpHandler {
             .collect();
         Ok(Handle {
             id,
-            handle: self.insert(Open::Dir(files.into_iter()))?,
+            handle: self.insert(Open::Dir(files.into_iter()), slot),
         })
     }
 
@@ -416,7 +426,7 @@ impl russh_sftp::server::Handler for SftpHandler {
                     max_packet_len: u64::from(MAX_PACKET_LEN),
                     max_read_len: MAX_READ_LEN,
                     max_write_len: MAX_WRITE_LEN,
-                    max_open_handles: MAX_HANDLES as u64,
+                    max_open_handles: MAX_OPEN_FILES as u64,
                 };
                 let data = russh_sftp::ser::to_bytes(&limits)
                     .map_err(|_| StatusCode::Failure.with_message("encoding limits"))?

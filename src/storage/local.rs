@@ -3,6 +3,7 @@
 
 use std::io::{ErrorKind as IoKind, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{
     Backend, Capacity, ContentHash, DirEntry, ErrorKind, Location, Meta, Result, StorageError,
-    Stored, Upload, RESERVED_PREFIX,
+    Stored, Upload, UploadScope, RESERVED_PREFIX,
 };
 
 /// Files under one account's home directory.
@@ -204,7 +205,7 @@ impl Backend for LocalBackend {
         tokio::fs::remove_dir(&p).await.map_err(|e| io_err(e, dir))
     }
 
-    async fn begin_upload(&self, path: &str) -> Result<Box<dyn Upload>> {
+    async fn begin_upload(&self, path: &str, _scope: Arc<UploadScope>) -> Result<Box<dyn Upload>> {
         let target = self.resolve(path).await?;
         let parent = target
             .parent()

@@ -32,6 +32,9 @@ pub enum ErrorKind {
     Unavailable,
     /// The upload was abandoned (client gone, shutdown) before commit.
     Aborted,
+    /// The server cannot take this on now (its upload memory, a connection's share of it);
+    /// the message says what, and the client may retry.
+    Busy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,12 +140,38 @@ pub trait Backend: Send + Sync + 'static {
     async fn mkdir(&self, dir: &str) -> Result<()>;
     /// Removes an empty directory.
     async fn rmdir(&self, dir: &str) -> Result<()>;
-    /// Starts a streaming upload; nothing is visible at `path` until `commit`.
-    async fn begin_upload(&self, path: &str) -> Result<Box<dyn Upload>>;
+    /// Starts a streaming upload; nothing is visible at `path` until `commit`. `scope` is the
+    /// connection's share of the upload memory (see `UploadScope`).
+    async fn begin_upload(&self, path: &str, scope: Arc<UploadScope>) -> Result<Box<dyn Upload>>;
     /// Size and free space of what holds the home, where that is finite (a local file
     /// system); `None` for storage without a capacity (S3).
     async fn capacity(&self) -> Result<Option<Capacity>> {
         Ok(None)
+    }
+}
+
+/// Whole parts one connection may be filling at once (reserved from the upload memory and not
+/// yet sent).
+pub const MAX_FILLING_PARTS: usize = 8;
+
+/// The uploads of one connection, for the upload memory they hold. A connection's requests
+/// are served in order, so an upload of it that waits for memory also holds up its other
+/// uploads: while they hold parts being filled, it waits only `FILL_WAIT` before giving up,
+/// and it never holds more than `MAX_FILLING_PARTS` of them.
+pub struct UploadScope {
+    filling: Arc<tokio::sync::Semaphore>,
+}
+
+impl UploadScope {
+    pub fn new() -> Arc<Self> {
+        Arc::new(UploadScope {
+            filling: Arc::new(tokio::sync::Semaphore::new(MAX_FILLING_PARTS)),
+        })
+    }
+
+    /// Parts this connection's uploads are filling now.
+    pub fn filling(&self) -> usize {
+        MAX_FILLING_PARTS - self.filling.available_permits()
     }
 }
 

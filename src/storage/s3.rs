@@ -20,7 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{
-    Backend, ContentHash, DirEntry, ErrorKind, Location, Meta, Result, StorageError, Stored, Upload,
+    Backend, ContentHash, DirEntry, ErrorKind, Location, Meta, Result, StorageError, Stored,
+    Upload, UploadScope, MAX_FILLING_PARTS,
 };
 use crate::config::S3Config;
 
@@ -37,14 +38,42 @@ fn attempt_timeout(t: Duration) -> aws_sdk_s3::config::timeout::TimeoutConfig {
         .build()
 }
 
+/// The first bytes of an upload that may be buffered from the small-file pool, without
+/// reserving a whole part.
+pub const SMALL_HEAD: usize = 1 << 20;
+
+/// How long an upload waits for a part while its connection fills others (`UploadScope`).
+const FILL_WAIT: Duration = Duration::from_secs(10);
+
 /// The S3 client and the memory budget shared by every upload of this process.
+///
+/// The budget (`storage.upload_memory`) is two pools. Whole parts come from `parts`, reserved
+/// before a part is filled: an upload never waits for memory while it holds an unfilled part,
+/// so uploads cannot deadlock waiting on each other's half-filled parts, however many there
+/// are. The first `SMALL_HEAD` bytes of an upload come from `heads` when it has room at once
+/// (never waiting there), so small files do not queue behind large ones; when it has none, or
+/// the file grows past the head, the upload reserves a whole part instead.
 pub struct S3Storage {
     client: Client,
     part_size: usize,
     max_inflight_parts: usize,
     request_timeout: Duration,
-    /// Bytes (in KiB) that uploads may hold in part buffers at once, across all uploads.
-    memory: Arc<Semaphore>,
+    /// Whole parts, in KiB.
+    parts: Arc<Semaphore>,
+    /// Heads of uploads, in bytes.
+    heads: Arc<Semaphore>,
+}
+
+/// The budget an upload holds for the part it is filling (and, once sent, for that part
+/// until S3 has it): head bytes, or a whole part.
+struct Held {
+    permit: OwnedSemaphorePermit,
+    whole_part: bool,
+}
+
+/// How `upload_memory` is split: the heads pool, the rest for whole parts.
+pub fn heads_pool(upload_memory: u64) -> u64 {
+    (upload_memory / 8).min(64 << 20)
 }
 
 impl S3Storage {
@@ -70,13 +99,15 @@ impl S3Storage {
             b = b.endpoint_url(cfg.endpoint.clone());
         }
         let part_size = cfg.part_size.0 as usize;
-        let kib = (upload_memory / 1024).clamp(1, u64::from(u32::MAX >> 3)) as usize;
+        let heads = heads_pool(upload_memory);
+        let parts_kib = ((upload_memory - heads) / 1024).clamp(1, u64::from(u32::MAX >> 3));
         S3Storage {
             client: Client::from_conf(b.build()),
             part_size,
             max_inflight_parts: cfg.max_inflight_parts.max(1),
             request_timeout: cfg.request_timeout.0,
-            memory: Arc::new(Semaphore::new(kib)),
+            parts: Arc::new(Semaphore::new(parts_kib as usize)),
+            heads: Arc::new(Semaphore::new(heads as usize)),
         }
     }
 
@@ -102,14 +133,32 @@ impl S3Storage {
         Ok(())
     }
 
-    /// Reserves memory for `len` buffered bytes, waiting while other uploads hold the budget.
-    async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit> {
-        let kib = len.div_ceil(1024).max(1) as u32;
-        self.memory
+    /// Reserves a whole part, waiting while other uploads hold the budget. The caller holds
+    /// no part budget while it waits (at most a head), so every wait ends when some part
+    /// reaches S3.
+    async fn reserve_part(&self) -> Result<OwnedSemaphorePermit> {
+        let kib = self.part_size.div_ceil(1024).max(1) as u32;
+        self.parts
             .clone()
             .acquire_many_owned(kib)
             .await
             .map_err(|_| StorageError::new(ErrorKind::Aborted, "shutting down"))
+    }
+
+    /// `len` more bytes of an upload's head, if the heads pool has them now.
+    fn try_head(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        self.heads
+            .clone()
+            .try_acquire_many_owned(u32::try_from(len).ok()?)
+            .ok()
+    }
+
+    /// Budget not reserved right now: (parts in KiB, head bytes). For tests and metrics.
+    pub fn available_memory(&self) -> (usize, usize) {
+        (
+            self.parts.available_permits(),
+            self.heads.available_permits(),
+        )
     }
 }
 
@@ -681,10 +730,12 @@ impl Backend for S3Backend {
         Ok(())
     }
 
-    async fn begin_upload(&self, path: &str) -> Result<Box<dyn Upload>> {
+    async fn begin_upload(&self, path: &str, scope: Arc<UploadScope>) -> Result<Box<dyn Upload>> {
         let key = self.key(path)?;
         Ok(Box::new(S3Upload {
             s3: self.s3.clone(),
+            scope,
+            filling: None,
             bucket: self.bucket.clone(),
             location: self.location(path),
             key,
@@ -693,7 +744,7 @@ impl Backend for S3Backend {
             bytes: 0,
             chunks: Vec::new(),
             buffered: 0,
-            permits: None,
+            held: None,
             multipart: None,
             finished: false,
         }))
@@ -710,6 +761,9 @@ struct Multipart {
 
 struct S3Upload {
     s3: Arc<S3Storage>,
+    scope: Arc<UploadScope>,
+    /// The connection's count of parts being filled, while this upload fills one.
+    filling: Option<OwnedSemaphorePermit>,
     bucket: String,
     key: String,
     location: Location,
@@ -720,18 +774,71 @@ struct S3Upload {
     /// The current part, as received (no copy until it is sealed).
     chunks: Vec<Bytes>,
     buffered: usize,
-    permits: Option<OwnedSemaphorePermit>,
+    held: Option<Held>,
     multipart: Option<Multipart>,
     finished: bool,
 }
 
 impl S3Upload {
-    fn take_part(&mut self) -> (Part, Option<OwnedSemaphorePermit>) {
+    fn take_part(&mut self) -> (Part, Option<Held>) {
         self.buffered = 0;
+        // Sent (or about to be): no longer a part being filled.
+        self.filling = None;
         (
             Part(std::mem::take(&mut self.chunks).into()),
-            self.permits.take(),
+            self.held.take(),
         )
+    }
+
+    /// Makes sure `len` more bytes of the current part are paid for: from the heads pool while
+    /// the first part is small and the pool has room at once, else by reserving the whole part
+    /// (waiting if need be, holding at most head bytes meanwhile).
+    async fn make_room(&mut self, len: usize) -> Result<()> {
+        if self.held.as_ref().is_some_and(|h| h.whole_part) {
+            return Ok(());
+        }
+        if self.multipart.is_none() && self.buffered + len <= SMALL_HEAD {
+            if let Some(more) = self.s3.try_head(len) {
+                match &mut self.held {
+                    Some(h) => h.permit.merge(more),
+                    None => {
+                        self.held = Some(Held {
+                            permit: more,
+                            whole_part: false,
+                        })
+                    }
+                }
+                return Ok(());
+            }
+        }
+        let filling = self.scope.filling.clone().try_acquire_owned().map_err(|_| {
+            StorageError::new(
+                ErrorKind::Busy,
+                format!("too many uploads in progress on this connection (at most {MAX_FILLING_PARTS} larger than 1 MiB at once)"),
+            )
+        })?;
+        // While this connection's other uploads fill parts, they wait behind this one (the
+        // connection's requests are served in order): waiting for good could leave them, and
+        // every upload waiting for the memory they hold, stuck.
+        let permit = if self.scope.filling() > 1 {
+            tokio::time::timeout(FILL_WAIT, self.s3.reserve_part())
+                .await
+                .map_err(|_| {
+                    StorageError::new(
+                        ErrorKind::Busy,
+                        "the server's upload memory is in use by other uploads",
+                    )
+                })??
+        } else {
+            self.s3.reserve_part().await?
+        };
+        self.filling = Some(filling);
+        // The head bytes are now paid for by the part: give them back.
+        self.held = Some(Held {
+            permit,
+            whole_part: true,
+        });
+        Ok(())
     }
 
     /// Sends the buffered part (starting the multipart upload on the first one), waiting while
@@ -803,7 +910,8 @@ impl S3Upload {
     async fn abort_inner(&mut self) {
         self.finished = true;
         self.chunks.clear();
-        self.permits = None;
+        self.held = None;
+        self.filling = None;
         if let Some(mut mp) = self.multipart.take() {
             mp.inflight.abort_all();
             while mp.inflight.join_next().await.is_some() {}
@@ -840,11 +948,7 @@ impl Upload for S3Upload {
         while !data.is_empty() {
             let take = (self.s3.part_size - self.buffered).min(data.len());
             let chunk = data.split_to(take);
-            let permit = self.s3.reserve(chunk.len()).await?;
-            match &mut self.permits {
-                Some(p) => p.merge(permit),
-                None => self.permits = Some(permit),
-            }
+            self.make_room(chunk.len()).await?;
             self.buffered += chunk.len();
             self.chunks.push(chunk);
             if self.buffered == self.s3.part_size {

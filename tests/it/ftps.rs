@@ -416,3 +416,61 @@ async fn the_commands_partners_clients_send_work_over_ftps() {
     let key = format!("{}acme/a.csv", g.prefix);
     assert_eq!(g.s3.get(&key).await.as_deref(), Some(&b"id,amount\n"[..]));
 }
+
+/// Behind a load balancer every client has the balancer's address, so a passive data
+/// connection cannot be matched to its session by address. Another client that connects to a
+/// partner's passive port first must get neither the partner's transfer nor a way to write
+/// into the partner's account: its TLS session is not the partner's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passive_port_taken_by_another_client_gets_no_transfer() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ftps_hijack.py");
+    let intrude = |g: &Gateway, mode: &str| -> serde_json::Value {
+        let out = Command::new("python3")
+            .current_dir(g.w.path())
+            .env("WHARF_TEST_PASSWORD", PW)
+            .arg(&script)
+            .args([&port(g).to_string(), "acme", mode])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let hook = Receiver::start().await;
+    let g = ftps_gateway(&hook).await;
+    for mode in ["tls", "garbage"] {
+        let seen = intrude(&g, mode);
+        let replies = seen["replies"].to_string();
+        assert!(replies.contains("425 "), "{mode}: {seen}");
+        assert!(
+            g.s3.keys(&g.prefix).await.is_empty(),
+            "{mode}: something was stored"
+        );
+    }
+    assert!(
+        g.server
+            .logs_within("must resume the TLS session", Duration::from_secs(5))
+            .await
+    );
+    // The server is unharmed (no task panicked) and serves the partner.
+    g.write_file("r.csv", b"id,amount\n1,5\n");
+    let out = curl_put(&g, "acme", PW, "r.csv", "r.csv");
+    assert!(out.status.success(), "{out:?}");
+    drop(g);
+
+    // With the rule relaxed for legacy clients, the intruder's bytes land in the partner's
+    // account: what the rule prevents.
+    let g = ftps_gateway_with(
+        &hook,
+        false,
+        &[("WHARF_FTPS__REQUIRE_TLS_SESSION_REUSE", "false")],
+    )
+    .await;
+    let seen = intrude(&g, "tls");
+    assert!(seen["replies"].to_string().contains("226 "), "{seen}");
+    let key = format!("{}acme/partner.csv", g.prefix);
+    assert_eq!(
+        g.s3.get(&key).await.as_deref(),
+        Some(&b"forged settlement data\n"[..])
+    );
+}

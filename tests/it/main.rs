@@ -2,6 +2,7 @@
 //! components (SQLite, Postgres, the real `wharf` binary and real clients).
 
 mod accounts;
+mod bounds;
 mod cli;
 mod clients;
 mod events;

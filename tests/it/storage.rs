@@ -12,7 +12,10 @@ use crate::harness::S3Env;
 
 async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
     // Nothing is visible while an upload runs; commit publishes it whole.
-    let mut up = b.begin_upload("in/report.csv").await.unwrap();
+    let mut up = b
+        .begin_upload("in/report.csv", wharf::storage::UploadScope::new())
+        .await
+        .unwrap();
     up.write(Bytes::from_static(b"id,amount\n")).await.unwrap();
     assert_eq!(
         b.stat("in/report.csv").await.unwrap_err().kind,
@@ -39,7 +42,10 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
 
     // Large uploads cross part boundaries in uneven chunks and stay byte-exact.
     let big: Vec<u8> = (0..(11u32 << 20) + 777).map(|i| (i % 251) as u8).collect();
-    let mut up = b.begin_upload("big.bin").await.unwrap();
+    let mut up = b
+        .begin_upload("big.bin", wharf::storage::UploadScope::new())
+        .await
+        .unwrap();
     for chunk in big.chunks(255 * 1024 + 3) {
         up.write(Bytes::copy_from_slice(chunk)).await.unwrap();
     }
@@ -50,10 +56,16 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
     assert_eq!(&mid[..], &big[6 << 20..(6 << 20) + 1000]);
 
     // Abort and drop leave nothing behind, even after parts were sent.
-    let mut up = b.begin_upload("aborted.bin").await.unwrap();
+    let mut up = b
+        .begin_upload("aborted.bin", wharf::storage::UploadScope::new())
+        .await
+        .unwrap();
     up.write(Bytes::from(big.clone())).await.unwrap();
     up.abort().await;
-    let mut up = b.begin_upload("dropped.bin").await.unwrap();
+    let mut up = b
+        .begin_upload("dropped.bin", wharf::storage::UploadScope::new())
+        .await
+        .unwrap();
     up.write(Bytes::from(big.clone())).await.unwrap();
     drop(up);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -66,7 +78,10 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
     }
 
     // Listing: files and directories, sorted; hidden in-progress files never appear.
-    let _in_progress = b.begin_upload("in/partial.csv").await.unwrap();
+    let _in_progress = b
+        .begin_upload("in/partial.csv", wharf::storage::UploadScope::new())
+        .await
+        .unwrap();
     b.mkdir("empty").await.unwrap();
     assert_eq!(
         b.mkdir("empty").await.unwrap_err().kind,
@@ -100,7 +115,10 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
     drop(_in_progress);
 
     // Rename replaces a file; the source is gone.
-    let mut up = b.begin_upload("in/other.csv").await.unwrap();
+    let mut up = b
+        .begin_upload("in/other.csv", wharf::storage::UploadScope::new())
+        .await
+        .unwrap();
     up.write(Bytes::from_static(b"other")).await.unwrap();
     up.commit().await.unwrap();
     b.rename("in/report.csv", "in/other.csv").await.unwrap();

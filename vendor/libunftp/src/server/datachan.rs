@@ -27,11 +27,13 @@ where
     User: UserDetail,
 {
     pub user: Arc<Option<User>>,
-    pub socket: TcpStream,
+    pub socket: Option<TcpStream>,
     pub control_msg_tx: Sender<ControlChanMsg>,
     pub storage: Arc<Storage>,
     pub cwd: PathBuf,
     pub ftps_mode: FtpsConfig,
+    // wharf patch: the TLS data connection must resume the control connection's session.
+    pub require_resumption: bool,
     pub logger: slog::Logger,
     pub data_cmd_rx: Option<Receiver<DataChanCmd>>,
     pub data_abort_rx: Option<Receiver<()>>,
@@ -84,6 +86,48 @@ impl<R: AsyncRead + Unpin> AsyncRead for MeasuringReader<R> {
             metrics::inc_received_bytes(bytes_read, this.command);
         }
         result
+    }
+}
+
+// wharf patch: how long a data connection's TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// wharf patch: a data connection after its (optional) TLS handshake.
+#[derive(Debug)]
+enum DataSocket {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for DataSocket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DataSocket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            DataSocket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for DataSocket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            DataSocket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            DataSocket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DataSocket::Plain(s) => Pin::new(s).poll_flush(cx),
+            DataSocket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DataSocket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            DataSocket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -170,34 +214,46 @@ where
     }
 
     #[tracing_attributes::instrument]
-    async fn execute_command(self, cmd: DataChanCmd, start_pos: u64) {
+    async fn execute_command(mut self, cmd: DataChanCmd, start_pos: u64) {
+        // wharf patch: the TLS handshake runs before the command, bounded in time, and a failed
+        // one (or, where required, one that did not resume the control connection's session) is
+        // answered on the control channel instead of panicking the task.
+        let stream = match self.secure().await {
+            Ok(stream) => stream,
+            Err(why) => {
+                slog::warn!(self.logger, "Data connection refused: {}", why);
+                let reply = crate::server::controlchan::Reply::new(crate::server::controlchan::ReplyCode::CantOpenDataConnection, &why);
+                let _ = self.control_msg_tx.send(ControlChanMsg::CommandChannelReply(reply)).await;
+                return;
+            }
+        };
         match cmd {
             DataChanCmd::Retr { path } => {
-                self.exec_retr(path, start_pos).await;
+                self.exec_retr(stream, path, start_pos).await;
             }
             DataChanCmd::Stor { path } => {
-                self.exec_stor(path, start_pos).await;
+                self.exec_stor(stream, path, start_pos).await;
             }
             DataChanCmd::Appe { path } => {
-                self.exec_appe(path).await;
+                self.exec_appe(stream, path).await;
             }
             DataChanCmd::List { path, .. } => {
-                self.exec_list_variant(path, ListCommand::List).await;
+                self.exec_list_variant(stream, path, ListCommand::List).await;
             }
             DataChanCmd::Nlst { path } => {
-                self.exec_list_variant(path, ListCommand::Nlst).await;
+                self.exec_list_variant(stream, path, ListCommand::Nlst).await;
             }
             DataChanCmd::Mlsd { path } => {
-                self.exec_mlsd(path).await;
+                self.exec_mlsd(stream, path).await;
             }
         }
     }
 
     #[tracing_attributes::instrument]
-    async fn exec_retr(self, path: String, start_pos: u64) {
+    async fn exec_retr(self, stream: DataSocket, path: String, start_pos: u64) {
         let path = self.cwd.join(path);
         let tx: Sender<ControlChanMsg> = self.control_msg_tx.clone();
-        let mut output = Self::writer(self.socket, self.ftps_mode, "retr").await;
+        let mut output = Self::writer(stream, "retr").await;
 
         let start_time = Instant::now();
         let result = self
@@ -289,7 +345,7 @@ where
     }
 
     #[tracing_attributes::instrument]
-    async fn exec_stor(self, path: String, start_pos: u64) {
+    async fn exec_stor(self, stream: DataSocket, path: String, start_pos: u64) {
         let path = self.cwd.join(path);
         let tx = self.control_msg_tx.clone();
 
@@ -298,7 +354,7 @@ where
             .storage
             .put(
                 (*self.user).as_ref().unwrap(),
-                Self::reader(self.socket, self.ftps_mode, "stor").await,
+                Self::reader(stream, "stor").await,
                 path.clone(),
                 start_pos,
             )
@@ -348,7 +404,7 @@ where
     }
 
     #[tracing_attributes::instrument]
-    async fn exec_appe(self, path: String) {
+    async fn exec_appe(self, stream: DataSocket, path: String) {
         let path = self.cwd.join(&path);
         let tx = self.control_msg_tx.clone();
 
@@ -363,7 +419,7 @@ where
             .storage
             .put(
                 (*self.user).as_ref().unwrap(),
-                Self::reader(self.socket, self.ftps_mode, "appe").await,
+                Self::reader(stream, "appe").await,
                 path.clone(),
                 start_pos,
             )
@@ -407,10 +463,10 @@ where
     }
 
     #[tracing_attributes::instrument]
-    async fn exec_list_variant(self, path: Option<String>, command: ListCommand) {
+    async fn exec_list_variant(self, stream: DataSocket, path: Option<String>, command: ListCommand) {
         let path = self.resolve_path(path);
         let tx = self.control_msg_tx.clone();
-        let mut output = Self::writer(self.socket, self.ftps_mode.clone(), command.as_lower_str()).await;
+        let mut output = Self::writer(stream, command.as_lower_str()).await;
 
         let start_time = Instant::now();
 
@@ -495,10 +551,10 @@ where
     }
 
     #[tracing_attributes::instrument]
-    async fn exec_mlsd(self, path: Option<String>) {
+    async fn exec_mlsd(self, stream: DataSocket, path: Option<String>) {
         let path = self.resolve_path(path);
         let tx = self.control_msg_tx.clone();
-        let mut output = Self::writer(self.socket, self.ftps_mode.clone(), "mlsd").await;
+        let mut output = Self::writer(stream, "mlsd").await;
 
         let start_time = Instant::now();
 
@@ -590,43 +646,38 @@ where
     }
 
     #[tracing_attributes::instrument]
-    async fn writer(socket: TcpStream, ftps_mode: FtpsConfig, command: &'static str) -> Box<dyn AsyncWrite + Send + Unpin + Sync> {
-        match ftps_mode {
-            FtpsConfig::Off => Box::new(MeasuringWriter::new(socket, command)) as Box<dyn AsyncWrite + Send + Unpin + Sync>,
-            FtpsConfig::Building { .. } => panic!("Illegal state"),
-            FtpsConfig::On { tls_config } => {
-                let io = async move {
-                    let acceptor: TlsAcceptor = tls_config.into();
-                    let tls_stream = acceptor.accept(socket).await.unwrap();
-                    MeasuringWriter::new(tls_stream, command)
-                }
-                .await;
-                Box::new(io) as Box<dyn AsyncWrite + Send + Unpin + Sync>
-            }
-        }
+    async fn writer(stream: DataSocket, command: &'static str) -> Box<dyn AsyncWrite + Send + Unpin + Sync> {
+        Box::new(MeasuringWriter::new(stream, command))
     }
 
     #[tracing_attributes::instrument]
-    async fn reader(socket: TcpStream, ftps_mode: FtpsConfig, command: &'static str) -> Box<dyn AsyncRead + Send + Unpin + Sync> {
-        match ftps_mode {
-            FtpsConfig::Off => Box::new(MeasuringReader::new(socket, command)) as Box<dyn AsyncRead + Send + Unpin + Sync>,
-            FtpsConfig::Building { .. } => panic!("Illegal state"),
-            FtpsConfig::On { tls_config } => {
-                let io = async move {
-                    let acceptor: TlsAcceptor = tls_config.into();
-                    let tls_stream = acceptor.accept(socket).await.unwrap();
-                    MeasuringReader::new(
-                        CloseNotifyOnEof {
-                            inner: tls_stream,
-                            answered: false,
-                        },
-                        command,
-                    )
-                }
-                .await;
-                Box::new(io) as Box<dyn AsyncRead + Send + Unpin + Sync>
-            }
+    async fn reader(stream: DataSocket, command: &'static str) -> Box<dyn AsyncRead + Send + Unpin + Sync> {
+        Box::new(MeasuringReader::new(
+            CloseNotifyOnEof {
+                inner: stream,
+                answered: false,
+            },
+            command,
+        ))
+    }
+
+    /// wharf patch: the data connection as the command will use it, TLS done when required.
+    async fn secure(&mut self) -> Result<DataSocket, String> {
+        let socket = self.socket.take().ok_or_else(|| "data connection already used".to_string())?;
+        let tls_config = match &self.ftps_mode {
+            FtpsConfig::On { tls_config } => tls_config.clone(),
+            _ => return Ok(DataSocket::Plain(socket)),
+        };
+        let acceptor: TlsAcceptor = tls_config.into();
+        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(format!("TLS handshake on the data connection failed: {e}")),
+            Err(_) => return Err("TLS handshake on the data connection timed out".to_string()),
+        };
+        if self.require_resumption && tls.get_ref().1.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+            return Err("the data connection must resume the TLS session of the control connection".to_string());
         }
+        Ok(DataSocket::Tls(Box::new(tls)))
     }
 
     fn resolve_path(&self, path: Option<String>) -> PathBuf {
@@ -718,11 +769,12 @@ where
         let ftps_mode = if session.data_tls { session.ftps_config.clone() } else { FtpsConfig::Off };
         let command_executor = DataCommandExecutor {
             user: session.user.clone(),
-            socket,
+            socket: Some(socket),
             control_msg_tx,
             storage: Arc::clone(&session.storage),
             cwd: session.cwd.clone(),
             ftps_mode,
+            require_resumption: session.data_tls_resumption,
             logger,
             data_abort_rx: Some(data_abort_rx),
             data_cmd_rx: Some(data_cmd_rx),

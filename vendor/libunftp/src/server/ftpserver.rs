@@ -70,6 +70,8 @@ where
     ftps_mode: FtpsConfig,
     ftps_required_control_chan: FtpsRequired,
     ftps_required_data_chan: FtpsRequired,
+    // wharf patch: TLS data connections must resume the control connection's session.
+    ftps_data_resumption: bool,
     idle_session_timeout: std::time::Duration,
     listener_mode: ListenerMode,
     logger: slog::Logger,
@@ -101,6 +103,8 @@ where
     ftps_mode: FtpsConfig,
     ftps_required_control_chan: FtpsRequired,
     ftps_required_data_chan: FtpsRequired,
+    // wharf patch: TLS data connections must resume the control connection's session.
+    ftps_data_resumption: bool,
     ftps_tls_flags: TlsFlags,
     ftps_client_auth: FtpsClientAuth,
     ftps_trust_store: PathBuf,
@@ -155,6 +159,7 @@ where
             logger: slog::Logger::root(slog_stdlog::StdLog {}.fuse(), slog::o!()),
             ftps_required_control_chan: options::DEFAULT_FTPS_REQUIRE,
             ftps_required_data_chan: options::DEFAULT_FTPS_REQUIRE,
+            ftps_data_resumption: false,
             ftps_tls_flags: TlsFlags::default(),
             ftps_client_auth: FtpsClientAuth::default(),
             ftps_trust_store: options::DEFAULT_FTPS_TRUST_STORE.into(),
@@ -227,6 +232,7 @@ where
             ftps_mode: self.ftps_mode,
             ftps_required_control_chan: self.ftps_required_control_chan,
             ftps_required_data_chan: self.ftps_required_data_chan,
+            ftps_data_resumption: self.ftps_data_resumption,
             ftps_tls_flags: self.ftps_tls_flags,
             ftps_client_auth: self.ftps_client_auth,
             ftps_trust_store: self.ftps_trust_store,
@@ -288,6 +294,7 @@ where
             logger: slog::Logger::root(slog_stdlog::StdLog {}.fuse(), slog::o!()),
             ftps_required_control_chan: options::DEFAULT_FTPS_REQUIRE,
             ftps_required_data_chan: options::DEFAULT_FTPS_REQUIRE,
+            ftps_data_resumption: false,
             ftps_tls_flags: TlsFlags::default(),
             ftps_client_auth: FtpsClientAuth::default(),
             ftps_trust_store: options::DEFAULT_FTPS_TRUST_STORE.into(),
@@ -371,6 +378,7 @@ where
             ftps_mode,
             ftps_required_control_chan: self.ftps_required_control_chan,
             ftps_required_data_chan: self.ftps_required_data_chan,
+            ftps_data_resumption: self.ftps_data_resumption,
             idle_session_timeout: self.idle_session_timeout,
             listener_mode: self.listener_mode,
             logger: self.logger,
@@ -445,6 +453,15 @@ where
         C: Into<FtpsClientAuth>,
     {
         self.ftps_client_auth = auth.into();
+        self
+    }
+
+    /// wharf patch: requires every TLS data connection to resume the TLS session of its control
+    /// connection (vsftpd's `require_ssl_reuse`). Passive data connections are otherwise matched
+    /// to a session by the client's IP address alone, and behind a load balancer every client
+    /// has the balancer's: whoever connected first would get another client's transfer.
+    pub fn ftps_require_data_session_resumption(mut self, required: bool) -> Self {
+        self.ftps_data_resumption = required;
         self
     }
 
@@ -1084,6 +1101,7 @@ where
             logger: server.logger.new(slog::o!()),
             ftps_required_control_chan: server.ftps_required_control_chan,
             ftps_required_data_chan: server.ftps_required_data_chan,
+            ftps_data_resumption: server.ftps_data_resumption,
             site_md5: server.site_md5,
             site_handlers: server.site_handlers.clone(),
             data_listener: server.data_listener.clone(),

@@ -107,6 +107,8 @@ where
     pub logger: slog::Logger,
     pub ftps_required_control_chan: FtpsRequired,
     pub ftps_required_data_chan: FtpsRequired,
+    /// wharf patch: TLS data connections must resume the control connection's session.
+    pub ftps_data_resumption: bool,
     pub site_md5: SiteMd5,
     pub site_handlers: Arc<HashMap<String, Arc<dyn SiteCommandHandler<Storage, User>>>>,
     pub data_listener: Arc<dyn DataListener>,
@@ -140,6 +142,7 @@ where
         ftps_config,
         ftps_required_control_chan,
         ftps_required_data_chan,
+        ftps_data_resumption,
         collect_metrics,
         idle_session_timeout,
         logger,
@@ -166,6 +169,7 @@ where
     if let Some(b) = binder.lock().unwrap().take() {
         session = session.binder(b);
     }
+    session.data_tls_resumption = ftps_data_resumption;
 
     let mut logger = logger.new(
         slog::o!("trace-id" => format!("{}", session.trace_id), "source" => format!("{}", session.control_connection.map(|p| p.source).unwrap_or(session.source))),

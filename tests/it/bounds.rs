@@ -1,0 +1,364 @@
+//! One partner cannot hurt the others: every amount a client can make the server hold has a
+//! bound, and each test here tries to break one while an honest partner's upload on the same
+//! instance still lands.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::harness::raw::*;
+use crate::harness::{random_bytes, sftp_command, Auth, Gateway, TrustAll, PW};
+
+/// An honest partner uploading `name` (`size` random bytes) with OpenSSH's sftp, in the
+/// background; `check` waits for it and asserts it landed byte for byte with its event.
+struct Honest {
+    name: String,
+    data: Vec<u8>,
+    child: std::process::Child,
+}
+
+impl Honest {
+    fn start(g: &Gateway, name: &str, size: usize) -> Honest {
+        let data = random_bytes(size);
+        g.write_file(name, &data);
+        let mut child = sftp_command(
+            g.server.port(),
+            "acme",
+            &Auth::Password(PW.into()),
+            g.w.path(),
+            &[],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sftp");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all_sync(format!("put {name} honest-{name}\n").as_bytes());
+        Honest {
+            name: name.to_string(),
+            data,
+            child,
+        }
+    }
+
+    async fn check(mut self, g: &Gateway) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the honest upload hangs");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(status.success(), "the honest upload failed: {status}");
+        let rel = format!("honest-{}", self.name);
+        assert_eq!(
+            g.stored(&rel).await.map(|d| Sha256::digest(d).to_vec()),
+            Some(Sha256::digest(&self.data).to_vec()),
+            "{rel} not stored byte for byte"
+        );
+        let ev = g
+            .wait_jsonl_event("wharf.upload.completed", &format!("/{rel}"))
+            .await;
+        assert_eq!(ev["data"]["bytes"], self.data.len() as u64);
+    }
+}
+
+trait WriteAllSync {
+    fn write_all_sync(self, data: &[u8]);
+}
+
+impl WriteAllSync for std::process::ChildStdin {
+    fn write_all_sync(mut self, data: &[u8]) {
+        use std::io::Write as _;
+        self.write_all(data).unwrap();
+    }
+}
+
+/// Sends every write without waiting for replies (replies are read meanwhile, as a client
+/// must, or its own SSH layer stalls): (code, message) per write, in order.
+async fn pipelined_writes<S>(ch: &mut S, first_id: u32, writes: &[Vec<u8>]) -> Vec<(u32, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(ch);
+    let sending = async {
+        for (i, body) in writes.iter().enumerate() {
+            wr.write_all(&packet(FXP_WRITE, first_id + i as u32, body))
+                .await
+                .unwrap();
+        }
+    };
+    let receiving = async {
+        let mut out = Vec::new();
+        for i in 0..writes.len() {
+            // Up to the server's 10 s wait for memory, and then some.
+            let (t, id, rest) = reply_within(&mut rd, Duration::from_secs(30)).await;
+            assert_eq!((t, id), (FXP_STATUS, first_id + i as u32));
+            out.push(status(&rest));
+        }
+        out
+    };
+    let ((), out) = tokio::join!(sending, receiving);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_order_writes_are_held_within_their_bounds() {
+    let g = Gateway::start(false, &[]).await;
+    let honest = Honest::start(&g, "settlement.bin", 20 << 20);
+    let before = g.server.rss_kib();
+    let (_ssh, mut ch) = crate::harness::raw_sftp_initialized(g.server.addr, "acme", PW).await;
+    let chunk = random_bytes(250_000);
+
+    // Overlapping writes that never fill offset 0 (1, 2, 3, …): once held 835 MiB for 4,000
+    // of them. The second already overlaps the first and is refused when it arrives.
+    let h = open_write(&mut ch, 1, b"overlap.bin").await.unwrap();
+    let writes: Vec<Vec<u8>> = (1..=400u64)
+        .map(|off| write_body(&h, off, &chunk))
+        .collect();
+    let replies = pipelined_writes(&mut ch, 100, &writes).await;
+    assert_eq!(replies[0].0, 0, "{:?}", replies[0]);
+    assert_eq!(replies[1].0, 8, "{:?}", replies[1]);
+    assert!(replies[1].1.contains("overlaps"), "{:?}", replies[1]);
+    assert!(replies.iter().skip(1).all(|r| r.0 == 8));
+
+    // Writes past a gap are held up to the 8 MiB window, no further.
+    let h = open_write(&mut ch, 2, b"gap.bin").await.unwrap();
+    let writes: Vec<Vec<u8>> = (0..40u64)
+        .map(|k| write_body(&h, 1 + k * 250_000, &chunk))
+        .collect();
+    let replies = pipelined_writes(&mut ch, 1000, &writes).await;
+    let held = replies.iter().take_while(|r| r.0 == 0).count();
+    assert_eq!(held, 33, "{replies:?}"); // 33 × 250,000 bytes end within 8 MiB of offset 0
+    assert!(replies[held].1.contains("reorder window"), "{replies:?}");
+
+    // Over all of a connection's files, at most 16 MiB is held.
+    let mut refused = None;
+    'files: for f in 0..4u32 {
+        let h = open_write(&mut ch, 3 + f, format!("held-{f}.bin").as_bytes())
+            .await
+            .unwrap();
+        let writes: Vec<Vec<u8>> = (0..30u64)
+            .map(|k| write_body(&h, 1 + k * 250_000, &chunk))
+            .collect();
+        for (i, r) in pipelined_writes(&mut ch, 2000 + f * 100, &writes)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            if r.0 != 0 {
+                refused = Some((f, i, r));
+                break 'files;
+            }
+        }
+    }
+    let (f, i, (code, msg)) = refused.expect("a connection held over 16 MiB out of order");
+    assert_eq!(code, 8);
+    assert!(msg.contains("held for this connection"), "{msg}");
+    // 16 MiB / 250,000 bytes: the 68th write over all files is refused.
+    assert_eq!(f * 30 + i as u32, 67, "refused at file {f}, write {i}");
+
+    let grown = g.server.rss_kib().saturating_sub(before);
+    eprintln!("RSS grew {grown} KiB while out-of-order writes were refused");
+    assert!(grown < 64 * 1024, "RSS grew {grown} KiB");
+    honest.check(&g).await;
+    // None of the refused uploads became visible.
+    assert_eq!(g.stored_files().await, ["honest-settlement.bin"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn channels_and_open_files_are_capped_per_connection() {
+    let g = Gateway::start_on(true, false, &[]).await;
+    let honest = Honest::start(&g, "statement.bin", 3 << 20);
+    let config = Arc::new(russh::client::Config::default());
+    let mut ssh = russh::client::connect(config, g.server.addr, TrustAll)
+        .await
+        .unwrap();
+    assert!(ssh
+        .authenticate_password("acme", PW)
+        .await
+        .unwrap()
+        .success());
+
+    // Twenty session channels asked for; ten granted.
+    let mut channels = Vec::new();
+    for _ in 0..20 {
+        if let Ok(c) = ssh.channel_open_session().await {
+            channels.push(c);
+        }
+    }
+    assert_eq!(channels.len(), 10, "session channels granted");
+    let mut streams = Vec::new();
+    for c in channels {
+        c.request_subsystem(true, "sftp").await.unwrap();
+        let mut s = c.into_stream();
+        init(&mut s).await;
+        streams.push(s);
+    }
+
+    // 256 write handles at most, over all ten channels (each once had 256 of its own).
+    let mut granted = 0;
+    let mut refusal = None;
+    'open: for round in 0..40u32 {
+        for (n, s) in streams.iter_mut().enumerate() {
+            let id = round * 100 + n as u32;
+            match open_write(s, id, format!("h-{round}-{n}.bin").as_bytes()).await {
+                Ok(_) => granted += 1,
+                Err(e) => {
+                    refusal = Some(e);
+                    break 'open;
+                }
+            }
+        }
+    }
+    assert_eq!(granted, 256);
+    let (code, msg) = refusal.expect("a refusal");
+    assert_eq!(code, 4, "{msg}");
+    assert!(msg.contains("at most 256 per connection"), "{msg}");
+
+    honest.check(&g).await;
+    // The connection goes away: its 256 unfinished uploads leave nothing behind.
+    drop(streams);
+    drop(ssh);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while g.stored_files().await != ["honest-statement.bin"] {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            g.stored_files().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `S3Upload::write` once waited for memory while holding the budget of its unfilled part:
+/// concurrent uploads each holding part of a part waited on each other for ever (0 of 64
+/// landed). Here 32 uploads share a budget of two 5 MiB parts (and a 2 MiB heads pool).
+#[tokio::test(flavor = "multi_thread")]
+async fn far_more_uploads_than_the_budget_holds_parts_all_land() {
+    let g = Gateway::start(false, &[("WHARF_STORAGE__UPLOAD_MEMORY", "16MiB")]).await;
+    let uploads: Vec<Honest> = (0..32)
+        .map(|i| {
+            // Twenty-four of two parts each, eight small ones.
+            let size = if i < 24 {
+                (8 << 20) + i * 1000
+            } else {
+                40_000 + i
+            };
+            Honest::start(&g, &format!("f{i}.bin"), size)
+        })
+        .collect();
+    for u in uploads {
+        u.check(&g).await;
+    }
+    assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
+    let rss = g.server.rss_kib();
+    eprintln!("RSS after 32 concurrent uploads on a 16 MiB budget: {rss} KiB");
+}
+
+/// A connection's requests are served in order, so an upload of it waiting for memory also
+/// holds up its other uploads. Here one channel fills both parts of a small budget with two
+/// uploads, then starts a third: waiting for good would leave all three (and every other
+/// upload needing a part) stuck. The third is refused after a bounded wait; the other two
+/// land, and so do other partners' uploads, small ones meanwhile and large ones after.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_multiplexed_on_one_channel_cannot_deadlock_on_memory() {
+    let g = Gateway::start(false, &[("WHARF_STORAGE__UPLOAD_MEMORY", "16MiB")]).await;
+    let (_ssh, mut ch) = crate::harness::raw_sftp_initialized(g.server.addr, "acme", PW).await;
+    let h: Vec<Vec<u8>> = {
+        let mut v = Vec::new();
+        for (i, name) in ["one.bin", "two.bin", "three.bin"].iter().enumerate() {
+            v.push(
+                open_write(&mut ch, i as u32 + 1, name.as_bytes())
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    let piece = 255 * 1024;
+    let data: Vec<Vec<u8>> = (0..3).map(|_| random_bytes(24 * piece)).collect();
+    let write = |f: usize, k: usize| {
+        write_body(
+            &h[f],
+            (k * piece) as u64,
+            &data[f][k * piece..(k + 1) * piece],
+        )
+    };
+    // Six writes (1.5 MiB, past the small-file head) to each of the first two: they hold
+    // both parts of the budget.
+    let first: Vec<Vec<u8>> = (0..2)
+        .flat_map(|f| (0..6).map(move |k| (f, k)))
+        .map(|(f, k)| write(f, k))
+        .collect();
+    let replies = pipelined_writes(&mut ch, 100, &first).await;
+    assert!(replies.iter().all(|r| r.0 == 0), "{replies:?}");
+    // Another partner's small file needs no part: it lands meanwhile.
+    let small = Honest::start(&g, "small-file.csv", 500_000);
+    small.check(&g).await;
+    // The third upload on the channel (more writes than its queue holds, so the channel waits
+    // with it), then the rest of the first two behind it.
+    let mut writes: Vec<Vec<u8>> = (0..12).map(|k| write(2, k)).collect();
+    let mut whose = vec![2; 12];
+    for k in 6..24 {
+        for f in 0..2 {
+            writes.push(write(f, k));
+            whose.push(f);
+        }
+    }
+    let replies = tokio::time::timeout(
+        Duration::from_secs(90),
+        pipelined_writes(&mut ch, 200, &writes),
+    )
+    .await
+    .expect("the channel is stuck: uploads deadlocked on upload memory");
+    for (r, f) in replies.iter().zip(&whose) {
+        if *f < 2 {
+            assert_eq!(r.0, 0, "upload {f}: {r:?}");
+        }
+    }
+    let refused: Vec<_> = replies
+        .iter()
+        .zip(&whose)
+        .filter(|(_, f)| **f == 2)
+        .map(|(r, _)| r)
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.0 == 4 && r.1.contains("upload memory")),
+        "{refused:?}"
+    );
+    for (i, handle) in h.iter().enumerate() {
+        ch.write_all(&packet(FXP_CLOSE, 900 + i as u32, &string(handle)))
+            .await
+            .unwrap();
+        let (t, _, rest) = reply(&mut ch).await;
+        assert_eq!(t, FXP_STATUS);
+        assert_eq!(
+            status(&rest).0 == 0,
+            i < 2,
+            "close {i}: {:?}",
+            status(&rest)
+        );
+    }
+    for (f, name) in ["one.bin", "two.bin"].iter().enumerate() {
+        assert_eq!(
+            g.stored(name).await.as_deref(),
+            Some(&data[f][..]),
+            "{name}"
+        );
+    }
+    // The memory is free again for another partner's large upload.
+    Honest::start(&g, "large-file.bin", 12 << 20)
+        .check(&g)
+        .await;
+    assert!(g.stored("three.bin").await.is_none());
+    assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
+}
