@@ -105,6 +105,7 @@ impl App {
         let gate = Gate::new(
             ConnectionLimits::new(config.sftp.max_sessions, config.sftp.max_sessions_per_ip),
             config.security.proxy_protocol,
+            config.security.proxy_trusted.clone(),
             config.sftp.login_timeout.0,
         );
         let ftps_ctx = Arc::new(FtpsContext {

@@ -242,6 +242,10 @@ pub struct SecurityConfig {
     pub temp_suffixes: Vec<String>,
     pub setstat: SetstatPolicy,
     pub proxy_protocol: bool,
+    /// The load balancers (CIDRs or addresses) whose PROXY headers are believed; a connection
+    /// from anywhere else is refused while `proxy_protocol` is on.
+    #[serde(deserialize_with = "cidrs")]
+    pub proxy_trusted: Vec<ipnet::IpNet>,
     /// argon2id memory cost in KiB for new password hashes.
     pub argon2_memory_kib: u32,
     /// argon2id iterations for new password hashes.
@@ -259,11 +263,21 @@ impl Default for SecurityConfig {
             temp_suffixes: vec![".filepart".into(), ".part".into(), ".tmp".into()],
             setstat: SetstatPolicy::Ignore,
             proxy_protocol: false,
+            proxy_trusted: Vec::new(),
             argon2_memory_kib: 19456,
             argon2_iterations: 2,
             argon2_parallelism: 1,
         }
     }
+}
+
+/// A list of CIDRs or single addresses (`"10.0.0.0/8"`, `"192.0.2.7"`).
+fn cidrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let items = Vec::<String>::deserialize(d)?;
+    items
+        .iter()
+        .map(|s| crate::identity::parse_cidr(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -479,6 +493,14 @@ impl Config {
                 "must be between 5MiB and 5GiB (S3 multipart limits)".into(),
             ));
         }
+        if self.security.proxy_protocol && self.security.proxy_trusted.is_empty() {
+            return Err(bad(
+                "security.proxy_trusted",
+                "must list the load balancers' addresses (CIDRs) when security.proxy_protocol is on: \
+                 a PROXY header from anyone else could claim any client address"
+                    .into(),
+            ));
+        }
         // Fewer than two parts: a multipart upload could never get the part it waits for.
         if self.storage.upload_memory.0 < 2 * self.storage.s3.part_size.0 {
             return Err(bad(
@@ -607,6 +629,7 @@ mod tests {
                 ("WHARF_STORAGE__S3__PART_SIZE", "16MiB"),
                 ("WHARF_SFTP__MAX_SESSIONS", "7"),
                 ("WHARF_SECURITY__PROXY_PROTOCOL", "true"),
+                ("WHARF_SECURITY__PROXY_TRUSTED", "[\"10.0.0.0/8\", \"192.0.2.7\"]"),
                 ("WHARF_CONFIG", "ignored.toml"),
                 ("HOME", "/root"),
             ]),
@@ -616,6 +639,7 @@ mod tests {
         assert_eq!(c.storage.s3.part_size, ByteSize(16 << 20));
         assert_eq!(c.sftp.max_sessions, 7);
         assert!(c.security.proxy_protocol);
+        assert_eq!(c.security.proxy_trusted.len(), 2);
         assert!(
             !format!("{c:?}").contains("pw@"),
             "password leaked in Debug"
@@ -657,6 +681,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.s3.part_size"), "{e}");
+
+        // PROXY headers without the balancers to believe them from.
+        std::fs::write(&f, "[security]\nproxy_protocol = true\n").unwrap();
+        let e = Config::load_from(Some(&f), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("security.proxy_trusted"), "{e}");
+        std::fs::write(
+            &f,
+            "[security]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\", \"192.0.2.7\", \"bogus\"]\n",
+        )
+        .unwrap();
+        let e = Config::load_from(Some(&f), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("security.proxy_trusted") && e.contains("bogus"),
+            "{e}"
+        );
 
         // A budget smaller than two parts would hang every multipart upload.
         std::fs::write(&f, "[storage]\nupload_memory = \"8MiB\"\n").unwrap();

@@ -386,7 +386,12 @@ impl slog::Drain for WarningsToTracing {
 
     fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
         if record.level().is_at_least(slog::Level::Warning) {
-            tracing::warn!(activity = "ERROR", component = "libunftp", "{}", record.msg());
+            tracing::warn!(
+                activity = "ERROR",
+                component = "libunftp",
+                "{}",
+                record.msg()
+            );
         }
         Ok(())
     }

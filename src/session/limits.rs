@@ -89,6 +89,8 @@ impl Admitted {
 pub struct Gate {
     limits: Arc<ConnectionLimits>,
     proxy_protocol: bool,
+    /// Peers whose PROXY headers are believed (`security.proxy_trusted`).
+    proxy_trusted: Vec<ipnet::IpNet>,
     header_timeout: Duration,
 }
 
@@ -97,11 +99,13 @@ impl Gate {
     pub fn new(
         limits: Arc<ConnectionLimits>,
         proxy_protocol: bool,
+        proxy_trusted: Vec<ipnet::IpNet>,
         header_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Gate {
             limits,
             proxy_protocol,
+            proxy_trusted,
             header_timeout,
         })
     }
@@ -127,6 +131,14 @@ impl Gate {
     ) -> Result<SocketAddr, String> {
         if !self.proxy_protocol {
             return Ok(peer);
+        }
+        // Only a balancer may name the client: anyone else could claim any address (and so
+        // pass allow-lists, escape bans, forge client_ip in events).
+        let peer_ip = peer.ip().to_canonical();
+        if !self.proxy_trusted.iter().any(|n| n.contains(&peer_ip)) {
+            return Err(format!(
+                "{peer_ip} is not in security.proxy_trusted; only load balancers may connect"
+            ));
         }
         let client = match tokio::time::timeout(self.header_timeout, proxy::read_header(sock)).await
         {

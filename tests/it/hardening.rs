@@ -25,13 +25,23 @@ struct Relay {
 
 impl Relay {
     async fn start(target: SocketAddr, header: Vec<u8>) -> Relay {
+        Self::start_from(target, header, "127.0.0.1").await
+    }
+
+    /// A relay whose connections to `target` come from `source` (any 127.0.0.0/8 address).
+    async fn start_from(target: SocketAddr, header: Vec<u8>, source: &str) -> Relay {
+        let source: std::net::IpAddr = source.parse().unwrap();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = l.accept().await {
                 let header = header.clone();
                 tokio::spawn(async move {
-                    let Ok(mut out) = TcpStream::connect(target).await else {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    if socket.bind(SocketAddr::new(source, 0)).is_err() {
+                        return;
+                    }
+                    let Ok(mut out) = socket.connect(target).await else {
                         return;
                     };
                     let _ = out.set_nodelay(true);
@@ -81,6 +91,7 @@ async fn proxy_protocol_names_the_client_for_events_logs_and_bans() {
         false,
         &[
             ("WHARF_SECURITY__PROXY_PROTOCOL", "true"),
+            ("WHARF_SECURITY__PROXY_TRUSTED", "[\"127.0.0.1\"]"),
             ("WHARF_SECURITY__BAN_AFTER_FAILURES", "2"),
             ("WHARF_SFTP__LOGIN_TIMEOUT", "3s"),
         ],
@@ -153,6 +164,25 @@ async fn proxy_protocol_names_the_client_for_events_logs_and_bans() {
         log.contains("no PROXY protocol header before login_timeout"),
         "{log}"
     );
+
+    // A header from anything but the balancer is not believed: the connection is refused
+    // before it could claim an address (here one that would not be banned).
+    let forger = Relay::start_from(g.server.addr, v1_header("192.0.2.200"), "127.0.0.2").await;
+    let run = sftp(forger.addr.port(), "acme", &pw, g.w.path(), "ls\n");
+    assert_ne!(
+        run.code,
+        Some(0),
+        "a header from an untrusted peer was believed"
+    );
+    assert!(
+        g.server
+            .logs_within(
+                "127.0.0.2 is not in security.proxy_trusted",
+                Duration::from_secs(5)
+            )
+            .await
+    );
+    assert!(!g.server.log().contains("192.0.2.200"));
 
     // Failed logins ban the address the header names, not the balancer's.
     let attacker = Relay::start(g.server.addr, v1_header("192.0.2.66")).await;
