@@ -202,7 +202,7 @@ impl Default for EventsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     #[serde(default)]
@@ -223,6 +223,42 @@ pub struct SinkConfig {
     pub stream: Option<String>,
     #[serde(default)]
     pub max_age: Option<HumanDuration>,
+}
+
+/// The URL is shown without credentials or query (a webhook's token often lives there).
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(redact_endpoint))
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("stream", &self.stream)
+            .field("max_age", &self.max_age)
+            .finish()
+    }
+}
+
+/// `scheme://host[:port]/path`, without user, password, query or fragment.
+pub fn redact_endpoint(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            let hidden = !u.username().is_empty() || u.password().is_some() || u.query().is_some();
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            if hidden {
+                format!("{u} (credentials and query hidden)")
+            } else {
+                u.to_string()
+            }
+        }
+        Err(_) => "<unparseable url>".into(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -629,7 +665,10 @@ mod tests {
                 ("WHARF_STORAGE__S3__PART_SIZE", "16MiB"),
                 ("WHARF_SFTP__MAX_SESSIONS", "7"),
                 ("WHARF_SECURITY__PROXY_PROTOCOL", "true"),
-                ("WHARF_SECURITY__PROXY_TRUSTED", "[\"10.0.0.0/8\", \"192.0.2.7\"]"),
+                (
+                    "WHARF_SECURITY__PROXY_TRUSTED",
+                    "[\"10.0.0.0/8\", \"192.0.2.7\"]",
+                ),
                 ("WHARF_CONFIG", "ignored.toml"),
                 ("HOME", "/root"),
             ]),
@@ -644,6 +683,23 @@ mod tests {
             !format!("{c:?}").contains("pw@"),
             "password leaked in Debug"
         );
+    }
+
+    #[test]
+    fn sink_urls_are_shown_without_credentials() {
+        let c = Config::load_from(
+            None,
+            env(&[(
+                "WHARF_EVENTS__SINKS",
+                "[{type = \"webhook\", url = \"https://user:hunter2@hooks.example/in?token=abc123\", secret = \"s3cr3t\"}]",
+            )]),
+        )
+        .unwrap();
+        let shown = format!("{:?}", c.events);
+        assert!(shown.contains("https://hooks.example/in"), "{shown}");
+        for secret in ["hunter2", "abc123", "s3cr3t", "user:"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
     }
 
     #[test]

@@ -219,7 +219,8 @@ async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: &Claimed) -> Attempt {
             };
             let age = (Utc::now() - c.event.time).to_std().unwrap_or_default();
             let dead = w.max_age.is_some_and(|max| age > max);
-            let delay = backoff(c.attempts).max(hint.unwrap_or_default());
+            // A sink's hint is capped: one answer must not hold an account's events for ever.
+            let delay = backoff(c.attempts).max(hint.unwrap_or_default().min(BACKOFF_MAX));
             let outcome = if dead { "dead" } else { "retry" };
             tracing::warn!(activity = "EVENT_DELIVERY", event_id = %c.event.id, sink = name, outcome, attempt, error = %message, retry_in_ms = delay.as_millis() as u64);
             metrics().delivery(name, outcome).inc();

@@ -362,3 +362,64 @@ async fn uploads_multiplexed_on_one_channel_cannot_deadlock_on_memory() {
     assert!(g.stored("three.bin").await.is_none());
     assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
 }
+
+/// A sink's answers cannot freeze an account's events (a Retry-After of a day is capped at the
+/// longest backoff, 5 minutes) nor send the signed event elsewhere (redirects are not
+/// followed).
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_cannot_stall_or_redirect_events() {
+    let stalling = crate::harness::Receiver::start().await;
+    stalling
+        .status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    stalling.set_reply_headers("retry-after: 86400\r\n");
+    let elsewhere = crate::harness::Receiver::start().await;
+    let redirecting = crate::harness::Receiver::start().await;
+    redirecting
+        .status
+        .store(307, std::sync::atomic::Ordering::SeqCst);
+    redirecting.set_reply_headers(&format!("location: {}\r\n", elsewhere.url()));
+    let sinks = format!(
+        "[{{name = \"stall\", type = \"webhook\", url = \"{}\", secret = \"s\"}}, \
+          {{name = \"redirect\", type = \"webhook\", url = \"{}\", secret = \"s\"}}]",
+        stalling.url(),
+        redirecting.url()
+    );
+    let g = Gateway::start(false, &[("WHARF_EVENTS__SINKS", &sinks)]).await;
+    g.write_file("r.csv", b"id,amount\n1,5\n");
+    g.acme("put r.csv\n").ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let retries = loop {
+        let lines: Vec<serde_json::Value> = g
+            .server
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| {
+                v["activity"] == "EVENT_DELIVERY" && v["outcome"] == "retry"
+            })
+            .collect();
+        if lines.iter().any(|v| v["sink"] == "stall")
+            && lines.iter().any(|v| v["sink"] == "redirect")
+        {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retries logged: {}",
+            g.server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for r in &retries {
+        let ms = r["retry_in_ms"].as_u64().unwrap();
+        assert!(ms <= 300_000, "retry in {ms} ms: {r}");
+    }
+    let redirect = retries.iter().find(|v| v["sink"] == "redirect").unwrap();
+    assert!(
+        redirect["error"].as_str().unwrap().contains("307"),
+        "{redirect}"
+    );
+    assert_eq!(redirecting.all().len(), 1);
+    assert!(elsewhere.all().is_empty(), "the redirect was followed");
+}

@@ -1,6 +1,7 @@
 //! The webhook sink: `POST` of the CloudEvent with `Content-Type: application/cloudevents+json`
 //! and `Wharf-Signature: sha256=<hex HMAC-SHA256 of the exact body>`; 2xx is delivered,
-//! anything else (or a timeout) is retried, honouring `Retry-After`.
+//! anything else (or a timeout, or a redirect, which is not followed) is retried, honouring
+//! `Retry-After` up to the dispatcher's longest backoff.
 
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ impl WebhookSink {
     pub fn new(name: String, c: &SinkConfig) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(c.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT))
+            // A redirect would send the signed event somewhere nobody configured: a 3xx is a
+            // failed delivery like any other non-2xx.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(WebhookSink {

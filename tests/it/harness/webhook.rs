@@ -27,6 +27,8 @@ impl Received {
 pub struct Receiver {
     pub addr: SocketAddr,
     pub status: Arc<AtomicU16>,
+    /// Header lines (each ending in CRLF) sent with every reply.
+    reply_headers: Arc<Mutex<String>>,
     log: Arc<Mutex<Vec<Received>>>,
 }
 
@@ -36,10 +38,11 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(AtomicU16::new(200));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (st, lg) = (status.clone(), log.clone());
+        let reply_headers = Arc::new(Mutex::new("retry-after: 0\r\n".to_string()));
+        let (st, lg, rh) = (status.clone(), log.clone(), reply_headers.clone());
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (st, lg) = (st.clone(), lg.clone());
+                let (st, lg, rh) = (st.clone(), lg.clone(), rh.clone());
                 tokio::spawn(async move {
                     let (rd, mut wr) = sock.into_split();
                     let mut rd = BufReader::new(rd);
@@ -76,9 +79,9 @@ impl Receiver {
                             body: String::from_utf8_lossy(&body).into_owned(),
                             status,
                         });
-                        let reply = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nretry-after: 0\r\n\r\n"
-                        );
+                        let extra = rh.lock().unwrap().clone();
+                        let reply =
+                            format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n{extra}\r\n");
                         if wr.write_all(reply.as_bytes()).await.is_err() {
                             return;
                         }
@@ -86,7 +89,17 @@ impl Receiver {
                 });
             }
         });
-        Receiver { addr, status, log }
+        Receiver {
+            addr,
+            status,
+            reply_headers,
+            log,
+        }
+    }
+
+    /// Replaces the header lines sent with every reply (`"retry-after: 0\r\n"` by default).
+    pub fn set_reply_headers(&self, lines: &str) {
+        *self.reply_headers.lock().unwrap() = lines.to_string();
     }
 
     pub fn url(&self) -> String {
