@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend};
+use unftp_core::storage::{Error, ErrorKind, Fileinfo, ListKind, Metadata, Result, StorageBackend};
 
 use super::FtpsUser;
 use crate::session::fs::{FsError, FsErrorKind};
@@ -69,6 +69,37 @@ fn path_of(s: &Session, p: &Path) -> Result<VirtualPath> {
         .map_err(|e| Error::new(ErrorKind::FileNameNotAllowedError, e))
 }
 
+/// One page of a listing as the FTP command writes it, each line ending in CRLF.
+fn listing_lines(page: &[crate::storage::DirEntry], kind: ListKind) -> bytes::Bytes {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for e in page {
+        match kind {
+            ListKind::List => {
+                let info = Fileinfo {
+                    path: PathBuf::from(&e.name),
+                    metadata: Meta(e.meta.clone()),
+                };
+                let _ = write!(out, "{info}\r\n");
+            }
+            ListKind::Nlst => {
+                let _ = write!(out, "{}\r\n", e.name);
+            }
+            ListKind::Mlsd => {
+                // RFC 3659 facts, as libunftp writes them for MLST.
+                let kind = if e.meta.is_dir { "dir" } else { "file" };
+                let _ = write!(out, "type={kind};size={};", e.meta.size);
+                if let Some(t) = e.meta.modified {
+                    let t: chrono::DateTime<chrono::Utc> = t.into();
+                    let _ = write!(out, "modify={};", t.format("%Y%m%d%H%M%S"));
+                }
+                let _ = write!(out, " {}\r\n", e.name);
+            }
+        }
+    }
+    bytes::Bytes::from(out)
+}
+
 #[async_trait]
 impl StorageBackend<FtpsUser> for SessionStorage {
     type Metadata = Meta;
@@ -93,14 +124,41 @@ impl StorageBackend<FtpsUser> for SessionStorage {
     ) -> Result<Vec<Fileinfo<PathBuf, Meta>>> {
         let s = &user.session;
         let p = path_of(s, path.as_ref())?;
-        let entries = s.list(&p).await.map_err(ftp_err)?;
-        Ok(entries
-            .into_iter()
-            .map(|e| Fileinfo {
+        let mut listing = s.open_dir(&p).await.map_err(ftp_err)?;
+        let mut out = Vec::new();
+        while let Some(page) = listing.next_entries().await.map_err(ftp_err)? {
+            out.extend(page.into_iter().map(|e| Fileinfo {
                 path: PathBuf::from(e.name),
                 metadata: Meta(e.meta),
-            })
-            .collect())
+            }));
+        }
+        Ok(out)
+    }
+
+    /// LIST, NLST and MLSD as the data connection takes them: one page of the directory in
+    /// memory at a time, the first lines sent after one storage request.
+    async fn list_stream<P>(
+        &self,
+        user: &FtpsUser,
+        path: P,
+        kind: ListKind,
+    ) -> Result<Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        let s = &user.session;
+        let p = path_of(s, path.as_ref())?;
+        let listing = s.open_dir(&p).await.map_err(ftp_err)?;
+        let pages = futures::stream::try_unfold(listing, move |mut l| async move {
+            match l.next_entries().await {
+                Ok(Some(page)) => Ok(Some((listing_lines(&page, kind), l))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(std::io::Error::other(e.message)),
+            }
+        });
+        Ok(Some(Box::new(tokio_util::io::StreamReader::new(Box::pin(
+            pages,
+        )))))
     }
 
     async fn get<P: AsRef<Path> + Send + Debug>(

@@ -19,6 +19,13 @@ const REFRESH: Duration = Duration::from_secs(2);
 /// Slowdown per failure beyond the threshold on one username, and its cap.
 const USER_STEP: Duration = Duration::from_millis(250);
 const USER_MAX: Duration = Duration::from_secs(3);
+/// Addresses and usernames whose recent failures are counted, each map; past it the ones
+/// without failures in the window go first, then the ones with the fewest failures.
+const MAX_TRACKED: usize = 100_000;
+/// Expired bans are kept this long (`wharf ban list` shows them), then deleted.
+const KEEP_EXPIRED: chrono::Duration = chrono::Duration::days(1);
+/// How often an instance deletes long-expired bans.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Ban {
@@ -34,6 +41,36 @@ struct State {
     by_user: HashMap<String, VecDeque<Instant>>,
     banned: HashMap<IpAddr, DateTime<Utc>>,
     refreshed: Option<Instant>,
+    pruned: Option<Instant>,
+}
+
+/// Keeps `map` at `MAX_TRACKED` entries: forgets the ones with no failure left in the window,
+/// then the ones with the fewest failures (oldest first among equals). A spray of new names or
+/// addresses, one failure each, cannot push out a username under attack or an address close
+/// to its ban.
+fn bound<K: std::hash::Hash + Eq + Clone>(
+    map: &mut HashMap<K, VecDeque<Instant>>,
+    window: Duration,
+) {
+    if map.len() <= MAX_TRACKED {
+        return;
+    }
+    map.retain(|_, q| {
+        prune(q, window);
+        !q.is_empty()
+    });
+    if map.len() > MAX_TRACKED {
+        let mut weakest: Vec<(usize, Instant, K)> = map
+            .iter()
+            .filter_map(|(k, q)| q.back().map(|t| (q.len(), *t, k.clone())))
+            .collect();
+        weakest.sort_by_key(|(n, t, _)| (*n, *t));
+        // Down to 90%, so the sweep is not repeated for every new entry.
+        let excess = map.len() - MAX_TRACKED * 9 / 10;
+        for (_, _, k) in weakest.into_iter().take(excess) {
+            map.remove(&k);
+        }
+    }
 }
 
 pub struct Bans {
@@ -84,7 +121,8 @@ impl Bans {
         }
         let stale = self.state().refreshed.is_none_or(|t| t.elapsed() > REFRESH);
         if stale {
-            match list(&self.db).await {
+            self.prune_expired().await;
+            match active(&self.db).await {
                 Ok(bans) => {
                     let now = Utc::now();
                     let active: HashMap<IpAddr, DateTime<Utc>> = bans
@@ -134,14 +172,15 @@ impl Bans {
             let user = s.by_user.entry(username.to_string()).or_default();
             user.push_back(Instant::now());
             prune(user, self.window);
-            if s.by_user.len() > 100_000 {
-                // Bounded memory under a spray of random usernames.
-                s.by_user.clear();
-            }
             let q = s.by_address.entry(ip).or_default();
             q.push_back(Instant::now());
             prune(q, self.window);
-            q.len()
+            let n = q.len();
+            // Bounded memory under a spray of usernames or addresses.
+            let window = self.window;
+            bound(&mut s.by_user, window);
+            bound(&mut s.by_address, window);
+            n
         };
         if count < self.after as usize {
             return;
@@ -167,6 +206,43 @@ impl Bans {
             .set(s.banned.len() as i64);
         tracing::warn!(activity = "BAN", client_ip = %ip, failures = count, until = %until.to_rfc3339(), "address banned after repeated failed logins");
     }
+}
+
+impl Bans {
+    /// Deletes bans expired for over a day, at most every `PRUNE_EVERY` per instance.
+    async fn prune_expired(&self) {
+        {
+            let mut s = self.state();
+            if s.pruned.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+                return;
+            }
+            s.pruned = Some(Instant::now());
+        }
+        const Q: &str = "DELETE FROM bans WHERE until_us < $1";
+        let cutoff = micros(Utc::now() - KEEP_EXPIRED);
+        if let Err(e) =
+            on_pool!(&self.db, p => sqlx::query(Q).bind(cutoff).execute(p).await.map(drop))
+        {
+            tracing::warn!(error = %e, "cannot delete expired bans");
+        }
+    }
+}
+
+/// The bans in force now: what every instance reloads every `REFRESH`.
+async fn active(db: &Db) -> Result<Vec<Ban>, sqlx::Error> {
+    const Q: &str = "SELECT address, until_us, CAST(failures AS BIGINT), created_us FROM bans WHERE until_us > $1";
+    let now = micros(Utc::now());
+    let rows: Vec<(String, i64, i64, i64)> =
+        on_pool!(db, p => sqlx::query_as(Q).bind(now).fetch_all(p).await?);
+    Ok(rows
+        .into_iter()
+        .map(|(address, until, failures, created)| Ban {
+            address,
+            until: from_micros(until),
+            failures,
+            created: from_micros(created),
+        })
+        .collect())
 }
 
 const UPSERT: &str = "INSERT INTO bans (address, until_us, failures, created_us) VALUES ($1, $2, $3, $4) ON CONFLICT (address) DO UPDATE SET until_us = excluded.until_us, failures = excluded.failures, created_us = excluded.created_us";
@@ -229,5 +305,34 @@ mod tests {
             bans.failed(IpAddr::from([10, 0, 1, 1]), "acme").await;
         }
         assert_eq!(bans.user_delay("acme"), USER_MAX);
+    }
+
+    #[tokio::test]
+    async fn failure_counters_stay_bounded_and_keep_the_recent_ones() {
+        let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
+        let cfg = SecurityConfig {
+            ban_after_failures: 3,
+            ..SecurityConfig::default()
+        };
+        let bans = Bans::new(Db::Sqlite(pool), &cfg);
+        // A spray of names from as many addresses, with a username under attack among them.
+        for i in 0..(MAX_TRACKED as u32 + 5000) {
+            let ip = IpAddr::from(std::net::Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | u128::from(i),
+            ));
+            bans.failed(ip, &format!("user{i}")).await;
+            if i == 10 {
+                // Most of the spray comes after acme's failures.
+                for _ in 0..20 {
+                    bans.failed(IpAddr::from([10, 9, 9, 9]), "acme").await;
+                }
+            }
+        }
+        let s = bans.state();
+        assert!(s.by_user.len() <= MAX_TRACKED && s.by_address.len() <= MAX_TRACKED);
+        drop(s);
+        // acme's failures survived the sweeps: it is still slowed (the spray's names, one
+        // failure each, went first).
+        assert!(bans.user_delay("acme") > Duration::ZERO);
     }
 }

@@ -14,7 +14,7 @@ use super::upload::{UploadError, UploadPipeline};
 use super::{Session, UploadOutcome, UploadRecord};
 use crate::config::SetstatPolicy;
 use crate::identity::Permission;
-use crate::storage::{Capacity, DirEntry, ErrorKind, Meta, StorageError, Stored};
+use crate::storage::{Capacity, DirEntry, DirStream, ErrorKind, Meta, StorageError, Stored};
 use crate::telemetry::metrics::metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +157,20 @@ impl Drop for WriteFile {
     }
 }
 
+/// A directory being listed: one page of entries in memory at a time.
+pub struct DirListing {
+    pub path: VirtualPath,
+    stream: Box<dyn DirStream>,
+}
+
+impl DirListing {
+    /// The next page of entries, `None` after the last.
+    pub async fn next_entries(&mut self) -> Result<Option<Vec<DirEntry>>, FsError> {
+        let path = self.path.clone();
+        self.stream.next_page().await.map_err(|e| storage(e, &path))
+    }
+}
+
 /// A file open for reading.
 pub struct ReadFile {
     pub path: VirtualPath,
@@ -201,11 +215,15 @@ impl Session {
         self.backend.stat(&rel).await.map_err(|e| storage(e, path))
     }
 
-    pub async fn list(&self, path: &VirtualPath) -> Result<Vec<DirEntry>, FsError> {
+    /// Opens a directory for listing, a page at a time (`next_entries`).
+    pub async fn open_dir(&self, path: &VirtualPath) -> Result<DirListing, FsError> {
         self.require(Permission::List, "listing")?;
         let rel = path.relative();
-        match self.backend.list(&rel).await {
-            Ok(v) => Ok(v),
+        match self.backend.open_dir(&rel).await {
+            Ok(stream) => Ok(DirListing {
+                path: path.clone(),
+                stream,
+            }),
             // A file is not a directory; say so rather than "no such file".
             Err(e) if e.kind == ErrorKind::NotFound && !path.is_root() => {
                 match self.backend.stat(&rel).await {

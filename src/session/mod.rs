@@ -20,7 +20,7 @@ use crate::config::SetstatPolicy;
 use crate::identity::Account;
 use crate::storage::{Backend, Stored};
 
-pub use fs::{FsError, FsErrorKind, ReadFile, WriteFile};
+pub use fs::{DirListing, FsError, FsErrorKind, ReadFile, WriteFile};
 pub use path::VirtualPath;
 pub use upload::UploadRegistry;
 

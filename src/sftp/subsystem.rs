@@ -12,7 +12,7 @@ use russh_sftp::protocol::{
 use russh_sftp::server::StatusReply;
 
 use crate::session::{
-    FileSlot, FsError, FsErrorKind, ReadFile, Session, WriteFile, MAX_OPEN_FILES,
+    DirListing, FileSlot, FsError, FsErrorKind, ReadFile, Session, WriteFile, MAX_OPEN_FILES,
 };
 use crate::storage::{Capacity, Meta};
 
@@ -42,7 +42,8 @@ const UNLIMITED_BLOCKS: u64 = 1 << 38;
 enum Open {
     Write(WriteFile),
     Read(ReadFile),
-    Dir(std::vec::IntoIter<File>),
+    /// A listing and what is left of its current page.
+    Dir(DirListing, std::collections::VecDeque<File>),
 }
 
 pub struct SftpHandler {
@@ -234,7 +235,7 @@ impl russh_sftp::server::Handler for SftpHandler {
                 size: f.size,
                 modified: None,
             },
-            Some(Open::Dir(_)) => Meta::dir(),
+            Some(Open::Dir(..)) => Meta::dir(),
             None => return Err(bad_handle()),
         };
         Ok(Attrs {
@@ -263,7 +264,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         let p = match self.handles.get(&handle) {
             Some(Open::Write(f)) => f.path.clone(),
             Some(Open::Read(f)) => f.path.clone(),
-            Some(Open::Dir(_)) => return Ok(ok(id)),
+            Some(Open::Dir(..)) => return Ok(ok(id)),
             None => return Err(bad_handle()),
         };
         self.session.setstat(&p).map_err(reply)?;
@@ -353,25 +354,29 @@ impl russh_sftp::server::Handler for SftpHandler {
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         let p = self.session.resolve(&path).map_err(reply)?;
         let slot = self.slot()?;
-        let entries = self.session.list(&p).await.map_err(reply)?;
-        let files: Vec<File> = entries
-            .into_iter()
-            .map(|e| File::new(e.name, attrs(&e.meta)))
-            .collect();
+        let listing = self.session.open_dir(&p).await.map_err(reply)?;
         Ok(Handle {
             id,
-            handle: self.insert(Open::Dir(files.into_iter()), slot),
+            handle: self.insert(Open::Dir(listing, Default::default()), slot),
         })
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
-        let Some(Open::Dir(it)) = self.handles.get_mut(&handle) else {
+        let Some(Open::Dir(listing, left)) = self.handles.get_mut(&handle) else {
             return Err(bad_handle());
         };
-        let files: Vec<File> = it.by_ref().take(READDIR_BATCH).collect();
-        if files.is_empty() {
-            return Err(StatusCode::Eof.into());
+        // Pages are fetched as READDIR asks for them: a prefix of a million objects answers
+        // its first READDIR after one ListObjectsV2.
+        while left.is_empty() {
+            match listing.next_entries().await.map_err(reply)? {
+                Some(page) => {
+                    left.extend(page.into_iter().map(|e| File::new(e.name, attrs(&e.meta))))
+                }
+                None => return Err(StatusCode::Eof.into()),
+            }
         }
+        let n = left.len().min(READDIR_BATCH);
+        let files: Vec<File> = left.drain(..n).collect();
         Ok(Name { id, files })
     }
 

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{
-    Backend, Capacity, ContentHash, DirEntry, ErrorKind, Location, Meta, Result, StorageError,
-    Stored, Upload, UploadScope, RESERVED_PREFIX,
+    Backend, Capacity, ContentHash, DirEntry, DirStream, ErrorKind, Location, Meta, Result,
+    StorageError, Stored, Upload, UploadScope, LIST_PAGE, RESERVED_PREFIX,
 };
 
 /// Files under one account's home directory.
@@ -99,33 +99,20 @@ impl Backend for LocalBackend {
         Ok(meta_of(&m))
     }
 
-    async fn list(&self, dir: &str) -> Result<Vec<DirEntry>> {
+    async fn open_dir(&self, dir: &str) -> Result<Box<dyn DirStream>> {
         if dir.is_empty() {
             self.ensure_root().await?;
         }
         let p = self.resolve(dir).await?;
-        let mut rd = tokio::fs::read_dir(&p).await.map_err(|e| io_err(e, dir))?;
-        let mut out = Vec::new();
-        while let Some(entry) = rd.next_entry().await.map_err(|e| io_err(e, dir))? {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if name.starts_with(RESERVED_PREFIX) {
-                continue;
-            }
-            let Ok(m) = entry.metadata().await else {
-                continue;
-            };
-            if m.file_type().is_symlink() || !(m.is_file() || m.is_dir()) {
-                continue;
-            }
-            out.push(DirEntry {
-                name,
-                meta: meta_of(&m),
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        let label = dir.to_string();
+        let rd = tokio::task::spawn_blocking(move || std::fs::read_dir(&p))
+            .await
+            .map_err(|e| StorageError::new(ErrorKind::Unavailable, e.to_string()))?
+            .map_err(|e| io_err(e, &label))?;
+        Ok(Box::new(LocalDirStream {
+            rd: Some(rd),
+            dir: dir.to_string(),
+        }))
     }
 
     async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes> {
@@ -262,6 +249,62 @@ impl Backend for LocalBackend {
             files_free: st.files_available() as u64,
             name_max: st.name_max() as u64,
         }))
+    }
+}
+
+/// A local directory read a page at a time on the blocking pool.
+struct LocalDirStream {
+    /// `None` at the end, and while a page is being read.
+    rd: Option<std::fs::ReadDir>,
+    dir: String,
+}
+
+#[async_trait]
+impl DirStream for LocalDirStream {
+    async fn next_page(&mut self) -> Result<Option<Vec<DirEntry>>> {
+        let Some(mut rd) = self.rd.take() else {
+            return Ok(None);
+        };
+        let (rd, page) = tokio::task::spawn_blocking(move || {
+            let mut page = Vec::new();
+            let mut ended = false;
+            while page.len() < LIST_PAGE {
+                let Some(entry) = rd.next() else {
+                    ended = true;
+                    break;
+                };
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => return (None, Err(e)),
+                };
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if name.starts_with(RESERVED_PREFIX) {
+                    continue;
+                }
+                // Not followed: the file's own metadata (a symlink is left out).
+                let Ok(m) = entry.path().symlink_metadata() else {
+                    continue;
+                };
+                if m.file_type().is_symlink() || !(m.is_file() || m.is_dir()) {
+                    continue;
+                }
+                page.push(DirEntry {
+                    name,
+                    meta: meta_of(&m),
+                });
+            }
+            (if ended { None } else { Some(rd) }, Ok(page))
+        })
+        .await
+        .map_err(|e| StorageError::new(ErrorKind::Unavailable, e.to_string()))?;
+        self.rd = rd;
+        let page = page.map_err(|e| io_err(e, &self.dir))?;
+        if page.is_empty() && self.rd.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(page))
     }
 }
 

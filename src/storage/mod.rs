@@ -130,7 +130,20 @@ pub trait Backend: Send + Sync + 'static {
     /// The event location of `path`.
     fn location(&self, path: &str) -> Location;
     async fn stat(&self, path: &str) -> Result<Meta>;
-    async fn list(&self, dir: &str) -> Result<Vec<DirEntry>>;
+    /// The entries of `dir`, a page at a time (at most `LIST_PAGE` each), so a directory of a
+    /// million objects costs one page of memory and its first entries come at once. A missing
+    /// directory is `NotFound` here, not on the first page.
+    async fn open_dir(&self, dir: &str) -> Result<Box<dyn DirStream>>;
+    /// Every entry of `dir`, sorted by name (all pages of `open_dir`; for small directories).
+    async fn list(&self, dir: &str) -> Result<Vec<DirEntry>> {
+        let mut stream = self.open_dir(dir).await?;
+        let mut out = Vec::new();
+        while let Some(page) = stream.next_page().await? {
+            out.extend(page);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
     /// Up to `len` bytes at `offset`; empty at or past the end.
     async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes>;
     async fn delete(&self, path: &str) -> Result<()>;
@@ -186,6 +199,17 @@ pub struct Capacity {
     pub files: u64,
     pub files_free: u64,
     pub name_max: u64,
+}
+
+/// Entries a directory page holds at most.
+pub const LIST_PAGE: usize = 500;
+
+/// A directory being listed (`Backend::open_dir`).
+#[async_trait]
+pub trait DirStream: Send {
+    /// The next entries, or `None` after the last. S3 pages come in key order; a local
+    /// directory's in the order the file system keeps them.
+    async fn next_page(&mut self) -> Result<Option<Vec<DirEntry>>>;
 }
 
 /// A streaming upload. Dropping it without `commit` aborts it.

@@ -423,3 +423,125 @@ async fn webhooks_cannot_stall_or_redirect_events() {
     assert_eq!(redirecting.all().len(), 1);
     assert!(elsewhere.all().is_empty(), "the redirect was followed");
 }
+
+/// A directory is listed as the client reads it: the first READDIR of a prefix with thousands
+/// of objects is answered after one ListObjectsV2 (a page of 500), not after all of them, and
+/// FTPS LIST/NLST stream the same pages.
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_stream_a_page_at_a_time() {
+    use crate::observability::{sample, scrape};
+    let hook = crate::harness::Receiver::start().await;
+    let g = crate::ftps::ftps_gateway_with(&hook, false, &[]).await;
+    g.grant_acme_everything();
+    const N: usize = 2600;
+    let names: Vec<String> = (0..N).map(|i| format!("r{i:05}.csv")).collect();
+    let mut puts = tokio::task::JoinSet::new();
+    for chunk in names.chunks(N / 32 + 1) {
+        let (s3, prefix, chunk) = (g.s3.clone(), g.prefix.clone(), chunk.to_vec());
+        puts.spawn(async move {
+            for n in chunk {
+                s3.client
+                    .put_object()
+                    .bucket(&s3.bucket)
+                    .key(format!("{prefix}acme/big/{n}"))
+                    .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while puts.join_next().await.is_some() {}
+
+    let series = "wharf_s3_request_duration_seconds_count{operation=\"ListObjectsV2\"}";
+    let before = sample(&scrape(&g.server).await, series);
+    let (_ssh, mut ch) = crate::harness::raw_sftp_initialized(g.server.addr, "acme", PW).await;
+    ch.write_all(&packet(FXP_OPENDIR, 1, &string(b"/big")))
+        .await
+        .unwrap();
+    let (t, _, rest) = reply(&mut ch).await;
+    assert_eq!(t, FXP_HANDLE);
+    let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+    let handle = rest[4..4 + n].to_vec();
+    let mut listed: Vec<String> = Vec::new();
+    let mut id = 2;
+    loop {
+        ch.write_all(&packet(FXP_READDIR, id, &string(&handle)))
+            .await
+            .unwrap();
+        let (t, _, rest) = reply(&mut ch).await;
+        if t == FXP_STATUS {
+            assert_eq!(status(&rest).0, 1, "READDIR ended with {:?}", status(&rest));
+            break;
+        }
+        assert_eq!(t, FXP_NAME);
+        listed.extend(name_entries(&rest));
+        if id == 2 {
+            let after = sample(&scrape(&g.server).await, series);
+            assert_eq!(
+                after - before,
+                1.0,
+                "ListObjectsV2 calls before the first entries"
+            );
+        }
+        id += 1;
+    }
+    assert_eq!(listed, names);
+    let total = sample(&scrape(&g.server).await, series) - before;
+    assert_eq!(total, N.div_ceil(500) as f64, "one ListObjectsV2 per page");
+
+    // FTPS: NLST and LIST of the same directory, streamed from the same pages.
+    let url = format!(
+        "ftp://127.0.0.1:{}/big/",
+        g.server.ftps_addr.expect("ftps").port()
+    );
+    let login = format!("acme:{PW}");
+    for args in [&["--list-only"][..], &[]] {
+        let out = crate::ftps::curl(
+            &g,
+            &[&["--ssl-reqd", "--user", &login][..], args, &[&url]].concat(),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), N, "{args:?}");
+        assert!(
+            lines[N - 1].ends_with(&names[N - 1]),
+            "{args:?}: {}",
+            lines[N - 1]
+        );
+    }
+}
+
+/// The names in an SSH_FXP_NAME reply's body (after the id).
+fn name_entries(rest: &[u8]) -> Vec<String> {
+    let count = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+    let mut at = 4;
+    let take_string = |at: &mut usize| {
+        let n = u32::from_be_bytes(rest[*at..*at + 4].try_into().unwrap()) as usize;
+        let s = String::from_utf8_lossy(&rest[*at + 4..*at + 4 + n]).into_owned();
+        *at += 4 + n;
+        s
+    };
+    let mut out = Vec::new();
+    for _ in 0..count {
+        out.push(take_string(&mut at));
+        let _long = take_string(&mut at);
+        // Attributes: flags, then the fields they name (size, uid/gid, permissions, times).
+        let flags = u32::from_be_bytes(rest[at..at + 4].try_into().unwrap());
+        at += 4;
+        if flags & 1 != 0 {
+            at += 8;
+        }
+        if flags & 2 != 0 {
+            at += 8;
+        }
+        if flags & 4 != 0 {
+            at += 4;
+        }
+        if flags & 8 != 0 {
+            at += 8;
+        }
+    }
+    out
+}

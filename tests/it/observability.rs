@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use crate::harness::{random_bytes, Auth, Gateway, Server, PW};
 
 /// The value of one sample (`name{labels}`) in a scrape; 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
@@ -20,7 +20,7 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn scrape(s: &Server) -> String {
+pub(crate) async fn scrape(s: &Server) -> String {
     let (status, body) = s.http_get("/metrics").await;
     assert_eq!(status, 200, "{body}");
     body

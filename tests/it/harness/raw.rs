@@ -44,6 +44,9 @@ pub const FXP_MKDIR: u8 = 14;
 pub const FXP_STAT: u8 = 17;
 pub const FXP_STATUS: u8 = 101;
 pub const FXP_HANDLE: u8 = 102;
+pub const FXP_OPENDIR: u8 = 11;
+pub const FXP_READDIR: u8 = 12;
+pub const FXP_NAME: u8 = 104;
 pub const FXP_EXTENDED: u8 = 200;
 pub const FXP_EXTENDED_REPLY: u8 = 201;
 

@@ -470,14 +470,29 @@ where
 
         let start_time = Instant::now();
 
-        let list_result = match command {
-            ListCommand::List => self.storage.list_fmt((*self.user).as_ref().unwrap(), path.clone()).await,
-            ListCommand::Nlst => self
-                .storage
-                .nlst((*self.user).as_ref().unwrap(), path.clone())
-                .await
-                .map_err(|e| Error::new(ErrorKind::PermanentDirectoryNotAvailable, e)),
+        // wharf patch: a backend that streams its listings is read as the connection takes it.
+        let kind = match command {
+            ListCommand::List => unftp_core::storage::ListKind::List,
+            ListCommand::Nlst => unftp_core::storage::ListKind::Nlst,
         };
+        let list_result: Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, Error> =
+            match self.storage.list_stream((*self.user).as_ref().unwrap(), path.clone(), kind).await {
+                Ok(Some(stream)) => Ok(stream),
+                Err(e) => Err(e),
+                Ok(None) => match command {
+                    ListCommand::List => self
+                        .storage
+                        .list_fmt((*self.user).as_ref().unwrap(), path.clone())
+                        .await
+                        .map(|c| Box::new(c) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                    ListCommand::Nlst => self
+                        .storage
+                        .nlst((*self.user).as_ref().unwrap(), path.clone())
+                        .await
+                        .map(|c| Box::new(c) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)
+                        .map_err(|e| Error::new(ErrorKind::PermanentDirectoryNotAvailable, e)),
+                },
+            };
 
         match list_result {
             Ok(cursor) => {
@@ -558,10 +573,15 @@ where
 
         let start_time = Instant::now();
 
-        let list_result = self.storage.list((*self.user).as_ref().unwrap(), path.clone()).await;
-
-        match list_result {
-            Ok(files) => {
+        // wharf patch: a backend that streams its listings is read as the connection takes it.
+        let list_result: Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, Error> = match self
+            .storage
+            .list_stream((*self.user).as_ref().unwrap(), path.clone(), unftp_core::storage::ListKind::Mlsd)
+            .await
+        {
+            Ok(Some(stream)) => Ok(stream),
+            Err(e) => Err(e),
+            Ok(None) => self.storage.list((*self.user).as_ref().unwrap(), path.clone()).await.map(|files| {
                 let mut buffer = String::new();
                 for file_info in files {
                     let filename = file_info
@@ -577,9 +597,13 @@ where
                     buffer.push_str(&line);
                     buffer.push_str("\r\n");
                 }
+                Box::new(std::io::Cursor::new(buffer.into_bytes())) as Box<dyn tokio::io::AsyncRead + Send + Unpin>
+            }),
+        };
 
+        match list_result {
+            Ok(mut input) => {
                 // Send the formatted data
-                let mut input = std::io::Cursor::new(buffer.into_bytes());
                 let result = tokio::io::copy(&mut input, &mut output).await;
 
                 if let Err(err) = output.shutdown().await {
