@@ -6,7 +6,9 @@
 # Each round uploads the same file, interleaved, with:
 #   curl FTPS -> wharf -> garage   explicit TLS (AUTH TLS, PROT P), passive mode
 #   aws s3 cp -> garage            no gateway at all
-# then prints medians and the ratio (target >= 0.9). Not part of CI.
+# then prints medians and the ratio (target >= 0.9), and wharf's peak RSS during its uploads
+# and during 8 concurrent FTPS uploads (bounded by storage.upload_memory: every byte a chunk
+# holds is counted). Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
@@ -53,6 +55,18 @@ for ((i = 0; i < 100; i++)); do grep -q "sftp listening on" "$WORK/wharf.out" 2>
 PORT=$(sed -n 's/^ftps listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/wharf.out")
 
 timed() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$WPID/status"; }
+# Samples wharf's RSS every 100 ms into $WORK/rss.peak while it runs (the highest value).
+peak_sampler() {
+  echo 0 > "$WORK/rss.peak"
+  while kill -0 "$WPID" 2>/dev/null; do
+    local r p; r=$(rss_kib); p=$(cat "$WORK/rss.peak")
+    [ "${r:-0}" -gt "$p" ] && echo "$r" > "$WORK/rss.peak"
+    sleep 0.1
+  done
+}
+peak_sampler &
+SAMPLER=$!
 ftps_put() {
   curl -sS --insecure --ssl-reqd --user "bench:$PASSWORD" -T "$WORK/upload.bin" \
     "ftp://127.0.0.1:$PORT/upload.bin"
@@ -75,3 +89,14 @@ echo "Upload of ${SIZE_MIB} MiB, median of $ROUNDS interleaved rounds:"
 printf '  %-26s %8.2f s %8.1f MB/s   rounds: %s\n' "curl FTPS -> wharf -> garage" "$mf" "$(echo "$SIZE_MIB * 1.048576 / $mf" | bc -l)" "$F"
 printf '  %-26s %8.2f s %8.1f MB/s   rounds: %s\n' "aws s3 cp -> garage" "$ma" "$(echo "$SIZE_MIB * 1.048576 / $ma" | bc -l)" "$A"
 printf '  wharf FTPS / aws s3 cp = %.2fx  (target >= 0.9)\n' "$(echo "$ma / $mf" | bc -l)"
+printf '  wharf peak RSS during the rounds: %d MiB\n' "$(( $(cat "$WORK/rss.peak") / 1024 ))"
+echo 0 > "$WORK/rss.peak"
+log "8 concurrent uploads"
+for i in 1 2 3 4 5 6 7 8; do
+  curl -sS --insecure --ssl-reqd --user "bench:$PASSWORD" -T "$WORK/upload.bin" \
+    "ftp://127.0.0.1:$PORT/concurrent-$i.bin" &
+done
+wait $(jobs -p | grep -v "^$SAMPLER$")
+sleep 0.3
+printf '  wharf peak RSS during 8 concurrent uploads: %d MiB (storage.upload_memory 1024 MiB)\n' "$(( $(cat "$WORK/rss.peak") / 1024 ))"
+kill "$SAMPLER" 2>/dev/null || true

@@ -20,7 +20,7 @@ pub const REORDER_PER_CONNECTION: usize = 16 << 20;
 pub const REORDER_PER_PROCESS: usize = 256 << 20;
 /// Writes queued between the protocol handler and the storage task (each at most one SFTP
 /// write, 255 KiB, or one FTPS chunk, 256 KiB).
-const QUEUE_DEPTH: usize = 2;
+const QUEUE_DEPTH: usize = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {

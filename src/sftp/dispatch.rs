@@ -29,7 +29,7 @@ const FX_OP_UNSUPPORTED: u32 = 8;
 pub const REQUEST_QUEUE_BYTES: usize = 1 << 20;
 /// Of that, what large requests (writes) may take: a write waiting for storage backpressure
 /// then holds two more behind it, not four megabytes' worth.
-pub const LARGE_REQUEST_QUEUE_BYTES: usize = 512 << 10;
+pub const LARGE_REQUEST_QUEUE_BYTES: usize = 256 << 10;
 /// Requests over this size count as large.
 const LARGE_REQUEST: usize = 4096;
 /// What one queued request costs beyond its bytes (allocation, queue slot).

@@ -107,7 +107,7 @@ pub fn russh_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::C
         maximum_packet_size: 65535,
         // Messages russh holds for a channel before it stops reading the connection; the SFTP
         // loop's own read-ahead queue (bounded in bytes) takes them off at once.
-        channel_buffer_size: 16,
+        channel_buffer_size: 4,
         preferred: preferred(),
         ..Default::default()
     }

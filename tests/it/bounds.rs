@@ -138,6 +138,13 @@ async fn out_of_order_writes_are_held_within_their_bounds() {
     assert_eq!(held, 33, "{replies:?}"); // 33 × 250,000 bytes end within 8 MiB of offset 0
     assert!(replies[held].1.contains("reorder window"), "{replies:?}");
 
+    // An offset whose end does not fit in 64 bits is refused, not wrapped around.
+    let h = open_write(&mut ch, 9, b"wrap.bin").await.unwrap();
+    let replies =
+        pipelined_writes(&mut ch, 900, &[write_body(&h, u64::MAX - 4, &chunk[..10])]).await;
+    assert_eq!(replies[0].0, 8, "{replies:?}");
+    assert!(replies[0].1.contains("largest file size"), "{replies:?}");
+
     // Over all of a connection's files, at most 16 MiB is held.
     let mut refused = None;
     'files: for f in 0..4u32 {
