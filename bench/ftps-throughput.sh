@@ -92,11 +92,13 @@ printf '  wharf FTPS / aws s3 cp = %.2fx  (target >= 0.9)\n' "$(echo "$ma / $mf"
 printf '  wharf peak RSS during the rounds: %d MiB\n' "$(( $(cat "$WORK/rss.peak") / 1024 ))"
 echo 0 > "$WORK/rss.peak"
 log "8 concurrent uploads"
+CURLS=()
 for i in 1 2 3 4 5 6 7 8; do
   curl -sS --insecure --ssl-reqd --user "bench:$PASSWORD" -T "$WORK/upload.bin" \
     "ftp://127.0.0.1:$PORT/concurrent-$i.bin" &
+  CURLS+=($!)
 done
-wait $(jobs -p | grep -v "^$SAMPLER$")
+wait "${CURLS[@]}"
 sleep 0.3
 printf '  wharf peak RSS during 8 concurrent uploads: %d MiB (storage.upload_memory 1024 MiB)\n' "$(( $(cat "$WORK/rss.peak") / 1024 ))"
 kill "$SAMPLER" 2>/dev/null || true
