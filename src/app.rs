@@ -20,6 +20,8 @@ use crate::ftps::{FtpsContext, FtpsServer};
 use crate::identity::auth::Authenticator;
 use crate::identity::bans::Bans;
 use crate::identity::Hasher;
+use crate::journal::reconciler::Reconciler;
+use crate::journal::Journal;
 use crate::session::limits::{ConnectionLimits, Gate};
 use crate::session::{SessionContext, UploadRegistry};
 use crate::sftp::{hostkeys, SftpContext, SftpServer};
@@ -39,6 +41,8 @@ pub struct App {
     ftps: Option<(Arc<FtpsServer>, TcpListener, Option<TcpListener>)>,
     uploads: Arc<UploadRegistry>,
     dispatcher: Dispatcher,
+    journal: Journal,
+    reconciler: Reconciler,
 }
 
 impl App {
@@ -96,10 +100,25 @@ impl App {
         } else {
             config.events.source.clone()
         };
+        let journal = Journal::new(outbox.clone(), config.recovery.heartbeat.0);
         let observer = OutboxObserver::new(outbox, source, config.security.temp_suffixes.clone());
+        let reconciler = Reconciler {
+            journal: journal.clone(),
+            storage: storage.clone(),
+            observer: observer.clone(),
+            default_home: Home::default_base(
+                &config.storage.default_home,
+                &std::env::current_dir().context("current directory")?,
+            )?,
+            interval: config.recovery.interval.0,
+            orphan_grace: config.recovery.orphan_grace.0,
+            staged_ttl: config.recovery.staged_ttl.0,
+            retention: config.events.retention.0,
+        };
         let sessions = Arc::new(SessionContext {
             uploads: uploads.clone(),
             observer: Arc::new(observer),
+            journal: Arc::new(journal.clone()),
             setstat: config.security.setstat,
         });
         let gate = Gate::new(
@@ -158,6 +177,8 @@ impl App {
             ftps,
             uploads,
             dispatcher,
+            journal,
+            reconciler,
         })
     }
 
@@ -189,6 +210,13 @@ impl App {
         let force = CancellationToken::new();
         let stop_events = CancellationToken::new();
         let events = tokio::spawn(self.dispatcher.run(stop_events.clone()));
+        // Alive first, then settle what dead instances left (this one's previous life too).
+        let stop_journal = CancellationToken::new();
+        if let Err(e) = self.journal.beat().await {
+            tracing::warn!(error = %e, "cannot record this instance's heartbeat");
+        }
+        let heartbeat = tokio::spawn(self.journal.clone().run_heartbeat(stop_journal.clone()));
+        let reconciler = tokio::spawn(self.reconciler.run(stop_journal.clone()));
         // Stays up through the drain, so probes see the instance until it is gone.
         let stop_ops = CancellationToken::new();
         if let Some((listener, endpoint)) = self.ops {
@@ -244,6 +272,9 @@ impl App {
             tracing::error!("some aborted uploads could not be cleaned up in time");
         }
         // Undelivered events stay in the outbox for the next start (or another instance).
+        stop_journal.cancel();
+        let _ = reconciler.await;
+        let _ = heartbeat.await;
         stop_events.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), events).await;
         stop_ops.cancel();

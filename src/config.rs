@@ -39,8 +39,36 @@ pub struct Config {
     pub storage: StorageConfig,
     pub events: EventsConfig,
     pub security: SecurityConfig,
+    pub recovery: RecoveryConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+}
+
+/// What an instance does about work a dead one left (`journal/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// How often an instance says it is alive; one silent for three of these is dead, and
+    /// its commits under way and multipart uploads are taken over.
+    pub heartbeat: HumanDuration,
+    /// How often every instance looks for such work (and prunes old records).
+    pub interval: HumanDuration,
+    /// S3 multipart uploads no instance tracks, and local temporary files, are aborted or
+    /// removed once this old.
+    pub orphan_grace: HumanDuration,
+    /// A temp-name upload never renamed is forgotten after this.
+    pub staged_ttl: HumanDuration,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: HumanDuration(Duration::from_secs(10)),
+            interval: HumanDuration(Duration::from_secs(30)),
+            orphan_grace: HumanDuration(Duration::from_secs(3600)),
+            staged_ttl: HumanDuration(Duration::from_secs(7 * 86400)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,6 +216,8 @@ pub struct EventsConfig {
     /// How long a claimed delivery stays reserved to one instance; a crashed instance's
     /// claims are taken over after this.
     pub lease: HumanDuration,
+    /// Events whose deliveries are all done are deleted once this old.
+    pub retention: HumanDuration,
     /// `None` (the key is absent) means the embedded default: one jsonl sink at `events.jsonl`.
     pub sinks: Option<Vec<SinkConfig>>,
 }
@@ -197,6 +227,7 @@ impl Default for EventsConfig {
         Self {
             source: String::new(),
             lease: HumanDuration(Duration::from_secs(30)),
+            retention: HumanDuration(Duration::from_secs(30 * 86400)),
             sinks: None,
         }
     }

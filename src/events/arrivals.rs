@@ -1,13 +1,17 @@
 //! Turns the ends of uploads into outbox events: completed and failed uploads, temp-name
-//! uploads (`*.filepart`, …) that arrive only when renamed to their final name.
+//! uploads (`*.filepart`, …) that arrive only when renamed to their final name. Each
+//! arrival is recorded in the transaction that clears its commit intent.
 
 use async_trait::async_trait;
 
 use super::outbox::{Outbox, Staged};
 use super::{Arrival, Event};
-use crate::session::{SessionInfo, UploadObserver, UploadOutcome, UploadRecord};
+use crate::session::{
+    Intent, SessionInfo, StagedFacts, UploadObserver, UploadOutcome, UploadRecord,
+};
 use crate::storage::Location;
 
+#[derive(Clone)]
 pub struct OutboxObserver {
     outbox: Outbox,
     source: String,
@@ -23,47 +27,119 @@ impl OutboxObserver {
         }
     }
 
-    fn is_temp(&self, path: &str) -> bool {
+    pub fn is_temp(&self, path: &str) -> bool {
         self.temp_suffixes
             .iter()
             .any(|s| !s.is_empty() && path.ends_with(s.as_str()))
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Records a completed upload: its arrival event, or (under a temp name) the facts its
+    /// rename will need; `intent` is cleared in the same transaction.
+    pub async fn arrived(
+        &self,
+        session: &SessionInfo,
+        client_path: &str,
+        location: &Location,
+        facts: &StagedFacts,
+        etag: Option<&str>,
+        intent: Option<&Intent>,
+    ) -> Result<(), String> {
+        let intent = intent.map(|i| (i.location.as_str(), i.id.as_str()));
+        if self.is_temp(client_path) {
+            // No arrival yet: remember the content for the rename that completes it.
+            return self
+                .outbox
+                .stage(
+                    &location.uri,
+                    &Staged {
+                        etag: etag.map(String::from),
+                        ..facts.clone()
+                    },
+                    intent,
+                )
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let event = Event::build(
+            &self.source,
+            &Arrival {
+                session,
+                path: client_path,
+                location,
+                bytes: facts.bytes,
+                sha256: Some(&facts.sha256),
+                etag,
+                started_at: facts.started_at,
+                finished_at: crate::identity::now(),
+                failure: None,
+            },
+        );
+        self.outbox
+            .record(&event, None, intent)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
 #[async_trait]
 impl UploadObserver for OutboxObserver {
-    async fn completed(&self, r: &UploadRecord) -> Result<(), String> {
+    async fn completed(&self, r: &UploadRecord, intent: Option<&Intent>) -> Result<(), String> {
         let UploadOutcome::Completed(stored) = &r.outcome else {
             return Ok(());
         };
+        let facts = StagedFacts {
+            bytes: stored.bytes,
+            sha256: stored.sha256.clone(),
+            etag: stored.etag.clone(),
+            started_at: r.started_at,
+        };
         if self.is_temp(&r.path) {
-            // No arrival yet: remember the content for the rename that completes it.
             return self
-                .outbox
-                .stage(
-                    &stored.location.uri,
-                    &Staged {
-                        bytes: stored.bytes,
-                        sha256: stored.sha256.clone(),
-                        etag: stored.etag.clone(),
-                        started_at: r.started_at,
-                    },
+                .arrived(
+                    &r.session,
+                    &r.path,
+                    &stored.location,
+                    &facts,
+                    stored.etag.as_deref(),
+                    intent,
                 )
-                .await
-                .map_err(|e| e.to_string());
+                .await;
         }
         let event = Event::from_record(&self.source, r);
         self.outbox
-            .record(&event, None)
+            .record(
+                &event,
+                None,
+                intent.map(|i| (i.location.as_str(), i.id.as_str())),
+            )
             .await
             .map_err(|e| e.to_string())
     }
 
     async fn failed(&self, r: &UploadRecord) {
         let event = Event::from_record(&self.source, r);
-        if let Err(e) = self.outbox.record(&event, None).await {
+        if let Err(e) = self.outbox.record(&event, None, None).await {
             tracing::error!(path = %r.path, error = %e, "could not record a failed upload event");
         }
+    }
+
+    fn is_arrival(&self, from: &str, to: &str) -> bool {
+        self.is_temp(from) && !self.is_temp(to)
+    }
+
+    async fn staged(&self, location: &Location) -> Result<Option<StagedFacts>, String> {
+        self.outbox
+            .staged(&location.uri)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn renamed(
@@ -72,19 +148,14 @@ impl UploadObserver for OutboxObserver {
         from: (&str, &Location),
         to: (&str, &Location),
         etag: Option<&str>,
+        facts: Option<&StagedFacts>,
+        intent: Option<&Intent>,
     ) -> Result<(), String> {
+        let intent_key = intent.map(|i| (i.location.as_str(), i.id.as_str()));
         match (self.is_temp(from.0), self.is_temp(to.0)) {
             (true, false) => {
-                let staged = self
-                    .outbox
-                    .staged(&from.1.uri)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let now = crate::identity::now();
-                let (bytes, sha256, started_at) = match &staged {
-                    Some(s) => (s.bytes, Some(s.sha256.as_str()), s.started_at),
-                    // Uploaded before wharf knew of it (or by another route): size unknown.
-                    None => (0, None, now),
+                let Some(facts) = facts else {
+                    return Err("the arriving file's size and SHA-256 are unknown".into());
                 };
                 let event = Event::build(
                     &self.source,
@@ -92,17 +163,17 @@ impl UploadObserver for OutboxObserver {
                         session,
                         path: to.0,
                         location: to.1,
-                        bytes,
-                        sha256,
+                        bytes: facts.bytes,
+                        sha256: Some(&facts.sha256),
                         // The object now at the final key (an S3 copy has its own ETag).
                         etag,
-                        started_at,
-                        finished_at: now,
+                        started_at: facts.started_at,
+                        finished_at: crate::identity::now(),
                         failure: None,
                     },
                 );
                 self.outbox
-                    .record(&event, Some(&from.1.uri))
+                    .record(&event, Some(&from.1.uri), intent_key)
                     .await
                     .map_err(|e| e.to_string())
             }
@@ -111,8 +182,23 @@ impl UploadObserver for OutboxObserver {
                 .restage(&from.1.uri, &to.1.uri)
                 .await
                 .map_err(|e| e.to_string()),
-            // Renaming an arrived file, or to a temp name, is not an arrival.
-            _ => Ok(()),
+            // A file that already arrived, renamed to a temp name: remember what it holds, so
+            // renaming it back announces exactly that.
+            (false, true) => {
+                if let Ok(Some(f)) = self.outbox.last_arrival(&from.1.uri).await {
+                    let staged = Staged {
+                        etag: etag.map(String::from),
+                        ..f
+                    };
+                    self.outbox
+                        .stage(&to.1.uri, &staged, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            // Renaming an arrived file to another final name is not an arrival.
+            (false, false) => Ok(()),
         }
     }
 

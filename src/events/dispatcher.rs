@@ -147,7 +147,7 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
             .map(|run| {
                 let w = w.clone();
                 let outbox = outbox.clone();
-                async move { deliver_run(&outbox, &w, run).await }
+                async move { deliver_run(&outbox, &w, run, lease).await }
             })
             .collect();
         while inflight.next().await.is_some() {}
@@ -158,8 +158,11 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
 }
 
 /// Delivers one account's claimed events in order; stops at the first failure and gives the
-/// rest back, so nothing overtakes an event that is being retried.
-async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>) {
+/// rest back, so nothing overtakes an event that is being retried. Each delivery is recorded
+/// as soon as the sink has it, and the claim is extended before each attempt (for longer
+/// than the sink may take): a slow sink never lets the lease lapse under a run, so another
+/// instance cannot send the same events, and a worker that lost its claim anyway stops.
+async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_for: Duration) {
     let name = w.sink.name();
     let (Some(lease), Some(user)) = (
         run.first().map(|c| c.lease.clone()),
@@ -167,22 +170,45 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>) {
     ) else {
         return;
     };
-    let mut last_delivered = None;
+    let hold = lease_for.max(w.sink.timeout() + Duration::from_secs(5));
     let mut stopped = false;
     for c in &run {
+        let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
+        match outbox.extend(name, &lease, until).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(sink = name, username = %user, "claim lost to another instance; stopping this run");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(sink = name, error = %e, "cannot extend a claim; stopping this run");
+                stopped = true;
+                break;
+            }
+        }
         match deliver_one(outbox, w, c).await {
-            Attempt::Delivered => last_delivered = Some(c.seq),
+            Attempt::Delivered => {
+                crate::testing::crash_point("delivery.after_send");
+                match outbox.delivered(name, &lease, c.seq).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(sink = name, event_id = %c.event.id, "delivered after the claim was lost: it may be delivered again");
+                        return;
+                    }
+                    // The sink has it; it may be sent again after the lease: at-least-once.
+                    Err(e) => {
+                        tracing::warn!(sink = name, event_id = %c.event.id, error = %e, "delivered but not recorded");
+                        stopped = true;
+                        break;
+                    }
+                }
+            }
             Attempt::Dead => {}
             Attempt::Retry => {
                 stopped = true;
                 break;
             }
-        }
-    }
-    if let Some(last) = last_delivered {
-        if let Err(e) = outbox.delivered(name, &lease, &user, last).await {
-            // The sink has them; they may be sent again after the lease: at-least-once.
-            tracing::warn!(sink = name, error = %e, "delivered but not recorded");
+            Attempt::Lost => return,
         }
     }
     if stopped {
@@ -197,6 +223,8 @@ enum Attempt {
     /// Given up (older than `max_age`): it no longer holds the account's later events back.
     Dead,
     Retry,
+    /// The claim was no longer this worker's: nothing was recorded.
+    Lost,
 }
 
 /// One attempt. Failures are recorded here; successes by the caller, in one transaction.
@@ -225,8 +253,15 @@ async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: &Claimed) -> Attempt {
             tracing::warn!(activity = "EVENT_DELIVERY", event_id = %c.event.id, sink = name, outcome, attempt, error = %message, retry_in_ms = delay.as_millis() as u64);
             metrics().delivery(name, outcome).inc();
             let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-            if let Err(e) = outbox.failed(c.seq, name, &message, next, dead).await {
-                tracing::warn!(event_id = %c.event.id, sink = name, error = %e, "could not record a failed delivery");
+            match outbox
+                .failed(c.seq, name, &c.lease, &message, next, dead)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Attempt::Lost,
+                Err(e) => {
+                    tracing::warn!(event_id = %c.event.id, sink = name, error = %e, "could not record a failed delivery")
+                }
             }
             if dead {
                 Attempt::Dead

@@ -69,13 +69,11 @@ pub struct DeliveryState {
 }
 
 /// A temp-name upload waiting for the rename that makes it arrive.
-#[derive(Debug, Clone)]
-pub struct Staged {
-    pub bytes: u64,
-    pub sha256: String,
-    pub etag: Option<String>,
-    pub started_at: DateTime<Utc>,
-}
+pub type Staged = crate::session::StagedFacts;
+
+/// Deletes a commit intent (`journal/`) in the transaction that records its outcome, so the
+/// event and the end of the intent are one step: `(location, intent id)`.
+const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND id = $2";
 
 /// An `events` row; both databases decode it the same way.
 #[derive(sqlx::FromRow)]
@@ -156,8 +154,15 @@ impl Outbox {
         &self.db
     }
 
-    /// Held for the length of a write on SQLite; nothing on Postgres.
-    async fn writing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    /// The pool whose commits are not flushed one by one (see `Db::bookkeeping`): what a
+    /// crash of wharf (not of the database) never loses.
+    pub fn bookkeeping(&self) -> &Db {
+        &self.bookkeeping
+    }
+
+    /// Held for the length of a write on SQLite (one writer at a time, handed over in
+    /// order); nothing on Postgres. Every writer of this database in the process takes it.
+    pub(crate) async fn writing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match self.db {
             Db::Sqlite(_) => Some(self.sqlite_writer.lock().await),
             Db::Postgres(_) => None,
@@ -165,8 +170,14 @@ impl Outbox {
     }
 
     /// Writes the event and one pending delivery per sink, atomically. `staged_remove` also
-    /// deletes a staged temp upload in the same transaction (a rename that arrives).
-    pub async fn record(&self, e: &Event, staged_remove: Option<&str>) -> Result<()> {
+    /// deletes a staged temp upload in the same transaction (a rename that arrives), and
+    /// `intent` (location, id) the commit intent the event settles.
+    pub async fn record(
+        &self,
+        e: &Event,
+        staged_remove: Option<&str>,
+        intent: Option<(&str, &str)>,
+    ) -> Result<()> {
         let _writing = self.writing().await;
         let now = micros(Utc::now());
         on_pool!(&self.db, pool => {
@@ -194,6 +205,9 @@ impl Outbox {
                     .bind(loc)
                     .execute(&mut *tx)
                     .await?;
+            }
+            if let Some((loc, id)) = intent {
+                sqlx::query(CLEAR_INTENT).bind(loc).bind(id).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
@@ -274,40 +288,47 @@ impl Outbox {
         Ok(())
     }
 
-    /// Records that the sink acknowledged every still-pending delivery of this claim for
-    /// `username` up to `last_seq` (those before it were delivered in order or are dead).
-    pub async fn delivered(
-        &self,
-        sink: &str,
-        lease: &str,
-        username: &str,
-        last_seq: i64,
-    ) -> Result<()> {
+    /// Keeps this claim's deliveries reserved until `until`. False when the claim is no
+    /// longer this worker's (its lease ran out and another instance took the account).
+    pub async fn extend(&self, sink: &str, lease: &str, until: DateTime<Utc>) -> Result<bool> {
         let _writing = self.writing().await;
-        let now = micros(Utc::now());
-        on_pool!(&self.bookkeeping, pool => {
-            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $5, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending' AND event_seq <= $4")
-                .bind(sink).bind(lease).bind(username).bind(last_seq).bind(now).execute(pool).await?;
+        let n = on_pool!(&self.bookkeeping, pool => {
+            sqlx::query("UPDATE event_deliveries SET lease_until_us = $3 WHERE sink = $1 AND lease_owner = $2 AND state = 'pending'")
+                .bind(sink).bind(lease).bind(micros(until)).execute(pool).await?.rows_affected()
         });
-        Ok(())
+        Ok(n > 0)
     }
 
-    /// A failed attempt: retry at `next_at`, or give up (`dead`) when `dead` is set.
+    /// Records that the sink acknowledged one delivery of this claim, as soon as it did.
+    /// False when the claim was no longer this worker's.
+    pub async fn delivered(&self, sink: &str, lease: &str, seq: i64) -> Result<bool> {
+        let _writing = self.writing().await;
+        let now = micros(Utc::now());
+        let n = on_pool!(&self.bookkeeping, pool => {
+            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $4, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND event_seq = $3 AND state = 'pending'")
+                .bind(sink).bind(lease).bind(seq).bind(now).execute(pool).await?.rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// A failed attempt of this claim: retry at `next_at`, or give up (`dead`). False when
+    /// the claim was no longer this worker's (nothing is changed then).
     pub async fn failed(
         &self,
         seq: i64,
         sink: &str,
+        lease: &str,
         error: &str,
         next_at: DateTime<Utc>,
         dead: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let _writing = self.writing().await;
         let state = if dead { "dead" } else { "pending" };
-        on_pool!(&self.bookkeeping, pool => {
-            sqlx::query("UPDATE event_deliveries SET state = $3, attempts = attempts + 1, next_at_us = $4, last_error = $5, lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2")
-                .bind(seq).bind(sink).bind(state).bind(micros(next_at)).bind(error).execute(pool).await?;
+        let n = on_pool!(&self.bookkeeping, pool => {
+            sqlx::query("UPDATE event_deliveries SET state = $3, attempts = attempts + 1, next_at_us = $4, last_error = $5, lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2 AND lease_owner = $6")
+                .bind(seq).bind(sink).bind(state).bind(micros(next_at)).bind(error).bind(lease).execute(pool).await?.rows_affected()
         });
-        Ok(())
+        Ok(n > 0)
     }
 
     /// Pending deliveries per sink, and the time of the oldest one.
@@ -349,15 +370,63 @@ impl Outbox {
         Ok(next.map(from_micros))
     }
 
-    pub async fn stage(&self, location: &str, s: &Staged) -> Result<()> {
+    /// Remembers a temp-name upload until its rename, clearing its commit `intent` in the
+    /// same transaction.
+    pub async fn stage(
+        &self,
+        location: &str,
+        s: &Staged,
+        intent: Option<(&str, &str)>,
+    ) -> Result<()> {
         let _writing = self.writing().await;
         let now = micros(Utc::now());
         on_pool!(&self.db, pool => {
+            let mut tx = pool.begin_with(begin(&self.db)).await?;
             sqlx::query("INSERT INTO staged_uploads (location, bytes, sha256, etag, started_us, created_us) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (location) DO UPDATE SET bytes = excluded.bytes, sha256 = excluded.sha256, etag = excluded.etag, started_us = excluded.started_us, created_us = excluded.created_us")
                 .bind(location).bind(s.bytes as i64).bind(&s.sha256).bind(&s.etag).bind(micros(s.started_at)).bind(now)
-                .execute(pool).await?;
+                .execute(&mut *tx).await?;
+            if let Some((loc, id)) = intent {
+                sqlx::query(CLEAR_INTENT).bind(loc).bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// The facts of the last completed upload announced for `location`, from its event (to
+    /// stage a file renamed from a final name to a temp one).
+    pub async fn last_arrival(&self, location: &str) -> Result<Option<Staged>> {
+        let bodies: Vec<String> = on_pool!(&self.db, pool => {
+            sqlx::query_scalar("SELECT body FROM events WHERE type = 'wharf.upload.completed' AND body LIKE $1 ESCAPE '\\' ORDER BY seq DESC LIMIT 20")
+                .bind(format!(
+                    "%{}%",
+                    location.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+                ))
+                .fetch_all(pool).await?
+        });
+        for b in bodies {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&b) else {
+                continue;
+            };
+            let d = &v["data"];
+            if d["location"] != location {
+                continue;
+            }
+            let (Some(bytes), Some(sha256)) = (d["bytes"].as_u64(), d["sha256"].as_str()) else {
+                continue;
+            };
+            return Ok(Some(Staged {
+                bytes,
+                sha256: sha256.to_string(),
+                etag: d["etag"].as_str().map(String::from),
+                started_at: d["started_at"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or_else(Utc::now),
+            }));
+        }
+        Ok(None)
     }
 
     pub async fn staged(&self, location: &str) -> Result<Option<Staged>> {

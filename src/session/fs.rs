@@ -9,12 +9,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use super::intent::{Intent, IntentKind, JournalError};
 use super::path::{PathError, VirtualPath};
 use super::upload::{UploadError, UploadPipeline};
-use super::{Session, UploadOutcome, UploadRecord};
+use super::{Session, StagedFacts, UploadOutcome, UploadRecord};
 use crate::config::SetstatPolicy;
 use crate::identity::Permission;
-use crate::storage::{Capacity, DirEntry, DirStream, ErrorKind, Meta, StorageError, Stored};
+use crate::storage::{
+    Capacity, DirEntry, DirStream, ErrorKind, Meta, Sealed, StorageError, Stored, UploadContext,
+};
 use crate::telemetry::metrics::metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,20 @@ fn storage(e: StorageError, path: &VirtualPath) -> FsError {
         }
     };
     FsError::new(kind, message)
+}
+
+/// A commit that could not be journaled: the client may retry.
+fn journal_error(e: JournalError, path: &VirtualPath) -> FsError {
+    match e {
+        JournalError::Busy => FsError::new(FsErrorKind::Failure, format!("{path}: {e}")),
+        JournalError::Database(why) => {
+            tracing::error!(activity = "ERROR", path = %path, error = %why, "cannot journal a commit");
+            FsError::new(
+                FsErrorKind::Failure,
+                format!("{path}: the arrival cannot be recorded now; try again later"),
+            )
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -266,12 +283,30 @@ impl Session {
             Err(e) if e.kind == ErrorKind::NotFound => {}
             Err(e) => return Err(storage(e, path)),
         }
+        let location = self.backend.location(&rel);
+        let started_at = crate::identity::now();
+        let ctx = UploadContext {
+            scope: self.quota.uploads.clone(),
+            tracker: self.ctx.journal.tracker(),
+            // What the reconciler needs to announce the upload as failed if this process dies
+            // with its multipart upload open.
+            note: serde_json::json!({
+                "username": self.info.username,
+                "session_id": self.info.id,
+                "protocol": self.info.protocol.name(),
+                "client_ip": self.info.client_ip.to_string(),
+                "path": path.to_string(),
+                "location": location.uri,
+                "bucket": location.bucket,
+                "key": location.key,
+                "started_at": started_at,
+            }),
+        };
         let upload = self
             .backend
-            .begin_upload(&rel, self.quota.uploads.clone())
+            .begin_upload(&rel, ctx)
             .await
             .map_err(|e| storage(e, path))?;
-        let location = self.backend.location(&rel);
         tracing::info!(parent: &self.span,activity = "OPEN", path = %path, mode = "write");
         Ok(WriteFile {
             path: path.clone(),
@@ -283,7 +318,7 @@ impl Session {
                     self.quota.reorder.clone(),
                 ),
                 location,
-                started_at: crate::identity::now(),
+                started_at,
                 started: Instant::now(),
             }),
             session: self.clone(),
@@ -317,18 +352,65 @@ impl Session {
             .map_err(|e| storage(e, &VirtualPath::root()))
     }
 
-    /// Completes an upload: commits it in storage, then records its arrival. The client's
-    /// close succeeds only if both did.
+    /// Completes an upload: puts everything into storage (not yet visible), writes down the
+    /// intent to publish it, publishes it, then records its arrival and clears the intent in
+    /// one transaction. The client's close succeeds only if all of that did; a process that
+    /// dies in between leaves the intent for the reconciler to finish.
     pub async fn close_write(&self, mut file: WriteFile) -> Result<Stored, FsError> {
         let path = file.path.clone();
-        let Some(u) = file.upload.take() else {
+        let Some(mut u) = file.upload.take() else {
             return Err(FsError::new(
                 FsErrorKind::Failure,
                 format!("{path}: upload ended"),
             ));
         };
         let received = u.pipeline.received();
+        let sealed = match u.pipeline.seal().await {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(self
+                    .close_failed(&path, (&u.location, u.started_at), received, e)
+                    .await)
+            }
+        };
+        let intent = self.upload_intent(&path, &u, &sealed);
+        if let Err(e) = self.ctx.journal.begin(&intent).await {
+            u.pipeline.abort().await;
+            let err = journal_error(e, &path);
+            self.record_failure(
+                &path,
+                (&u.location, u.started_at),
+                received,
+                "storage_error",
+                &err.message,
+            )
+            .await;
+            return Err(err);
+        }
+        // Two handles (sessions, instances) may have passed the existence check at open: under
+        // the commit lock, an account without `overwrite` still cannot replace a file.
+        if !self.account.permissions.has(Permission::Overwrite)
+            && self.backend.stat(&path.relative()).await.is_ok()
+        {
+            self.ctx.journal.cancel(&intent).await;
+            u.pipeline.abort().await;
+            let err = FsError::new(
+                FsErrorKind::PermissionDenied,
+                format!("{path}: already exists (another upload of it finished first); replacing an existing file needs the overwrite permission"),
+            );
+            self.record_failure(
+                &path,
+                (&u.location, u.started_at),
+                received,
+                "already_exists",
+                &err.message,
+            )
+            .await;
+            return Err(err);
+        }
+        crate::testing::crash_point("upload.before_commit");
         let res = u.pipeline.commit().await;
+        crate::testing::crash_point("upload.after_commit");
         let finished_at = crate::identity::now();
         let record = |outcome| UploadRecord {
             session: self.info.clone(),
@@ -340,13 +422,17 @@ impl Session {
         match res {
             Ok(stored) => {
                 let rec = record(UploadOutcome::Completed(stored.clone()));
-                if let Err(why) = self.ctx.observer.completed(&rec).await {
+                if let Err(why) = self.ctx.observer.completed(&rec, Some(&intent)).await {
                     tracing::error!(parent: &self.span,activity = "ERROR", path = %path, error = %why, "arrival not recorded; removing the object");
                     metrics().upload_failed(self.info.protocol.name());
                     // The client is told the upload failed, so it must not stay visible
                     // without its event: it will be uploaded again.
-                    if let Err(e) = self.backend.delete(&path.relative()).await {
-                        tracing::error!(parent: &self.span,activity = "ERROR", path = %path, error = %e, "could not remove the unrecorded object");
+                    match self.backend.delete(&path.relative()).await {
+                        Ok(()) => self.ctx.journal.cancel(&intent).await,
+                        // The intent stays: the reconciler announces the object later.
+                        Err(e) => {
+                            tracing::error!(parent: &self.span,activity = "ERROR", path = %path, error = %e, "could not remove the unrecorded object; the reconciler will announce it")
+                        }
                     }
                     return Err(FsError::new(
                         FsErrorKind::Failure,
@@ -370,25 +456,81 @@ impl Session {
                 Ok(stored)
             }
             Err(e) => {
-                let (code, err) = match e {
-                    UploadError::Unsupported(m) => (
-                        "unsupported_write",
-                        FsError::new(FsErrorKind::Unsupported, m),
-                    ),
-                    UploadError::Storage(e) => ("storage_error", storage(e, &path)),
-                };
-                let rec = record(UploadOutcome::Failed {
-                    location: u.location.clone(),
-                    bytes: received,
-                    code,
-                    message: err.message.clone(),
-                });
-                metrics().upload_failed(self.info.protocol.name());
-                tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %path, bytes = received, reason = %err.message);
-                self.ctx.observer.failed(&rec).await;
-                Err(err)
+                // Storage refused the commit (an ambiguous answer was settled by looking at
+                // the object): nothing was published.
+                self.ctx.journal.cancel(&intent).await;
+                Err(self
+                    .close_failed(&path, (&u.location, u.started_at), received, e)
+                    .await)
             }
         }
+    }
+
+    fn upload_intent(&self, path: &VirtualPath, u: &OpenUpload, sealed: &Sealed) -> Intent {
+        Intent {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: IntentKind::Upload,
+            location: u.location.uri.clone(),
+            home: self.account.home.to_uri(),
+            path: path.relative(),
+            client_path: path.to_string(),
+            from_path: None,
+            from_client_path: None,
+            username: self.info.username.clone(),
+            session_id: self.info.id.clone(),
+            protocol: self.info.protocol.name().to_string(),
+            client_ip: self.info.client_ip.to_string(),
+            bytes: sealed.bytes,
+            sha256: sealed.sha256.clone(),
+            crc64nvme: sealed.crc64nvme.clone(),
+            upload_id: sealed.upload_id.clone(),
+            started_at: u.started_at,
+        }
+    }
+
+    /// An upload that could not be sealed or committed: logged, counted, announced.
+    async fn close_failed(
+        &self,
+        path: &VirtualPath,
+        u: (&crate::storage::Location, DateTime<Utc>),
+        received: u64,
+        e: UploadError,
+    ) -> FsError {
+        let (code, err) = match e {
+            UploadError::Unsupported(m) => (
+                "unsupported_write",
+                FsError::new(FsErrorKind::Unsupported, m),
+            ),
+            UploadError::Storage(e) => ("storage_error", storage(e, path)),
+        };
+        self.record_failure(path, u, received, code, &err.message)
+            .await;
+        err
+    }
+
+    async fn record_failure(
+        &self,
+        path: &VirtualPath,
+        (location, started_at): (&crate::storage::Location, DateTime<Utc>),
+        received: u64,
+        code: &'static str,
+        message: &str,
+    ) {
+        let rec = UploadRecord {
+            session: self.info.clone(),
+            path: path.to_string(),
+            started_at,
+            finished_at: crate::identity::now(),
+            outcome: UploadOutcome::Failed {
+                location: location.clone(),
+                bytes: received,
+                code,
+                message: message.to_string(),
+            },
+        };
+        metrics().upload_failed(self.info.protocol.name());
+        tracing::warn!(parent: &self.span,activity = "PARTIAL_CLOSE", path = %path, bytes = received, reason = %message);
+        self.ctx.observer.failed(&rec).await;
     }
 
     /// Abandons an upload (client gone, timeout, shutdown): nothing becomes visible.
@@ -521,7 +663,9 @@ impl Session {
         Ok(())
     }
 
-    /// Renames a file; replacing an existing file needs the overwrite permission too.
+    /// Renames a file; replacing an existing file needs the overwrite permission too. A
+    /// temp-name upload renamed to its final name arrives: the rename is journaled like an
+    /// upload's commit, and its event carries the exact size and SHA-256 of what was renamed.
     pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath) -> Result<(), FsError> {
         self.require(Permission::Rename, "renaming")?;
         if from.is_root() || to.is_root() {
@@ -533,6 +677,7 @@ impl Session {
         if from == to {
             return Ok(());
         }
+        let may_overwrite = self.account.permissions.has(Permission::Overwrite);
         match self.backend.stat(&to.relative()).await {
             Ok(m) if !m.is_dir => {
                 self.require(Permission::Overwrite, "replacing an existing file")?
@@ -540,15 +685,62 @@ impl Session {
             _ => {}
         }
         let (src, dst) = (from.relative(), to.relative());
-        let etag = self
-            .backend
-            .rename(&src, &dst)
-            .await
-            .map_err(|e| storage(e, from))?;
-        tracing::info!(parent: &self.span,activity = "RENAME", path = %from, to = %to);
         let (from_s, to_s) = (from.to_string(), to.to_string());
         let from_loc = self.backend.location(&src);
         let to_loc = self.backend.location(&dst);
+        let arrival = self.ctx.observer.is_arrival(&from_s, &to_s);
+        let (facts, intent) = if arrival {
+            let facts = self.rename_facts(from, &from_loc).await?;
+            let intent = Intent {
+                id: uuid::Uuid::now_v7().to_string(),
+                kind: IntentKind::Rename,
+                location: to_loc.uri.clone(),
+                home: self.account.home.to_uri(),
+                path: dst.clone(),
+                client_path: to_s.clone(),
+                from_path: Some(src.clone()),
+                from_client_path: Some(from_s.clone()),
+                username: self.info.username.clone(),
+                session_id: self.info.id.clone(),
+                protocol: self.info.protocol.name().to_string(),
+                client_ip: self.info.client_ip.to_string(),
+                bytes: facts.bytes,
+                sha256: facts.sha256.clone(),
+                crc64nvme: None,
+                upload_id: None,
+                started_at: facts.started_at,
+            };
+            self.ctx
+                .journal
+                .begin(&intent)
+                .await
+                .map_err(|e| journal_error(e, to))?;
+            if !may_overwrite && self.backend.stat(&dst).await.is_ok_and(|m| !m.is_dir) {
+                self.ctx.journal.cancel(&intent).await;
+                return Err(FsError::denied(
+                    "replacing an existing file",
+                    Permission::Overwrite,
+                ));
+            }
+            (Some(facts), Some(intent))
+        } else {
+            (None, None)
+        };
+        let etag = match self
+            .backend
+            .rename(&src, &dst, facts.as_ref().and_then(|f| f.etag.as_deref()))
+            .await
+        {
+            Ok(etag) => etag,
+            Err(e) => {
+                if let Some(i) = &intent {
+                    self.ctx.journal.cancel(i).await;
+                }
+                return Err(storage(e, from));
+            }
+        };
+        crate::testing::crash_point("rename.after_rename");
+        tracing::info!(parent: &self.span,activity = "RENAME", path = %from, to = %to);
         if let Err(why) = self
             .ctx
             .observer
@@ -557,12 +749,21 @@ impl Session {
                 (&from_s, &from_loc),
                 (&to_s, &to_loc),
                 etag.as_deref(),
+                facts.as_ref(),
+                intent.as_ref(),
             )
             .await
         {
             tracing::error!(parent: &self.span,activity = "ERROR", path = %to, error = %why, "arrival not recorded; undoing the rename");
-            if let Err(e) = self.backend.rename(&dst, &src).await {
-                tracing::error!(parent: &self.span,activity = "ERROR", path = %to, error = %e, "could not undo the rename");
+            match self.backend.rename(&dst, &src, None).await {
+                Ok(_) => {
+                    if let Some(i) = &intent {
+                        self.ctx.journal.cancel(i).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(parent: &self.span,activity = "ERROR", path = %to, error = %e, "could not undo the rename; the reconciler will announce it")
+                }
             }
             return Err(FsError::new(
                 FsErrorKind::Failure,
@@ -570,6 +771,45 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// Size and SHA-256 of a temp-name upload about to arrive: what was recorded when it was
+    /// uploaded, or, when nothing was (it arrived by another route, or was renamed in from a
+    /// final name), read from storage.
+    async fn rename_facts(
+        &self,
+        path: &VirtualPath,
+        location: &crate::storage::Location,
+    ) -> Result<StagedFacts, FsError> {
+        if let Ok(Some(f)) = self.ctx.observer.staged(location).await {
+            return Ok(f);
+        }
+        let rel = path.relative();
+        let meta = self
+            .backend
+            .stat(&rel)
+            .await
+            .map_err(|e| storage(e, path))?;
+        let mut hash = crate::storage::ContentHash::default();
+        let mut offset = 0u64;
+        while offset < meta.size {
+            let block = self
+                .backend
+                .read(&rel, offset, READ_AHEAD)
+                .await
+                .map_err(|e| storage(e, path))?;
+            if block.is_empty() {
+                break;
+            }
+            hash.update(&block);
+            offset += block.len() as u64;
+        }
+        Ok(StagedFacts {
+            bytes: offset,
+            sha256: hash.hex(),
+            etag: None,
+            started_at: crate::identity::now(),
+        })
     }
 
     pub async fn mkdir(&self, path: &VirtualPath) -> Result<(), FsError> {

@@ -4,6 +4,7 @@
 //! (`limits.rs`: connection limits, and the PROXY protocol header of `proxy.rs`).
 
 pub mod fs;
+pub mod intent;
 pub mod limits;
 pub mod listener;
 pub mod path;
@@ -21,6 +22,7 @@ use crate::identity::Account;
 use crate::storage::{Backend, Stored};
 
 pub use fs::{DirListing, FsError, FsErrorKind, ReadFile, WriteFile};
+pub use intent::{CommitJournal, Intent, IntentKind, JournalError, NoJournal};
 pub use path::VirtualPath;
 pub use upload::UploadRegistry;
 
@@ -70,22 +72,46 @@ pub enum UploadOutcome {
     },
 }
 
+/// What is known of a temp-name upload until the rename that makes it arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedFacts {
+    pub bytes: u64,
+    pub sha256: String,
+    pub etag: Option<String>,
+    pub started_at: DateTime<Utc>,
+}
+
 /// Told about every upload's end. `completed` runs before the client's close is answered and
-/// its error fails the close: this is where the durable arrival record is written.
+/// its error fails the close: this is where the durable arrival record is written, and the
+/// commit's intent cleared with it.
 #[async_trait]
 pub trait UploadObserver: Send + Sync {
-    async fn completed(&self, record: &UploadRecord) -> Result<(), String>;
+    async fn completed(&self, record: &UploadRecord, intent: Option<&Intent>)
+        -> Result<(), String>;
     async fn failed(&self, record: &UploadRecord);
     /// A file was renamed (`(client path, location)` before and after; `etag` of the object
     /// at its new location, where storage has one); a temp-name upload renamed to its final
-    /// name arrives here. Runs before the client is answered.
+    /// name arrives here, with `facts` of its content. Runs before the client is answered.
     async fn renamed(
         &self,
         session: &SessionInfo,
         from: (&str, &crate::storage::Location),
         to: (&str, &crate::storage::Location),
         etag: Option<&str>,
+        facts: Option<&StagedFacts>,
+        intent: Option<&Intent>,
     ) -> Result<(), String>;
+    /// Whether renaming `from` to `to` makes a file arrive (a temp name to a final one).
+    fn is_arrival(&self, _from: &str, _to: &str) -> bool {
+        false
+    }
+    /// What is known of the temp-name upload at `location`.
+    async fn staged(
+        &self,
+        _location: &crate::storage::Location,
+    ) -> Result<Option<StagedFacts>, String> {
+        Ok(None)
+    }
     /// A file was deleted (a temp-name upload that will never be renamed, for instance).
     /// Failures are logged, not reported: the file is gone either way.
     async fn removed(&self, path: &str, location: &crate::storage::Location);
@@ -96,7 +122,11 @@ pub struct LogOnlyObserver;
 
 #[async_trait]
 impl UploadObserver for LogOnlyObserver {
-    async fn completed(&self, _record: &UploadRecord) -> Result<(), String> {
+    async fn completed(
+        &self,
+        _record: &UploadRecord,
+        _intent: Option<&Intent>,
+    ) -> Result<(), String> {
         Ok(())
     }
     async fn failed(&self, _record: &UploadRecord) {}
@@ -106,6 +136,8 @@ impl UploadObserver for LogOnlyObserver {
         _from: (&str, &crate::storage::Location),
         _to: (&str, &crate::storage::Location),
         _etag: Option<&str>,
+        _facts: Option<&StagedFacts>,
+        _intent: Option<&Intent>,
     ) -> Result<(), String> {
         Ok(())
     }
@@ -116,6 +148,7 @@ impl UploadObserver for LogOnlyObserver {
 pub struct SessionContext {
     pub uploads: Arc<UploadRegistry>,
     pub observer: Arc<dyn UploadObserver>,
+    pub journal: Arc<dyn CommitJournal>,
     pub setstat: SetstatPolicy,
 }
 

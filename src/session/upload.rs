@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::storage::{ErrorKind, StorageError, Stored, Upload};
+use crate::storage::{ErrorKind, Sealed, StorageError, Stored, Upload};
 
 /// How far past the next expected offset pipelined writes may arrive.
 pub const REORDER_WINDOW: u64 = 8 << 20;
@@ -35,6 +35,8 @@ enum Msg {
     Data(Bytes),
     /// fsync: answered once every byte queued before it is in storage.
     Sync(oneshot::Sender<Result<(), StorageError>>),
+    /// Everything in storage, nothing visible: the facts the commit will publish.
+    Seal(oneshot::Sender<Result<Sealed, StorageError>>),
     Commit(oneshot::Sender<Result<Stored, StorageError>>),
 }
 
@@ -295,6 +297,38 @@ impl UploadPipeline {
         UploadError::Storage(e)
     }
 
+    /// Puts everything received into storage, not yet visible (`Upload::seal`): everything
+    /// received must be contiguous. `commit` then publishes it.
+    pub async fn seal(&mut self) -> Result<Sealed, UploadError> {
+        if let Some(f) = &self.failed {
+            return Err(UploadError::Unsupported(f.clone()));
+        }
+        if let Some((&at, _)) = self.pending.first_key_value() {
+            let why = format!(
+                "file closed with a gap: no data between offsets {} and {at}",
+                self.next_offset
+            );
+            return Err(self.fail(why));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Msg::Seal(reply_tx)).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(self.storage_failure().await);
+        }
+        match reply_rx.await {
+            Ok(Ok(sealed)) => Ok(sealed),
+            Ok(Err(e)) => {
+                self.tx = None;
+                self.failed = Some(e.message.clone());
+                Err(UploadError::Storage(e))
+            }
+            Err(_) => Err(self.storage_failure().await),
+        }
+    }
+
     /// Completes the upload: everything received must be contiguous. On success the content
     /// is visible in storage.
     pub async fn commit(mut self) -> Result<Stored, UploadError> {
@@ -375,6 +409,16 @@ async fn feed(mut upload: Box<dyn Upload>, mut rx: mpsc::Receiver<Msg>) -> Optio
                 }
                 let _ = reply.send(Ok(()));
             }
+            Msg::Seal(reply) => match upload.seal().await {
+                Ok(sealed) => {
+                    let _ = reply.send(Ok(sealed));
+                }
+                Err(e) => {
+                    // The storage upload aborted itself.
+                    let _ = reply.send(Err(StorageError::new(e.kind, e.message.clone())));
+                    return Some(e);
+                }
+            },
             Msg::Commit(reply) => {
                 let _ = reply.send(upload.commit().await);
                 return None;

@@ -3,15 +3,14 @@
 
 use std::io::{ErrorKind as IoKind, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{
-    Backend, Capacity, ContentHash, DirEntry, DirStream, ErrorKind, Location, Meta, Result,
-    StorageError, Stored, Upload, UploadScope, LIST_PAGE, RESERVED_PREFIX,
+    Backend, Capacity, ContentHash, DirEntry, DirStream, ErrorKind, Fingerprint, Location, Meta,
+    Result, Sealed, StorageError, Stored, Upload, UploadContext, LIST_PAGE, RESERVED_PREFIX,
 };
 
 /// Files under one account's home directory.
@@ -145,7 +144,12 @@ impl Backend for LocalBackend {
             .map_err(|e| io_err(e, path))
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<Option<String>> {
+    async fn rename(
+        &self,
+        from: &str,
+        to: &str,
+        _if_match: Option<&str>,
+    ) -> Result<Option<String>> {
         let src = self.resolve(from).await?;
         let dst = self.resolve(to).await?;
         let m = tokio::fs::metadata(&src)
@@ -192,7 +196,7 @@ impl Backend for LocalBackend {
         tokio::fs::remove_dir(&p).await.map_err(|e| io_err(e, dir))
     }
 
-    async fn begin_upload(&self, path: &str, _scope: Arc<UploadScope>) -> Result<Box<dyn Upload>> {
+    async fn begin_upload(&self, path: &str, _ctx: UploadContext) -> Result<Box<dyn Upload>> {
         let target = self.resolve(path).await?;
         let parent = target
             .parent()
@@ -229,6 +233,43 @@ impl Backend for LocalBackend {
             location: self.location(path),
             hash: ContentHash::default(),
             bytes: 0,
+        }))
+    }
+
+    async fn fingerprint(&self, path: &str) -> Result<Option<Fingerprint>> {
+        let p = self.resolve(path).await?;
+        let digest =
+            tokio::task::spawn_blocking(move || -> std::io::Result<Option<(u64, String)>> {
+                use std::io::Read as _;
+                let mut f = match std::fs::File::open(&p) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                if f.metadata()?.is_dir() {
+                    return Ok(None);
+                }
+                let mut hash = ContentHash::default();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut size = 0u64;
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&buf[..n]);
+                    size += n as u64;
+                }
+                Ok(Some((size, hash.hex())))
+            })
+            .await
+            .map_err(|e| StorageError::new(ErrorKind::Unavailable, e.to_string()))?
+            .map_err(|e| io_err(e, path))?;
+        Ok(digest.map(|(size, sha256)| Fingerprint {
+            size,
+            sha256: Some(sha256),
+            crc64nvme: None,
+            etag: None,
         }))
     }
 
@@ -351,7 +392,7 @@ impl LocalUpload {
 #[async_trait]
 impl Upload for LocalUpload {
     async fn write(&mut self, data: Bytes) -> Result<()> {
-        if self.done {
+        if self.done || self.file.is_none() {
             return Err(StorageError::new(
                 ErrorKind::Aborted,
                 "upload already finished",
@@ -383,23 +424,42 @@ impl Upload for LocalUpload {
         res.map_err(|e| io_err(e, "syncing upload"))
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<Stored> {
+    async fn seal(&mut self) -> Result<Sealed> {
         if self.done {
             return Err(StorageError::new(
                 ErrorKind::Aborted,
                 "upload already finished",
             ));
         }
+        if self.file.is_some() {
+            let res: Result<()> = async {
+                self.flush_batch().await?;
+                let file = self.file.take().ok_or_else(|| {
+                    StorageError::new(ErrorKind::Aborted, "upload already finished")
+                })?;
+                tokio::task::spawn_blocking(move || file.sync_all())
+                    .await
+                    .map_err(|e| StorageError::new(ErrorKind::Unavailable, e.to_string()))?
+                    .map_err(|e| io_err(e, "syncing upload"))
+            }
+            .await;
+            if let Err(e) = res {
+                self.done = true;
+                let _ = tokio::fs::remove_file(&self.temp).await;
+                return Err(e);
+            }
+        }
+        Ok(Sealed {
+            bytes: self.bytes,
+            sha256: self.hash.clone().hex(),
+            crc64nvme: None,
+            upload_id: None,
+        })
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<Stored> {
+        let sealed = self.seal().await?;
         let res: Result<()> = async {
-            self.flush_batch().await?;
-            let file = self
-                .file
-                .take()
-                .ok_or_else(|| StorageError::new(ErrorKind::Aborted, "upload already finished"))?;
-            tokio::task::spawn_blocking(move || file.sync_all())
-                .await
-                .map_err(|e| StorageError::new(ErrorKind::Unavailable, e.to_string()))?
-                .map_err(|e| io_err(e, "syncing upload"))?;
             if tokio::fs::metadata(&self.target)
                 .await
                 .is_ok_and(|m| m.is_dir())
@@ -422,8 +482,8 @@ impl Upload for LocalUpload {
             return Err(e);
         }
         Ok(Stored {
-            bytes: self.bytes,
-            sha256: std::mem::take(&mut self.hash).hex(),
+            bytes: sealed.bytes,
+            sha256: sealed.sha256,
             etag: None,
             location: self.location.clone(),
         })

@@ -148,14 +148,18 @@ pub trait Backend: Send + Sync + 'static {
     async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes>;
     async fn delete(&self, path: &str) -> Result<()>;
     /// Replaces `to` if it is a file. Returns the ETag of the object at `to`, where the
-    /// backend has one (S3 copies it to a new key, which gets its own).
-    async fn rename(&self, from: &str, to: &str) -> Result<Option<String>>;
+    /// backend has one (S3 copies it to a new key, which gets its own). `if_match`: refuse
+    /// (`Unavailable`, as a failed precondition) unless the source still has that ETag, so
+    /// facts known of it describe what is renamed (S3; local files have no ETag).
+    async fn rename(&self, from: &str, to: &str, if_match: Option<&str>) -> Result<Option<String>>;
     async fn mkdir(&self, dir: &str) -> Result<()>;
     /// Removes an empty directory.
     async fn rmdir(&self, dir: &str) -> Result<()>;
-    /// Starts a streaming upload; nothing is visible at `path` until `commit`. `scope` is the
-    /// connection's share of the upload memory (see `UploadScope`).
-    async fn begin_upload(&self, path: &str, scope: Arc<UploadScope>) -> Result<Box<dyn Upload>>;
+    /// Starts a streaming upload; nothing is visible at `path` until `commit`.
+    async fn begin_upload(&self, path: &str, ctx: UploadContext) -> Result<Box<dyn Upload>>;
+    /// What identifies the content at `path` (its size and whatever checksums storage keeps),
+    /// to tell after a crash whether a commit happened; `None` when nothing is there.
+    async fn fingerprint(&self, path: &str) -> Result<Option<Fingerprint>>;
     /// Size and free space of what holds the home, where that is finite (a local file
     /// system); `None` for storage without a capacity (S3).
     async fn capacity(&self) -> Result<Option<Capacity>> {
@@ -188,6 +192,18 @@ impl UploadScope {
     }
 }
 
+/// What storage says of an object's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the whole content, where storage has it (an S3 object put
+    /// in one request, a local file read through).
+    pub sha256: Option<String>,
+    /// The full-object CRC64NVME (base64) of an S3 multipart object.
+    pub crc64nvme: Option<String>,
+    pub etag: Option<String>,
+}
+
 /// What `statvfs` reports of a file system, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
@@ -212,6 +228,60 @@ pub trait DirStream: Send {
     async fn next_page(&mut self) -> Result<Option<Vec<DirEntry>>>;
 }
 
+/// What an upload is started with besides its path.
+#[derive(Clone)]
+pub struct UploadContext {
+    /// The connection's share of the upload memory (see `UploadScope`).
+    pub scope: Arc<UploadScope>,
+    /// Told about storage uploads that outlive a request (S3 multipart uploads), so those a
+    /// dead process leaves can be found and aborted.
+    pub tracker: Option<Arc<dyn UploadTracker>>,
+    /// Who is uploading, as the tracker keeps it (opaque to storage).
+    pub note: serde_json::Value,
+}
+
+impl UploadContext {
+    /// No tracker: for tests and tools.
+    pub fn untracked() -> Self {
+        UploadContext {
+            scope: UploadScope::new(),
+            tracker: None,
+            note: serde_json::Value::Null,
+        }
+    }
+}
+
+/// An S3 multipart upload in progress, as the tracker records it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LiveUpload {
+    pub upload_id: String,
+    pub bucket: String,
+    pub key: String,
+    pub note: serde_json::Value,
+}
+
+/// Keeps the list of storage uploads in progress where a reconciler can find them.
+#[async_trait]
+pub trait UploadTracker: Send + Sync {
+    /// Called before the first part is sent; an error fails the upload (it could not be
+    /// cleaned up after a crash).
+    async fn started(&self, upload: &LiveUpload) -> Result<(), String>;
+    /// The upload was completed or aborted.
+    async fn ended(&self, upload_id: &str);
+}
+
+/// Everything received is in storage and nothing is visible yet: what `commit` will publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub bytes: u64,
+    /// Lower-case hex SHA-256 of the whole content.
+    pub sha256: String,
+    /// The full-object CRC64NVME (base64) S3 checks a multipart upload against.
+    pub crc64nvme: Option<String>,
+    /// The S3 multipart upload the commit completes.
+    pub upload_id: Option<String>,
+}
+
 /// A streaming upload. Dropping it without `commit` aborts it.
 #[async_trait]
 pub trait Upload: Send {
@@ -224,7 +294,11 @@ pub trait Upload: Send {
     async fn sync(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Makes the content visible at its path, atomically.
+    /// Puts everything written into storage without making it visible (the last part sent,
+    /// the temporary file synced) and says what the commit will publish. Writing after it
+    /// fails.
+    async fn seal(&mut self) -> Result<Sealed>;
+    /// Makes the content visible at its path, atomically (sealing it first if need be).
     async fn commit(self: Box<Self>) -> Result<Stored>;
     /// Discards everything written; leaves nothing behind.
     async fn abort(self: Box<Self>);

@@ -20,8 +20,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{
-    Backend, ContentHash, DirEntry, DirStream, ErrorKind, Location, Meta, Result, StorageError,
-    Stored, Upload, UploadScope, LIST_PAGE, MAX_FILLING_PARTS,
+    Backend, ContentHash, DirEntry, DirStream, ErrorKind, Fingerprint, LiveUpload, Location, Meta,
+    Result, Sealed, StorageError, Stored, Upload, UploadContext, UploadScope, UploadTracker,
+    LIST_PAGE, MAX_FILLING_PARTS,
 };
 use crate::config::S3Config;
 
@@ -401,7 +402,14 @@ impl S3Backend {
     }
 
     /// Copies an object; returns the copy's ETag.
-    async fn copy(&self, from: &str, to: &str, size: u64) -> Result<Option<String>> {
+    /// Copies `from` to `to`; `if_match` pins the source to the object with that ETag.
+    async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+        if_match: Option<&str>,
+    ) -> Result<Option<String>> {
         let source = format!(
             "{}/{}",
             self.bucket,
@@ -414,6 +422,7 @@ impl S3Backend {
                 .bucket(&self.bucket)
                 .key(to)
                 .copy_source(&source)
+                .set_copy_source_if_match(if_match.map(quoted))
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .customize()
                 .config_override(self.s3.attempt_limit(10))
@@ -447,6 +456,7 @@ impl S3Backend {
                     .upload_id(&id)
                     .part_number(n)
                     .copy_source(&source)
+                    .set_copy_source_if_match(if_match.map(quoted))
                     .copy_source_range(format!("bytes={start}-{end}"))
                     .customize()
                     .config_override(self.s3.attempt_limit(10))
@@ -490,6 +500,15 @@ impl S3Backend {
     }
 }
 
+/// An ETag as S3 headers carry it, in double quotes.
+fn quoted(etag: &str) -> String {
+    if etag.starts_with('"') {
+        etag.to_string()
+    } else {
+        format!("\"{etag}\"")
+    }
+}
+
 /// Characters escaped in `x-amz-copy-source` (everything but unreserved characters and `/`).
 const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'/')
@@ -498,9 +517,11 @@ const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b'.')
     .remove(b'~');
 
-async fn abort_multipart(c: &Client, bucket: &str, key: &str, upload_id: &str) {
+/// Aborts a multipart upload, trying for about half a minute; true once S3 no longer has it.
+/// One that still fails is left to the reconciler (and the bucket's lifecycle rule).
+pub(crate) async fn abort_multipart(c: &Client, bucket: &str, key: &str, upload_id: &str) -> bool {
     // A leaked multipart upload costs money and hides data: try hard.
-    for attempt in 0..3 {
+    for attempt in 0..7 {
         match c
             .abort_multipart_upload()
             .bucket(bucket)
@@ -509,13 +530,15 @@ async fn abort_multipart(c: &Client, bucket: &str, key: &str, upload_id: &str) {
             .send()
             .await
         {
-            Ok(_) => return,
+            Ok(_) => return true,
+            Err(e) if e.code() == Some("NoSuchUpload") => return true,
             Err(e) => {
                 tracing::warn!(bucket, key, upload_id, attempt, error = %DisplayErrorContext(&e), "AbortMultipartUpload failed");
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
             }
         }
     }
+    false
 }
 
 #[async_trait]
@@ -543,6 +566,41 @@ impl Backend for S3Backend {
             ErrorKind::NotFound,
             format!("{path}: no such file or directory"),
         ))
+    }
+
+    async fn fingerprint(&self, path: &str) -> Result<Option<Fingerprint>> {
+        let key = self.key(path)?;
+        match self
+            .s3
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+        {
+            Ok(h) => Ok(Some(Fingerprint {
+                size: h.content_length().unwrap_or(0).max(0) as u64,
+                // A composite checksum (`…-N`, a multipart object's part digests) is no
+                // file's SHA-256.
+                sha256: h
+                    .checksum_sha256()
+                    .filter(|c| !c.contains('-'))
+                    .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+                    .map(hex::encode),
+                crc64nvme: h.checksum_crc64_nvme().map(String::from),
+                etag: unquote(h.e_tag()),
+            })),
+            Err(e) => {
+                let e = sdk_err(e, "HeadObject");
+                if e.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     async fn open_dir(&self, dir: &str) -> Result<Box<dyn DirStream>> {
@@ -610,7 +668,7 @@ impl Backend for S3Backend {
         Ok(())
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<Option<String>> {
+    async fn rename(&self, from: &str, to: &str, if_match: Option<&str>) -> Result<Option<String>> {
         let src = self.key(from)?;
         let dst = self.key(to)?;
         let Some(meta) = self.head(&src).await? else {
@@ -629,7 +687,8 @@ impl Backend for S3Backend {
                 format!("{to} is a directory"),
             ));
         }
-        let etag = self.copy(&src, &dst, meta.size).await?;
+        let etag = self.copy(&src, &dst, meta.size, if_match).await?;
+        crate::testing::crash_point("rename.after_copy");
         self.s3
             .client
             .delete_object()
@@ -688,11 +747,14 @@ impl Backend for S3Backend {
         Ok(())
     }
 
-    async fn begin_upload(&self, path: &str, scope: Arc<UploadScope>) -> Result<Box<dyn Upload>> {
+    async fn begin_upload(&self, path: &str, ctx: UploadContext) -> Result<Box<dyn Upload>> {
         let key = self.key(path)?;
         Ok(Box::new(S3Upload {
             s3: self.s3.clone(),
-            scope,
+            scope: ctx.scope,
+            tracker: ctx.tracker,
+            note: ctx.note,
+            sealed: None,
             filling: None,
             bucket: self.bucket.clone(),
             location: self.location(path),
@@ -801,6 +863,10 @@ struct Multipart {
 struct S3Upload {
     s3: Arc<S3Storage>,
     scope: Arc<UploadScope>,
+    tracker: Option<Arc<dyn UploadTracker>>,
+    note: serde_json::Value,
+    /// Set by `seal`: the facts `commit` publishes.
+    sealed: Option<Sealed>,
     /// The connection's count of parts being filled, while this upload fills one.
     filling: Option<OwnedSemaphorePermit>,
     bucket: String,
@@ -898,6 +964,21 @@ impl S3Upload {
             let upload_id = up.upload_id().map(str::to_string).ok_or_else(|| {
                 StorageError::new(ErrorKind::Unavailable, "S3 returned no upload id")
             })?;
+            if let Some(t) = &self.tracker {
+                let live = LiveUpload {
+                    upload_id: upload_id.clone(),
+                    bucket: self.bucket.clone(),
+                    key: self.key.clone(),
+                    note: self.note.clone(),
+                };
+                if let Err(why) = t.started(&live).await {
+                    abort_multipart(&self.s3.client, &self.bucket, &self.key, &upload_id).await;
+                    return Err(StorageError::new(
+                        ErrorKind::Unavailable,
+                        format!("cannot record the multipart upload: {why}"),
+                    ));
+                }
+            }
             self.multipart = Some(Multipart {
                 upload_id,
                 next_part: 1,
@@ -954,8 +1035,30 @@ impl S3Upload {
         if let Some(mut mp) = self.multipart.take() {
             mp.inflight.abort_all();
             while mp.inflight.join_next().await.is_some() {}
-            abort_multipart(&self.s3.client, &self.bucket, &self.key, &mp.upload_id).await;
+            if abort_multipart(&self.s3.client, &self.bucket, &self.key, &mp.upload_id).await {
+                if let Some(t) = &self.tracker {
+                    t.ended(&mp.upload_id).await;
+                }
+            }
         }
+    }
+
+    /// Whether the object now at the key is this upload's: after a CompleteMultipartUpload
+    /// whose answer was lost (a timeout), S3 may well have completed it.
+    async fn completed_anyway(&self, crc: &str) -> Option<Option<String>> {
+        let h = self
+            .s3
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .ok()?;
+        let same = h.checksum_crc64_nvme() == Some(crc)
+            && h.content_length().unwrap_or(-1) == self.bytes as i64;
+        same.then(|| unquote(h.e_tag()))
     }
 }
 
@@ -975,7 +1078,7 @@ fn join_result(
 #[async_trait]
 impl Upload for S3Upload {
     async fn write(&mut self, mut data: Bytes) -> Result<()> {
-        if self.finished {
+        if self.finished || self.sealed.is_some() {
             return Err(StorageError::new(
                 ErrorKind::Aborted,
                 "upload already finished",
@@ -1000,14 +1103,90 @@ impl Upload for S3Upload {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<Stored> {
+    async fn seal(&mut self) -> Result<Sealed> {
+        if let Some(s) = &self.sealed {
+            return Ok(s.clone());
+        }
         if self.finished {
             return Err(StorageError::new(
                 ErrorKind::Aborted,
                 "upload already finished",
             ));
         }
-        let res = if self.multipart.is_none() {
+        if self.multipart.is_some() {
+            let sent: Result<()> = async {
+                if self.buffered > 0 {
+                    self.send_part().await?;
+                }
+                if let Some(mp) = self.multipart.as_mut() {
+                    while !mp.inflight.is_empty() {
+                        collect_one(mp).await?;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = sent {
+                self.abort_inner().await;
+                return Err(e);
+            }
+        }
+        let sealed = Sealed {
+            bytes: self.bytes,
+            sha256: self.hash.clone().hex(),
+            crc64nvme: self
+                .multipart
+                .as_ref()
+                .map(|_| crc64nvme_b64(self.crc.finalize())),
+            upload_id: self.multipart.as_ref().map(|m| m.upload_id.clone()),
+        };
+        self.sealed = Some(sealed.clone());
+        Ok(sealed)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<Stored> {
+        let sealed = self.seal().await?;
+        let res = if let Some(mp) = self.multipart.as_mut() {
+            let crc = sealed.crc64nvme.clone().unwrap_or_default();
+            let mut parts = std::mem::take(&mut mp.done);
+            parts.sort_by_key(|p| p.part_number());
+            let done = self
+                .s3
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(&mp.upload_id)
+                // S3 checks the parts it assembled against the CRC of every byte the
+                // client sent, end to end.
+                .checksum_crc64_nvme(&crc)
+                .checksum_type(ChecksumType::FullObject)
+                .mpu_object_size(self.bytes as i64)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .customize()
+                // S3 may take minutes to assemble a large object.
+                .config_override(self.s3.attempt_limit(5))
+                .send()
+                .await
+                .map(|r| unquote(r.e_tag()))
+                .map_err(|e| sdk_err(e, "CompleteMultipartUpload"));
+            match done {
+                Ok(etag) => Ok(etag),
+                // The answer may have been lost after S3 did complete it: the object there
+                // says.
+                Err(e) => match self.completed_anyway(&crc).await {
+                    Some(etag) => {
+                        tracing::warn!(key = %self.key, error = %e, "CompleteMultipartUpload failed but the object is there with this upload's checksum: completed");
+                        Ok(etag)
+                    }
+                    None => Err(e),
+                },
+            }
+        } else {
             // Everything fits in one part: one PutObject with the whole-object checksum.
             let (body, _permit) = self.take_part();
             // The whole-object hash is this body's hash: no second pass.
@@ -1028,57 +1207,19 @@ impl Upload for S3Upload {
                 .await
                 .map(|r| unquote(r.e_tag()))
                 .map_err(|e| sdk_err(e, "PutObject"))
-        } else {
-            let last: Result<()> = async {
-                if self.buffered > 0 {
-                    self.send_part().await?;
-                }
-                let mp = self.multipart.as_mut().expect("multipart");
-                while !mp.inflight.is_empty() {
-                    collect_one(mp).await?;
-                }
-                Ok(())
-            }
-            .await;
-            match last {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    let mp = self.multipart.as_mut().expect("multipart");
-                    let mut parts = std::mem::take(&mut mp.done);
-                    parts.sort_by_key(|p| p.part_number());
-                    self.s3
-                        .client
-                        .complete_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(&self.key)
-                        .upload_id(&mp.upload_id)
-                        // S3 checks the parts it assembled against the CRC of every byte the
-                        // client sent, end to end.
-                        .checksum_crc64_nvme(crc64nvme_b64(self.crc.finalize()))
-                        .checksum_type(ChecksumType::FullObject)
-                        .mpu_object_size(self.bytes as i64)
-                        .multipart_upload(
-                            CompletedMultipartUpload::builder()
-                                .set_parts(Some(parts))
-                                .build(),
-                        )
-                        .customize()
-                        // S3 may take minutes to assemble a large object.
-                        .config_override(self.s3.attempt_limit(5))
-                        .send()
-                        .await
-                        .map(|r| unquote(r.e_tag()))
-                        .map_err(|e| sdk_err(e, "CompleteMultipartUpload"))
-                }
-            }
         };
+
         match res {
             Ok(etag) => {
                 self.finished = true;
-                self.multipart = None;
+                if let Some(mp) = self.multipart.take() {
+                    if let Some(t) = &self.tracker {
+                        t.ended(&mp.upload_id).await;
+                    }
+                }
                 Ok(Stored {
-                    bytes: self.bytes,
-                    sha256: std::mem::take(&mut self.hash).hex(),
+                    bytes: sealed.bytes,
+                    sha256: sealed.sha256,
                     etag,
                     location: self.location.clone(),
                 })
@@ -1101,10 +1242,15 @@ impl Drop for S3Upload {
         if let Some(mut mp) = self.multipart.take() {
             mp.inflight.abort_all();
             let client = self.s3.client.clone();
-            let (bucket, key) = (self.bucket.clone(), self.key.clone());
+            let (bucket, key, tracker) =
+                (self.bucket.clone(), self.key.clone(), self.tracker.clone());
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    abort_multipart(&client, &bucket, &key, &mp.upload_id).await;
+                    if abort_multipart(&client, &bucket, &key, &mp.upload_id).await {
+                        if let Some(t) = tracker {
+                            t.ended(&mp.upload_id).await;
+                        }
+                    }
                 });
             }
         }

@@ -13,7 +13,7 @@ use crate::harness::S3Env;
 async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
     // Nothing is visible while an upload runs; commit publishes it whole.
     let mut up = b
-        .begin_upload("in/report.csv", wharf::storage::UploadScope::new())
+        .begin_upload("in/report.csv", wharf::storage::UploadContext::untracked())
         .await
         .unwrap();
     up.write(Bytes::from_static(b"id,amount\n")).await.unwrap();
@@ -43,7 +43,7 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
     // Large uploads cross part boundaries in uneven chunks and stay byte-exact.
     let big: Vec<u8> = (0..(11u32 << 20) + 777).map(|i| (i % 251) as u8).collect();
     let mut up = b
-        .begin_upload("big.bin", wharf::storage::UploadScope::new())
+        .begin_upload("big.bin", wharf::storage::UploadContext::untracked())
         .await
         .unwrap();
     for chunk in big.chunks(255 * 1024 + 3) {
@@ -57,13 +57,13 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
 
     // Abort and drop leave nothing behind, even after parts were sent.
     let mut up = b
-        .begin_upload("aborted.bin", wharf::storage::UploadScope::new())
+        .begin_upload("aborted.bin", wharf::storage::UploadContext::untracked())
         .await
         .unwrap();
     up.write(Bytes::from(big.clone())).await.unwrap();
     up.abort().await;
     let mut up = b
-        .begin_upload("dropped.bin", wharf::storage::UploadScope::new())
+        .begin_upload("dropped.bin", wharf::storage::UploadContext::untracked())
         .await
         .unwrap();
     up.write(Bytes::from(big.clone())).await.unwrap();
@@ -79,7 +79,7 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
 
     // Listing: files and directories, sorted; hidden in-progress files never appear.
     let _in_progress = b
-        .begin_upload("in/partial.csv", wharf::storage::UploadScope::new())
+        .begin_upload("in/partial.csv", wharf::storage::UploadContext::untracked())
         .await
         .unwrap();
     b.mkdir("empty").await.unwrap();
@@ -116,19 +116,21 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
 
     // Rename replaces a file; the source is gone.
     let mut up = b
-        .begin_upload("in/other.csv", wharf::storage::UploadScope::new())
+        .begin_upload("in/other.csv", wharf::storage::UploadContext::untracked())
         .await
         .unwrap();
     up.write(Bytes::from_static(b"other")).await.unwrap();
     up.commit().await.unwrap();
-    b.rename("in/report.csv", "in/other.csv").await.unwrap();
+    b.rename("in/report.csv", "in/other.csv", None)
+        .await
+        .unwrap();
     assert_eq!(
         b.stat("in/report.csv").await.unwrap_err().kind,
         ErrorKind::NotFound
     );
     assert_eq!(b.stat("in/other.csv").await.unwrap().size, 18);
     assert_eq!(
-        b.rename("nope", "x").await.unwrap_err().kind,
+        b.rename("nope", "x", None).await.unwrap_err().kind,
         ErrorKind::NotFound
     );
 

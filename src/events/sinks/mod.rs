@@ -40,6 +40,10 @@ pub trait EventSink: Send + Sync {
     fn name(&self) -> &str;
     /// Returns only once the sink has the event durably (2xx, JetStream ack, fsync).
     async fn deliver(&self, event: &Event) -> Result<(), DeliveryError>;
+    /// The longest one delivery may take (the dispatcher holds its claim at least this long).
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 /// The configured sinks, or the embedded default (one jsonl sink at `events.jsonl`).

@@ -19,6 +19,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct WebhookSink {
     name: String,
+    timeout: Duration,
     url: String,
     secret: SecretString,
     client: reqwest::Client,
@@ -42,6 +43,7 @@ impl WebhookSink {
             .build()?;
         Ok(WebhookSink {
             name,
+            timeout: c.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
             url: c.url.clone().unwrap_or_default(),
             secret: c
                 .secret
@@ -56,6 +58,10 @@ impl WebhookSink {
 impl EventSink for WebhookSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     async fn deliver(&self, event: &Event) -> Result<(), DeliveryError> {
