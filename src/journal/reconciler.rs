@@ -247,6 +247,13 @@ impl Reconciler {
                 IntentKind::Rename => self.clear(key).await,
             }
         };
+        if res.is_ok() {
+            // The intent settled this upload's multipart upload too: it must not also be
+            // announced as interrupted.
+            if let Some(id) = &i.upload_id {
+                self.forget_upload(id).await;
+            }
+        }
         match res {
             Ok(()) => tracing::warn!(
                 activity = "RECOVERED",
@@ -267,8 +274,31 @@ impl Reconciler {
             .bind(location).bind(id).execute(p).await.map(drop).map_err(|e| e.to_string()))
     }
 
+    async fn forget_upload(&self, upload_id: &str) {
+        let _w = self.journal.inner.outbox.writing().await;
+        let _ = on_pool!(self.journal.db(), p => sqlx::query("DELETE FROM live_uploads WHERE id = $1")
+            .bind(upload_id).execute(p).await.map(drop));
+    }
+
+    /// Whether a commit intent is about this multipart upload (it settles it).
+    async fn has_intent(&self, upload_id: &str) -> bool {
+        let n: Result<i64, sqlx::Error> = on_pool!(self.journal.db(), p => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM commit_intents WHERE detail LIKE $1 ESCAPE '\\'")
+                .bind(format!(
+                    "%\"upload_id\":\"{}\"%",
+                    upload_id.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+                ))
+                .fetch_one(p)
+                .await
+        });
+        n.map_or(true, |n| n > 0)
+    }
+
     /// Aborts a multipart upload a dead instance left open and announces the upload failed.
     async fn settle_upload(&self, u: &LiveUpload) {
+        if self.has_intent(&u.upload_id).await {
+            return; // settled with its intent
+        }
         let aborted = crate::storage::s3::abort_multipart(
             self.storage.s3().client(),
             &u.bucket,
@@ -317,9 +347,7 @@ impl Reconciler {
                 return;
             }
         }
-        let _w = self.journal.inner.outbox.writing().await;
-        let _ = on_pool!(self.journal.db(), p => sqlx::query("DELETE FROM live_uploads WHERE id = $1")
-            .bind(&u.upload_id).execute(p).await.map(drop));
+        self.forget_upload(&u.upload_id).await;
         tracing::warn!(activity = "RECOVERED", bucket = %u.bucket, key = %u.key, upload_id = %u.upload_id, outcome = "aborted", "aborted a multipart upload left by a dead instance");
     }
 

@@ -998,6 +998,10 @@ impl S3Upload {
         }
         let n = mp.next_part;
         mp.next_part += 1;
+        if n == 3 {
+            // Parts 1 and 2 are on their way or in S3.
+            crate::testing::crash_point("upload.mid_multipart");
+        }
         let client = self.s3.client.clone();
         let (bucket, key, id) = (self.bucket.clone(), self.key.clone(), mp.upload_id.clone());
         mp.inflight.spawn(async move {

@@ -408,10 +408,11 @@ async fn a_deleted_temp_upload_is_forgotten() {
         .map(|r| r.json())
         .find(|e| e["subject"] == "/done.csv")
         .expect("an event for done.csv");
-    assert_ne!(
+    // Exactly the facts of what arrived: the renamed file's.
+    assert_eq!(
         done["data"]["sha256"],
-        hex::encode(Sha256::digest(&old)),
+        hex::encode(Sha256::digest(&new)),
         "{done}"
     );
-    assert_ne!(done["data"]["bytes"], old.len() as u64, "{done}");
+    assert_eq!(done["data"]["bytes"], new.len() as u64, "{done}");
 }

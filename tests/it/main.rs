@@ -5,6 +5,7 @@ mod accounts;
 mod bounds;
 mod cli;
 mod clients;
+mod crash;
 mod events;
 mod ftps;
 mod hardening;

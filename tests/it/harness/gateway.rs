@@ -60,6 +60,34 @@ impl Gateway {
         }
     }
 
+    /// Starts the server again in the same directory (after a crash, say), with the
+    /// variables named in `remove` left out and `add` added.
+    pub fn restart(&mut self, remove: &[&str], add: &[(&str, &str)]) {
+        self.w.env.retain(|(k, _)| !remove.contains(&k.as_str()));
+        for (k, v) in add {
+            self.w.env.retain(|(key, _)| key != k);
+            self.w.env.push((k.to_string(), v.to_string()));
+        }
+        self.server = Server::start(&self.w);
+    }
+
+    /// Rows in one of the server's tables (its SQLite file, or its Postgres database).
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        use sqlx::Connection as _;
+        let q = format!("SELECT COUNT(*) FROM {table}");
+        match &self._pg {
+            Some(pg) => {
+                let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+                sqlx::query_scalar(&q).fetch_one(&mut c).await.unwrap()
+            }
+            None => {
+                let url = format!("sqlite://{}", self.w.file("wharf.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar(&q).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+
     /// The content stored for `acme`'s file at `rel` (a path inside its home), if any.
     pub async fn stored(&self, rel: &str) -> Option<Vec<u8>> {
         if self.local {

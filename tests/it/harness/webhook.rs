@@ -29,6 +29,8 @@ pub struct Receiver {
     pub status: Arc<AtomicU16>,
     /// Header lines (each ending in CRLF) sent with every reply.
     reply_headers: Arc<Mutex<String>>,
+    /// How long to take before answering each request, in milliseconds.
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     log: Arc<Mutex<Vec<Received>>>,
 }
 
@@ -39,10 +41,16 @@ impl Receiver {
         let status = Arc::new(AtomicU16::new(200));
         let log = Arc::new(Mutex::new(Vec::new()));
         let reply_headers = Arc::new(Mutex::new("retry-after: 0\r\n".to_string()));
-        let (st, lg, rh) = (status.clone(), log.clone(), reply_headers.clone());
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (st, lg, rh, dl) = (
+            status.clone(),
+            log.clone(),
+            reply_headers.clone(),
+            delay_ms.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (st, lg, rh) = (st.clone(), lg.clone(), rh.clone());
+                let (st, lg, rh, dl) = (st.clone(), lg.clone(), rh.clone(), dl.clone());
                 tokio::spawn(async move {
                     let (rd, mut wr) = sock.into_split();
                     let mut rd = BufReader::new(rd);
@@ -73,6 +81,10 @@ impl Receiver {
                         if rd.read_exact(&mut body).await.is_err() {
                             return;
                         }
+                        let delay = dl.load(Ordering::SeqCst);
+                        if delay > 0 {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                        }
                         let status = st.load(Ordering::SeqCst);
                         lg.lock().unwrap().push(Received {
                             headers,
@@ -93,6 +105,7 @@ impl Receiver {
             addr,
             status,
             reply_headers,
+            delay_ms,
             log,
         }
     }
