@@ -86,6 +86,7 @@ fn storage(e: StorageError, path: &VirtualPath) -> FsError {
         ErrorKind::NotDirectory => format!("{path}: not a directory"),
         ErrorKind::InvalidName | ErrorKind::Unsupported => format!("{path}: {}", e.message),
         ErrorKind::Aborted => format!("{path}: upload aborted"),
+        ErrorKind::Superseded => format!("{path}: {}", e.message),
         ErrorKind::Busy => {
             tracing::warn!(activity = "ERROR", path = %path, error = %e.message, "upload refused: server busy");
             format!("{path}: {}; try again later", e.message)
@@ -501,6 +502,9 @@ impl Session {
                 "unsupported_write",
                 FsError::new(FsErrorKind::Unsupported, m),
             ),
+            UploadError::Storage(e) if e.kind == ErrorKind::Superseded => {
+                ("superseded", storage(e, path))
+            }
             UploadError::Storage(e) => ("storage_error", storage(e, path)),
         };
         self.record_failure(path, u, received, code, &err.message)

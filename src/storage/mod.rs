@@ -35,6 +35,9 @@ pub enum ErrorKind {
     /// The server cannot take this on now (its upload memory, a connection's share of it);
     /// the message says what, and the client may retry.
     Busy,
+    /// Another upload of the same name replaced this one in storage before it was published
+    /// (S3 servers such as garage keep the upload started last).
+    Superseded,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1187,6 +1187,11 @@ impl Upload for S3Upload {
                         tracing::warn!(key = %self.key, error = %e, "CompleteMultipartUpload failed but the object is there with this upload's checksum: completed");
                         Ok(etag)
                     }
+                    None if e.kind == ErrorKind::NotFound => Err(StorageError::with_source(
+                        ErrorKind::Superseded,
+                        "a newer upload of this file replaced it in storage before it was published; upload it again if it is the one to keep",
+                        e,
+                    )),
                     None => Err(e),
                 },
             }
