@@ -4,11 +4,16 @@
 
 use async_trait::async_trait;
 
+use super::outbox::OutboxError;
 use super::outbox::{Outbox, Staged};
 use super::{Arrival, Event};
 use crate::session::{
-    Intent, SessionInfo, StagedFacts, UploadObserver, UploadOutcome, UploadRecord,
+    Intent, RecordError, SessionInfo, StagedFacts, UploadObserver, UploadOutcome, UploadRecord,
 };
+
+fn unavailable(e: OutboxError) -> RecordError {
+    RecordError::Unavailable(e.to_string())
+}
 use crate::storage::Location;
 
 #[derive(Clone)]
@@ -51,7 +56,7 @@ impl OutboxObserver {
         facts: &StagedFacts,
         etag: Option<&str>,
         intent: Option<&Intent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RecordError> {
         let intent = intent.map(|i| (i.location.as_str(), i.id.as_str()));
         if self.is_temp(client_path) {
             // No arrival yet: remember the content for the rename that completes it.
@@ -66,7 +71,7 @@ impl OutboxObserver {
                     intent,
                 )
                 .await
-                .map_err(|e| e.to_string());
+                .map_err(unavailable);
         }
         let event = Event::build(
             &self.source,
@@ -85,13 +90,17 @@ impl OutboxObserver {
         self.outbox
             .record(&event, None, intent)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(unavailable)
     }
 }
 
 #[async_trait]
 impl UploadObserver for OutboxObserver {
-    async fn completed(&self, r: &UploadRecord, intent: Option<&Intent>) -> Result<(), String> {
+    async fn completed(
+        &self,
+        r: &UploadRecord,
+        intent: Option<&Intent>,
+    ) -> Result<(), RecordError> {
         let UploadOutcome::Completed(stored) = &r.outcome else {
             return Ok(());
         };
@@ -121,7 +130,7 @@ impl UploadObserver for OutboxObserver {
                 intent.map(|i| (i.location.as_str(), i.id.as_str())),
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(unavailable)
     }
 
     async fn failed(&self, r: &UploadRecord) {
@@ -135,11 +144,8 @@ impl UploadObserver for OutboxObserver {
         self.is_temp(from) && !self.is_temp(to)
     }
 
-    async fn staged(&self, location: &Location) -> Result<Option<StagedFacts>, String> {
-        self.outbox
-            .staged(&location.uri)
-            .await
-            .map_err(|e| e.to_string())
+    async fn staged(&self, location: &Location) -> Result<Option<StagedFacts>, RecordError> {
+        self.outbox.staged(&location.uri).await.map_err(unavailable)
     }
 
     async fn renamed(
@@ -150,12 +156,12 @@ impl UploadObserver for OutboxObserver {
         etag: Option<&str>,
         facts: Option<&StagedFacts>,
         intent: Option<&Intent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RecordError> {
         let intent_key = intent.map(|i| (i.location.as_str(), i.id.as_str()));
         match (self.is_temp(from.0), self.is_temp(to.0)) {
             (true, false) => {
                 let Some(facts) = facts else {
-                    return Err("the arriving file's size and SHA-256 are unknown".into());
+                    return Err(RecordError::UnknownFacts);
                 };
                 let event = Event::build(
                     &self.source,
@@ -175,13 +181,13 @@ impl UploadObserver for OutboxObserver {
                 self.outbox
                     .record(&event, Some(&from.1.uri), intent_key)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(unavailable)
             }
             (true, true) => self
                 .outbox
                 .restage(&from.1.uri, &to.1.uri)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(unavailable),
             // A file that already arrived, renamed to a temp name: remember what it holds, so
             // renaming it back announces exactly that.
             (false, true) => {
@@ -193,7 +199,7 @@ impl UploadObserver for OutboxObserver {
                     self.outbox
                         .stage(&to.1.uri, &staged, None)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(unavailable)?;
                 }
                 Ok(())
             }

@@ -23,13 +23,9 @@ fn begin(db: &Db) -> &'static str {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("event outbox: {0}")]
-pub struct OutboxError(String);
-
-impl From<sqlx::Error> for OutboxError {
-    fn from(e: sqlx::Error) -> Self {
-        OutboxError(e.to_string())
-    }
+pub enum OutboxError {
+    #[error("event outbox: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
 pub type Result<T, E = OutboxError> = std::result::Result<T, E>;

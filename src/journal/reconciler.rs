@@ -176,18 +176,18 @@ impl Reconciler {
             };
             let etag = facts.etag.clone();
             match i.kind {
-                IntentKind::Upload => {
-                    self.observer
-                        .arrived(
-                            &session,
-                            &i.client_path,
-                            &location,
-                            &facts,
-                            etag.as_deref(),
-                            Some(i),
-                        )
-                        .await
-                }
+                IntentKind::Upload => self
+                    .observer
+                    .arrived(
+                        &session,
+                        &i.client_path,
+                        &location,
+                        &facts,
+                        etag.as_deref(),
+                        Some(i),
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
                 IntentKind::Rename => {
                     let from = i.from_path.as_deref().unwrap_or_default();
                     let from_loc = backend.location(from);

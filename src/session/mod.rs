@@ -72,6 +72,17 @@ pub enum UploadOutcome {
     },
 }
 
+/// Why an arrival could not be recorded (the client's close or rename then fails).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The database holding the events did not take it.
+    #[error("arrival record: {0}")]
+    Unavailable(String),
+    /// A temp-name upload renamed to its final name, with nothing known of its content.
+    #[error("the arriving file's size and SHA-256 are unknown")]
+    UnknownFacts,
+}
+
 /// What is known of a temp-name upload until the rename that makes it arrive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StagedFacts {
@@ -86,8 +97,11 @@ pub struct StagedFacts {
 /// commit's intent cleared with it.
 #[async_trait]
 pub trait UploadObserver: Send + Sync {
-    async fn completed(&self, record: &UploadRecord, intent: Option<&Intent>)
-        -> Result<(), String>;
+    async fn completed(
+        &self,
+        record: &UploadRecord,
+        intent: Option<&Intent>,
+    ) -> Result<(), RecordError>;
     async fn failed(&self, record: &UploadRecord);
     /// A file was renamed (`(client path, location)` before and after; `etag` of the object
     /// at its new location, where storage has one); a temp-name upload renamed to its final
@@ -100,7 +114,7 @@ pub trait UploadObserver: Send + Sync {
         etag: Option<&str>,
         facts: Option<&StagedFacts>,
         intent: Option<&Intent>,
-    ) -> Result<(), String>;
+    ) -> Result<(), RecordError>;
     /// Whether renaming `from` to `to` makes a file arrive (a temp name to a final one).
     fn is_arrival(&self, _from: &str, _to: &str) -> bool {
         false
@@ -109,7 +123,7 @@ pub trait UploadObserver: Send + Sync {
     async fn staged(
         &self,
         _location: &crate::storage::Location,
-    ) -> Result<Option<StagedFacts>, String> {
+    ) -> Result<Option<StagedFacts>, RecordError> {
         Ok(None)
     }
     /// A file was deleted (a temp-name upload that will never be renamed, for instance).
@@ -126,7 +140,7 @@ impl UploadObserver for LogOnlyObserver {
         &self,
         _record: &UploadRecord,
         _intent: Option<&Intent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RecordError> {
         Ok(())
     }
     async fn failed(&self, _record: &UploadRecord) {}
@@ -138,7 +152,7 @@ impl UploadObserver for LogOnlyObserver {
         _etag: Option<&str>,
         _facts: Option<&StagedFacts>,
         _intent: Option<&Intent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RecordError> {
         Ok(())
     }
     async fn removed(&self, _path: &str, _location: &crate::storage::Location) {}
