@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use super::intent::{Intent, IntentKind, JournalError};
 use super::path::{PathError, VirtualPath};
 use super::upload::{UploadError, UploadPipeline};
+use super::view::Known;
 use super::{Session, StagedFacts, UploadOutcome, UploadRecord};
 use crate::config::SetstatPolicy;
 use crate::identity::Permission;
@@ -111,6 +112,11 @@ fn journal_error(e: JournalError, path: &VirtualPath) -> FsError {
             )
         }
     }
+}
+
+/// `a/b/c.csv` -> (`a/b`, `c.csv`); `c.csv` -> (``, `c.csv`).
+fn split_parent(rel: &str) -> (&str, &str) {
+    rel.rsplit_once('/').unwrap_or(("", rel))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -221,6 +227,7 @@ impl Session {
         Ok(VirtualPath::parse(&VirtualPath::root(), input)?)
     }
 
+    /// An upload of `path` in progress on this instance counts, with the bytes received so far.
     pub async fn stat(&self, path: &VirtualPath) -> Result<Meta, FsError> {
         let rel = path.relative();
         if let Some(bytes) = self.ctx.uploads.progress(&self.backend.location(&rel).uri) {
@@ -229,6 +236,46 @@ impl Session {
                 size: bytes,
                 modified: Some(std::time::SystemTime::now()),
             });
+        }
+        self.stat_stored(path).await
+    }
+
+    /// What storage holds at `path`, answered from this session's view when it can be.
+    async fn stat_stored(&self, path: &VirtualPath) -> Result<Meta, FsError> {
+        let rel = path.relative();
+        if self.backend.remote() && !path.is_root() {
+            let (dir, name) = split_parent(&rel);
+            match self.view.lookup(dir, name) {
+                Known::Present(m) => return Ok(m),
+                Known::Absent => {
+                    return Err(FsError::new(
+                        FsErrorKind::NotFound,
+                        format!("{path}: no such file or directory"),
+                    ))
+                }
+                Known::Unknown => {}
+            }
+            // One listing of the parent answers this stat and the next ones in it (a client
+            // stats every file before putting it), when it fits in a page.
+            match self.backend.open_dir(dir).await {
+                Ok(mut stream) => {
+                    if let Ok(Some(page)) = stream.next_page().await {
+                        if stream.done() {
+                            self.view.listed(dir, &page);
+                            return match page.into_iter().find(|e| e.name == name) {
+                                Some(e) => Ok(e.meta),
+                                None => Err(FsError::new(
+                                    FsErrorKind::NotFound,
+                                    format!("{path}: no such file or directory"),
+                                )),
+                            };
+                        }
+                    }
+                }
+                // No parent, no child.
+                Err(e) if e.kind == ErrorKind::NotFound => return Err(storage(e, path)),
+                Err(_) => {}
+            }
         }
         self.backend.stat(&rel).await.map_err(|e| storage(e, path))
     }
@@ -267,7 +314,9 @@ impl Session {
             return Err(FsError::new(FsErrorKind::Failure, "/: is a directory"));
         }
         let rel = path.relative();
-        match self.backend.stat(&rel).await {
+        // What storage holds (an upload of this name still in progress is not a file yet: the
+        // commit decides between them).
+        match self.stat_stored(path).await {
             Ok(m) if m.is_dir => {
                 return Err(FsError::new(
                     FsErrorKind::Failure,
@@ -281,8 +330,8 @@ impl Session {
                 ))
             }
             Ok(_) => self.require(Permission::Overwrite, "replacing an existing file")?,
-            Err(e) if e.kind == ErrorKind::NotFound => {}
-            Err(e) => return Err(storage(e, path)),
+            Err(e) if e.kind == FsErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         let location = self.backend.location(&rel);
         let started_at = crate::identity::now();
@@ -440,6 +489,17 @@ impl Session {
                         format!("{path}: the file was stored but its arrival could not be recorded; upload it again"),
                     ));
                 }
+                let rel = path.relative();
+                let (dir, name) = split_parent(&rel);
+                self.view.wrote(
+                    dir,
+                    name,
+                    Meta {
+                        is_dir: false,
+                        size: stored.bytes,
+                        modified: Some(std::time::SystemTime::now()),
+                    },
+                );
                 metrics().upload_completed(
                     self.info.protocol.name(),
                     stored.bytes,
@@ -659,6 +719,9 @@ impl Session {
             .await
             .map_err(|e| storage(e, path))?;
         tracing::info!(parent: &self.span,activity = "DELETE", path = %path);
+        let rel = path.relative();
+        let (dir, name) = split_parent(&rel);
+        self.view.removed(dir, name);
         let location = self.backend.location(&path.relative());
         self.ctx
             .observer
@@ -745,6 +808,20 @@ impl Session {
         };
         crate::testing::crash_point("rename.after_rename");
         tracing::info!(parent: &self.span,activity = "RENAME", path = %from, to = %to);
+        let (from_dir, from_name) = split_parent(&src);
+        self.view.removed(from_dir, from_name);
+        match &facts {
+            Some(f) => {
+                let (to_dir, to_name) = split_parent(&dst);
+                let meta = Meta {
+                    is_dir: false,
+                    size: f.bytes,
+                    modified: Some(std::time::SystemTime::now()),
+                };
+                self.view.wrote(to_dir, to_name, meta);
+            }
+            None => self.view.forget(),
+        }
         if let Err(why) = self
             .ctx
             .observer
@@ -826,6 +903,9 @@ impl Session {
             .await
             .map_err(|e| storage(e, path))?;
         tracing::info!(parent: &self.span,activity = "MKDIR", path = %path);
+        let rel = path.relative();
+        let (dir, name) = split_parent(&rel);
+        self.view.wrote(dir, name, Meta::dir());
         Ok(())
     }
 
@@ -842,6 +922,7 @@ impl Session {
             .await
             .map_err(|e| storage(e, path))?;
         tracing::info!(parent: &self.span,activity = "RMDIR", path = %path);
+        self.view.forget();
         Ok(())
     }
 

@@ -10,6 +10,7 @@ pub mod listener;
 pub mod path;
 pub mod proxy;
 pub mod upload;
+pub mod view;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -221,6 +222,8 @@ pub struct Session {
     pub quota: Arc<ConnectionQuota>,
     backend: Arc<dyn Backend>,
     ctx: Arc<SessionContext>,
+    /// What this session listed and wrote a moment ago (remote storage only).
+    view: view::View,
     /// Parent of every activity line, so each carries who did it.
     span: tracing::Span,
 }
@@ -245,6 +248,7 @@ impl Session {
             account,
             quota,
             backend,
+            view: view::View::default(),
             ctx,
             span,
         }

@@ -347,6 +347,10 @@ impl DirStream for LocalDirStream {
         }
         Ok(Some(page))
     }
+
+    fn done(&self) -> bool {
+        self.rd.is_none()
+    }
 }
 
 /// Bytes gathered before one write to the file: fewer trips to the blocking pool, and the

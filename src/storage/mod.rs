@@ -132,6 +132,11 @@ impl fmt::Debug for Stored {
 pub trait Backend: Send + Sync + 'static {
     /// The event location of `path`.
     fn location(&self, path: &str) -> Location;
+    /// Whether each request goes over the network (S3): worth a session's short-lived view
+    /// of what it listed, where a local `stat` is cheaper than any bookkeeping.
+    fn remote(&self) -> bool {
+        false
+    }
     async fn stat(&self, path: &str) -> Result<Meta>;
     /// The entries of `dir`, a page at a time (at most `LIST_PAGE` each), so a directory of a
     /// million objects costs one page of memory and its first entries come at once. A missing
@@ -229,6 +234,8 @@ pub trait DirStream: Send {
     /// The next entries, or `None` after the last. S3 pages come in key order; a local
     /// directory's in the order the file system keeps them.
     async fn next_page(&mut self) -> Result<Option<Vec<DirEntry>>>;
+    /// Whether every page has been handed out (known without another request).
+    fn done(&self) -> bool;
 }
 
 /// What an upload is started with besides its path.

@@ -543,6 +543,10 @@ pub(crate) async fn abort_multipart(c: &Client, bucket: &str, key: &str, upload_
 
 #[async_trait]
 impl Backend for S3Backend {
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn location(&self, path: &str) -> Location {
         let key = format!("{}{path}", self.prefix);
         Location {
@@ -556,11 +560,47 @@ impl Backend for S3Backend {
         if path.is_empty() {
             return Ok(Meta::dir());
         }
-        if let Some(m) = self.head(&self.key(path)?).await? {
-            return Ok(m);
+        // One ListObjectsV2 of the keys that begin with this path answers both questions a
+        // HEAD and a directory probe would (a file `key`, a directory `key/`), in one request.
+        let key = self.key(path)?;
+        let page = self
+            .s3
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&key)
+            .delimiter("/")
+            .max_keys(100)
+            .send()
+            .await
+            .map_err(|e| sdk_err(e, "ListObjectsV2"))?;
+        if let Some(o) = page
+            .contents()
+            .iter()
+            .find(|o| o.key() == Some(key.as_str()))
+        {
+            return Ok(Meta {
+                is_dir: false,
+                size: o.size().unwrap_or(0).max(0) as u64,
+                modified: to_system_time(o.last_modified()),
+            });
         }
-        if self.dir_exists(path).await? {
+        let dir = format!("{key}/");
+        if page
+            .common_prefixes()
+            .iter()
+            .any(|p| p.prefix() == Some(dir.as_str()))
+        {
             return Ok(Meta::dir());
+        }
+        if page.is_truncated() == Some(true) {
+            // More than a page of names beginning with this one: ask directly.
+            if let Some(m) = self.head(&key).await? {
+                return Ok(m);
+            }
+            if self.dir_exists(path).await? {
+                return Ok(Meta::dir());
+            }
         }
         Err(StorageError::new(
             ErrorKind::NotFound,
@@ -849,6 +889,10 @@ impl DirStream for S3DirStream {
             return Ok(None);
         }
         Ok(Some(self.fetch().await?.0))
+    }
+
+    fn done(&self) -> bool {
+        self.first.is_none() && self.done
     }
 }
 

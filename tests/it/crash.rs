@@ -281,7 +281,7 @@ async fn two_uploads_of_one_name_leave_one_writer_and_a_true_last_event() {
             assert_eq!(ok.iter().filter(|o| **o).count(), 1, "{ok:?} {}", why());
             assert_eq!(completed.len(), 1, "{completed:#?}");
             let refused = events_for(&g, "wharf.upload.failed", "/same.bin");
-            assert_eq!(refused.len(), 1, "{refused:#?}");
+            assert_eq!(refused.len(), 1, "{refused:#?} {}", why());
             assert_eq!(refused[0]["data"]["failure_code"], "already_exists");
         }
         // The last event for the key describes the bytes that are there.
