@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::stream::{FuturesUnordered, StreamExt as _};
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +21,8 @@ const POLL: Duration = Duration::from_secs(1);
 /// Accounts claimed at once (delivered concurrently), and events per account (in order).
 const ACCOUNTS: i64 = 32;
 const RUN: i64 = 64;
+/// Shortest time between two claims while runs are in flight.
+const CLAIM_GAP: Duration = Duration::from_millis(10);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -105,63 +106,81 @@ async fn listen(pool: sqlx::PgPool, wake: Arc<tokio::sync::Notify>, stop: Cancel
 
 async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: CancellationToken) {
     let name = w.sink.name().to_string();
+    // Runs of different accounts in flight, each its own task. A run that ends lets its
+    // account (and any other) be claimed again at once: a slow account never holds back the
+    // others' new events.
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut last_claim = tokio::time::Instant::now() - CLAIM_GAP;
     loop {
         // Register interest before looking, so an event recorded meanwhile still wakes us.
         let woken = outbox.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let now = Utc::now();
-        let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-        let batch = match outbox.claim(&name, now, lease_until, ACCOUNTS, RUN).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(sink = %name, error = %e, "cannot claim events; retrying");
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(POLL) => continue }
-            }
-        };
-        if batch.is_empty() {
-            let wait = match outbox.next_due(&name).await {
-                Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or_default().min(POLL),
-                _ => POLL,
-            };
+        // While runs are in flight, wake-ups are coalesced: at most one claim per CLAIM_GAP
+        // however many closes are recorded (a run ending still claims at once).
+        let since = last_claim.elapsed();
+        if !inflight.is_empty() && since < CLAIM_GAP {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = &mut woken => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-            continue;
-        }
-        // Accounts concurrently; each account's events one after another, in commit order.
-        let mut runs: Vec<Vec<Claimed>> = Vec::new();
-        for c in batch {
-            match runs
-                .iter_mut()
-                .find(|r| r[0].event.username == c.event.username)
-            {
-                Some(r) => r.push(c),
-                None => runs.push(vec![c]),
+                _ = inflight.join_next() => {}
+                _ = tokio::time::sleep(CLAIM_GAP - since) => {}
             }
         }
-        let mut inflight: FuturesUnordered<_> = runs
-            .into_iter()
-            .map(|run| {
-                let w = w.clone();
-                let outbox = outbox.clone();
-                async move { deliver_run(&outbox, &w, run, lease).await }
-            })
-            .collect();
-        while inflight.next().await.is_some() {}
+        let room = ACCOUNTS - inflight.len() as i64;
+        let mut wait = POLL;
+        if room > 0 && !stop.is_cancelled() {
+            let now = Utc::now();
+            let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+            last_claim = tokio::time::Instant::now();
+            match outbox.claim(&name, now, lease_until, room, RUN).await {
+                Ok(batch) => {
+                    // Each account's events one after another, in commit order.
+                    let mut runs: Vec<Vec<Claimed>> = Vec::new();
+                    for c in batch {
+                        match runs
+                            .iter_mut()
+                            .find(|r| r[0].event.username == c.event.username)
+                        {
+                            Some(r) => r.push(c),
+                            None => runs.push(vec![c]),
+                        }
+                    }
+                    for run in runs {
+                        let w = w.clone();
+                        let outbox = outbox.clone();
+                        inflight.spawn(async move { deliver_run(&outbox, &w, run, lease).await });
+                    }
+                    if inflight.is_empty() {
+                        if let Ok(Some(t)) = outbox.next_due(&name).await {
+                            wait = (t - Utc::now()).to_std().unwrap_or_default().min(POLL);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(sink = %name, error = %e, "cannot claim events; retrying"),
+            }
+        }
         if stop.is_cancelled() {
+            // Deliveries in flight finish first.
+            while inflight.join_next().await.is_some() {}
             return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            _ = &mut woken => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
+/// Deliveries recorded together (a crash redelivers at most these).
+const RECORD_EVERY: usize = 32;
+
 /// Delivers one account's claimed events in order; stops at the first failure and gives the
-/// rest back, so nothing overtakes an event that is being retried. Each delivery is recorded
-/// as soon as the sink has it, and the claim is extended before each attempt (for longer
-/// than the sink may take): a slow sink never lets the lease lapse under a run, so another
-/// instance cannot send the same events, and a worker that lost its claim anyway stops.
+/// rest back, so nothing overtakes an event that is being retried. The claim is extended
+/// whenever less than a sink timeout (plus 5 s) of it is left, so a slow sink never lets it
+/// lapse under a run and another instance never sends the same events meanwhile; deliveries
+/// are recorded every `RECORD_EVERY` events and at the end; and a worker that finds its claim
+/// gone stops.
 async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_for: Duration) {
     let name = w.sink.name();
     let (Some(lease), Some(user)) = (
@@ -171,35 +190,37 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
         return;
     };
     let hold = lease_for.max(w.sink.timeout() + Duration::from_secs(5));
+    // The claim was made a moment ago for `lease_for`.
+    let mut held_until =
+        tokio::time::Instant::now() + lease_for.saturating_sub(Duration::from_secs(1));
+    let mut unrecorded: Option<i64> = None;
+    let mut since_record = 0;
     let mut stopped = false;
     for c in &run {
-        let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
-        match outbox.extend(name, &lease, until).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(sink = name, username = %user, "claim lost to another instance; stopping this run");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(sink = name, error = %e, "cannot extend a claim; stopping this run");
-                stopped = true;
-                break;
+        if held_until.saturating_duration_since(tokio::time::Instant::now()) < hold {
+            let until = Utc::now() + chrono::Duration::from_std(hold * 2).unwrap_or_default();
+            match outbox.extend(name, &lease, until).await {
+                Ok(true) => held_until = tokio::time::Instant::now() + hold * 2,
+                Ok(false) => {
+                    tracing::warn!(sink = name, username = %user, "claim lost to another instance; stopping this run");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(sink = name, error = %e, "cannot extend a claim; stopping this run");
+                    stopped = true;
+                    break;
+                }
             }
         }
         match deliver_one(outbox, w, c).await {
             Attempt::Delivered => {
                 crate::testing::crash_point("delivery.after_send");
-                match outbox.delivered(name, &lease, c.seq).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(sink = name, event_id = %c.event.id, "delivered after the claim was lost: it may be delivered again");
+                unrecorded = Some(c.seq);
+                since_record += 1;
+                if since_record >= RECORD_EVERY {
+                    since_record = 0;
+                    if !record_delivered(outbox, name, &lease, &user, unrecorded.take()).await {
                         return;
-                    }
-                    // The sink has it; it may be sent again after the lease: at-least-once.
-                    Err(e) => {
-                        tracing::warn!(sink = name, event_id = %c.event.id, error = %e, "delivered but not recorded");
-                        stopped = true;
-                        break;
                     }
                 }
             }
@@ -211,9 +232,40 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
             Attempt::Lost => return,
         }
     }
+    if !record_delivered(outbox, name, &lease, &user, unrecorded).await {
+        return;
+    }
     if stopped {
         if let Err(e) = outbox.release(name, &lease, &user).await {
             tracing::warn!(sink = name, error = %e, "could not release claims; they expire with the lease");
+        }
+    }
+}
+
+/// Records deliveries up to `last`; false when the claim was no longer this worker's.
+async fn record_delivered(
+    outbox: &Outbox,
+    name: &str,
+    lease: &str,
+    user: &str,
+    last: Option<i64>,
+) -> bool {
+    let Some(last) = last else {
+        return true;
+    };
+    match outbox.delivered(name, lease, user, last).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(
+                sink = name,
+                "delivered after the claim was lost: they may be delivered again"
+            );
+            false
+        }
+        // The sink has them; they may be sent again after the lease: at-least-once.
+        Err(e) => {
+            tracing::warn!(sink = name, error = %e, "delivered but not recorded");
+            true
         }
     }
 }

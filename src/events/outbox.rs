@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Row as _;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use super::Event;
 use crate::db::{on_pool, Db};
@@ -26,6 +26,54 @@ fn begin(db: &Db) -> &'static str {
 pub enum OutboxError {
     #[error("event outbox: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("event outbox: the committer has stopped")]
+    Closed,
+}
+
+/// An event to record, with what its transaction also settles.
+#[derive(Clone)]
+struct Record {
+    event: Event,
+    staged_remove: Option<String>,
+    intent: Option<(String, String)>,
+}
+
+type Queued = (Record, tokio::sync::oneshot::Sender<Result<()>>);
+
+/// Records at most this many events in one transaction.
+const GROUP: usize = 256;
+
+/// Commits queued records: whatever is waiting when a transaction starts goes into it, so
+/// concurrent closes share one flush to disk, and a lone one is not delayed. A group whose
+/// transaction fails is retried one record at a time, so one bad record fails alone.
+async fn commit_loop(outbox: Outbox, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match rx.try_recv() {
+                Ok(q) => group.push(q),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<Record> = group.iter().map(|(r, _)| r.clone()).collect();
+        match outbox.commit_records(&records).await {
+            Ok(()) => {
+                for (_, reply) in group {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) if group.len() == 1 => {
+                if let Some((_, reply)) = group.pop() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Err(_) => {
+                for (r, reply) in group {
+                    let _ = reply.send(outbox.commit_records(std::slice::from_ref(&r)).await);
+                }
+            }
+        }
+    }
 }
 
 pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
@@ -132,6 +180,8 @@ pub struct Outbox {
     sqlite_writer: Arc<tokio::sync::Mutex<()>>,
     /// Woken on every recorded event so dispatchers on this instance deliver at once.
     pub wake: Arc<Notify>,
+    /// Where `record` queues events for the group committer.
+    committer: Arc<std::sync::OnceLock<mpsc::UnboundedSender<Queued>>>,
 }
 
 impl Outbox {
@@ -143,6 +193,7 @@ impl Outbox {
             sinks: Arc::new(sinks),
             sqlite_writer: Arc::default(),
             wake: Arc::new(Notify::new()),
+            committer: Arc::default(),
         }
     }
 
@@ -167,52 +218,82 @@ impl Outbox {
 
     /// Writes the event and one pending delivery per sink, atomically. `staged_remove` also
     /// deletes a staged temp upload in the same transaction (a rename that arrives), and
-    /// `intent` (location, id) the commit intent the event settles.
+    /// `intent` (location, id) the commit intent the event settles. Concurrent calls share
+    /// one transaction (group commit: one flush to disk for all of them); a lone call is
+    /// committed at once.
     pub async fn record(
         &self,
         e: &Event,
         staged_remove: Option<&str>,
         intent: Option<(&str, &str)>,
     ) -> Result<()> {
+        let r = Record {
+            event: e.clone(),
+            staged_remove: staged_remove.map(String::from),
+            intent: intent.map(|(l, i)| (l.to_string(), i.to_string())),
+        };
+        let Some(committer) = self.committer() else {
+            return self.commit_records(std::slice::from_ref(&r)).await;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if committer.send((r, tx)).is_err() {
+            return Err(OutboxError::Closed);
+        }
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// The group committer of this outbox, started on first use.
+    fn committer(&self) -> Option<&mpsc::UnboundedSender<Queued>> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        Some(self.committer.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            rt.spawn(commit_loop(self.clone(), rx));
+            tx
+        }))
+    }
+
+    /// One transaction for all of `records`.
+    async fn commit_records(&self, records: &[Record]) -> Result<()> {
         let _writing = self.writing().await;
         let now = micros(Utc::now());
         on_pool!(&self.db, pool => {
             let mut tx = pool.begin_with(begin(&self.db)).await?;
-            let seq: i64 = sqlx::query_scalar(INSERT_EVENT)
-                .bind(&e.id)
-                .bind(&e.kind)
-                .bind(&e.username)
-                .bind(&e.subject)
-                .bind(micros(e.time))
-                .bind(&e.body)
-                .fetch_one(&mut *tx)
-                .await?;
-            for sink in self.sinks.iter() {
-                sqlx::query(INSERT_DELIVERY)
-                    .bind(seq)
-                    .bind(sink)
+            for r in records {
+                let e = &r.event;
+                let seq: i64 = sqlx::query_scalar(INSERT_EVENT)
+                    .bind(&e.id)
+                    .bind(&e.kind)
                     .bind(&e.username)
-                    .bind(now)
-                    .execute(&mut *tx)
+                    .bind(&e.subject)
+                    .bind(micros(e.time))
+                    .bind(&e.body)
+                    .fetch_one(&mut *tx)
                     .await?;
+                for sink in self.sinks.iter() {
+                    sqlx::query(INSERT_DELIVERY)
+                        .bind(seq)
+                        .bind(sink)
+                        .bind(&e.username)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some(loc) = &r.staged_remove {
+                    sqlx::query("DELETE FROM staged_uploads WHERE location = $1")
+                        .bind(loc)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some((loc, id)) = &r.intent {
+                    sqlx::query(CLEAR_INTENT).bind(loc).bind(id).execute(&mut *tx).await?;
+                }
             }
-            if let Some(loc) = staged_remove {
-                sqlx::query("DELETE FROM staged_uploads WHERE location = $1")
-                    .bind(loc)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if let Some((loc, id)) = intent {
-                sqlx::query(CLEAR_INTENT).bind(loc).bind(id).execute(&mut *tx).await?;
+            if matches!(self.db, Db::Postgres(_)) {
+                // Other instances LISTEN for this; it is sent when the transaction commits.
+                sqlx::query("SELECT pg_notify('wharf_events', '')").execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
-        if let Db::Postgres(pool) = &self.db {
-            // Other instances LISTEN for this; losing it only delays them to their next poll.
-            let _ = sqlx::query("SELECT pg_notify('wharf_events', '')")
-                .execute(pool)
-                .await;
-        }
         self.wake.notify_waiters();
         Ok(())
     }
@@ -295,14 +376,21 @@ impl Outbox {
         Ok(n > 0)
     }
 
-    /// Records that the sink acknowledged one delivery of this claim, as soon as it did.
-    /// False when the claim was no longer this worker's.
-    pub async fn delivered(&self, sink: &str, lease: &str, seq: i64) -> Result<bool> {
+    /// Records that the sink acknowledged this claim's deliveries up to `last_seq` for
+    /// `username` (those before it were delivered in order or are dead). False when none of
+    /// them was this worker's any more.
+    pub async fn delivered(
+        &self,
+        sink: &str,
+        lease: &str,
+        username: &str,
+        last_seq: i64,
+    ) -> Result<bool> {
         let _writing = self.writing().await;
         let now = micros(Utc::now());
         let n = on_pool!(&self.bookkeeping, pool => {
-            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $4, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND event_seq = $3 AND state = 'pending'")
-                .bind(sink).bind(lease).bind(seq).bind(now).execute(pool).await?.rows_affected()
+            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $5, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending' AND event_seq <= $4")
+                .bind(sink).bind(lease).bind(username).bind(last_seq).bind(now).execute(pool).await?.rows_affected()
         });
         Ok(n > 0)
     }

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Small files with OpenSSH's sftp, side by side with peers on this machine, in one run:
+#
+#   bench/small-files.sh [ROUNDS] [PER_SESSION] [PER_CONNECTION_LOOP]   (defaults: 3 100 20)
+#
+# Two modes, each in interleaved rounds (rotating order, page cache flushed before each run):
+#   sessions  10 concurrent `sftp -b` sessions x PER_SESSION files of 4 KiB
+#   perconn   10 parallel loops of `sftp -b` with one put each, PER_CONNECTION_LOOP per loop
+#             (one file per connection, as many partner systems work)
+# Targets:
+#   wharf/pg -> garage       wharf on Postgres, events durable in its outbox, a webhook sink;
+#                            ten accounts, one per session or loop
+#   wharf/sqlite -> garage   the same on SQLite
+#   rclone -> garage         `rclone serve sftp` on the same bucket
+#   sshd -> /dev/shm         OpenSSH's internal-sftp: no storage, no events (the SFTP ceiling)
+# Prints files/s (medians), the server's CPU seconds per run and per login, wharf's S3 requests
+# per file (from its metrics), close-to-webhook latency (p50/p99), and the ratios. Not in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/services.sh
+
+export ROUNDS=${1:-3} PER=${2:-100} PERCONN=${3:-20} SESSIONS=10 SIZE=4096
+need_cmd rclone rclone
+need_cmd sshd openssh-server
+need_cmd sftp openssh-client
+
+cargo build --release -q
+WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+
+export WORK=$(mktemp -d /dev/shm/wharf-small.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_garage
+  [ -n "${DB:-}" ] && psql "$WHARF_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ensure_postgres
+ensure_garage
+unset AWS_CA_BUNDLE
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/client" -C bench
+export KEY="$WORK/client"
+
+# A webhook receiver that notes, per event, when it arrived and when the upload finished.
+export HOOK_LOG="$WORK/hook.log"
+HOOK_PORT=$(free_port)
+python3 - "$HOOK_PORT" "$HOOK_LOG" <<'PY' &
+import datetime, http.server, json, sys, time
+port, log = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        now = time.time()
+        d = json.loads(body)["data"]
+        fin = datetime.datetime.fromisoformat(d["finished_at"].replace("Z", "+00:00")).timestamp()
+        log.write(f"{now} {fin}\n")
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+PY
+PIDS+=($!)
+
+DB="wharf_small_$$"
+psql "$WHARF_TEST_POSTGRES_URL" -qc "CREATE DATABASE $DB" >/dev/null
+PG_URL=$(python3 -c "import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path='/$DB').geturl())" "$WHARF_TEST_POSTGRES_URL")
+
+start_wharf() {  # name database-url -> PORT_<name>, PID_<name>, METRICS_<name>
+  local name=$1 db=$2 dir="$WORK/wharf-$1"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    export WHARF_DATABASE__URL=$db WHARF_STORAGE__DEFAULT_HOME="s3://$WHARF_TEST_S3_BUCKET/$name/" \
+      WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION \
+      WHARF_STORAGE__S3__FORCE_PATH_STYLE=true WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_METRICS__LISTEN=127.0.0.1:0 \
+      WHARF_LOG__LEVEL=warn WHARF_SFTP__MAX_SESSIONS_PER_IP=1000 \
+      WHARF_EVENTS__SINKS="[{name = \"hook\", type = \"webhook\", url = \"http://127.0.0.1:$HOOK_PORT/\", secret = \"s\"}]"
+    for i in 0 1 2 3 4 5 6 7 8 9; do "$WHARF" user add "bench$i" --ssh-key "$KEY.pub" >/dev/null 2>&1; done
+    "$WHARF" serve > out 2> err &
+    echo $! > pid
+  )
+  local i
+  for ((i = 0; i < 100; i++)); do grep -q "sftp listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
+  PIDS+=("$(cat "$dir/pid")")
+  eval "PORT_$name=$(sed -n 's/^sftp listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/out")"
+  eval "METRICS_$name=$(sed -n 's/^metrics.* listening on \(.*\)$/\1/p' "$dir/out")"
+  eval "PID_$name=$(cat "$dir/pid")"
+}
+start_wharf pg "$PG_URL"
+start_wharf sqlite "sqlite://wharf.db"
+
+start_rclone_sftp rclone "$KEY.pub" "$WORK/rclone.log"
+PIDS+=("$RCLONE_PID")
+
+PORT_sshd=$(free_port)
+mkdir -p "$WORK/sshd" "$WORK/sshd-target" /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/sshd/host"
+cp "$KEY.pub" "$WORK/sshd/authorized_keys"
+cat > "$WORK/sshd/config" <<CFG
+Port $PORT_sshd
+ListenAddress 127.0.0.1
+HostKey $WORK/sshd/host
+PidFile $WORK/sshd/pid
+AuthorizedKeysFile $WORK/sshd/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+StrictModes no
+UsePAM no
+MaxStartups 100
+Subsystem sftp internal-sftp
+CFG
+/usr/sbin/sshd -f "$WORK/sshd/config" -E "$WORK/sshd/log"
+wait_port 127.0.0.1 "$PORT_sshd" 20
+PIDS+=("$(cat "$WORK/sshd/pid")")
+
+export TARGETS=$(cat <<JSON
+[{"name": "wharf/pg->garage", "port": $PORT_pg, "user": "bench{s}", "dir": ".", "pid": $PID_pg, "metrics": "$METRICS_pg"},
+ {"name": "wharf/sqlite->garage", "port": $PORT_sqlite, "user": "bench{s}", "dir": ".", "pid": $PID_sqlite, "metrics": "$METRICS_sqlite"},
+ {"name": "rclone->garage", "port": $RCLONE_PORT, "user": "bench", "dir": ".", "pid": $RCLONE_PID, "metrics": null},
+ {"name": "sshd->/dev/shm", "port": $PORT_sshd, "user": "root", "dir": "$WORK/sshd-target", "pid": $(cat "$WORK/sshd/pid"), "metrics": null}]
+JSON
+)
+python3 bench/small_files_bench.py > "$WORK/report.json"
+python3 - "$WORK/report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+res = r["results"]
+print(f"\nSmall files ({r['size']} B) with OpenSSH sftp, medians of {r['rounds']} interleaved rounds:")
+for mode, label, n in (("sessions", f"{r['sessions']} sessions x {r['per_session']} files", r['sessions'] * r['per_session']),
+                       ("perconn", f"{r['sessions']} loops x {r['per_connection_loops']} connections, one file each", r['sessions'] * r['per_connection_loops'])):
+    print(f"  {label}:")
+    print(f"    {'target':24} {'files/s':>9} {'server CPU s':>13} {'CPU ms/file':>12} {'S3 req/file':>12} errors")
+    for k, v in res.items():
+        if not k.startswith(mode + ":"):
+            continue
+        s3 = f"{v['median_s3_per_file']:.2f}" if "median_s3_per_file" in v else "-"
+        print(f"    {k.split(':',1)[1]:24} {v['median_files_per_s']:9.0f} {v['median_cpu_s']:13.2f} {1000*v['median_cpu_s']/n:12.2f} {s3:>12} {v['errors']}")
+    rc = res.get(f"{mode}:rclone->garage", {}).get("median_files_per_s")
+    for w in ("wharf/pg->garage", "wharf/sqlite->garage"):
+        if rc and f"{mode}:{w}" in res:
+            print(f"    {w} / rclone = {res[f'{mode}:{w}']['median_files_per_s'] / rc:.2f}x")
+if "webhook_latency_ms" in r:
+    l = r["webhook_latency_ms"]
+    print(f"  close-to-webhook latency over {l['n']} events: p50 {l['p50']} ms, p99 {l['p99']} ms (target p99 < 100)")
+PY

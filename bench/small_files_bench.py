@@ -1,0 +1,151 @@
+"""Small files with OpenSSH's sftp, against several SFTP servers in interleaved rounds (driven by
+bench/small-files.sh). Prints a JSON report.
+
+Modes:
+  sessions  SESSIONS concurrent `sftp -b` sessions, each putting PER files of SIZE bytes
+  perconn   SESSIONS parallel loops, each running `sftp -b` with one put, PERCONN times
+
+Targets come as JSON in TARGETS: [{"name", "port", "user", "dir", "pid", "metrics"}], where
+`dir` is the remote directory to put into, `pid` the server process (for its CPU time) and
+`metrics` the wharf metrics address (for S3 requests and the webhook latency), or null.
+"""
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+TARGETS = json.loads(os.environ["TARGETS"])
+KEY = os.environ["KEY"]
+WORK = os.environ["WORK"]
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+SESSIONS = int(os.environ.get("SESSIONS", "10"))
+PER = int(os.environ.get("PER", "100"))
+PERCONN = int(os.environ.get("PERCONN", "20"))
+SIZE = int(os.environ.get("SIZE", "4096"))
+HOOK_LOG = os.environ.get("HOOK_LOG")
+
+SSH = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
+       "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-i", KEY]
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    # utime stime cutime cstime (fields 14-17): children included for sshd's session processes
+    return sum(int(x) for x in parts[11:15])
+
+
+def s3_requests(metrics):
+    if not metrics:
+        return None
+    text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+    return sum(float(m.group(1)) for m in
+               re.finditer(r'^wharf_s3_request_duration_seconds_count\{[^}]*\} (\S+)', text, re.M))
+
+
+def files(tag):
+    os.makedirs(os.path.join(WORK, "src"), exist_ok=True)
+    out = []
+    for s in range(SESSIONS):
+        for i in range(max(PER, PERCONN)):
+            p = os.path.join(WORK, "src", f"{tag}-{s}-{i}.csv")
+            if not os.path.exists(p):
+                with open(p, "wb") as f:
+                    f.write(os.urandom(SIZE))
+            out.append(p)
+    return out
+
+
+def sftp(target, batch, session):
+    # wharf: one account per session (ten partners); the others take any user name.
+    user = target["user"].replace("{s}", str(session))
+    r = subprocess.run(["sftp", *SSH, "-P", str(target["port"]), "-b", "-",
+                        f"{user}@127.0.0.1"], input=batch.encode(),
+                       capture_output=True)
+    return r.returncode == 0, r.stderr.decode()[-300:]
+
+
+def run_sessions(target, rnd):
+    def one(s):
+        lines = [f"put {WORK}/src/f-{s}-{i}.csv {target['dir']}/r{rnd}-s{s}-{i}.csv" for i in range(PER)]
+        ok, err = sftp(target, "\n".join(lines) + "\n", s)
+        if not ok:
+            errors.append(err)
+    errors = []
+    threads = [threading.Thread(target=one, args=(s,)) for s in range(SESSIONS)]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.time() - t0, SESSIONS * PER, errors
+
+
+def run_perconn(target, rnd):
+    def loop(s):
+        for i in range(PERCONN):
+            ok, err = sftp(target, f"put {WORK}/src/f-{s}-{i}.csv {target['dir']}/c{rnd}-s{s}-{i}.csv\n", s)
+            if not ok:
+                errors.append(err)
+    errors = []
+    threads = [threading.Thread(target=loop, args=(s,)) for s in range(SESSIONS)]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.time() - t0, SESSIONS * PERCONN, errors
+
+
+def settle():
+    subprocess.run(["sync"])
+    time.sleep(1)
+
+
+files("f")
+report = {"rounds": ROUNDS, "sessions": SESSIONS, "per_session": PER, "per_connection_loops": PERCONN,
+          "size": SIZE, "results": {}}
+for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
+    for rnd in range(ROUNDS):
+        order = TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)]
+        for target in order:
+            settle()
+            c0 = cpu_ticks(target["pid"])
+            q0 = s3_requests(target.get("metrics"))
+            secs, n, errors = runner(target, rnd)
+            time.sleep(0.3)
+            cpu = (cpu_ticks(target["pid"]) - c0) / os.sysconf("SC_CLK_TCK")
+            q1 = s3_requests(target.get("metrics"))
+            r = report["results"].setdefault(f"{mode}:{target['name']}", {"files_per_s": [], "cpu_s": [],
+                                                                            "s3_per_file": [], "errors": 0})
+            r["files_per_s"].append(n / secs)
+            r["cpu_s"].append(cpu)
+            r["errors"] += len(errors)
+            if errors:
+                r["last_error"] = errors[-1]
+            if q0 is not None:
+                r["s3_per_file"].append((q1 - q0) / n)
+            print(f"[bench] {mode} {target['name']} round {rnd + 1}: {n / secs:.0f} files/s, "
+                  f"{cpu:.2f} CPU s, {len(errors)} errors", file=sys.stderr, flush=True)
+
+for r in report["results"].values():
+    r["median_files_per_s"] = statistics.median(r["files_per_s"])
+    r["median_cpu_s"] = statistics.median(r["cpu_s"])
+    if r["s3_per_file"]:
+        r["median_s3_per_file"] = statistics.median(r["s3_per_file"])
+
+if HOOK_LOG and os.path.exists(HOOK_LOG):
+    lat = []
+    for line in open(HOOK_LOG):
+        recv, finished = line.split()
+        lat.append(float(recv) - float(finished))
+    lat.sort()
+    if lat:
+        report["webhook_latency_ms"] = {"n": len(lat), "p50": round(statistics.median(lat) * 1000, 1),
+                                        "p99": round(lat[int(len(lat) * 0.99) - 1] * 1000, 1)}
+print(json.dumps(report))
