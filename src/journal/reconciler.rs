@@ -2,7 +2,8 @@
 //! dead instances left (claiming each piece of work for a while, so two instances never do
 //! the same), and prunes what is no longer needed.
 //!
-//! - A commit intent of a dead instance: if the object there is the one the intent
+//! - A commit intent of a dead instance (or one older than 15 minutes, whose clearing was
+//!   lost while its instance lives on): if the object there is the one the intent
 //!   describes, its arrival is announced (exactly once: the event is recorded in the
 //!   transaction that clears the intent, and a rename's source is removed); if it is not,
 //!   the commit never happened, and an upload is announced as failed.
@@ -30,6 +31,8 @@ use crate::storage::{Home, LiveUpload, Location, Storage, RESERVED_PREFIX};
 const CLAIM: Duration = Duration::from_secs(300);
 /// Work taken per kind and round.
 const BATCH: i64 = 100;
+/// A commit intent this old is settled even though its instance is alive.
+const FORSAKEN_INTENT: Duration = Duration::from_secs(15 * 60);
 
 pub struct Reconciler {
     pub journal: Journal,
@@ -103,14 +106,22 @@ impl Reconciler {
         };
         let now = micros(Utc::now());
         let alive_since = now - self.journal.dead_after().as_micros() as i64;
+        // A commit takes seconds; an intent this old whose instance still runs lost its
+        // clearing (a database error at the wrong moment) and would lock its name for ever.
+        let forsaken_before = if table == "commit_intents" {
+            now - FORSAKEN_INTENT.as_micros() as i64
+        } else {
+            i64::MIN
+        };
         let candidates: Vec<(String, String)> = on_pool!(self.journal.db(), p => {
             sqlx::query_as(&format!(
                 "SELECT t.{key}, t.detail FROM {table} t WHERE t.claim_until_us < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = t.instance AND i.heartbeat_us > $2) \
+                 AND (t.created_us < $3 OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = t.instance AND i.heartbeat_us > $2)) \
                  ORDER BY t.created_us LIMIT {BATCH}"
             ))
             .bind(now)
             .bind(alive_since)
+            .bind(forsaken_before)
             .fetch_all(p)
             .await?
         });

@@ -86,6 +86,31 @@ async fn an_object_committed_before_its_event_is_announced_after_a_crash() {
     }
 }
 
+/// An intent whose clearing was lost while its instance lives on does not lock its name for
+/// ever: after 15 minutes the reconciler settles it like a dead instance's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forsaken_commit_intent_of_a_live_instance_is_settled() {
+    let mut g = crashing(false, "upload.after_commit", &[]).await;
+    let data = random_bytes(100_000);
+    g.write_file("late.csv", &data);
+    let run = g.acme("put late.csv\n");
+    assert_ne!(run.code, Some(0), "the client saw a success: {run:?}");
+    crashed(&mut g, "upload.after_commit");
+    assert_eq!(g.count_rows("commit_intents").await, 1);
+    // With a heartbeat of an hour an instance is taken for dead after three, so the crashed
+    // one counts as alive: only the intent's age can settle it.
+    g.restart(&[CRASH_AT], &[("WHARF_RECOVERY__HEARTBEAT", "1h")]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(events_for(&g, "wharf.upload.completed", "/late.csv").is_empty());
+    assert_eq!(g.count_rows("commit_intents").await, 1);
+    g.execute("UPDATE commit_intents SET created_us = created_us - 16 * 60 * 1000000")
+        .await;
+    let got = settled(&g, "wharf.upload.completed", "/late.csv").await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["data"]["sha256"], sha(&data));
+    assert_eq!(g.count_rows("commit_intents").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_cut_by_a_crash_before_its_commit_leaves_nothing() {
     // Mid-multipart (parts in S3, the multipart upload open) and just before the commit.

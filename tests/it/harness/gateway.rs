@@ -71,6 +71,22 @@ impl Gateway {
         self.server = Server::start(&self.w);
     }
 
+    /// Runs one statement on the server's database (its SQLite file, or its Postgres one).
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::Connection as _;
+        match &self._pg {
+            Some(pg) => {
+                let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+            }
+            None => {
+                let url = format!("sqlite://{}", self.w.file("wharf.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+            }
+        }
+    }
+
     /// Rows in one of the server's tables (its SQLite file, or its Postgres database).
     pub async fn count_rows(&self, table: &str) -> i64 {
         use sqlx::Connection as _;
