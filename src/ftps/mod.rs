@@ -138,8 +138,8 @@ impl FtpAuthenticator for Connection {
                 self.span
                     .in_scope(|| tracing::info!(activity = "AUTH_SUCCESS", method = "password"));
                 let auth = ctx.auth.clone();
-                let name = account.username.clone();
-                tokio::spawn(async move { auth.record_login(&name).await });
+                let (name, last) = (account.username.clone(), account.last_login_at);
+                tokio::spawn(async move { auth.record_login(&name, last).await });
                 let ticket = uuid::Uuid::new_v4().to_string();
                 let user = FtpsUser {
                     session: self.logins.session(&self.id, account, ip),

@@ -168,8 +168,15 @@ impl Authenticator {
         Ok(account)
     }
 
-    pub async fn record_login(&self, username: &str) {
-        if let Err(e) = self.store.record_login(username, super::now()).await {
+    /// Records a successful login in `last_login_at`, to the minute: a login within a minute
+    /// of the recorded one writes nothing (one database write per login would be most of
+    /// what a one-file-per-connection partner costs the database).
+    pub async fn record_login(&self, username: &str, last: Option<chrono::DateTime<chrono::Utc>>) {
+        let now = super::now();
+        if last.is_some_and(|t| now.signed_duration_since(t) < chrono::Duration::seconds(60)) {
+            return;
+        }
+        if let Err(e) = self.store.record_login(username, now).await {
             tracing::warn!(error = %e, "could not record last login");
         }
     }

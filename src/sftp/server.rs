@@ -268,8 +268,8 @@ impl SshHandler {
             )
         });
         let auth = self.ctx.auth.clone();
-        let name = account.username.clone();
-        tokio::spawn(async move { auth.record_login(&name).await });
+        let (name, last) = (account.username.clone(), account.last_login_at);
+        tokio::spawn(async move { auth.record_login(&name, last).await });
         self.account = Some(account);
         self.authed.store(true, Ordering::Release);
         Auth::Accept
