@@ -3,6 +3,9 @@
 #
 #   bench/small-files.sh [ROUNDS] [PER_SESSION] [PER_CONNECTION_LOOP]   (defaults: 3 100 20)
 #
+# ONLY=wharf runs only the targets whose name contains it; MODES=sessions one mode; PERF=1
+# profiles wharf/pg with perf and prints where its CPU went.
+#
 # Two modes, each in interleaved rounds (rotating order, page cache flushed before each run):
 #   sessions  10 concurrent `sftp -b` sessions x PER_SESSION files of 4 KiB
 #   perconn   10 parallel loops of `sftp -b` with one put each, PER_CONNECTION_LOOP per loop
@@ -49,6 +52,7 @@ python3 - "$HOOK_PORT" "$HOOK_LOG" <<'PY' &
 import datetime, http.server, json, sys, time
 port, log = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
 class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a production receiver
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         now = time.time()
@@ -139,6 +143,15 @@ for mode, label, n in (("sessions", f"{r['sessions']} sessions x {r['per_session
     for w in ("wharf/pg->garage", "wharf/sqlite->garage"):
         if rc and f"{mode}:{w}" in res:
             print(f"    {w} / rclone = {res[f'{mode}:{w}']['median_files_per_s'] / rc:.2f}x")
+for mode, profiles in r.get("perf", {}).items():
+    print(f"  wharf/pg CPU profile ({mode}, last round; self time by part):")
+    for k, v in profiles[-1]["categories"].items():
+        print(f"    {v:5.1f}%  {k}")
+    print("    top symbols:")
+    for line in profiles[-1]["top"]:
+        print(f"      {line}")
+for name, n in r.get("delivery_retries", {}).items():
+    print(f"  {name}: {n:.0f} webhook deliveries retried")
 if "webhook_latency_ms" in r:
     l = r["webhook_latency_ms"]
     print(f"  close-to-webhook latency over {l['n']} events: p50 {l['p50']} ms, p99 {l['p99']} ms (target p99 < 100)")

@@ -19,7 +19,8 @@ import threading
 import time
 import urllib.request
 
-TARGETS = json.loads(os.environ["TARGETS"])
+TARGETS = [t for t in json.loads(os.environ["TARGETS"]) if os.environ.get("ONLY", "") in t["name"]]
+MODES = os.environ.get("MODES", "sessions,perconn").split(",")
 KEY = os.environ["KEY"]
 WORK = os.environ["WORK"]
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -28,6 +29,46 @@ PER = int(os.environ.get("PER", "100"))
 PERCONN = int(os.environ.get("PERCONN", "20"))
 SIZE = int(os.environ.get("SIZE", "4096"))
 HOOK_LOG = os.environ.get("HOOK_LOG")
+# PERF=1: profile wharf/pg with `perf record` during its rounds and report where its CPU goes
+# (the SSH algorithms, the database driver, the S3 client, ...).
+PERF = os.environ.get("PERF") == "1"
+
+# Symbol substrings -> what they are part of. First match wins.
+CATEGORIES = [
+    ("SSH kex and host-key signature (curve25519, ed25519)", ("curve25519", "ed25519", "x25519")),
+    ("SSH kex (ECDH P-256, RSA, bignum)", ("p256", "primeorder", "elliptic_curve", "rsa::", "num_bigint", "crypto_bigint")),
+    ("SSH cipher and MAC (chacha20, poly1305, aes, ghash, hmac)", ("chacha20", "poly1305", "aes", "ghash", "polyval", "hmac")),
+    ("hashes (sha2: kex exchange hash, signatures, file SHA-256)", ("sha2", "sha256", "sha512")),
+    ("argon2 (password logins only)", ("argon2", "blake2")),
+    ("database driver (sqlx, postgres, sqlite)", ("sqlx", "sqlite", "postgres")),
+    ("S3 client (aws-sdk, hyper, http)", ("aws_", "hyper", "h2::", "http::", "rustls")),
+    ("logs and metrics (tracing, serde_json)", ("tracing", "serde_json", "metrics", "prometheus")),
+    ("kernel", ("[k]",)),
+    ("allocator and memcpy", ("malloc", "free", "memcpy", "memmove", "realloc", "cfree", "_int_")),
+    ("async runtime (tokio)", ("tokio",)),
+]
+
+
+def perf_categories(data):
+    """Self time per category, as a share of wharf's samples."""
+    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "sym", "--stdio",
+                          "--percent-limit", "0"], capture_output=True, text=True).stdout
+    shares, top = {}, []
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\[.\])\s+(.*)", line)
+        if not m:
+            continue
+        pct, kind, sym = float(m.group(1)), m.group(2), m.group(3)
+        if len(top) < 15:
+            top.append(f"{pct:5.1f}% {sym[:90]}")
+        name = "other"
+        for cat, keys in CATEGORIES:
+            if any(k in sym.lower() or k == kind for k in keys):
+                name = cat
+                break
+        shares[name] = shares.get(name, 0.0) + pct
+    return {"categories": {k: round(v, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
+            "top": top}
 
 SSH = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
        "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-i", KEY]
@@ -46,6 +87,14 @@ def s3_requests(metrics):
     text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
     return sum(float(m.group(1)) for m in
                re.finditer(r'^wharf_s3_request_duration_seconds_count\{[^}]*\} (\S+)', text, re.M))
+
+
+def delivery_retries(metrics):
+    if not metrics:
+        return None
+    text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+    return sum(float(m.group(1)) for m in
+               re.finditer(r'^wharf_event_deliveries_total\{[^}]*outcome="retry"[^}]*\} (\S+)', text, re.M))
 
 
 def files(tag):
@@ -111,13 +160,25 @@ files("f")
 report = {"rounds": ROUNDS, "sessions": SESSIONS, "per_session": PER, "per_connection_loops": PERCONN,
           "size": SIZE, "results": {}}
 for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
+    if mode not in MODES:
+        continue
     for rnd in range(ROUNDS):
         order = TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)]
         for target in order:
             settle()
             c0 = cpu_ticks(target["pid"])
             q0 = s3_requests(target.get("metrics"))
+            prof = None
+            if PERF and target["name"].startswith("wharf/pg"):
+                data = os.path.join(WORK, f"perf-{mode}-{rnd}.data")
+                prof = (subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", str(target["pid"]),
+                                          "-o", data], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL), data)
             secs, n, errors = runner(target, rnd)
+            if prof:
+                prof[0].send_signal(2)
+                prof[0].wait()
+                report.setdefault("perf", {}).setdefault(mode, []).append(perf_categories(prof[1]))
             time.sleep(0.3)
             cpu = (cpu_ticks(target["pid"]) - c0) / os.sysconf("SC_CLK_TCK")
             q1 = s3_requests(target.get("metrics"))
@@ -148,4 +209,8 @@ if HOOK_LOG and os.path.exists(HOOK_LOG):
     if lat:
         report["webhook_latency_ms"] = {"n": len(lat), "p50": round(statistics.median(lat) * 1000, 1),
                                         "p99": round(lat[int(len(lat) * 0.99) - 1] * 1000, 1)}
+for t in TARGETS:
+    n = delivery_retries(t.get("metrics"))
+    if n is not None:
+        report.setdefault("delivery_retries", {})[t["name"]] = n
 print(json.dumps(report))
