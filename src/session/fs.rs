@@ -243,41 +243,53 @@ impl Session {
     /// What storage holds at `path`, answered from this session's view when it can be.
     async fn stat_stored(&self, path: &VirtualPath) -> Result<Meta, FsError> {
         let rel = path.relative();
-        if self.backend.remote() && !path.is_root() {
-            let (dir, name) = split_parent(&rel);
-            match self.view.lookup(dir, name) {
-                Known::Present(m) => return Ok(m),
-                Known::Absent => {
-                    return Err(FsError::new(
-                        FsErrorKind::NotFound,
-                        format!("{path}: no such file or directory"),
-                    ))
-                }
-                Known::Unknown => {}
-            }
-            // One listing of the parent answers this stat and the next ones in it (a client
-            // stats every file before putting it), when it fits in a page.
+        if !self.backend.remote() || path.is_root() {
+            return self.backend.stat(&rel).await.map_err(|e| storage(e, path));
+        }
+        let (dir, name) = split_parent(&rel);
+        let missing = || {
+            FsError::new(
+                FsErrorKind::NotFound,
+                format!("{path}: no such file or directory"),
+            )
+        };
+        match self.view.lookup(dir, name) {
+            Known::Present(m) => return Ok(m),
+            Known::Absent => return Err(missing()),
+            Known::Unknown => {}
+        }
+        // A session that asks about a second name in a directory (a client stats every file
+        // before putting it) gets the directory listed once: it answers the next stats too.
+        // A one-file session asks about its one name only, which is cheaper than a listing.
+        if self.view.worth_listing(dir, name) {
             match self.backend.open_dir(dir).await {
-                Ok(mut stream) => {
-                    if let Ok(Some(page)) = stream.next_page().await {
-                        if stream.done() {
-                            self.view.listed(dir, &page);
-                            return match page.into_iter().find(|e| e.name == name) {
-                                Some(e) => Ok(e.meta),
-                                None => Err(FsError::new(
-                                    FsErrorKind::NotFound,
-                                    format!("{path}: no such file or directory"),
-                                )),
-                            };
-                        }
+                Ok(mut stream) => match stream.next_page().await {
+                    Ok(Some(page)) if stream.done() => {
+                        self.view.listed(dir, &page);
+                        return match page.into_iter().find(|e| e.name == name) {
+                            Some(e) => Ok(e.meta),
+                            None => Err(missing()),
+                        };
                     }
-                }
+                    Ok(_) => self.view.too_big(dir),
+                    Err(_) => {}
+                },
                 // No parent, no child.
                 Err(e) if e.kind == ErrorKind::NotFound => return Err(storage(e, path)),
                 Err(_) => {}
             }
         }
-        self.backend.stat(&rel).await.map_err(|e| storage(e, path))
+        match self.backend.stat(&rel).await {
+            Ok(m) => {
+                self.view.noted(dir, name, Some(m.clone()));
+                Ok(m)
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                self.view.noted(dir, name, None);
+                Err(storage(e, path))
+            }
+            Err(e) => Err(storage(e, path)),
+        }
     }
 
     /// Opens a directory for listing, a page at a time (`next_entries`).
