@@ -4,7 +4,9 @@
 #   bench/small-files.sh [ROUNDS] [PER_SESSION] [PER_CONNECTION_LOOP]   (defaults: 3 100 20)
 #
 # ONLY=wharf runs only the targets whose name contains it; MODES=sessions one mode; PERF=1
-# profiles wharf/pg with perf and prints where its CPU went.
+# profiles wharf/pg with perf and prints where its CPU went; MACHINE=1 prints every process's
+# CPU seconds during each run (the clients, garage, Postgres and the webhook receiver share the
+# cores with the server).
 #
 # Two modes, each in interleaved rounds (rotating order, page cache flushed before each run):
 #   sessions  10 concurrent `sftp -b` sessions x PER_SESSION files of 4 KiB
@@ -150,6 +152,8 @@ for mode, profiles in r.get("perf", {}).items():
     print("    top symbols:")
     for line in profiles[-1]["top"]:
         print(f"      {line}")
+for k, v in r.get("machine", {}).items():
+    print(f"  CPU seconds on the machine during {k} (last round): " + ", ".join(f"{c} {s}" for c, s in v.items()))
 for name, n in r.get("delivery_retries", {}).items():
     print(f"  {name}: {n:.0f} webhook deliveries retried")
 if "webhook_latency_ms" in r:

@@ -32,6 +32,36 @@ HOOK_LOG = os.environ.get("HOOK_LOG")
 # PERF=1: profile wharf/pg with `perf record` during its rounds and report where its CPU goes
 # (the SSH algorithms, the database driver, the S3 client, ...).
 PERF = os.environ.get("PERF") == "1"
+# MACHINE=1: CPU seconds of every process on the machine during each run, by command name
+# (clients, the S3 server, Postgres, the webhook receiver: what shares the cores).
+MACHINE = os.environ.get("MACHINE") == "1"
+
+
+def machine_cpu():
+    """Per pid: (command, CPU ticks of it and its reaped children)."""
+    out = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        comm = st[st.index("(") + 1:st.rindex(")")]
+        out[p] = (comm, sum(int(x) for x in st.rsplit(")", 1)[1].split()[11:15]))
+    return out
+
+
+def machine_diff(a, b):
+    tck = os.sysconf("SC_CLK_TCK")
+    by = {}
+    for p, (comm, ticks) in b.items():
+        prev = a.get(p)
+        d = ticks - (prev[1] if prev and prev[0] == comm else 0)
+        if d > 0:
+            by[comm] = by.get(comm, 0) + d / tck
+    return {k: round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:8]}
 
 # Symbol substrings -> what they are part of. First match wins.
 CATEGORIES = [
@@ -174,7 +204,10 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
                 prof = (subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", str(target["pid"]),
                                           "-o", data], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL), data)
+            m0 = machine_cpu() if MACHINE else None
             secs, n, errors = runner(target, rnd)
+            if MACHINE:
+                report.setdefault("machine", {})[f"{mode}:{target['name']}"] = machine_diff(m0, machine_cpu())
             if prof:
                 prof[0].send_signal(2)
                 prof[0].wait()

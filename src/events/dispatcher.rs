@@ -189,7 +189,9 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
     ) else {
         return;
     };
-    let hold = lease_for.max(w.sink.timeout() + Duration::from_secs(5));
+    // One attempt may take the sink's timeout: the claim must outlast it.
+    let need = w.sink.timeout() + Duration::from_secs(5);
+    let hold = lease_for.max(need);
     // The claim was made a moment ago for `lease_for`.
     let mut held_until =
         tokio::time::Instant::now() + lease_for.saturating_sub(Duration::from_secs(1));
@@ -197,7 +199,7 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
     let mut since_record = 0;
     let mut stopped = false;
     for c in &run {
-        if held_until.saturating_duration_since(tokio::time::Instant::now()) < hold {
+        if held_until.saturating_duration_since(tokio::time::Instant::now()) < need {
             let until = Utc::now() + chrono::Duration::from_std(hold * 2).unwrap_or_default();
             match outbox.extend(name, &lease, until).await {
                 Ok(true) => held_until = tokio::time::Instant::now() + hold * 2,
