@@ -38,6 +38,65 @@ async fn wait_sample(s: &Server, series: &str, want: f64) -> String {
     panic!("{series} never reached {want}:\n{}", scrape(s).await);
 }
 
+/// Every S3 request wharf made so far, over all operations.
+fn s3_requests(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("wharf_s3_request_duration_seconds_count{"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A session of many small `put`s costs one S3 request per file: the stat OpenSSH sends
+/// before each put and the one at open are answered from what the session already learnt.
+/// A one-file session costs two (its stat, its PutObject). Each file still lands whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn small_files_cost_one_s3_request_each() {
+    let g = Gateway::start(false, &[]).await;
+    let mut batch = String::new();
+    let mut files = Vec::new();
+    for i in 0..30 {
+        let data = random_bytes(4096 + i);
+        g.write_file(&format!("f{i}.csv"), &data);
+        batch.push_str(&format!("put f{i}.csv\n"));
+        files.push(data);
+    }
+    // A file already there, named as a prefix of others: the one-request stat tells them apart.
+    g.write_file("f1", b"x");
+    g.acme("put f1\n").ok();
+
+    let before = scrape(&g.server).await;
+    g.acme(&batch).ok();
+    let after = scrape(&g.server).await;
+    let n = s3_requests(&after) - s3_requests(&before);
+    assert!(
+        (30.0..=36.0).contains(&n),
+        "{n} S3 requests for 30 small files:\n{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "wharf_s3_request_duration_seconds_count{operation=\"PutObject\"}"
+        ) - sample(
+            &before,
+            "wharf_s3_request_duration_seconds_count{operation=\"PutObject\"}"
+        ),
+        30.0
+    );
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(
+            g.stored(&format!("f{i}.csv")).await.as_deref(),
+            Some(&data[..])
+        );
+    }
+    assert_eq!(g.stored("f1").await.as_deref(), Some(&b"x"[..]));
+
+    let before = scrape(&g.server).await;
+    g.write_file("one.csv", b"1\n");
+    g.acme("put one.csv\n").ok();
+    let after = scrape(&g.server).await;
+    assert_eq!(s3_requests(&after) - s3_requests(&before), 2.0, "{after}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_move_by_exactly_what_sessions_did() {
     let g = Gateway::start(false, &[]).await;
