@@ -208,11 +208,39 @@ impl UploadObserver for OutboxObserver {
         }
     }
 
-    async fn removed(&self, path: &str, location: &Location) {
+    async fn removed(&self, session: &SessionInfo, path: &str, location: &Location) {
         if self.is_temp(path) {
+            // Never announced, so nothing to retract: only forget what was staged.
             if let Err(e) = self.outbox.unstage(&location.uri).await {
                 tracing::warn!(path, error = %e, "could not forget a deleted temp upload");
             }
+            return;
+        }
+        let now = crate::identity::now();
+        let event = Event::build_as(
+            &self.source,
+            super::DELETED,
+            &Arrival {
+                session,
+                path,
+                location,
+                bytes: 0,
+                sha256: None,
+                etag: None,
+                started_at: now,
+                finished_at: now,
+                failure: None,
+            },
+        );
+        if let Err(e) = self.outbox.record(&event, None, None).await {
+            tracing::error!(path, error = %e, "could not record a file deleted event");
+        }
+    }
+
+    async fn downloaded(&self, r: &UploadRecord) {
+        let event = Event::from_download(&self.source, r);
+        if let Err(e) = self.outbox.record(&event, None, None).await {
+            tracing::error!(path = %r.path, error = %e, "could not record a download event");
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Arrival events: CloudEvents built from finished uploads (`arrivals.rs`), written to the
-//! database outbox before the client is answered (`outbox.rs`), and delivered at least once,
-//! in commit order per account, to every configured sink (`dispatcher.rs`, `sinks/`).
+//! Events: CloudEvents built from finished uploads, downloads and deletes (`arrivals.rs`),
+//! written to the database outbox before the client is answered (`outbox.rs`), and delivered
+//! at least once, in commit order per account, to every configured sink (`dispatcher.rs`,
+//! `sinks/`).
 
 pub mod arrivals;
 pub mod dispatcher;
@@ -16,6 +17,9 @@ use crate::storage::{Location, Stored};
 
 pub const COMPLETED: &str = "wharf.upload.completed";
 pub const FAILED: &str = "wharf.upload.failed";
+pub const DOWNLOAD_COMPLETED: &str = "wharf.download.completed";
+pub const DOWNLOAD_FAILED: &str = "wharf.download.failed";
+pub const DELETED: &str = "wharf.file.deleted";
 
 /// An event as stored in the outbox and delivered: `body` is the exact CloudEvent JSON that
 /// every sink sends (and the webhook signs).
@@ -60,12 +64,18 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 impl Event {
+    /// An upload's event: completed, or failed when `a.failure` says why.
     pub fn build(source: &str, a: &Arrival<'_>) -> Event {
         let kind = if a.failure.is_some() {
             FAILED
         } else {
             COMPLETED
         };
+        Event::build_as(source, kind, a)
+    }
+
+    /// An event of type `kind` with the data of `a`.
+    pub fn build_as(source: &str, kind: &str, a: &Arrival<'_>) -> Event {
         let id = uuid::Uuid::now_v7().to_string();
         let data = json!({
             "username": a.session.username,
@@ -107,20 +117,31 @@ impl Event {
 
     /// The event for an upload's end (completed with its stored content, or failed).
     pub fn from_record(source: &str, r: &UploadRecord) -> Event {
+        Event::from_record_as(source, r, (COMPLETED, FAILED))
+    }
+
+    /// The event for a download's end: `r` holds what was sent (its SHA-256 when the client
+    /// read the whole file in order) or why it did not complete.
+    pub fn from_download(source: &str, r: &UploadRecord) -> Event {
+        Event::from_record_as(source, r, (DOWNLOAD_COMPLETED, DOWNLOAD_FAILED))
+    }
+
+    fn from_record_as(source: &str, r: &UploadRecord, kinds: (&str, &str)) -> Event {
         match &r.outcome {
             UploadOutcome::Completed(Stored {
                 bytes,
                 sha256,
                 etag,
                 location,
-            }) => Event::build(
+            }) => Event::build_as(
                 source,
+                kinds.0,
                 &Arrival {
                     session: &r.session,
                     path: &r.path,
                     location,
                     bytes: *bytes,
-                    sha256: Some(sha256),
+                    sha256: (!sha256.is_empty()).then_some(sha256.as_str()),
                     etag: etag.as_deref(),
                     started_at: r.started_at,
                     finished_at: r.finished_at,
@@ -132,8 +153,9 @@ impl Event {
                 bytes,
                 code,
                 message,
-            } => Event::build(
+            } => Event::build_as(
                 source,
+                kinds.1,
                 &Arrival {
                     session: &r.session,
                     path: &r.path,

@@ -187,7 +187,7 @@ impl StorageBackend<FtpsUser> for SessionStorage {
                     Err(_) => break,
                 }
             }
-            s.close_read(f);
+            s.close_read(f).await;
             let _ = tx.shutdown().await;
         });
         Ok(Box::new(rx))

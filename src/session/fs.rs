@@ -17,7 +17,8 @@ use super::{Session, StagedFacts, UploadOutcome, UploadRecord};
 use crate::config::SetstatPolicy;
 use crate::identity::Permission;
 use crate::storage::{
-    Capacity, DirEntry, DirStream, ErrorKind, Meta, Sealed, StorageError, Stored, UploadContext,
+    Capacity, DirEntry, DirStream, ErrorKind, Location, Meta, Sealed, StorageError, Stored,
+    UploadContext,
 };
 use crate::telemetry::metrics::metrics;
 
@@ -195,15 +196,107 @@ impl DirListing {
     }
 }
 
-/// A file open for reading.
+/// A file open for reading. Its end is a download event (`close_read`, or a failed one when
+/// it is dropped unclosed: the client went away).
 pub struct ReadFile {
     pub path: VirtualPath,
     pub size: u64,
     /// Read-ahead: the last block fetched, so small sequential reads cost one request per block.
     cache: Option<(u64, Bytes)>,
-    /// Bytes handed to the client, for the CLOSE line.
+    /// Bytes handed to the client.
     sent: u64,
+    /// SHA-256 of the bytes sent while the client reads in order from the start (every client
+    /// we know does); dropped at the first read elsewhere.
+    hash: Option<crate::storage::ContentHash>,
+    /// The end of what has been read in order.
+    next: u64,
+    /// A storage error that cut the download.
+    error: Option<String>,
+    location: Location,
+    started_at: DateTime<Utc>,
     started: Instant,
+    /// Set once the download is reported, so dropping it reports nothing more.
+    session: Option<Arc<Session>>,
+}
+
+impl ReadFile {
+    /// What was sent, for the log and the event.
+    fn note_sent(&mut self, offset: u64, data: &[u8]) {
+        self.sent += data.len() as u64;
+        let end = offset + data.len() as u64;
+        if offset == self.next {
+            if let Some(h) = &mut self.hash {
+                h.update(data);
+            }
+            self.next = end;
+        } else if end > self.next {
+            // Not in order: the bytes sent can no longer be hashed as one file.
+            self.hash = None;
+            self.next = self.next.max(end);
+        }
+    }
+
+    /// The download's outcome, or None when nothing was read (an open to look, not to fetch).
+    fn outcome(&mut self) -> Option<UploadOutcome> {
+        if let Some(message) = self.error.take() {
+            return Some(UploadOutcome::Failed {
+                location: self.location.clone(),
+                bytes: self.sent,
+                code: "storage_error",
+                message,
+            });
+        }
+        if self.sent == 0 && self.size > 0 {
+            return None;
+        }
+        if self.next >= self.size {
+            return Some(UploadOutcome::Completed(Stored {
+                bytes: self.size,
+                sha256: self.hash.take().map(|h| h.hex()).unwrap_or_default(),
+                etag: None,
+                location: self.location.clone(),
+            }));
+        }
+        Some(UploadOutcome::Failed {
+            location: self.location.clone(),
+            bytes: self.sent,
+            code: "partial_download",
+            message: format!(
+                "the client read {} of {} bytes before closing the file",
+                self.sent, self.size
+            ),
+        })
+    }
+}
+
+impl Drop for ReadFile {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        // Every byte sent counts as a download even when the client never closed the file.
+        let outcome = match self.outcome() {
+            Some(UploadOutcome::Failed {
+                location,
+                bytes,
+                code: "partial_download",
+                ..
+            }) => Some(UploadOutcome::Failed {
+                location,
+                bytes,
+                code: "partial_download",
+                message: "the file was not closed: the client disconnected or the transfer was cut"
+                    .into(),
+            }),
+            other => other,
+        };
+        if let Some(outcome) = outcome {
+            let (path, started_at) = (self.path.to_string(), self.started_at);
+            session.clone().spawn_upload_task(async move {
+                session.report_download(path, started_at, outcome).await;
+            });
+        }
+    }
 }
 
 const READ_AHEAD: u32 = 4 << 20;
@@ -642,7 +735,7 @@ impl Session {
         self.ctx.observer.failed(&rec).await;
     }
 
-    pub async fn open_read(&self, path: &VirtualPath) -> Result<ReadFile, FsError> {
+    pub async fn open_read(self: &Arc<Self>, path: &VirtualPath) -> Result<ReadFile, FsError> {
         self.require(Permission::Download, "downloading")?;
         let m = self
             .backend
@@ -661,12 +754,20 @@ impl Session {
             size: m.size,
             cache: None,
             sent: 0,
+            hash: Some(Default::default()),
+            next: 0,
+            error: None,
+            location: self.backend.location(&path.relative()),
+            started_at: crate::identity::now(),
             started: Instant::now(),
+            session: Some(self.clone()),
         })
     }
 
-    /// Ends a download (logged like an upload's close, with the bytes sent).
-    pub fn close_read(&self, f: ReadFile) {
+    /// Ends a download: logged like an upload's close, with the bytes sent, and announced
+    /// (`wharf.download.completed` with the SHA-256 of what was sent when the client read
+    /// the whole file in order, `wharf.download.failed` when it stopped short).
+    pub async fn close_read(&self, mut f: ReadFile) {
         tracing::info!(parent: &self.span,
             activity = "CLOSE",
             path = %f.path,
@@ -674,6 +775,27 @@ impl Session {
             bytes_out = f.sent,
             duration_ms = f.started.elapsed().as_millis() as u64,
         );
+        f.session = None;
+        if let Some(outcome) = f.outcome() {
+            self.report_download(f.path.to_string(), f.started_at, outcome)
+                .await;
+        }
+    }
+
+    async fn report_download(
+        &self,
+        path: String,
+        started_at: DateTime<Utc>,
+        outcome: UploadOutcome,
+    ) {
+        let record = UploadRecord {
+            session: self.info.clone(),
+            path,
+            started_at,
+            finished_at: crate::identity::now(),
+            outcome,
+        };
+        self.ctx.observer.downloaded(&record).await;
     }
 
     /// `len` bytes at `offset`, fewer only at the end of the file (empty there). Never a short
@@ -682,9 +804,23 @@ impl Session {
     pub async fn read(&self, f: &mut ReadFile, offset: u64, len: u32) -> Result<Bytes, FsError> {
         let want = (len as u64).min(f.size.saturating_sub(offset)) as usize;
         let end = offset + want as u64;
+        let res = self.read_exact(f, offset, end, want).await;
+        match &res {
+            Ok(b) => f.note_sent(offset, b),
+            Err(e) => f.error = Some(e.message.clone()),
+        }
+        res
+    }
+
+    async fn read_exact(
+        &self,
+        f: &mut ReadFile,
+        offset: u64,
+        end: u64,
+        want: usize,
+    ) -> Result<Bytes, FsError> {
         let first = self.read_block(f, offset, end).await?;
         if first.len() >= want {
-            f.sent += first.len() as u64;
             return Ok(first);
         }
         // The request straddles the end of the read-ahead block.
@@ -697,7 +833,6 @@ impl Session {
             }
             out.extend_from_slice(&more);
         }
-        f.sent += out.len() as u64;
         Ok(out.freeze())
     }
 
@@ -737,7 +872,7 @@ impl Session {
         let location = self.backend.location(&path.relative());
         self.ctx
             .observer
-            .removed(&path.to_string(), &location)
+            .removed(&self.info, &path.to_string(), &location)
             .await;
         Ok(())
     }

@@ -127,9 +127,12 @@ pub trait UploadObserver: Send + Sync {
     ) -> Result<Option<StagedFacts>, RecordError> {
         Ok(None)
     }
-    /// A file was deleted (a temp-name upload that will never be renamed, for instance).
-    /// Failures are logged, not reported: the file is gone either way.
-    async fn removed(&self, path: &str, location: &crate::storage::Location);
+    /// A file was deleted by the partner. Failures are logged, not reported: the file is
+    /// gone either way.
+    async fn removed(&self, session: &SessionInfo, path: &str, location: &crate::storage::Location);
+    /// A download ended: `record` holds what was sent (`Completed`, its `sha256` empty when
+    /// the client did not read the file in order) or why it did not complete (`Failed`).
+    async fn downloaded(&self, _record: &UploadRecord) {}
 }
 
 /// Logs uploads and records nothing (no event outbox configured).
@@ -156,7 +159,13 @@ impl UploadObserver for LogOnlyObserver {
     ) -> Result<(), RecordError> {
         Ok(())
     }
-    async fn removed(&self, _path: &str, _location: &crate::storage::Location) {}
+    async fn removed(
+        &self,
+        _session: &SessionInfo,
+        _path: &str,
+        _location: &crate::storage::Location,
+    ) {
+    }
 }
 
 /// What every session of this process shares.

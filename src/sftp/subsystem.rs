@@ -343,7 +343,7 @@ impl russh_sftp::server::Handler for SftpHandler {
                 Ok(ok(id))
             }
             Some(Open::Read(f)) => {
-                self.session.close_read(f);
+                self.session.close_read(f).await;
                 Ok(ok(id))
             }
             Some(_) => Ok(ok(id)),

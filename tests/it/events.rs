@@ -416,3 +416,84 @@ async fn a_deleted_temp_upload_is_forgotten() {
     );
     assert_eq!(done["data"]["bytes"], new.len() as u64, "{done}");
 }
+
+/// Downloads and deletes are announced on S3 and local storage: a whole `get` with the
+/// SHA-256 of what was sent, a read that stops short as failed with the bytes sent, a delete
+/// as `wharf.file.deleted`.
+#[tokio::test(flavor = "multi_thread")]
+async fn downloads_and_deletes_are_announced() {
+    for local in [false, true] {
+        let g = Gateway::start_on(local, false, &[]).await;
+        g.grant_acme_everything();
+        let data = random_bytes((5 << 20) + 12_345);
+        g.write_file("ack.xml", &data);
+        g.acme("put ack.xml\n").ok();
+        g.acme("get ack.xml back.xml\n").ok();
+        assert_eq!(std::fs::read(g.w.file("back.xml")).unwrap(), data);
+        let done = g
+            .wait_jsonl_event("wharf.download.completed", "/ack.xml")
+            .await;
+        assert_eq!(done["data"]["bytes"], data.len() as u64, "{done}");
+        assert_eq!(
+            done["data"]["sha256"],
+            hex::encode(Sha256::digest(&data)),
+            "{done}"
+        );
+        assert_eq!(done["data"]["username"], "acme");
+        assert_eq!(done["data"]["protocol"], "sftp");
+        assert!(done["data"]["failure_code"].is_null(), "{done}");
+
+        // The first 1,000 bytes only (curl's libssh2 reads ahead, but not the whole file).
+        let out = std::process::Command::new("curl")
+            .current_dir(g.w.path())
+            .args([
+                "-sS",
+                "--insecure",
+                "--max-time",
+                "60",
+                "-r",
+                "0-999",
+                "-o",
+                "head.xml",
+            ])
+            .args(["-u", &format!("acme:{}", crate::harness::PW)])
+            .arg(format!("sftp://127.0.0.1:{}/ack.xml", g.server.port()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(g.w.file("head.xml")).unwrap(), &data[..1000]);
+        let cut = g
+            .wait_jsonl_event("wharf.download.failed", "/ack.xml")
+            .await;
+        assert_eq!(cut["data"]["failure_code"], "partial_download", "{cut}");
+        let sent = cut["data"]["bytes"].as_u64().unwrap();
+        assert!(sent >= 1000 && sent < data.len() as u64, "{cut}");
+        assert!(cut["data"]["sha256"].is_null(), "{cut}");
+
+        g.acme("rm ack.xml\n").ok();
+        let gone = g.wait_jsonl_event("wharf.file.deleted", "/ack.xml").await;
+        assert!(
+            gone["data"]["location"]
+                .as_str()
+                .unwrap()
+                .ends_with("acme/ack.xml"),
+            "{gone}"
+        );
+        // One event of each: the upload, the download, the cut one, the delete.
+        let kinds: Vec<String> = g
+            .jsonl_events()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "wharf.upload.completed",
+                "wharf.download.completed",
+                "wharf.download.failed",
+                "wharf.file.deleted"
+            ],
+            "local={local}"
+        );
+    }
+}

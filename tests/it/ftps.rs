@@ -392,6 +392,29 @@ async fn the_commands_partners_clients_send_work_over_ftps() {
         "REST was not refused:\n{stdout}\n{stderr}"
     );
     assert_eq!(std::fs::read(g.w.file("back.csv")).unwrap(), b"id,amount\n");
+    // The download (RETR) and the delete (DELE) are announced like the upload.
+    let events: Vec<serde_json::Value> = hook
+        .wait_accepted(3, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    let find = |kind: &str, subject: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == kind && e["subject"] == subject)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} for {subject}: {events:#?}"))
+    };
+    let down = find("wharf.download.completed", "/in/r.csv");
+    assert_eq!(down["data"]["protocol"], "ftps", "{down}");
+    assert_eq!(down["data"]["bytes"], 10, "{down}");
+    assert_eq!(
+        down["data"]["sha256"],
+        hex::encode(Sha256::digest(b"id,amount\n")),
+        "{down}"
+    );
+    find("wharf.file.deleted", "/in/s.csv");
     // RNFR/RNTO, DELE and RMD really happened in storage.
     assert!(g.s3.keys(&g.prefix).await.is_empty(), "{stderr}");
 
