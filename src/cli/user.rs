@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::identity::keys::{parse_authorized_keys, AccountKey};
 use crate::identity::password::generate_password;
-use crate::identity::{parse_cidr, validate_username, Account, AccountStore, Hasher, Permissions};
+use crate::identity::{
+    folders, parse_cidr, validate_username, Account, AccountStore, Folder, Hasher, Permissions,
+};
 use crate::storage::Home;
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +82,33 @@ pub enum UserCommand {
     /// Manage the account's SSH public keys
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage the account's folders (logical directories, each on its own storage)
+    #[command(subcommand)]
+    Dir(DirCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirCommand {
+    /// Map the client path VPATH (such as /inbound) to LOCATION: s3://bucket/prefix/,
+    /// file:///dir or a path relative to storage.default_home. An account with folders sees
+    /// only its folders.
+    Add {
+        name: String,
+        vpath: String,
+        location: String,
+        /// Comma list of list,upload,download,overwrite,delete,rename,mkdir (default: the
+        /// account's permissions)
+        #[arg(long, value_name = "LIST")]
+        permissions: Option<String>,
+    },
+    /// List the account's folders
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the folder at VPATH (its files stay in storage)
+    Rm { name: String, vpath: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +300,7 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             store.delete(&name).await?;
             eprintln!("removed user {name} (files in storage were kept)");
         }
+        UserCommand::Dir(cmd) => dir(config, cmd).await?,
         UserCommand::Key(cmd) => run_key(config, cmd).await?,
     }
     Ok(())
@@ -396,6 +426,73 @@ fn read_keys(file: &str) -> anyhow::Result<Vec<AccountKey>> {
     })
 }
 
+async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    match cmd {
+        DirCommand::Add {
+            name,
+            vpath,
+            location,
+            permissions,
+        } => {
+            let mut account = get(&*store, &name).await?;
+            let cwd = std::env::current_dir().context("current directory")?;
+            let home =
+                Home::for_account(Some(&location), &config.storage.default_home, &name, &cwd)?;
+            let permissions = match permissions {
+                Some(p) => parse_permissions(&p)?,
+                None => account.permissions,
+            };
+            let folder = Folder {
+                path: folders::parse_path(&vpath)?,
+                home,
+                permissions,
+            };
+            let shown = format!(
+                "{} -> {} ({})",
+                folder.path, folder.home, folder.permissions
+            );
+            folders::add(&mut account.folders, folder)?;
+            store.update(&account).await?;
+            eprintln!("added folder {shown} to user {name}");
+        }
+        DirCommand::List { name, json } => {
+            let account = get(&*store, &name).await?;
+            if json {
+                let v: Vec<_> = account.folders.iter().map(folder_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if account.folders.is_empty() {
+                eprintln!("no folders: {name} sees its home {} at /", account.home);
+            } else {
+                println!("{:<24} {:<48} PERMISSIONS", "PATH", "LOCATION");
+                for f in &account.folders {
+                    println!(
+                        "{:<24} {:<48} {}",
+                        f.path.to_string(),
+                        f.home.to_uri(),
+                        f.permissions
+                    );
+                }
+            }
+        }
+        DirCommand::Rm { name, vpath } => {
+            let mut account = get(&*store, &name).await?;
+            folders::remove(&mut account.folders, &folders::parse_path(&vpath)?)?;
+            store.update(&account).await?;
+            eprintln!("removed folder {vpath} from user {name}");
+        }
+    }
+    Ok(())
+}
+
+fn folder_json(f: &Folder) -> serde_json::Value {
+    json!({
+        "path": f.path.to_string(),
+        "location": f.home.to_uri(),
+        "permissions": f.permissions.iter().map(|p| p.name()).collect::<Vec<_>>(),
+    })
+}
+
 fn account_json(a: &Account, keys: Option<&[AccountKey]>) -> serde_json::Value {
     let mut v = json!({
         "username": a.username,
@@ -407,6 +504,7 @@ fn account_json(a: &Account, keys: Option<&[AccountKey]>) -> serde_json::Value {
         "created_at": a.created_at,
         "updated_at": a.updated_at,
         "last_login_at": a.last_login_at,
+        "folders": a.folders.iter().map(folder_json).collect::<Vec<_>>(),
     });
     if let Some(keys) = keys {
         v["keys"] = keys.iter().map(key_json).collect();
@@ -454,6 +552,15 @@ fn print_account(a: &Account, keys: &[AccountKey]) {
             .map(|t| t.to_rfc3339())
             .unwrap_or_else(|| "never".into())
     );
+    if !a.folders.is_empty() {
+        println!(
+            "folders:     {} (the home above is not shown to the partner)",
+            a.folders.len()
+        );
+        for f in &a.folders {
+            println!("  {} -> {} ({})", f.path, f.home, f.permissions);
+        }
+    }
     println!("keys:        {}", keys.len());
     for k in keys {
         println!("  {} {} {}", k.fingerprint, k.algorithm, k.comment);

@@ -29,7 +29,7 @@ use crate::identity::auth::Authenticator;
 use crate::identity::Account;
 use crate::session::limits::Gate;
 use crate::session::listener::{self, Conn, FrontEnd, Running};
-use crate::session::{ConnectionQuota, Protocol, Session, SessionContext, SessionInfo};
+use crate::session::{ConnectionQuota, Mount, Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
 
@@ -92,11 +92,11 @@ impl Logins {
             client_ip: ip,
             username: account.username.clone(),
         };
-        let backend = self.ctx.storage.backend(&account.home);
+        let mounts = Mount::of(&account, &self.ctx.storage);
         Arc::new(Session::new(
             info,
             account,
-            backend,
+            mounts,
             self.ctx.sessions.clone(),
             ConnectionQuota::new(),
         ))

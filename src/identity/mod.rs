@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod bans;
+pub mod folders;
 pub mod keys;
 pub mod password;
 pub mod permissions;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
+pub use folders::Folder;
 pub use keys::AccountKey;
 pub use password::{Hasher, PasswordHash};
 pub use permissions::{Permission, Permissions};
@@ -37,6 +39,9 @@ pub struct Account {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// Partner folders: when any, the partner sees only these (each on its own storage, with
+    /// its own permissions) and `home`/`permissions` do not apply.
+    pub folders: Vec<Folder>,
 }
 
 impl Account {
@@ -52,6 +57,7 @@ impl Account {
             created_at: now,
             updated_at: now,
             last_login_at: None,
+            folders: Vec::new(),
         }
     }
 

@@ -17,6 +17,7 @@ pub(super) struct AccountRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+    pub folders: String,
 }
 
 impl TryFrom<AccountRow> for Account {
@@ -41,8 +42,11 @@ impl TryFrom<AccountRow> for Account {
             .map(parse_cidr)
             .collect::<Result<_, _>>()
             .map_err(|e| corrupt(e.to_string()))?;
+        let folders =
+            super::folders::from_column(&r.folders).map_err(|e| corrupt(e.to_string()))?;
         Ok(Account {
             username: r.username,
+            folders,
             password_hash,
             enabled: r.enabled,
             home,
@@ -97,9 +101,9 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-pub(super) const SELECT_ACCOUNT: &str = "SELECT username, password_hash, enabled, home, permissions, allowed_cidrs, created_at, updated_at, last_login_at FROM accounts";
-pub(super) const INSERT_ACCOUNT: &str = "INSERT INTO accounts (username, password_hash, enabled, home, permissions, allowed_cidrs, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
-pub(super) const UPDATE_ACCOUNT: &str = "UPDATE accounts SET password_hash = $2, enabled = $3, home = $4, permissions = $5, allowed_cidrs = $6, updated_at = $7 WHERE username = $1";
+pub(super) const SELECT_ACCOUNT: &str = "SELECT username, password_hash, enabled, home, permissions, allowed_cidrs, created_at, updated_at, last_login_at, folders FROM accounts";
+pub(super) const INSERT_ACCOUNT: &str = "INSERT INTO accounts (username, password_hash, enabled, home, permissions, allowed_cidrs, created_at, updated_at, folders) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
+pub(super) const UPDATE_ACCOUNT: &str = "UPDATE accounts SET password_hash = $2, enabled = $3, home = $4, permissions = $5, allowed_cidrs = $6, updated_at = $7, folders = $8 WHERE username = $1";
 pub(super) const ACCOUNT_ID: &str = "SELECT id FROM accounts WHERE username = $1";
 pub(super) const INSERT_KEY: &str = "INSERT INTO account_keys (account_id, fingerprint, algorithm, public_key, comment, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
 pub(super) const SELECT_KEYS: &str = "SELECT k.fingerprint, k.algorithm, k.public_key, k.comment, k.created_at FROM account_keys k JOIN accounts a ON a.id = k.account_id WHERE a.username = $1";
@@ -171,6 +175,7 @@ macro_rules! sql_account_store {
                     .bind(sql::cidrs_column(a))
                     .bind(a.created_at)
                     .bind(a.updated_at)
+                    .bind($crate::identity::folders::to_column(&a.folders))
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(|e| {
@@ -226,6 +231,7 @@ macro_rules! sql_account_store {
                     .bind(a.permissions.to_string())
                     .bind(sql::cidrs_column(a))
                     .bind($crate::identity::now())
+                    .bind($crate::identity::folders::to_column(&a.folders))
                     .execute(&self.pool)
                     .await
                     .map_err(sql::map_err)?;

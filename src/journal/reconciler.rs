@@ -405,14 +405,19 @@ impl Reconciler {
         }
     }
 
+    /// Every account's home and every partner folder's location.
     async fn homes(&self) -> Result<Vec<Home>, sqlx::Error> {
-        let uris: Vec<String> = on_pool!(self.journal.inner.outbox.db(), p => {
-            sqlx::query_scalar("SELECT DISTINCT home FROM accounts").fetch_all(p).await?
+        let rows: Vec<(String, String)> = on_pool!(self.journal.inner.outbox.db(), p => {
+            sqlx::query_as("SELECT home, folders FROM accounts").fetch_all(p).await?
         });
-        Ok(uris
-            .iter()
-            .filter_map(|u| Home::parse_uri(u).ok())
-            .collect())
+        let mut homes = Vec::new();
+        for (home, folders) in rows {
+            homes.extend(Home::parse_uri(&home).ok());
+            if let Ok(folders) = crate::identity::folders::from_column(&folders) {
+                homes.extend(folders.into_iter().map(|f| f.home));
+            }
+        }
+        Ok(homes)
     }
 
     async fn sweep_s3(

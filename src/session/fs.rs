@@ -13,7 +13,7 @@ use super::intent::{Intent, IntentKind, JournalError};
 use super::path::{PathError, VirtualPath};
 use super::upload::{UploadError, UploadPipeline};
 use super::view::Known;
-use super::{Session, StagedFacts, UploadOutcome, UploadRecord};
+use super::{Mount, Session, StagedFacts, UploadOutcome, UploadRecord};
 use crate::config::SetstatPolicy;
 use crate::identity::Permission;
 use crate::storage::{
@@ -118,6 +118,39 @@ fn journal_error(e: JournalError, path: &VirtualPath) -> FsError {
 /// `a/b/c.csv` -> (`a/b`, `c.csv`); `c.csv` -> (``, `c.csv`).
 fn split_parent(rel: &str) -> (&str, &str) {
     rel.rsplit_once('/').unwrap_or(("", rel))
+}
+
+/// The session view's key for a client path: its parent directory and name, as the client
+/// sees them (so two folders' directories never share an entry).
+fn view_key(path: &VirtualPath) -> (String, String) {
+    (
+        path.parent().to_string(),
+        path.file_name().unwrap_or_default().to_string(),
+    )
+}
+
+/// Where a client path lives.
+enum Place<'a> {
+    /// In a folder (the home, for an account without folders), at this path relative to the
+    /// folder's storage root.
+    In(&'a Mount, String),
+    /// A directory above the folders (`/`, or `/reports` for a folder `/reports/out`): it
+    /// lists the folders below it and holds nothing else.
+    Above,
+}
+
+/// One page of names: the listing of a directory above the folders.
+struct FolderNames(Option<Vec<DirEntry>>);
+
+#[async_trait::async_trait]
+impl DirStream for FolderNames {
+    async fn next_page(&mut self) -> crate::storage::Result<Option<Vec<DirEntry>>> {
+        Ok(self.0.take())
+    }
+
+    fn done(&self) -> bool {
+        self.0.is_none()
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -302,17 +335,65 @@ impl Drop for ReadFile {
 const READ_AHEAD: u32 = 4 << 20;
 
 impl Session {
-    fn require(&self, perm: Permission, what: &str) -> Result<(), FsError> {
-        if self.account.permissions.has(perm) {
+    fn require(m: &Mount, perm: Permission, what: &str) -> Result<(), FsError> {
+        if m.permissions.has(perm) {
             Ok(())
         } else {
             Err(FsError::denied(what, perm))
         }
     }
 
+    /// Where `path` lives: in which folder, or above them; a path in neither does not exist.
+    fn place(&self, path: &VirtualPath) -> Result<Place<'_>, FsError> {
+        for m in &self.mounts {
+            if let Some(rest) = path.strip_prefix(&m.path) {
+                return Ok(Place::In(m, rest.relative()));
+            }
+        }
+        if self.mounts.iter().any(|m| m.path.starts_with(path)) {
+            return Ok(Place::Above);
+        }
+        Err(FsError::new(
+            FsErrorKind::NotFound,
+            format!("{path}: no such file or directory"),
+        ))
+    }
+
+    /// The folder `path` is in and the path inside it, for `what` (which needs a folder).
+    fn folder(&self, path: &VirtualPath, what: &str) -> Result<(&Mount, String), FsError> {
+        let outside = || {
+            FsError::new(
+                FsErrorKind::PermissionDenied,
+                format!(
+                    "{path}: {what} is only possible inside a folder ({})",
+                    self.folder_list()
+                ),
+            )
+        };
+        match self.place(path) {
+            Ok(Place::In(m, rel)) => Ok((m, rel)),
+            Ok(Place::Above) => Err(outside()),
+            // A new name in a directory above the folders is refused, not "not found".
+            Err(_) if !path.is_root() && matches!(self.place(&path.parent()), Ok(Place::Above)) => {
+                Err(outside())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn folder_list(&self) -> String {
+        self.mounts
+            .iter()
+            .map(|m| m.path.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Whether this partner may upload at all (statvfs reports a read-only file system if not).
     pub fn can_upload(&self) -> bool {
-        self.account.permissions.has(Permission::Upload)
+        self.mounts
+            .iter()
+            .any(|m| m.permissions.has(Permission::Upload))
     }
 
     /// Resolves a client path (relative paths are relative to the home root).
@@ -322,31 +403,36 @@ impl Session {
 
     /// An upload of `path` in progress on this instance counts, with the bytes received so far.
     pub async fn stat(&self, path: &VirtualPath) -> Result<Meta, FsError> {
-        let rel = path.relative();
-        if let Some(bytes) = self.ctx.uploads.progress(&self.backend.location(&rel).uri) {
+        let (m, rel) = match self.place(path)? {
+            Place::In(m, rel) => (m, rel),
+            Place::Above => return Ok(Meta::dir()),
+        };
+        if let Some(bytes) = self.ctx.uploads.progress(&m.backend.location(&rel).uri) {
             return Ok(Meta {
                 is_dir: false,
                 size: bytes,
                 modified: Some(std::time::SystemTime::now()),
             });
         }
-        self.stat_stored(path).await
+        self.stat_stored(m, &rel, path).await
     }
 
-    /// What storage holds at `path`, answered from this session's view when it can be.
-    async fn stat_stored(&self, path: &VirtualPath) -> Result<Meta, FsError> {
-        let rel = path.relative();
-        if !self.backend.remote() || path.is_root() {
-            return self.backend.stat(&rel).await.map_err(|e| storage(e, path));
+    /// What storage holds at `rel` in `m` (the client's `path`), answered from this session's
+    /// view when it can be.
+    async fn stat_stored(&self, m: &Mount, rel: &str, path: &VirtualPath) -> Result<Meta, FsError> {
+        if !m.backend.remote() || rel.is_empty() {
+            return m.backend.stat(rel).await.map_err(|e| storage(e, path));
         }
-        let (dir, name) = split_parent(&rel);
+        let (dir, _) = split_parent(rel);
+        let (vdir, name) = view_key(path);
+        let (vdir, name) = (vdir.as_str(), name.as_str());
         let missing = || {
             FsError::new(
                 FsErrorKind::NotFound,
                 format!("{path}: no such file or directory"),
             )
         };
-        match self.view.lookup(dir, name) {
+        match self.view.lookup(vdir, name) {
             Known::Present(m) => return Ok(m),
             Known::Absent => return Err(missing()),
             Known::Unknown => {}
@@ -354,17 +440,17 @@ impl Session {
         // A session that asks about a second name in a directory (a client stats every file
         // before putting it) gets the directory listed once: it answers the next stats too.
         // A one-file session asks about its one name only, which is cheaper than a listing.
-        if self.view.worth_listing(dir, name) {
-            match self.backend.open_dir(dir).await {
+        if self.view.worth_listing(vdir, name) {
+            match m.backend.open_dir(dir).await {
                 Ok(mut stream) => match stream.next_page().await {
                     Ok(Some(page)) if stream.done() => {
-                        self.view.listed(dir, &page);
+                        self.view.listed(vdir, &page);
                         return match page.into_iter().find(|e| e.name == name) {
                             Some(e) => Ok(e.meta),
                             None => Err(missing()),
                         };
                     }
-                    Ok(_) => self.view.too_big(dir),
+                    Ok(_) => self.view.too_big(vdir),
                     Err(_) => {}
                 },
                 // No parent, no child.
@@ -372,13 +458,13 @@ impl Session {
                 Err(_) => {}
             }
         }
-        match self.backend.stat(&rel).await {
-            Ok(m) => {
-                self.view.noted(dir, name, Some(m.clone()));
-                Ok(m)
+        match m.backend.stat(rel).await {
+            Ok(meta) => {
+                self.view.noted(vdir, name, Some(meta.clone()));
+                Ok(meta)
             }
             Err(e) if e.kind == ErrorKind::NotFound => {
-                self.view.noted(dir, name, None);
+                self.view.noted(vdir, name, None);
                 Err(storage(e, path))
             }
             Err(e) => Err(storage(e, path)),
@@ -387,16 +473,38 @@ impl Session {
 
     /// Opens a directory for listing, a page at a time (`next_entries`).
     pub async fn open_dir(&self, path: &VirtualPath) -> Result<DirListing, FsError> {
-        self.require(Permission::List, "listing")?;
-        let rel = path.relative();
-        match self.backend.open_dir(&rel).await {
+        let (m, rel) = match self.place(path)? {
+            Place::In(m, rel) => (m, rel),
+            Place::Above => {
+                let mut names: Vec<&str> = self
+                    .mounts
+                    .iter()
+                    .filter_map(|m| path.child_towards(&m.path))
+                    .collect();
+                names.sort_unstable();
+                names.dedup();
+                let entries = names
+                    .into_iter()
+                    .map(|n| DirEntry {
+                        name: n.to_string(),
+                        meta: Meta::dir(),
+                    })
+                    .collect();
+                return Ok(DirListing {
+                    path: path.clone(),
+                    stream: Box::new(FolderNames(Some(entries))),
+                });
+            }
+        };
+        Self::require(m, Permission::List, "listing")?;
+        match m.backend.open_dir(&rel).await {
             Ok(stream) => Ok(DirListing {
                 path: path.clone(),
                 stream,
             }),
             // A file is not a directory; say so rather than "no such file".
-            Err(e) if e.kind == ErrorKind::NotFound && !path.is_root() => {
-                match self.backend.stat(&rel).await {
+            Err(e) if e.kind == ErrorKind::NotFound && !rel.is_empty() => {
+                match m.backend.stat(&rel).await {
                     Ok(m) if !m.is_dir => Err(FsError::new(
                         FsErrorKind::Failure,
                         format!("{path}: not a directory"),
@@ -414,14 +522,17 @@ impl Session {
         path: &VirtualPath,
         exclusive: bool,
     ) -> Result<WriteFile, FsError> {
-        self.require(Permission::Upload, "uploading")?;
-        if path.is_root() {
-            return Err(FsError::new(FsErrorKind::Failure, "/: is a directory"));
+        let (m, rel) = self.folder(path, "uploading")?;
+        Self::require(m, Permission::Upload, "uploading")?;
+        if rel.is_empty() {
+            return Err(FsError::new(
+                FsErrorKind::Failure,
+                format!("{path}: is a directory"),
+            ));
         }
-        let rel = path.relative();
         // What storage holds (an upload of this name still in progress is not a file yet: the
         // commit decides between them).
-        match self.stat_stored(path).await {
+        match self.stat_stored(m, &rel, path).await {
             Ok(m) if m.is_dir => {
                 return Err(FsError::new(
                     FsErrorKind::Failure,
@@ -434,11 +545,11 @@ impl Session {
                     format!("{path}: already exists"),
                 ))
             }
-            Ok(_) => self.require(Permission::Overwrite, "replacing an existing file")?,
+            Ok(_) => Self::require(m, Permission::Overwrite, "replacing an existing file")?,
             Err(e) if e.kind == FsErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let location = self.backend.location(&rel);
+        let location = m.backend.location(&rel);
         let started_at = crate::identity::now();
         let ctx = UploadContext {
             scope: self.quota.uploads.clone(),
@@ -457,7 +568,7 @@ impl Session {
                 "started_at": started_at,
             }),
         };
-        let upload = self
+        let upload = m
             .backend
             .begin_upload(&rel, ctx)
             .await
@@ -501,7 +612,8 @@ impl Session {
 
     /// Size and free space of the home's storage (`None`: no capacity limit, as on S3).
     pub async fn capacity(&self) -> Result<Option<Capacity>, FsError> {
-        self.backend
+        self.mounts[0]
+            .backend
             .capacity()
             .await
             .map_err(|e| storage(e, &VirtualPath::root()))
@@ -520,6 +632,13 @@ impl Session {
             ));
         };
         let received = u.pipeline.received();
+        let (m, rel) = match self.folder(&path, "uploading") {
+            Ok(found) => found,
+            Err(e) => {
+                u.pipeline.abort().await;
+                return Err(e);
+            }
+        };
         let sealed = match u.pipeline.seal().await {
             Ok(s) => s,
             Err(e) => {
@@ -528,7 +647,7 @@ impl Session {
                     .await)
             }
         };
-        let intent = self.upload_intent(&path, &u, &sealed);
+        let intent = self.upload_intent(m, &rel, &path, &u, &sealed);
         if let Err(e) = self.ctx.journal.begin(&intent).await {
             u.pipeline.abort().await;
             let err = journal_error(e, &path);
@@ -544,9 +663,7 @@ impl Session {
         }
         // Two handles (sessions, instances) may have passed the existence check at open: under
         // the commit lock, an account without `overwrite` still cannot replace a file.
-        if !self.account.permissions.has(Permission::Overwrite)
-            && self.backend.stat(&path.relative()).await.is_ok()
-        {
+        if !m.permissions.has(Permission::Overwrite) && m.backend.stat(&rel).await.is_ok() {
             self.ctx.journal.cancel(&intent).await;
             u.pipeline.abort().await;
             let err = FsError::new(
@@ -582,7 +699,7 @@ impl Session {
                     metrics().upload_failed(self.info.protocol.name());
                     // The client is told the upload failed, so it must not stay visible
                     // without its event: it will be uploaded again.
-                    match self.backend.delete(&path.relative()).await {
+                    match m.backend.delete(&rel).await {
                         Ok(()) => self.ctx.journal.cancel(&intent).await,
                         // The intent stays: the reconciler announces the object later.
                         Err(e) => {
@@ -594,11 +711,10 @@ impl Session {
                         format!("{path}: the file was stored but its arrival could not be recorded; upload it again"),
                     ));
                 }
-                let rel = path.relative();
-                let (dir, name) = split_parent(&rel);
+                let (vdir, name) = view_key(&path);
                 self.view.wrote(
-                    dir,
-                    name,
+                    &vdir,
+                    &name,
                     Meta {
                         is_dir: false,
                         size: stored.bytes,
@@ -632,13 +748,20 @@ impl Session {
         }
     }
 
-    fn upload_intent(&self, path: &VirtualPath, u: &OpenUpload, sealed: &Sealed) -> Intent {
+    fn upload_intent(
+        &self,
+        m: &Mount,
+        rel: &str,
+        path: &VirtualPath,
+        u: &OpenUpload,
+        sealed: &Sealed,
+    ) -> Intent {
         Intent {
             id: uuid::Uuid::now_v7().to_string(),
             kind: IntentKind::Upload,
             location: u.location.uri.clone(),
-            home: self.account.home.to_uri(),
-            path: path.relative(),
+            home: m.home.to_uri(),
+            path: rel.to_string(),
             client_path: path.to_string(),
             from_path: None,
             from_client_path: None,
@@ -736,10 +859,11 @@ impl Session {
     }
 
     pub async fn open_read(self: &Arc<Self>, path: &VirtualPath) -> Result<ReadFile, FsError> {
-        self.require(Permission::Download, "downloading")?;
-        let m = self
+        let (mount, rel) = self.folder(path, "downloading")?;
+        Self::require(mount, Permission::Download, "downloading")?;
+        let m = mount
             .backend
-            .stat(&path.relative())
+            .stat(&rel)
             .await
             .map_err(|e| storage(e, path))?;
         if m.is_dir {
@@ -757,7 +881,7 @@ impl Session {
             hash: Some(Default::default()),
             next: 0,
             error: None,
-            location: self.backend.location(&path.relative()),
+            location: mount.backend.location(&rel),
             started_at: crate::identity::now(),
             started: Instant::now(),
             session: Some(self.clone()),
@@ -844,9 +968,10 @@ impl Session {
         }
         let cached = matches!(&f.cache, Some((start, block)) if pos >= *start && pos < start + block.len() as u64);
         if !cached {
-            let block = self
+            let (m, rel) = self.folder(&f.path, "downloading")?;
+            let block = m
                 .backend
-                .read(&f.path.relative(), pos, READ_AHEAD)
+                .read(&rel, pos, READ_AHEAD)
                 .await
                 .map_err(|e| storage(e, &f.path))?;
             f.cache = Some((pos, block));
@@ -860,16 +985,19 @@ impl Session {
     }
 
     pub async fn remove(&self, path: &VirtualPath) -> Result<(), FsError> {
-        self.require(Permission::Delete, "deleting")?;
-        self.backend
-            .delete(&path.relative())
-            .await
-            .map_err(|e| storage(e, path))?;
+        let (m, rel) = self.folder(path, "deleting")?;
+        Self::require(m, Permission::Delete, "deleting")?;
+        if rel.is_empty() {
+            return Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                format!("{path}: a folder cannot be deleted"),
+            ));
+        }
+        m.backend.delete(&rel).await.map_err(|e| storage(e, path))?;
         tracing::info!(parent: &self.span,activity = "DELETE", path = %path);
-        let rel = path.relative();
-        let (dir, name) = split_parent(&rel);
-        self.view.removed(dir, name);
-        let location = self.backend.location(&path.relative());
+        let (vdir, name) = view_key(path);
+        self.view.removed(&vdir, &name);
+        let location = m.backend.location(&rel);
         self.ctx
             .observer
             .removed(&self.info, &path.to_string(), &location)
@@ -881,35 +1009,45 @@ impl Session {
     /// temp-name upload renamed to its final name arrives: the rename is journaled like an
     /// upload's commit, and its event carries the exact size and SHA-256 of what was renamed.
     pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath) -> Result<(), FsError> {
-        self.require(Permission::Rename, "renaming")?;
-        if from.is_root() || to.is_root() {
+        let (m, src) = self.folder(from, "renaming")?;
+        let (to_m, dst) = self.folder(to, "renaming")?;
+        Self::require(m, Permission::Rename, "renaming")?;
+        if src.is_empty() || dst.is_empty() {
             return Err(FsError::new(
                 FsErrorKind::PermissionDenied,
-                "the home directory cannot be renamed",
+                "the home directory and folders cannot be renamed",
+            ));
+        }
+        if !std::ptr::eq(m, to_m) {
+            return Err(FsError::new(
+                FsErrorKind::Unsupported,
+                format!(
+                    "{from} -> {to}: renaming between folders is not supported; upload the file into {} instead",
+                    to_m.path
+                ),
             ));
         }
         if from == to {
             return Ok(());
         }
-        let may_overwrite = self.account.permissions.has(Permission::Overwrite);
-        match self.backend.stat(&to.relative()).await {
-            Ok(m) if !m.is_dir => {
-                self.require(Permission::Overwrite, "replacing an existing file")?
+        let may_overwrite = m.permissions.has(Permission::Overwrite);
+        match m.backend.stat(&dst).await {
+            Ok(meta) if !meta.is_dir => {
+                Self::require(m, Permission::Overwrite, "replacing an existing file")?
             }
             _ => {}
         }
-        let (src, dst) = (from.relative(), to.relative());
         let (from_s, to_s) = (from.to_string(), to.to_string());
-        let from_loc = self.backend.location(&src);
-        let to_loc = self.backend.location(&dst);
+        let from_loc = m.backend.location(&src);
+        let to_loc = m.backend.location(&dst);
         let arrival = self.ctx.observer.is_arrival(&from_s, &to_s);
         let (facts, intent) = if arrival {
-            let facts = self.rename_facts(from, &from_loc).await?;
+            let facts = self.rename_facts(m, &src, from, &from_loc).await?;
             let intent = Intent {
                 id: uuid::Uuid::now_v7().to_string(),
                 kind: IntentKind::Rename,
                 location: to_loc.uri.clone(),
-                home: self.account.home.to_uri(),
+                home: m.home.to_uri(),
                 path: dst.clone(),
                 client_path: to_s.clone(),
                 from_path: Some(src.clone()),
@@ -929,7 +1067,7 @@ impl Session {
                 .begin(&intent)
                 .await
                 .map_err(|e| journal_error(e, to))?;
-            if !may_overwrite && self.backend.stat(&dst).await.is_ok_and(|m| !m.is_dir) {
+            if !may_overwrite && m.backend.stat(&dst).await.is_ok_and(|m| !m.is_dir) {
                 self.ctx.journal.cancel(&intent).await;
                 return Err(FsError::denied(
                     "replacing an existing file",
@@ -940,7 +1078,7 @@ impl Session {
         } else {
             (None, None)
         };
-        let etag = match self
+        let etag = match m
             .backend
             .rename(&src, &dst, facts.as_ref().and_then(|f| f.etag.as_deref()))
             .await
@@ -955,17 +1093,17 @@ impl Session {
         };
         crate::testing::crash_point("rename.after_rename");
         tracing::info!(parent: &self.span,activity = "RENAME", path = %from, to = %to);
-        let (from_dir, from_name) = split_parent(&src);
-        self.view.removed(from_dir, from_name);
+        let (from_dir, from_name) = view_key(from);
+        self.view.removed(&from_dir, &from_name);
         match &facts {
             Some(f) => {
-                let (to_dir, to_name) = split_parent(&dst);
+                let (to_dir, to_name) = view_key(to);
                 let meta = Meta {
                     is_dir: false,
                     size: f.bytes,
                     modified: Some(std::time::SystemTime::now()),
                 };
-                self.view.wrote(to_dir, to_name, meta);
+                self.view.wrote(&to_dir, &to_name, meta);
             }
             None => self.view.forget(),
         }
@@ -983,7 +1121,7 @@ impl Session {
             .await
         {
             tracing::error!(parent: &self.span,activity = "ERROR", path = %to, error = %why, "arrival not recorded; undoing the rename");
-            match self.backend.rename(&dst, &src, None).await {
+            match m.backend.rename(&dst, &src, None).await {
                 Ok(_) => {
                     if let Some(i) = &intent {
                         self.ctx.journal.cancel(i).await;
@@ -1006,24 +1144,21 @@ impl Session {
     /// final name), read from storage.
     async fn rename_facts(
         &self,
+        m: &Mount,
+        rel: &str,
         path: &VirtualPath,
         location: &crate::storage::Location,
     ) -> Result<StagedFacts, FsError> {
         if let Ok(Some(f)) = self.ctx.observer.staged(location).await {
             return Ok(f);
         }
-        let rel = path.relative();
-        let meta = self
-            .backend
-            .stat(&rel)
-            .await
-            .map_err(|e| storage(e, path))?;
+        let meta = m.backend.stat(rel).await.map_err(|e| storage(e, path))?;
         let mut hash = crate::storage::ContentHash::default();
         let mut offset = 0u64;
         while offset < meta.size {
-            let block = self
+            let block = m
                 .backend
-                .read(&rel, offset, READ_AHEAD)
+                .read(rel, offset, READ_AHEAD)
                 .await
                 .map_err(|e| storage(e, path))?;
             if block.is_empty() {
@@ -1041,33 +1176,39 @@ impl Session {
     }
 
     pub async fn mkdir(&self, path: &VirtualPath) -> Result<(), FsError> {
-        self.require(Permission::Mkdir, "creating directories")?;
-        if path.is_root() {
-            return Err(FsError::new(FsErrorKind::Failure, "/: already exists"));
+        let (m, rel) = match self.place(path) {
+            Ok(Place::Above) => {
+                return Err(FsError::new(
+                    FsErrorKind::Failure,
+                    format!("{path}: already exists"),
+                ))
+            }
+            _ => self.folder(path, "creating directories")?,
+        };
+        Self::require(m, Permission::Mkdir, "creating directories")?;
+        if rel.is_empty() {
+            return Err(FsError::new(
+                FsErrorKind::Failure,
+                format!("{path}: already exists"),
+            ));
         }
-        self.backend
-            .mkdir(&path.relative())
-            .await
-            .map_err(|e| storage(e, path))?;
+        m.backend.mkdir(&rel).await.map_err(|e| storage(e, path))?;
         tracing::info!(parent: &self.span,activity = "MKDIR", path = %path);
-        let rel = path.relative();
-        let (dir, name) = split_parent(&rel);
-        self.view.wrote(dir, name, Meta::dir());
+        let (vdir, name) = view_key(path);
+        self.view.wrote(&vdir, &name, Meta::dir());
         Ok(())
     }
 
     pub async fn rmdir(&self, path: &VirtualPath) -> Result<(), FsError> {
-        self.require(Permission::Delete, "removing directories")?;
-        if path.is_root() {
+        let (m, rel) = self.folder(path, "removing directories")?;
+        Self::require(m, Permission::Delete, "removing directories")?;
+        if rel.is_empty() {
             return Err(FsError::new(
                 FsErrorKind::PermissionDenied,
-                "the home directory cannot be removed",
+                "the home directory and folders cannot be removed",
             ));
         }
-        self.backend
-            .rmdir(&path.relative())
-            .await
-            .map_err(|e| storage(e, path))?;
+        m.backend.rmdir(&rel).await.map_err(|e| storage(e, path))?;
         tracing::info!(parent: &self.span,activity = "RMDIR", path = %path);
         self.view.forget();
         Ok(())

@@ -223,13 +223,47 @@ impl Drop for FileSlot {
     }
 }
 
+/// One folder a session sees: the account's home at `/` for an account without folders, or
+/// each of its folders (`wharf user dir`) at its path.
+pub struct Mount {
+    pub path: path::VirtualPath,
+    pub home: crate::storage::Home,
+    pub permissions: crate::identity::Permissions,
+    backend: Arc<dyn Backend>,
+}
+
+impl Mount {
+    /// The folders `account` sees, on `storage`.
+    pub fn of(account: &Account, storage: &crate::storage::Storage) -> Vec<Mount> {
+        if account.folders.is_empty() {
+            return vec![Mount {
+                path: path::VirtualPath::root(),
+                home: account.home.clone(),
+                permissions: account.permissions,
+                backend: storage.backend(&account.home),
+            }];
+        }
+        account
+            .folders
+            .iter()
+            .map(|f| Mount {
+                path: f.path.clone(),
+                home: f.home.clone(),
+                permissions: f.permissions,
+                backend: storage.backend(&f.home),
+            })
+            .collect()
+    }
+}
+
 /// One authenticated partner session.
 pub struct Session {
     pub info: SessionInfo,
     pub account: Account,
     /// Shared with the connection's other sessions.
     pub quota: Arc<ConnectionQuota>,
-    backend: Arc<dyn Backend>,
+    /// What the partner sees: its home, or its folders.
+    mounts: Vec<Mount>,
     ctx: Arc<SessionContext>,
     /// What this session listed and wrote a moment ago (remote storage only).
     view: view::View,
@@ -241,7 +275,7 @@ impl Session {
     pub fn new(
         info: SessionInfo,
         account: Account,
-        backend: Arc<dyn Backend>,
+        mounts: Vec<Mount>,
         ctx: Arc<SessionContext>,
         quota: Arc<ConnectionQuota>,
     ) -> Self {
@@ -256,7 +290,7 @@ impl Session {
             info,
             account,
             quota,
-            backend,
+            mounts,
             view: view::View::default(),
             ctx,
             span,

@@ -88,6 +88,25 @@ impl VirtualPath {
         self.segments.last().map(String::as_str)
     }
 
+    /// Whether `self` is `prefix` or inside it.
+    pub fn starts_with(&self, prefix: &VirtualPath) -> bool {
+        self.segments.starts_with(&prefix.segments)
+    }
+
+    /// What is left of `self` below `prefix` (the root when they are equal).
+    pub fn strip_prefix(&self, prefix: &VirtualPath) -> Option<VirtualPath> {
+        self.starts_with(prefix).then(|| VirtualPath {
+            segments: self.segments[prefix.segments.len()..].to_vec(),
+        })
+    }
+
+    /// The name of the child of `self` on the way to `descendant` (`/a` towards `/a/b/c`:
+    /// `b`), when `descendant` is strictly below `self`.
+    pub fn child_towards<'a>(&self, descendant: &'a VirtualPath) -> Option<&'a str> {
+        (descendant.segments.len() > self.segments.len() && descendant.starts_with(self))
+            .then(|| descendant.segments[self.segments.len()].as_str())
+    }
+
     pub fn parent(&self) -> VirtualPath {
         let mut segments = self.segments.clone();
         segments.pop();

@@ -27,7 +27,7 @@ use crate::identity::keys::fingerprint;
 use crate::identity::Account;
 use crate::session::limits::Gate;
 use crate::session::listener::{self, Conn, FrontEnd, Running};
-use crate::session::{ConnectionQuota, Protocol, Session, SessionContext, SessionInfo};
+use crate::session::{ConnectionQuota, Mount, Protocol, Session, SessionContext, SessionInfo};
 use crate::storage::Storage;
 use crate::telemetry::metrics::metrics;
 
@@ -408,11 +408,11 @@ impl russh::server::Handler for SshHandler {
             client_ip: self.peer.ip(),
             username: account.username.clone(),
         };
-        let backend = self.ctx.storage.backend(&account.home);
+        let mounts = Mount::of(&account, &self.ctx.storage);
         let fs = Arc::new(Session::new(
             info,
             account,
-            backend,
+            mounts,
             self.ctx.sessions.clone(),
             self.quota.clone(),
         ));

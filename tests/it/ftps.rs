@@ -79,7 +79,7 @@ fn curl_put(g: &Gateway, user: &str, password: &str, file: &str, remote: &str) -
     curl(g, &["--ssl-reqd", "--user", &login, "-T", file, &url])
 }
 
-fn lftp(g: &Gateway, user: &str, password: &str, script: &str) -> Output {
+pub(crate) fn lftp(g: &Gateway, user: &str, password: &str, script: &str) -> Output {
     let open = format!(
         "set ssl:verify-certificate no; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
          set net:max-retries 1; set net:timeout 10; open -u {user},{password} -p {} 127.0.0.1; {script}",

@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod crash;
 mod events;
+mod folders;
 mod ftps;
 mod hardening;
 mod harness;

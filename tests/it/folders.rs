@@ -1,0 +1,228 @@
+//! Partner folders: a partner that sees `/inbound` and `/outbound`, each on its own storage
+//! location with its own permissions, set up with the CLI alone; over SFTP and FTPS, on S3
+//! and local storage. Nothing reaches outside a folder.
+
+use sha2::{Digest, Sha256};
+
+use crate::harness::{random_bytes, Gateway, Receiver, PW};
+
+/// Where the folders live, relative to `storage.default_home`: the inbound one below the
+/// account's home, the outbound one outside it.
+const IN: &str = "acme/in-files";
+const OUT: &str = "outgoing/acme";
+
+fn set_up(g: &Gateway) {
+    g.w.run(&[
+        "user",
+        "dir",
+        "add",
+        "acme",
+        "/inbound",
+        IN,
+        "--permissions",
+        "list,upload,rename",
+    ])
+    .ok();
+    g.w.run(&[
+        "user",
+        "dir",
+        "add",
+        "acme",
+        "/outbound",
+        OUT,
+        "--permissions",
+        "list,download,delete",
+    ])
+    .ok();
+}
+
+/// Writes `data` at `rel` below `storage.default_home`, as a pipeline would.
+async fn put_at(g: &Gateway, rel: &str, data: &[u8]) {
+    if g.local {
+        let p = g.w.file("data").join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    } else {
+        g.s3.client
+            .put_object()
+            .bucket(&g.s3.bucket)
+            .key(format!("{}{rel}", g.prefix))
+            .body(aws_sdk_s3::primitives::ByteStream::from(data.to_vec()))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+async fn get_at(g: &Gateway, rel: &str) -> Option<Vec<u8>> {
+    if g.local {
+        std::fs::read(g.w.file("data").join(rel)).ok()
+    } else {
+        g.s3.get(&format!("{}{rel}", g.prefix)).await
+    }
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partner_sees_only_its_folders_each_with_its_own_rules() {
+    for local in [false, true] {
+        let g = Gateway::start_on(local, false, &[]).await;
+        set_up(&g);
+        let listed: serde_json::Value = serde_json::from_str(
+            &g.w.run(&["user", "dir", "list", "acme", "--json"])
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        assert_eq!(listed[0]["path"], "/inbound", "{listed}");
+        assert_eq!(listed[1]["path"], "/outbound", "{listed}");
+        assert_eq!(
+            listed[1]["permissions"],
+            serde_json::json!(["list", "download", "delete"])
+        );
+        assert!(listed[1]["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("outgoing/acme/"));
+        g.w.run(&["user", "dir", "add", "acme", "/inbound/x", "elsewhere"])
+            .fails_with(&["overlaps"]);
+        g.w.run(&["user", "dir", "add", "acme", "/", "elsewhere"])
+            .fails_with(&["invalid folder path"]);
+        g.w.run(&["user", "dir", "rm", "acme", "/nothing"])
+            .fails_with(&["no folder /nothing"]);
+
+        let report = random_bytes((5 << 20) + 777);
+        g.write_file("settle.csv", &report);
+        let ack = random_bytes(4096);
+        put_at(&g, &format!("{OUT}/ack.xml"), &ack).await;
+        let run = g.acme(
+            "ls /\nput settle.csv /inbound/settle.csv\nls /outbound\n\
+             get /outbound/ack.xml ack.xml\nrm /outbound/ack.xml\n",
+        );
+        run.ok();
+        for name in ["inbound", "outbound", "ack.xml"] {
+            assert!(run.stdout.contains(name), "no {name} in {run:?}");
+        }
+        assert_eq!(
+            get_at(&g, &format!("{IN}/settle.csv")).await.as_deref(),
+            Some(&report[..])
+        );
+        assert_eq!(std::fs::read(g.w.file("ack.xml")).unwrap(), ack);
+        assert!(get_at(&g, &format!("{OUT}/ack.xml")).await.is_none());
+
+        // Events name the path the partner used and the folder's storage location.
+        let up = g
+            .wait_jsonl_event("wharf.upload.completed", "/inbound/settle.csv")
+            .await;
+        assert!(
+            up["data"]["location"]
+                .as_str()
+                .unwrap()
+                .ends_with("acme/in-files/settle.csv"),
+            "{up}"
+        );
+        assert_eq!(up["data"]["sha256"], sha(&report));
+        let down = g
+            .wait_jsonl_event("wharf.download.completed", "/outbound/ack.xml")
+            .await;
+        assert_eq!(down["data"]["sha256"], sha(&ack));
+        g.wait_jsonl_event("wharf.file.deleted", "/outbound/ack.xml")
+            .await;
+
+        // Every refusal is the client's error and writes nothing.
+        put_at(&g, &format!("{OUT}/keep.xml"), b"keep").await;
+        for (batch, why, says) in [
+            (
+                "put settle.csv /settle.csv\n",
+                "outside the folders",
+                "denied",
+            ),
+            ("mkdir /new\n", "a directory outside the folders", "denied"),
+            (
+                "put settle.csv /other/x.csv\n",
+                "no such folder",
+                "No such file",
+            ),
+            (
+                "put settle.csv /outbound/x.csv\n",
+                "no upload permission",
+                "denied",
+            ),
+            (
+                "get /inbound/settle.csv x.csv\n",
+                "no download permission",
+                "denied",
+            ),
+            ("rm /inbound/settle.csv\n", "no delete permission", "denied"),
+            ("rmdir /outbound\n", "a folder itself", "denied"),
+            (
+                "rename /inbound/settle.csv /outbound/settle.csv\n",
+                "between folders",
+                "unsupported",
+            ),
+            ("rename /inbound /in2\n", "a folder itself", "denied"),
+            (
+                "get /outbound/../../acme/in-files/settle.csv x.csv\n",
+                "escape",
+                "",
+            ),
+        ] {
+            let r = g.acme(batch);
+            assert_ne!(r.code, Some(0), "{why}: {r:?}");
+            assert!(
+                r.stderr.to_lowercase().contains(&says.to_lowercase()),
+                "{why}: {r:?}"
+            );
+        }
+        assert!(!g.w.file("x.csv").exists());
+        assert_eq!(g.stored_files().await, vec!["in-files/settle.csv"]);
+        assert_eq!(
+            get_at(&g, &format!("{OUT}/keep.xml")).await.as_deref(),
+            Some(&b"keep"[..])
+        );
+
+        // Without folders the account sees its home at / again.
+        g.w.run(&["user", "dir", "rm", "acme", "/inbound"]).ok();
+        g.w.run(&["user", "dir", "rm", "acme", "/outbound"]).ok();
+        let run = g.acme("ls /\n");
+        run.ok();
+        assert!(run.stdout.contains("in-files"), "{run:?}");
+    }
+}
+
+/// FTPS sees the same tree: folder names at `/`, uploads only inside a folder.
+#[tokio::test(flavor = "multi_thread")]
+async fn ftps_sees_the_same_folders() {
+    let hook = Receiver::start().await;
+    let g = crate::ftps::ftps_gateway_with(&hook, false, &[]).await;
+    set_up(&g);
+    let data = random_bytes(300_000);
+    g.write_file("settle.csv", &data);
+    let ack = random_bytes(5000);
+    put_at(&g, &format!("{OUT}/ack.xml"), &ack).await;
+    let out = crate::ftps::lftp(
+        &g,
+        "acme",
+        PW,
+        "cls -1 /; cd /inbound; put settle.csv; cls -1 /outbound; get /outbound/ack.xml -o back.xml",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in ["/inbound/\n", "/outbound/\n", "/outbound/ack.xml\n"] {
+        assert!(stdout.contains(name), "no {name:?} in {stdout}");
+    }
+    assert_eq!(
+        get_at(&g, &format!("{IN}/settle.csv")).await.as_deref(),
+        Some(&data[..])
+    );
+    assert_eq!(std::fs::read(g.w.file("back.xml")).unwrap(), ack);
+    let out = crate::ftps::lftp(&g, "acme", PW, "put settle.csv -o /top.csv");
+    assert!(
+        !out.status.success(),
+        "an upload above the folders: {out:?}"
+    );
+    assert_eq!(g.stored_files().await, vec!["in-files/settle.csv"]);
+}
