@@ -132,8 +132,19 @@ async fn contract(store: Arc<dyn AccountStore>) {
     changed.permissions = changed.permissions.with(Permission::Delete);
     changed.allowed_cidrs = vec![parse_cidr("10.0.0.0/8").unwrap()];
     changed.home = Home::parse_uri("file:///srv/beta/").unwrap();
+    wharf::identity::folders::add(
+        &mut changed.folders,
+        wharf::identity::Folder {
+            path: wharf::identity::folders::parse_path("/outbound").unwrap(),
+            home: Home::parse_uri("s3://outgoing/beta/").unwrap(),
+            permissions: "list,download".parse().unwrap(),
+        },
+    )
+    .unwrap();
     store.update(&changed).await.unwrap();
     let after = store.get("beta").await.unwrap().unwrap();
+    assert_eq!(after.folders, changed.folders);
+    assert!(store.get("acme").await.unwrap().unwrap().folders.is_empty());
     assert!(!after.enabled);
     assert!(after.permissions.has(Permission::Delete));
     assert_eq!(after.allowed_cidrs, changed.allowed_cidrs);
