@@ -100,6 +100,15 @@ pub enum DirCommand {
         /// account's permissions)
         #[arg(long, value_name = "LIST")]
         permissions: Option<String>,
+        /// Only file names matching one of these globs are accepted (e.g. '*.csv,*.xml')
+        #[arg(long, value_name = "PATTERNS")]
+        allow: Option<String>,
+        /// File names matching one of these globs are refused
+        #[arg(long, value_name = "PATTERNS")]
+        deny: Option<String>,
+        /// Largest upload accepted (e.g. 10MiB); a larger one is cut and nothing is stored
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<crate::config::ByteSize>,
     },
     /// List the account's folders
     List {
@@ -434,6 +443,9 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
             vpath,
             location,
             permissions,
+            allow,
+            deny,
+            max_size,
         } => {
             let mut account = get(&*store, &name).await?;
             let cwd = std::env::current_dir().context("current directory")?;
@@ -443,14 +455,23 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
                 Some(p) => parse_permissions(&p)?,
                 None => account.permissions,
             };
+            let rules = folders::Rules {
+                allow: folders::Rules::patterns(allow.as_deref().unwrap_or(""))?,
+                deny: folders::Rules::patterns(deny.as_deref().unwrap_or(""))?,
+                max_size: max_size.map(|s| s.0),
+            };
             let folder = Folder {
                 path: folders::parse_path(&vpath)?,
                 home,
                 permissions,
+                rules,
             };
             let shown = format!(
-                "{} -> {} ({})",
-                folder.path, folder.home, folder.permissions
+                "{} -> {} ({}{})",
+                folder.path,
+                folder.home,
+                folder.permissions,
+                rules_text(&folder.rules)
             );
             folders::add(&mut account.folders, folder)?;
             store.update(&account).await?;
@@ -464,13 +485,14 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
             } else if account.folders.is_empty() {
                 eprintln!("no folders: {name} sees its home {} at /", account.home);
             } else {
-                println!("{:<24} {:<48} PERMISSIONS", "PATH", "LOCATION");
+                println!("{:<24} {:<48} PERMISSIONS AND RULES", "PATH", "LOCATION");
                 for f in &account.folders {
                     println!(
-                        "{:<24} {:<48} {}",
+                        "{:<24} {:<48} {}{}",
                         f.path.to_string(),
                         f.home.to_uri(),
-                        f.permissions
+                        f.permissions,
+                        rules_text(&f.rules)
                     );
                 }
             }
@@ -490,7 +512,25 @@ fn folder_json(f: &Folder) -> serde_json::Value {
         "path": f.path.to_string(),
         "location": f.home.to_uri(),
         "permissions": f.permissions.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        "allow": f.rules.allow,
+        "deny": f.rules.deny,
+        "max_size": f.rules.max_size,
     })
+}
+
+/// `; allow *.csv; deny tmp-*; max 10485760 bytes`, or nothing.
+fn rules_text(r: &folders::Rules) -> String {
+    let mut out = String::new();
+    if !r.allow.is_empty() {
+        out.push_str(&format!("; allow {}", r.allow.join(",")));
+    }
+    if !r.deny.is_empty() {
+        out.push_str(&format!("; deny {}", r.deny.join(",")));
+    }
+    if let Some(m) = r.max_size {
+        out.push_str(&format!("; max {m} bytes"));
+    }
+    out
 }
 
 fn account_json(a: &Account, keys: Option<&[AccountKey]>) -> serde_json::Value {
@@ -558,7 +598,13 @@ fn print_account(a: &Account, keys: &[AccountKey]) {
             a.folders.len()
         );
         for f in &a.folders {
-            println!("  {} -> {} ({})", f.path, f.home, f.permissions);
+            println!(
+                "  {} -> {} ({}{})",
+                f.path,
+                f.home,
+                f.permissions,
+                rules_text(&f.rules)
+            );
         }
     }
     println!("keys:        {}", keys.len());

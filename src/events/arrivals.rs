@@ -144,6 +144,14 @@ impl UploadObserver for OutboxObserver {
         self.is_temp(from) && !self.is_temp(to)
     }
 
+    fn final_name<'a>(&self, name: &'a str) -> &'a str {
+        self.temp_suffixes
+            .iter()
+            .filter(|s| !s.is_empty())
+            .find_map(|s| name.strip_suffix(s.as_str()))
+            .unwrap_or(name)
+    }
+
     async fn staged(&self, location: &Location) -> Result<Option<StagedFacts>, RecordError> {
         self.outbox.staged(&location.uri).await.map_err(unavailable)
     }

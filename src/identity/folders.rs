@@ -15,6 +15,51 @@ pub struct Folder {
     pub path: VirtualPath,
     pub home: Home,
     pub permissions: Permissions,
+    pub rules: Rules,
+}
+
+/// What a folder accepts, beyond permissions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rules {
+    /// Globs on the file name (`*.csv`); when any, a name must match one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Globs on the file name that are refused even if allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Largest upload accepted, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
+}
+
+impl Rules {
+    /// Parses comma lists of globs, refusing a pattern that is not one.
+    pub fn patterns(list: &str) -> Result<Vec<String>, FolderError> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                glob::Pattern::new(p)
+                    .map(|_| p.to_string())
+                    .map_err(|e| FolderError::BadPattern(p.into(), e.msg.into()))
+            })
+            .collect()
+    }
+
+    /// Why a file may not be named `name` here, if it may not.
+    pub fn refuse_name(&self, name: &str) -> Option<String> {
+        let matches = |p: &String| glob::Pattern::new(p).is_ok_and(|g| g.matches(name));
+        if let Some(p) = self.deny.iter().find(|p| matches(p)) {
+            return Some(format!("{name:?} matches the refused pattern {p:?}"));
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(matches) {
+            return Some(format!(
+                "{name:?} is not an accepted name here ({})",
+                self.allow.join(", ")
+            ));
+        }
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,6 +74,8 @@ pub enum FolderError {
     Unknown(String),
     #[error("stored folders are unreadable: {0}")]
     Corrupt(String),
+    #[error("invalid name pattern {0:?}: {1}")]
+    BadPattern(String, String),
 }
 
 /// Parses an admin-given folder path.
@@ -74,6 +121,8 @@ struct Stored {
     path: String,
     home: String,
     permissions: String,
+    #[serde(default, flatten)]
+    rules: Rules,
 }
 
 /// The `folders` column: a JSON list.
@@ -84,6 +133,7 @@ pub fn to_column(folders: &[Folder]) -> String {
             path: f.path.to_string(),
             home: f.home.to_uri(),
             permissions: f.permissions.to_string(),
+            rules: f.rules.clone(),
         })
         .collect();
     serde_json::to_string(&list).expect("folders serialise")
@@ -101,6 +151,7 @@ pub fn from_column(s: &str) -> Result<Vec<Folder>, FolderError> {
                     .permissions
                     .parse()
                     .map_err(|e| FolderError::Corrupt(format!("{e}")))?,
+                rules: f.rules,
             })
         })
         .collect()
@@ -115,7 +166,41 @@ mod tests {
             path: parse_path(path).unwrap(),
             home: Home::parse_uri("s3://reports/acme/in/").unwrap(),
             permissions: "list,upload".parse().unwrap(),
+            rules: Rules::default(),
         }
+    }
+
+    #[test]
+    fn names_are_checked_against_deny_then_allow() {
+        let r = Rules {
+            allow: Rules::patterns("*.csv, *.xml,*.pgp").unwrap(),
+            deny: Rules::patterns("tmp-*").unwrap(),
+            max_size: None,
+        };
+        assert_eq!(r.refuse_name("settle-2026-12-01.csv"), None);
+        assert_eq!(r.refuse_name("ack.xml"), None);
+        assert!(r
+            .refuse_name("evil.exe")
+            .unwrap()
+            .contains("not an accepted name"));
+        assert!(r.refuse_name("tmp-1.csv").unwrap().contains("tmp-*"));
+        assert!(
+            r.refuse_name("SETTLE.CSV").is_some(),
+            "names are case-sensitive"
+        );
+        assert_eq!(Rules::default().refuse_name("anything"), None);
+        assert!(matches!(
+            Rules::patterns("[a-"),
+            Err(FolderError::BadPattern(..))
+        ));
+        let f = Folder {
+            rules: r.clone(),
+            ..folder("/in")
+        };
+        assert_eq!(
+            from_column(&to_column(std::slice::from_ref(&f))).unwrap(),
+            vec![f]
+        );
     }
 
     #[test]

@@ -381,6 +381,24 @@ impl Session {
         }
     }
 
+    /// Refuses a file name the folder's rules do not accept (judged without a temp suffix).
+    fn check_name(&self, m: &Mount, path: &VirtualPath) -> Result<(), FsError> {
+        let name = self
+            .ctx
+            .observer
+            .final_name(path.file_name().unwrap_or_default());
+        match m.rules.refuse_name(name) {
+            None => Ok(()),
+            Some(why) => {
+                tracing::info!(parent: &self.span, activity = "REFUSED", reason = "name", path = %path, detail = %why);
+                Err(FsError::new(
+                    FsErrorKind::PermissionDenied,
+                    format!("{path}: {why}"),
+                ))
+            }
+        }
+    }
+
     fn folder_list(&self) -> String {
         self.mounts
             .iter()
@@ -530,6 +548,7 @@ impl Session {
                 format!("{path}: is a directory"),
             ));
         }
+        self.check_name(m, path)?;
         // What storage holds (an upload of this name still in progress is not a file yet: the
         // commit decides between them).
         match self.stat_stored(m, &rel, path).await {
@@ -593,6 +612,19 @@ impl Session {
 
     pub async fn write(&self, f: &mut WriteFile, offset: u64, data: Bytes) -> Result<(), FsError> {
         let path = f.path.clone();
+        let max = match self.place(&path) {
+            Ok(Place::In(m, _)) => m.rules.max_size,
+            _ => None,
+        };
+        if let Some(max) = max.filter(|max| offset.saturating_add(data.len() as u64) > *max) {
+            f.open()?;
+            let why = format!("{path}: larger than this folder accepts ({max} bytes at most)");
+            tracing::info!(parent: &self.span, activity = "REFUSED", reason = "size", path = %path, max_size = max);
+            if let Some(u) = f.upload.take() {
+                self.abort_upload(&path, u, "too_large", &why).await;
+            }
+            return Err(FsError::new(FsErrorKind::Failure, why));
+        }
         let u = f.open()?;
         u.pipeline.write(offset, data).await.map_err(|e| match e {
             UploadError::Unsupported(m) => FsError::new(FsErrorKind::Unsupported, m),
@@ -1030,6 +1062,7 @@ impl Session {
         if from == to {
             return Ok(());
         }
+        self.check_name(m, to)?;
         let may_overwrite = m.permissions.has(Permission::Overwrite);
         match m.backend.stat(&dst).await {
             Ok(meta) if !meta.is_dir => {

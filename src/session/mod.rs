@@ -120,6 +120,11 @@ pub trait UploadObserver: Send + Sync {
     fn is_arrival(&self, _from: &str, _to: &str) -> bool {
         false
     }
+    /// The name a file will arrive under: `name` without a temp suffix (`x.csv.filepart` ->
+    /// `x.csv`), so folder rules judge what the pipeline will see.
+    fn final_name<'a>(&self, name: &'a str) -> &'a str {
+        name
+    }
     /// What is known of the temp-name upload at `location`.
     async fn staged(
         &self,
@@ -229,6 +234,7 @@ pub struct Mount {
     pub path: path::VirtualPath,
     pub home: crate::storage::Home,
     pub permissions: crate::identity::Permissions,
+    pub rules: crate::identity::folders::Rules,
     backend: Arc<dyn Backend>,
 }
 
@@ -240,6 +246,7 @@ impl Mount {
                 path: path::VirtualPath::root(),
                 home: account.home.clone(),
                 permissions: account.permissions,
+                rules: Default::default(),
                 backend: storage.backend(&account.home),
             }];
         }
@@ -250,6 +257,7 @@ impl Mount {
                 path: f.path.clone(),
                 home: f.home.clone(),
                 permissions: f.permissions,
+                rules: f.rules.clone(),
                 backend: storage.backend(&f.home),
             })
             .collect()

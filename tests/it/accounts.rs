@@ -138,6 +138,11 @@ async fn contract(store: Arc<dyn AccountStore>) {
             path: wharf::identity::folders::parse_path("/outbound").unwrap(),
             home: Home::parse_uri("s3://outgoing/beta/").unwrap(),
             permissions: "list,download".parse().unwrap(),
+            rules: wharf::identity::folders::Rules {
+                allow: vec!["*.xml".into()],
+                deny: Vec::new(),
+                max_size: Some(1 << 20),
+            },
         },
     )
     .unwrap();

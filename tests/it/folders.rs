@@ -226,3 +226,83 @@ async fn ftps_sees_the_same_folders() {
     );
     assert_eq!(g.stored_files().await, vec!["in-files/settle.csv"]);
 }
+
+/// A folder's rules: names outside `--allow` or inside `--deny` are refused before a byte is
+/// stored (a temp-name upload is judged by the name it will arrive under), and an upload past
+/// `--max-size` is cut with nothing stored and a failed event saying `too_large`.
+#[tokio::test(flavor = "multi_thread")]
+async fn folder_rules_refuse_names_and_sizes() {
+    for local in [false, true] {
+        let g = Gateway::start_on(local, false, &[]).await;
+        g.w.run(&[
+            "user",
+            "dir",
+            "add",
+            "acme",
+            "/inbound",
+            IN,
+            "--permissions",
+            "list,upload,rename",
+            "--allow",
+            "*.csv,*.xml",
+            "--deny",
+            "tmp-*",
+            "--max-size",
+            "10MiB",
+        ])
+        .ok();
+        g.w.run(&["user", "dir", "add", "acme", "/x", "x", "--allow", "[z-"])
+            .fails_with(&["invalid name pattern"]);
+        let shown =
+            g.w.run(&["user", "dir", "list", "acme"])
+                .ok()
+                .stdout
+                .clone();
+        assert!(
+            shown.contains("allow *.csv,*.xml; deny tmp-*; max 10485760 bytes"),
+            "{shown}"
+        );
+
+        let small = random_bytes(70_000);
+        g.write_file("ok.csv", &small);
+        g.write_file("evil.exe", &small);
+        g.write_file("tmp-1.csv", &small);
+        let big = random_bytes((10 << 20) + 1);
+        g.write_file("big.csv", &big);
+        g.acme("put ok.csv /inbound/ok.csv\n").ok();
+        // A temp name is judged by the name it arrives under.
+        g.acme(
+            "put ok.csv /inbound/t.csv.filepart\nrename /inbound/t.csv.filepart /inbound/t.csv\n",
+        )
+        .ok();
+        for batch in [
+            "put evil.exe /inbound/evil.exe\n",
+            "put tmp-1.csv /inbound/tmp-1.csv\n",
+            "put evil.exe /inbound/evil.exe.filepart\n",
+            "rename /inbound/ok.csv /inbound/ok.exe\n",
+        ] {
+            let r = g.acme(batch);
+            assert_ne!(r.code, Some(0), "{batch}: {r:?}");
+            assert!(r.stderr.contains("Permission denied"), "{batch}: {r:?}");
+        }
+        let r = g.acme("put big.csv /inbound/big.csv\n");
+        assert_ne!(r.code, Some(0), "{r:?}");
+        let cut = g
+            .wait_jsonl_event("wharf.upload.failed", "/inbound/big.csv")
+            .await;
+        assert_eq!(cut["data"]["failure_code"], "too_large", "{cut}");
+        assert_eq!(
+            g.stored_files().await,
+            vec!["in-files/ok.csv", "in-files/t.csv"]
+        );
+        let log = g.server.log();
+        assert!(
+            log.contains("\"activity\":\"REFUSED\",\"reason\":\"name\"")
+                && log.contains("\"activity\":\"REFUSED\",\"reason\":\"size\""),
+            "{log}"
+        );
+        if !local {
+            assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
+        }
+    }
+}
