@@ -109,6 +109,9 @@ pub enum DirCommand {
         /// Largest upload accepted (e.g. 10MiB); a larger one is cut and nothing is stored
         #[arg(long, value_name = "SIZE")]
         max_size: Option<crate::config::ByteSize>,
+        /// Refuse a file name that already arrived in this folder, even after it was moved away
+        #[arg(long)]
+        no_reuse_names: bool,
     },
     /// List the account's folders
     List {
@@ -446,6 +449,7 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
             allow,
             deny,
             max_size,
+            no_reuse_names,
         } => {
             let mut account = get(&*store, &name).await?;
             let cwd = std::env::current_dir().context("current directory")?;
@@ -459,6 +463,7 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
                 allow: folders::Rules::patterns(allow.as_deref().unwrap_or(""))?,
                 deny: folders::Rules::patterns(deny.as_deref().unwrap_or(""))?,
                 max_size: max_size.map(|s| s.0),
+                no_reuse_names,
             };
             let folder = Folder {
                 path: folders::parse_path(&vpath)?,
@@ -515,6 +520,7 @@ fn folder_json(f: &Folder) -> serde_json::Value {
         "allow": f.rules.allow,
         "deny": f.rules.deny,
         "max_size": f.rules.max_size,
+        "no_reuse_names": f.rules.no_reuse_names,
     })
 }
 
@@ -529,6 +535,9 @@ fn rules_text(r: &folders::Rules) -> String {
     }
     if let Some(m) = r.max_size {
         out.push_str(&format!("; max {m} bytes"));
+    }
+    if r.no_reuse_names {
+        out.push_str("; no reused names");
     }
     out
 }

@@ -144,6 +144,13 @@ impl UploadObserver for OutboxObserver {
         self.is_temp(from) && !self.is_temp(to)
     }
 
+    async fn arrived_before(&self, location: &Location) -> Result<bool, RecordError> {
+        self.outbox
+            .arrived_before(&location.uri)
+            .await
+            .map_err(unavailable)
+    }
+
     fn final_name<'a>(&self, name: &'a str) -> &'a str {
         self.temp_suffixes
             .iter()

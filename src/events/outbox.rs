@@ -118,6 +118,9 @@ pub type Staged = crate::session::StagedFacts;
 /// Deletes a commit intent (`journal/`) in the transaction that records its outcome, so the
 /// event and the end of the intent are one step: `(location, intent id)`.
 const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND id = $2";
+/// Before clearing the intent of an arrival: remember its location when its folder accepts a
+/// name only once.
+const REMEMBER_NAME: &str = "INSERT INTO arrived_names (location, arrived_us) SELECT location, $3 FROM commit_intents WHERE location = $1 AND id = $2 AND remember_name ON CONFLICT (location) DO NOTHING";
 
 /// An `events` row; both databases decode it the same way.
 #[derive(sqlx::FromRow)]
@@ -285,6 +288,9 @@ impl Outbox {
                         .await?;
                 }
                 if let Some((loc, id)) = &r.intent {
+                    if e.kind == super::COMPLETED {
+                        sqlx::query(REMEMBER_NAME).bind(loc).bind(id).bind(now).execute(&mut *tx).await?;
+                    }
                     sqlx::query(CLEAR_INTENT).bind(loc).bind(id).execute(&mut *tx).await?;
                 }
             }
@@ -452,6 +458,17 @@ impl Outbox {
                 .bind(sink).fetch_one(pool).await?
         });
         Ok(next.map(from_micros))
+    }
+
+    /// Whether a file ever arrived at `location` in a folder that accepts a name once.
+    pub async fn arrived_before(&self, location: &str) -> Result<bool> {
+        let n: i64 = on_pool!(&self.db, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM arrived_names WHERE location = $1")
+                .bind(location)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(n > 0)
     }
 
     /// Remembers a temp-name upload until its rename, clearing its commit `intent` in the

@@ -30,6 +30,10 @@ pub struct Rules {
     /// Largest upload accepted, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_size: Option<u64>,
+    /// A name that once arrived here is refused for ever after (even once the pipeline has
+    /// moved the file away): for processors that deduplicate by file name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_reuse_names: bool,
 }
 
 impl Rules {
@@ -176,6 +180,7 @@ mod tests {
             allow: Rules::patterns("*.csv, *.xml,*.pgp").unwrap(),
             deny: Rules::patterns("tmp-*").unwrap(),
             max_size: None,
+            no_reuse_names: true,
         };
         assert_eq!(r.refuse_name("settle-2026-12-01.csv"), None);
         assert_eq!(r.refuse_name("ack.xml"), None);

@@ -399,6 +399,35 @@ impl Session {
         }
     }
 
+    /// Refuses a name that already arrived in a folder that accepts a name once (a temp name
+    /// is judged by the name it will arrive under).
+    async fn check_reuse(&self, m: &Mount, rel: &str, path: &VirtualPath) -> Result<(), FsError> {
+        if !m.rules.no_reuse_names {
+            return Ok(());
+        }
+        let (dir, name) = split_parent(rel);
+        let name = self.ctx.observer.final_name(name);
+        let final_rel = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        let arrived = self
+            .ctx
+            .observer
+            .arrived_before(&m.backend.location(&final_rel))
+            .await
+            .map_err(|e| FsError::new(FsErrorKind::Failure, format!("{path}: {e}")))?;
+        if arrived {
+            tracing::info!(parent: &self.span, activity = "REFUSED", reason = "reused_name", path = %path);
+            return Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                format!("{path}: a file named {name:?} already arrived in this folder, which accepts each name once"),
+            ));
+        }
+        Ok(())
+    }
+
     fn folder_list(&self) -> String {
         self.mounts
             .iter()
@@ -549,6 +578,7 @@ impl Session {
             ));
         }
         self.check_name(m, path)?;
+        self.check_reuse(m, &rel, path).await?;
         // What storage holds (an upload of this name still in progress is not a file yet: the
         // commit decides between them).
         match self.stat_stored(m, &rel, path).await {
@@ -712,6 +742,29 @@ impl Session {
             .await;
             return Err(err);
         }
+        // Under the same lock: a folder that accepts a name once.
+        if m.rules.no_reuse_names
+            && matches!(
+                self.ctx.observer.arrived_before(&u.location).await,
+                Ok(true) | Err(_)
+            )
+        {
+            self.ctx.journal.cancel(&intent).await;
+            u.pipeline.abort().await;
+            let err = FsError::new(
+                FsErrorKind::PermissionDenied,
+                format!("{path}: a file of this name already arrived in this folder, which accepts each name once"),
+            );
+            self.record_failure(
+                &path,
+                (&u.location, u.started_at),
+                received,
+                "name_reused",
+                &err.message,
+            )
+            .await;
+            return Err(err);
+        }
         crate::testing::crash_point("upload.before_commit");
         let res = u.pipeline.commit().await;
         crate::testing::crash_point("upload.after_commit");
@@ -806,6 +859,7 @@ impl Session {
             crc64nvme: sealed.crc64nvme.clone(),
             upload_id: sealed.upload_id.clone(),
             started_at: u.started_at,
+            remember_name: m.rules.no_reuse_names,
         }
     }
 
@@ -1094,6 +1148,7 @@ impl Session {
                 crc64nvme: None,
                 upload_id: None,
                 started_at: facts.started_at,
+                remember_name: m.rules.no_reuse_names,
             };
             self.ctx
                 .journal
@@ -1106,6 +1161,10 @@ impl Session {
                     "replacing an existing file",
                     Permission::Overwrite,
                 ));
+            }
+            if let Err(e) = self.check_reuse(m, &dst, to).await {
+                self.ctx.journal.cancel(&intent).await;
+                return Err(e);
             }
             (Some(facts), Some(intent))
         } else {

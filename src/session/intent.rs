@@ -48,6 +48,9 @@ pub struct Intent {
     /// The S3 multipart upload being completed.
     pub upload_id: Option<String>,
     pub started_at: DateTime<Utc>,
+    /// The folder accepts a name once: remember the location when the arrival is recorded.
+    #[serde(default)]
+    pub remember_name: bool,
 }
 
 impl Intent {

@@ -120,6 +120,13 @@ pub trait UploadObserver: Send + Sync {
     fn is_arrival(&self, _from: &str, _to: &str) -> bool {
         false
     }
+    /// Whether a file ever arrived at `location` (for folders that accept a name once).
+    async fn arrived_before(
+        &self,
+        _location: &crate::storage::Location,
+    ) -> Result<bool, RecordError> {
+        Ok(false)
+    }
     /// The name a file will arrive under: `name` without a temp suffix (`x.csv.filepart` ->
     /// `x.csv`), so folder rules judge what the pipeline will see.
     fn final_name<'a>(&self, name: &'a str) -> &'a str {

@@ -142,6 +142,7 @@ async fn contract(store: Arc<dyn AccountStore>) {
                 allow: vec!["*.xml".into()],
                 deny: Vec::new(),
                 max_size: Some(1 << 20),
+                no_reuse_names: true,
             },
         },
     )

@@ -306,3 +306,64 @@ async fn folder_rules_refuse_names_and_sizes() {
         }
     }
 }
+
+/// `--no-reuse-names`: a name that arrived once is refused for ever after, even when the
+/// pipeline has moved the file away, whichever way it comes back (put, temp name, rename).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_that_arrived_is_refused_after_it_was_moved_away() {
+    for local in [false, true] {
+        let g = Gateway::start_on(local, false, &[]).await;
+        g.w.run(&[
+            "user",
+            "dir",
+            "add",
+            "acme",
+            "/inbound",
+            IN,
+            "--permissions",
+            "list,upload,overwrite,rename",
+            "--no-reuse-names",
+        ])
+        .ok();
+        let data = random_bytes(20_000);
+        g.write_file("a.csv", &data);
+        g.acme("put a.csv /inbound/a.csv\n").ok();
+        g.acme(
+            "put a.csv /inbound/b.csv.filepart\nrename /inbound/b.csv.filepart /inbound/b.csv\n",
+        )
+        .ok();
+        // The pipeline picks both up.
+        for name in ["a.csv", "b.csv"] {
+            if local {
+                std::fs::remove_file(g.w.file("data").join(format!("{IN}/{name}"))).unwrap();
+            } else {
+                g.s3.client
+                    .delete_object()
+                    .bucket(&g.s3.bucket)
+                    .key(format!("{}{IN}/{name}", g.prefix))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        for batch in [
+            "put a.csv /inbound/a.csv\n",
+            "put a.csv /inbound/b.csv\n",
+            "put a.csv /inbound/a.csv.filepart\n",
+        ] {
+            let r = g.acme(batch);
+            assert_ne!(r.code, Some(0), "{batch}: {r:?}");
+            assert!(r.stderr.contains("Permission denied"), "{batch}: {r:?}");
+        }
+        g.acme("put a.csv /inbound/c.csv.filepart\n").ok();
+        let r = g.acme("rename /inbound/c.csv.filepart /inbound/a.csv\n");
+        assert_ne!(r.code, Some(0), "{r:?}");
+        // A new name still lands.
+        g.acme("put a.csv /inbound/d.csv\n").ok();
+        assert_eq!(
+            g.stored_files().await,
+            vec!["in-files/c.csv.filepart", "in-files/d.csv"]
+        );
+        assert!(g.server.log().contains("\"reason\":\"reused_name\""));
+    }
+}
