@@ -131,11 +131,11 @@ pub enum StoreError {
         fingerprint: String,
     },
     #[error("database unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] sqlx::Error),
     #[error("stored account {username:?} is corrupt: {reason}")]
     Corrupt { username: String, reason: String },
     #[error("database error: {0}")]
-    Database(String),
+    Database(#[source] sqlx::Error),
 }
 
 /// Where accounts live. One contract (tests/it/accounts.rs) runs against every implementation.

@@ -91,9 +91,9 @@ pub(super) fn cidrs_column(a: &Account) -> String {
 pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(e)
         }
-        other => StoreError::Database(other.to_string()),
+        other => StoreError::Database(other),
     }
 }
 
