@@ -1,4 +1,4 @@
-//! `wharf user …` and `wharf user key …`: partner account administration.
+//! `wharf user …`, `wharf user key …` and `wharf user dir …`: partner account administration.
 
 use std::io::Read as _;
 use std::path::Path;

@@ -1,5 +1,6 @@
 //! Partner accounts: the `Account` model, usernames, permissions, allowed addresses, public
-//! keys and password hashes, and the `AccountStore` seam with its SQLite and Postgres stores.
+//! keys, password hashes and folders (`folders.rs`), and the `AccountStore` seam with its
+//! SQLite and Postgres stores.
 
 pub mod auth;
 pub mod bans;

@@ -1,6 +1,6 @@
-//! The protocol-neutral file operations both front-ends call: every path through the jail,
-//! every operation checked against the account's permissions, storage errors turned into
-//! the four outcomes a client can be told.
+//! The protocol-neutral file operations both front-ends call: every path through the jail
+//! to its folder, every operation checked against that folder's permissions and rules,
+//! storage errors turned into the four outcomes a client can be told.
 
 use std::fmt;
 use std::sync::Arc;

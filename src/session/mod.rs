@@ -1,5 +1,5 @@
 //! A logged-in partner's session, shared by every protocol: who it is, its jailed view of
-//! its home (`VirtualPath`), its permissions, and the file operations of `fs.rs` with the
+//! its home or its folders (`VirtualPath`, `Mount`), their permissions, and the file operations of `fs.rs` with the
 //! streaming upload pipeline of `upload.rs`; plus the admission every listener shares
 //! (`limits.rs`: connection limits, and the PROXY protocol header of `proxy.rs`).
 
