@@ -1,7 +1,8 @@
 //! A logged-in partner's session, shared by every protocol: who it is, its jailed view of
-//! its home or its folders (`VirtualPath`, `Mount`), their permissions, and the file operations of `fs.rs` with the
-//! streaming upload pipeline of `upload.rs`; plus the admission every listener shares
-//! (`limits.rs`: connection limits, and the PROXY protocol header of `proxy.rs`).
+//! its home or its folders (`VirtualPath`, `Mount`), their permissions, and the file
+//! operations of `fs.rs` with the streaming upload pipeline of `upload.rs`; plus the
+//! admission every listener shares (`limits.rs`: connection limits, and the PROXY protocol
+//! header of `proxy.rs`).
 
 pub mod fs;
 pub mod intent;
