@@ -70,6 +70,15 @@ impl App {
                 max_age: c.max_age.map(|d| d.0),
             });
         }
+        // Receipts of partner folders: delivered only for arrivals that ask for one.
+        metrics().register_sink(crate::events::outbox::RECEIPTS);
+        workers.push(SinkWorker {
+            sink: Box::new(crate::events::sinks::receipts::ReceiptSink::new(
+                outbox.clone(),
+                storage.clone(),
+            )),
+            max_age: None,
+        });
         let dispatcher = Dispatcher::new(outbox.clone(), workers, config.events.lease.0);
         let ops = if config.metrics.listen.is_empty() {
             None

@@ -112,6 +112,10 @@ pub enum DirCommand {
         /// Refuse a file name that already arrived in this folder, even after it was moved away
         #[arg(long)]
         no_reuse_names: bool,
+        /// Write a JSON receipt for each arrival at this client path ({name}: the file's name),
+        /// e.g. /outbound/receipts/{name}.receipt.json
+        #[arg(long, value_name = "PATH")]
+        receipt: Option<String>,
     },
     /// List the account's folders
     List {
@@ -450,6 +454,7 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
             deny,
             max_size,
             no_reuse_names,
+            receipt,
         } => {
             let mut account = get(&*store, &name).await?;
             let cwd = std::env::current_dir().context("current directory")?;
@@ -464,6 +469,10 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
                 deny: folders::Rules::patterns(deny.as_deref().unwrap_or(""))?,
                 max_size: max_size.map(|s| s.0),
                 no_reuse_names,
+                receipt: receipt
+                    .as_deref()
+                    .map(folders::Rules::receipt)
+                    .transpose()?,
             };
             let folder = Folder {
                 path: folders::parse_path(&vpath)?,
@@ -521,6 +530,7 @@ fn folder_json(f: &Folder) -> serde_json::Value {
         "deny": f.rules.deny,
         "max_size": f.rules.max_size,
         "no_reuse_names": f.rules.no_reuse_names,
+        "receipt": f.rules.receipt,
     })
 }
 
@@ -538,6 +548,9 @@ fn rules_text(r: &folders::Rules) -> String {
     }
     if r.no_reuse_names {
         out.push_str("; no reused names");
+    }
+    if let Some(t) = &r.receipt {
+        out.push_str(&format!("; receipts {t}"));
     }
     out
 }

@@ -57,7 +57,7 @@ impl OutboxObserver {
         etag: Option<&str>,
         intent: Option<&Intent>,
     ) -> Result<(), RecordError> {
-        let intent = intent.map(|i| (i.location.as_str(), i.id.as_str()));
+        let intent = intent.map(Intent::key);
         if self.is_temp(client_path) {
             // No arrival yet: remember the content for the rename that completes it.
             return self
@@ -68,7 +68,7 @@ impl OutboxObserver {
                         etag: etag.map(String::from),
                         ..facts.clone()
                     },
-                    intent,
+                    intent.map(|(l, i, _)| (l, i)),
                 )
                 .await
                 .map_err(unavailable);
@@ -124,11 +124,7 @@ impl UploadObserver for OutboxObserver {
         }
         let event = Event::from_record(&self.source, r);
         self.outbox
-            .record(
-                &event,
-                None,
-                intent.map(|i| (i.location.as_str(), i.id.as_str())),
-            )
+            .record(&event, None, intent.map(Intent::key))
             .await
             .map_err(unavailable)
     }
@@ -172,7 +168,7 @@ impl UploadObserver for OutboxObserver {
         facts: Option<&StagedFacts>,
         intent: Option<&Intent>,
     ) -> Result<(), RecordError> {
-        let intent_key = intent.map(|i| (i.location.as_str(), i.id.as_str()));
+        let intent_key = intent.map(Intent::key);
         match (self.is_temp(from.0), self.is_temp(to.0)) {
             (true, false) => {
                 let Some(facts) = facts else {

@@ -35,7 +35,8 @@ pub enum OutboxError {
 struct Record {
     event: Event,
     staged_remove: Option<String>,
-    intent: Option<(String, String)>,
+    /// The commit intent this event settles, and whether it asks for more than clearing.
+    intent: Option<(String, String, bool)>,
 }
 
 type Queued = (Record, tokio::sync::oneshot::Sender<Result<()>>);
@@ -120,6 +121,11 @@ pub type Staged = crate::session::StagedFacts;
 const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND id = $2";
 /// Before clearing the intent of an arrival: remember its location when its folder accepts a
 /// name only once.
+/// The built-in sink that writes receipts; it gets a delivery only for arrivals whose intent
+/// names a receipt.
+pub const RECEIPTS: &str = "receipts";
+const RECEIPT_TARGET: &str = "INSERT INTO receipts (event_id, target) SELECT $3, receipt FROM commit_intents WHERE location = $1 AND id = $2 AND receipt IS NOT NULL ON CONFLICT (event_id) DO NOTHING";
+const RECEIPT_DELIVERY: &str = "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT $3, 'receipts', $4, $5 FROM commit_intents WHERE location = $1 AND id = $2 AND receipt IS NOT NULL";
 const REMEMBER_NAME: &str = "INSERT INTO arrived_names (location, arrived_us) SELECT location, $3 FROM commit_intents WHERE location = $1 AND id = $2 AND remember_name ON CONFLICT (location) DO NOTHING";
 
 /// An `events` row; both databases decode it the same way.
@@ -228,12 +234,12 @@ impl Outbox {
         &self,
         e: &Event,
         staged_remove: Option<&str>,
-        intent: Option<(&str, &str)>,
+        intent: Option<(&str, &str, bool)>,
     ) -> Result<()> {
         let r = Record {
             event: e.clone(),
             staged_remove: staged_remove.map(String::from),
-            intent: intent.map(|(l, i)| (l.to_string(), i.to_string())),
+            intent: intent.map(|(l, i, x)| (l.to_string(), i.to_string(), x)),
         };
         let Some(committer) = self.committer() else {
             return self.commit_records(std::slice::from_ref(&r)).await;
@@ -287,9 +293,11 @@ impl Outbox {
                         .execute(&mut *tx)
                         .await?;
                 }
-                if let Some((loc, id)) = &r.intent {
-                    if e.kind == super::COMPLETED {
+                if let Some((loc, id, extras)) = &r.intent {
+                    if *extras && e.kind == super::COMPLETED {
                         sqlx::query(REMEMBER_NAME).bind(loc).bind(id).bind(now).execute(&mut *tx).await?;
+                        sqlx::query(RECEIPT_TARGET).bind(loc).bind(id).bind(&e.id).execute(&mut *tx).await?;
+                        sqlx::query(RECEIPT_DELIVERY).bind(loc).bind(id).bind(seq).bind(&e.username).bind(now).execute(&mut *tx).await?;
                     }
                     sqlx::query(CLEAR_INTENT).bind(loc).bind(id).execute(&mut *tx).await?;
                 }
@@ -458,6 +466,28 @@ impl Outbox {
                 .bind(sink).fetch_one(pool).await?
         });
         Ok(next.map(from_micros))
+    }
+
+    /// Where the receipt of event `event_id` goes (JSON of a `ReceiptTarget`), until written.
+    pub async fn receipt_target(&self, event_id: &str) -> Result<Option<String>> {
+        Ok(on_pool!(&self.db, pool => {
+            sqlx::query_scalar("SELECT target FROM receipts WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// The receipt of `event_id` is written.
+    pub async fn receipt_written(&self, event_id: &str) -> Result<()> {
+        let _writing = self.writing().await;
+        on_pool!(&self.bookkeeping, pool => {
+            sqlx::query("DELETE FROM receipts WHERE event_id = $1")
+                .bind(event_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     /// Whether a file ever arrived at `location` in a folder that accepts a name once.

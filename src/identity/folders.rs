@@ -34,6 +34,10 @@ pub struct Rules {
     /// moved the file away): for processors that deduplicate by file name.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_reuse_names: bool,
+    /// Client path of the receipt written for each arrival, `{name}` standing for the file's
+    /// name (`/outbound/receipts/{name}.receipt.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 impl Rules {
@@ -48,6 +52,17 @@ impl Rules {
                     .map_err(|e| FolderError::BadPattern(p.into(), e.msg.into()))
             })
             .collect()
+    }
+
+    /// Checks a receipt template: an absolute path with `{name}` in its last segment.
+    pub fn receipt(template: &str) -> Result<String, FolderError> {
+        let bad = || FolderError::BadReceipt(template.into());
+        let last = template.rsplit('/').next().unwrap_or_default();
+        if !last.contains("{name}") {
+            return Err(bad());
+        }
+        parse_path(&template.replace("{name}", "x")).map_err(|_| bad())?;
+        Ok(template.to_string())
     }
 
     /// Why a file may not be named `name` here, if it may not.
@@ -80,6 +95,8 @@ pub enum FolderError {
     Corrupt(String),
     #[error("invalid name pattern {0:?}: {1}")]
     BadPattern(String, String),
+    #[error("invalid receipt path {0:?}: use an absolute path whose file name holds {{name}}, such as /outbound/receipts/{{name}}.receipt.json")]
+    BadReceipt(String),
 }
 
 /// Parses an admin-given folder path.
@@ -181,7 +198,11 @@ mod tests {
             deny: Rules::patterns("tmp-*").unwrap(),
             max_size: None,
             no_reuse_names: true,
+            receipt: Some(Rules::receipt("/out/{name}.receipt.json").unwrap()),
         };
+        assert!(Rules::receipt("/out/receipt.json").is_err());
+        assert!(Rules::receipt("out/{name}.json").is_err());
+        assert!(Rules::receipt("/{name}/x.json").is_err());
         assert_eq!(r.refuse_name("settle-2026-12-01.csv"), None);
         assert_eq!(r.refuse_name("ack.xml"), None);
         assert!(r

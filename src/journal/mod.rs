@@ -90,8 +90,9 @@ impl Journal {
         // On the durable pool: an intent lost in a database crash after its object became
         // visible would leave that object without an event. (Heartbeats and the multipart
         // uploads in progress go through the bookkeeping pool: losing one is harmless.)
-        let n = on_pool!(self.inner.outbox.db(), p => sqlx::query("INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (location) DO NOTHING")
+        let n = on_pool!(self.inner.outbox.db(), p => sqlx::query("INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (location) DO NOTHING")
             .bind(&intent.location).bind(&intent.id).bind(&self.inner.instance).bind(detail).bind(now).bind(intent.remember_name)
+            .bind(intent.receipt.as_ref().and_then(|r| serde_json::to_string(r).ok()))
             .execute(p).await?.rows_affected());
         Ok(n == 1)
     }

@@ -176,7 +176,7 @@ impl Reconciler {
         });
         let session = i.session();
         let location = backend.location(&i.path);
-        let key = (i.location.as_str(), i.id.as_str());
+        let key = i.key();
         let outbox = self.observer.outbox();
         let res = if matches {
             let facts = StagedFacts {
@@ -255,7 +255,7 @@ impl Reconciler {
                         .map_err(|e| e.to_string())
                 }
                 // The rename never happened: the file is still under its temp name.
-                IntentKind::Rename => self.clear(key).await,
+                IntentKind::Rename => self.clear((key.0, key.1)).await,
             }
         };
         if res.is_ok() {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::intent::{Intent, IntentKind, JournalError};
+use super::intent::{Intent, IntentKind, JournalError, ReceiptTarget};
 use super::path::{PathError, VirtualPath};
 use super::upload::{UploadError, UploadPipeline};
 use super::view::Known;
@@ -860,7 +860,28 @@ impl Session {
             upload_id: sealed.upload_id.clone(),
             started_at: u.started_at,
             remember_name: m.rules.no_reuse_names,
+            receipt: self.receipt_target(m, path.file_name().unwrap_or_default()),
         }
+    }
+
+    /// Where the receipt of `name` arriving in `m` goes, when `m` writes receipts.
+    fn receipt_target(&self, m: &Mount, name: &str) -> Option<ReceiptTarget> {
+        let template = m.rules.receipt.as_ref()?;
+        let client = template.replace("{name}", name);
+        let target = VirtualPath::parse(&VirtualPath::root(), &client)
+            .ok()
+            .and_then(|p| match self.place(&p) {
+                Ok(Place::In(t, rel)) if !rel.is_empty() => Some(ReceiptTarget {
+                    home: t.home.to_uri(),
+                    path: rel,
+                    client_path: p.to_string(),
+                }),
+                _ => None,
+            });
+        if target.is_none() {
+            tracing::warn!(parent: &self.span, receipt = %client, "the receipt path is in none of the account's folders: no receipt is written");
+        }
+        target
     }
 
     /// An upload that could not be sealed or committed: logged, counted, announced.
@@ -1149,6 +1170,7 @@ impl Session {
                 upload_id: None,
                 started_at: facts.started_at,
                 remember_name: m.rules.no_reuse_names,
+                receipt: self.receipt_target(m, to.file_name().unwrap_or_default()),
             };
             self.ctx
                 .journal

@@ -51,9 +51,31 @@ pub struct Intent {
     /// The folder accepts a name once: remember the location when the arrival is recorded.
     #[serde(default)]
     pub remember_name: bool,
+    /// Where the arrival's receipt goes, for a folder with `--receipt`.
+    #[serde(default)]
+    pub receipt: Option<ReceiptTarget>,
+}
+
+/// Where a receipt is written: a folder's storage (home URI), the path inside it, and the
+/// path the partner sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptTarget {
+    pub home: String,
+    pub path: String,
+    pub client_path: String,
 }
 
 impl Intent {
+    /// What an arrival's event transaction settles: the intent to clear, and whether it also
+    /// asks for more (a name to remember, a receipt to write).
+    pub fn key(&self) -> (&str, &str, bool) {
+        (
+            self.location.as_str(),
+            self.id.as_str(),
+            self.remember_name || self.receipt.is_some(),
+        )
+    }
+
     /// The session the intent was written by, for its event.
     pub fn session(&self) -> SessionInfo {
         SessionInfo {

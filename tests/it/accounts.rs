@@ -143,6 +143,7 @@ async fn contract(store: Arc<dyn AccountStore>) {
                 deny: Vec::new(),
                 max_size: Some(1 << 20),
                 no_reuse_names: true,
+                receipt: None,
             },
         },
     )

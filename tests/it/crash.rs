@@ -437,3 +437,45 @@ async fn a_lost_answer_to_complete_multipart_upload_is_settled_by_the_object() {
     assert!(events_for(&g, "wharf.upload.failed", "/statement.bin").is_empty());
     assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
 }
+
+/// A receipt exists for every arrival that asks for one, crash or not: the reconciler's
+/// announcement of an object committed before a crash brings its receipt with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receipt_is_written_for_an_arrival_announced_after_a_crash() {
+    let mut g = crashing(false, "upload.after_commit", &[]).await;
+    g.w.run(&[
+        "user",
+        "dir",
+        "add",
+        "acme",
+        "/inbound",
+        "acme/in",
+        "--receipt",
+        "/outbound/{name}.receipt.json",
+    ])
+    .ok();
+    g.w.run(&["user", "dir", "add", "acme", "/outbound", "acme/out"])
+        .ok();
+    let data = random_bytes(50_000);
+    g.write_file("late.csv", &data);
+    let run = g.acme("put late.csv /inbound/late.csv\n");
+    assert_ne!(run.code, Some(0), "the client saw a success: {run:?}");
+    crashed(&mut g, "upload.after_commit");
+    assert!(g.stored("out/late.csv.receipt.json").await.is_none());
+
+    g.restart(&[CRASH_AT], &[]);
+    let got = settled(&g, "wharf.upload.completed", "/inbound/late.csv").await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let mut receipt = None;
+    for _ in 0..100 {
+        receipt = g.stored("out/late.csv.receipt.json").await;
+        if receipt.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r: serde_json::Value =
+        serde_json::from_slice(&receipt.expect("a receipt after recovery")).unwrap();
+    assert_eq!(r["sha256"], sha(&data));
+    assert_eq!(r["event_id"], got[0]["id"]);
+}

@@ -367,3 +367,90 @@ async fn a_name_that_arrived_is_refused_after_it_was_moved_away() {
         assert!(g.server.log().contains("\"reason\":\"reused_name\""));
     }
 }
+
+/// `--receipt`: every arrival in the folder (a put, or a temp name renamed into place) gets a
+/// JSON receipt in the partner's outbound folder, with the arrival's size, SHA-256 and event
+/// id, which the partner can fetch. Receipts are not arrivals themselves.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_arrival_gets_a_receipt_the_partner_can_fetch() {
+    for local in [false, true] {
+        let g = Gateway::start_on(local, false, &[]).await;
+        g.w.run(&[
+            "user",
+            "dir",
+            "add",
+            "acme",
+            "/inbound",
+            IN,
+            "--permissions",
+            "list,upload,rename",
+            "--receipt",
+            "/outbound/receipts/{name}.receipt.json",
+        ])
+        .ok();
+        g.w.run(&[
+            "user",
+            "dir",
+            "add",
+            "acme",
+            "/outbound",
+            OUT,
+            "--permissions",
+            "list,download",
+        ])
+        .ok();
+        g.w.run(&[
+            "user",
+            "dir",
+            "add",
+            "acme",
+            "/x",
+            "x",
+            "--receipt",
+            "/x/receipt.json",
+        ])
+        .fails_with(&["invalid receipt path"]);
+        let (a, b) = (random_bytes(9_000), random_bytes((5 << 20) + 3));
+        g.write_file("a.csv", &a);
+        g.write_file("b.csv", &b);
+        g.acme(
+            "put a.csv /inbound/a.csv\nput b.csv /inbound/b.csv.filepart\n\
+                rename /inbound/b.csv.filepart /inbound/b.csv\n",
+        )
+        .ok();
+        for (name, data) in [("a.csv", &a), ("b.csv", &b)] {
+            let event = g
+                .wait_jsonl_event("wharf.upload.completed", &format!("/inbound/{name}"))
+                .await;
+            let key = format!("{OUT}/receipts/{name}.receipt.json");
+            let mut stored = None;
+            for _ in 0..100 {
+                stored = get_at(&g, &key).await;
+                if stored.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let stored =
+                stored.unwrap_or_else(|| panic!("no receipt for {name}: {}", g.server.log()));
+            let r: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+            assert_eq!(r["name"], name, "{r}");
+            assert_eq!(r["path"], format!("/inbound/{name}"), "{r}");
+            assert_eq!(r["bytes"], data.len() as u64, "{r}");
+            assert_eq!(r["sha256"], sha(data), "{r}");
+            assert_eq!(r["event_id"], event["id"], "{r}");
+            // The partner fetches it like any outbound file.
+            g.acme(&format!(
+                "get /outbound/receipts/{name}.receipt.json got.json\n"
+            ))
+            .ok();
+            assert_eq!(std::fs::read(g.w.file("got.json")).unwrap(), stored);
+        }
+        // Receipts are written by wharf, not uploaded: no arrival events for them.
+        assert!(g.jsonl_events().iter().all(|e| !e["subject"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("receipt")
+            || e["type"] != "wharf.upload.completed"));
+    }
+}

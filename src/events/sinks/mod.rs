@@ -3,6 +3,7 @@
 
 pub mod jsonl;
 pub mod nats;
+pub mod receipts;
 pub mod webhook;
 
 use std::time::Duration;
