@@ -96,7 +96,7 @@ async fn a_partner_sees_only_its_folders_each_with_its_own_rules() {
 
         let report = random_bytes((5 << 20) + 777);
         g.write_file("settle.csv", &report);
-        let ack = random_bytes(4096);
+        let ack = random_bytes((4 << 20) + 4321);
         put_at(&g, &format!("{OUT}/ack.xml"), &ack).await;
         let run = g.acme(
             "ls /\nput settle.csv /inbound/settle.csv\nls /outbound\n\
