@@ -43,6 +43,8 @@ pub struct App {
     dispatcher: Dispatcher,
     journal: Journal,
     reconciler: Reconciler,
+    /// Set at the start of a shutdown (`/readyz` then answers 503 `draining`).
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl App {
@@ -80,6 +82,7 @@ impl App {
             max_age: None,
         });
         let dispatcher = Dispatcher::new(outbox.clone(), workers, config.events.lease.0);
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ops = if config.metrics.listen.is_empty() {
             None
         } else {
@@ -101,6 +104,7 @@ impl App {
                 default_home,
                 keys.len(),
                 outbox.clone(),
+                draining.clone(),
             );
             Some((listener, Arc::new(endpoint)))
         };
@@ -188,6 +192,7 @@ impl App {
             dispatcher,
             journal,
             reconciler,
+            draining,
         })
     }
 
@@ -263,6 +268,21 @@ impl App {
                 return Ok(());
             }
         }
+        // Draining first: /readyz says so while the listeners still accept, so a balancer
+        // checking it stops choosing this instance before connections would be refused.
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        let delay = self.config.sftp.drain_delay.0;
+        if !delay.is_zero() {
+            tracing::info!(drain_delay = ?delay, "draining: /readyz answers 503, still accepting");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                r = &mut sftp => {
+                    r.context("sftp server task")?;
+                    return Ok(());
+                }
+            }
+        }
         tracing::info!(grace = ?self.config.sftp.shutdown_grace.0, "shutting down: no new connections");
         stop.cancel();
         if tokio::time::timeout(self.config.sftp.shutdown_grace.0, &mut sftp)
@@ -299,6 +319,7 @@ fn operations_endpoint(
     default_home: Home,
     host_keys: usize,
     outbox: Outbox,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 ) -> Endpoint {
     let checks = vec![
         Check {
@@ -332,7 +353,11 @@ fn operations_endpoint(
         let outbox = outbox.clone();
         Box::pin(async move { outbox.export_pending().await }) as http::BoxFuture<()>
     });
-    Endpoint { checks, refresh }
+    Endpoint {
+        checks,
+        refresh,
+        draining,
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

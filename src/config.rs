@@ -84,6 +84,9 @@ pub struct SftpConfig {
     /// On SIGTERM/SIGINT, how long running sessions may go on before they are cut (and their
     /// unfinished uploads aborted).
     pub shutdown_grace: HumanDuration,
+    /// On SIGTERM/SIGINT, how long the listeners stay open while `/readyz` already says
+    /// `draining` (so a load balancer's health check notices before connections are refused).
+    pub drain_delay: HumanDuration,
 }
 
 impl Default for SftpConfig {
@@ -97,6 +100,7 @@ impl Default for SftpConfig {
             max_sessions: 1000,
             max_sessions_per_ip: 50,
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            drain_delay: HumanDuration(Duration::ZERO),
         }
     }
 }

@@ -141,6 +141,12 @@ async fn connection<F: FrontEnd>(
         Ok(Err(why)) => why,
         Ok(Ok(running)) => supervise(running, &conn, login_deadline, force).await,
     };
+    if reason == SHUTTING_DOWN {
+        metrics()
+            .sessions_cut_at_shutdown
+            .get_or_create(&crate::telemetry::metrics::ProtocolLabels { protocol })
+            .inc();
+    }
     drop(admitted);
     span.in_scope(|| {
         tracing::info!(
@@ -150,6 +156,9 @@ async fn connection<F: FrontEnd>(
         )
     });
 }
+
+/// Why a session still running when the shutdown grace ended was cut.
+const SHUTTING_DOWN: &str = "server shutting down";
 
 /// Waits for the connection to end, cutting it at the login deadline (when the client has not
 /// logged in by then) or at the forced end of a shutdown.
@@ -174,7 +183,7 @@ async fn supervise(
                     break "login_timeout";
                 }
             }
-            _ = force.cancelled() => break "server shutting down",
+            _ = force.cancelled() => break SHUTTING_DOWN,
         }
     };
     cut(why).await;

@@ -32,6 +32,9 @@ pub struct Check {
 
 pub struct Endpoint {
     pub checks: Vec<Check>,
+    /// Set when a shutdown begins: `/readyz` answers 503 `draining` from then on, so load
+    /// balancers stop sending new connections while the listeners are still open.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Brings gauges read from elsewhere (the outbox) up to date before a scrape.
     pub refresh: Box<dyn Fn() -> BoxFuture<()> + Send + Sync>,
 }
@@ -100,6 +103,14 @@ async fn handle(req: Request<Incoming>, endpoint: &Endpoint) -> Response<Full<By
 }
 
 async fn readiness(endpoint: &Endpoint) -> Response<Full<Bytes>> {
+    if endpoint.draining.load(std::sync::atomic::Ordering::Acquire) {
+        let body = serde_json::json!({ "status": "draining", "checks": {} });
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            format!("{body}\n"),
+        );
+    }
     let results = futures::future::join_all(endpoint.checks.iter().map(|c| async {
         let outcome = match tokio::time::timeout(CHECK_TIMEOUT, (c.probe)()).await {
             Ok(r) => r,

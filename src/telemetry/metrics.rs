@@ -71,6 +71,7 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub outbox_pending: Family<SinkLabels, Gauge>,
     pub bans_active: Gauge,
+    pub sessions_cut_at_shutdown: Family<ProtocolLabels, Counter>,
     pub outbox_oldest_age: Family<SinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -89,6 +90,7 @@ impl Metrics {
             deliveries: Family::default(),
             outbox_pending: Family::default(),
             bans_active: Gauge::default(),
+            sessions_cut_at_shutdown: Family::default(),
             outbox_oldest_age: Family::default(),
             registry: Registry::default(),
         };
@@ -138,6 +140,11 @@ impl Metrics {
             m.deliveries.clone(),
         );
         r.register(
+            "wharf_sessions_cut_at_shutdown",
+            "Sessions still running when the shutdown grace ended, cut (their uploads aborted)",
+            m.sessions_cut_at_shutdown.clone(),
+        );
+        r.register(
             "wharf_bans_active",
             "Addresses banned for repeated failed logins (all instances on the database)",
             m.bans_active.clone(),
@@ -160,6 +167,7 @@ impl Metrics {
     pub fn register_protocol(&self, protocol: &'static str) {
         let p = ProtocolLabels { protocol };
         self.sessions_active.get_or_create_owned(&p);
+        self.sessions_cut_at_shutdown.get_or_create_owned(&p);
         self.upload_bytes.get_or_create_owned(&p);
         for outcome in ["completed", "failed"] {
             self.uploads

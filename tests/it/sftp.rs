@@ -702,3 +702,74 @@ async fn sigterm_lets_running_uploads_finish() {
     // New connections were refused while it drained.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+/// A rolling restart behind a load balancer: on SIGTERM `/readyz` says `draining` at once
+/// while the listener still accepts for `sftp.drain_delay` (an upload started then lands),
+/// and only then are new connections refused; a session still running when the grace ends
+/// is cut and its upload leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_readyz_first_and_keeps_accepting_for_the_drain_delay() {
+    let g = Gateway::start(
+        false,
+        &[
+            ("WHARF_SFTP__DRAIN_DELAY", "3s"),
+            ("WHARF_SFTP__SHUTDOWN_GRACE", "2s"),
+        ],
+    )
+    .await;
+    let (status, _) = g.server.http_get("/readyz").await;
+    assert_eq!(status, 200);
+    let small = random_bytes(30_000);
+    g.write_file("during.csv", &small);
+    let big = random_bytes(20 << 20);
+    g.write_file("slow.bin", &big);
+    // A slow upload that will outlive the grace.
+    let mut slow = crate::harness::sftp_command(
+        g.server.port(),
+        "acme",
+        &Auth::Password(PW.into()),
+        g.w.path(),
+        &["-l", "8000"],
+    )
+    .spawn()
+    .unwrap();
+    slow.stdin
+        .take()
+        .unwrap()
+        .write_all(b"put slow.bin\n")
+        .unwrap();
+    for _ in 0..100 {
+        if g.server.log().contains("\"OPEN\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = g.server.pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = g.server.http_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"draining\""), "{body}");
+    // Still accepting during the drain delay: a partner's upload lands.
+    g.acme("put during.csv\n").ok();
+    assert_eq!(g.stored("during.csv").await.as_deref(), Some(&small[..]));
+    let mut server = g.server;
+    let exited = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("server exited");
+    assert!(exited.success(), "{exited:?}");
+    let log = server.log();
+    assert!(log.contains("draining: /readyz answers 503"), "{log}");
+    assert!(log.contains("\"reason\":\"server shutting down\""), "{log}");
+    let _ = slow.wait();
+    // The cut upload left nothing.
+    assert!(g
+        .s3
+        .get(&format!("{}acme/slow.bin", g.prefix))
+        .await
+        .is_none());
+    assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
+}
