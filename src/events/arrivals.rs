@@ -46,6 +46,31 @@ impl OutboxObserver {
         &self.source
     }
 
+    /// The completed event of a file that arrived with `facts` at `location`.
+    fn arrival_event(
+        &self,
+        session: &SessionInfo,
+        path: &str,
+        location: &Location,
+        facts: &StagedFacts,
+        etag: Option<&str>,
+    ) -> Event {
+        Event::build(
+            &self.source,
+            &Arrival {
+                session,
+                path,
+                location,
+                bytes: facts.bytes,
+                sha256: Some(&facts.sha256),
+                etag,
+                started_at: facts.started_at,
+                finished_at: crate::identity::now(),
+                failure: None,
+            },
+        )
+    }
+
     /// Records a completed upload: its arrival event, or (under a temp name) the facts its
     /// rename will need; `intent` is cleared in the same transaction.
     pub async fn arrived(
@@ -73,20 +98,7 @@ impl OutboxObserver {
                 .await
                 .map_err(unavailable);
         }
-        let event = Event::build(
-            &self.source,
-            &Arrival {
-                session,
-                path: client_path,
-                location,
-                bytes: facts.bytes,
-                sha256: Some(&facts.sha256),
-                etag,
-                started_at: facts.started_at,
-                finished_at: crate::identity::now(),
-                failure: None,
-            },
-        );
+        let event = self.arrival_event(session, client_path, location, facts, etag);
         self.outbox
             .record(&event, None, intent)
             .await
@@ -174,21 +186,8 @@ impl UploadObserver for OutboxObserver {
                 let Some(facts) = facts else {
                     return Err(RecordError::UnknownFacts);
                 };
-                let event = Event::build(
-                    &self.source,
-                    &Arrival {
-                        session,
-                        path: to.0,
-                        location: to.1,
-                        bytes: facts.bytes,
-                        sha256: Some(&facts.sha256),
-                        // The object now at the final key (an S3 copy has its own ETag).
-                        etag,
-                        started_at: facts.started_at,
-                        finished_at: crate::identity::now(),
-                        failure: None,
-                    },
-                );
+                // The object now at the final key (an S3 copy has its own ETag).
+                let event = self.arrival_event(session, to.0, to.1, facts, etag);
                 self.outbox
                     .record(&event, Some(&from.1.uri), intent_key)
                     .await

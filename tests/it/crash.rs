@@ -330,14 +330,7 @@ async fn renamed_files_arrive_with_exact_sizes_and_hashes() {
         .ok();
     // A temp file wharf never saw uploaded (put straight into the bucket), renamed in.
     let other = random_bytes(12345);
-    g.s3.client
-        .put_object()
-        .bucket(&g.s3.bucket)
-        .key(format!("{}acme/direct.csv.tmp", g.prefix))
-        .body(aws_sdk_s3::primitives::ByteStream::from(other.clone()))
-        .send()
-        .await
-        .unwrap();
+    g.put_object("acme/direct.csv.tmp", &other).await;
     g.acme("rename direct.csv.tmp direct.csv\n").ok();
     for (path, content) in [("/back.csv", &data), ("/direct.csv", &other)] {
         let e = g.wait_jsonl_event("wharf.upload.completed", path).await;
@@ -466,14 +459,7 @@ async fn a_receipt_is_written_for_an_arrival_announced_after_a_crash() {
     g.restart(&[CRASH_AT], &[]);
     let got = settled(&g, "wharf.upload.completed", "/inbound/late.csv").await;
     assert_eq!(got.len(), 1, "{got:#?}");
-    let mut receipt = None;
-    for _ in 0..100 {
-        receipt = g.stored("out/late.csv.receipt.json").await;
-        if receipt.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let receipt = g.wait_object("acme/out/late.csv.receipt.json").await;
     let r: serde_json::Value =
         serde_json::from_slice(&receipt.expect("a receipt after recovery")).unwrap();
     assert_eq!(r["sha256"], sha(&data));

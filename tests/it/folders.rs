@@ -36,32 +36,6 @@ fn set_up(g: &Gateway) {
     .ok();
 }
 
-/// Writes `data` at `rel` below `storage.default_home`, as a pipeline would.
-async fn put_at(g: &Gateway, rel: &str, data: &[u8]) {
-    if g.local {
-        let p = g.w.file("data").join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, data).unwrap();
-    } else {
-        g.s3.client
-            .put_object()
-            .bucket(&g.s3.bucket)
-            .key(format!("{}{rel}", g.prefix))
-            .body(aws_sdk_s3::primitives::ByteStream::from(data.to_vec()))
-            .send()
-            .await
-            .unwrap();
-    }
-}
-
-async fn get_at(g: &Gateway, rel: &str) -> Option<Vec<u8>> {
-    if g.local {
-        std::fs::read(g.w.file("data").join(rel)).ok()
-    } else {
-        g.s3.get(&format!("{}{rel}", g.prefix)).await
-    }
-}
-
 fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -97,7 +71,7 @@ async fn a_partner_sees_only_its_folders_each_with_its_own_rules() {
         let report = random_bytes((5 << 20) + 777);
         g.write_file("settle.csv", &report);
         let ack = random_bytes((4 << 20) + 4321);
-        put_at(&g, &format!("{OUT}/ack.xml"), &ack).await;
+        g.put_object(&format!("{OUT}/ack.xml"), &ack).await;
         let run = g.acme(
             "ls /\nput settle.csv /inbound/settle.csv\nls /outbound\n\
              get /outbound/ack.xml ack.xml\nrm /outbound/ack.xml\n",
@@ -107,11 +81,11 @@ async fn a_partner_sees_only_its_folders_each_with_its_own_rules() {
             assert!(run.stdout.contains(name), "no {name} in {run:?}");
         }
         assert_eq!(
-            get_at(&g, &format!("{IN}/settle.csv")).await.as_deref(),
+            g.object(&format!("{IN}/settle.csv")).await.as_deref(),
             Some(&report[..])
         );
         assert_eq!(std::fs::read(g.w.file("ack.xml")).unwrap(), ack);
-        assert!(get_at(&g, &format!("{OUT}/ack.xml")).await.is_none());
+        assert!(g.object(&format!("{OUT}/ack.xml")).await.is_none());
 
         // Events name the path the partner used and the folder's storage location.
         let up = g
@@ -133,7 +107,7 @@ async fn a_partner_sees_only_its_folders_each_with_its_own_rules() {
             .await;
 
         // Every refusal is the client's error and writes nothing.
-        put_at(&g, &format!("{OUT}/keep.xml"), b"keep").await;
+        g.put_object(&format!("{OUT}/keep.xml"), b"keep").await;
         for (batch, why, says) in [
             (
                 "put settle.csv /settle.csv\n",
@@ -180,7 +154,7 @@ async fn a_partner_sees_only_its_folders_each_with_its_own_rules() {
         assert!(!g.w.file("x.csv").exists());
         assert_eq!(g.stored_files().await, vec!["in-files/settle.csv"]);
         assert_eq!(
-            get_at(&g, &format!("{OUT}/keep.xml")).await.as_deref(),
+            g.object(&format!("{OUT}/keep.xml")).await.as_deref(),
             Some(&b"keep"[..])
         );
 
@@ -202,7 +176,7 @@ async fn ftps_sees_the_same_folders() {
     let data = random_bytes(300_000);
     g.write_file("settle.csv", &data);
     let ack = random_bytes(5000);
-    put_at(&g, &format!("{OUT}/ack.xml"), &ack).await;
+    g.put_object(&format!("{OUT}/ack.xml"), &ack).await;
     let out = crate::ftps::lftp(
         &g,
         "acme",
@@ -215,7 +189,7 @@ async fn ftps_sees_the_same_folders() {
         assert!(stdout.contains(name), "no {name:?} in {stdout}");
     }
     assert_eq!(
-        get_at(&g, &format!("{IN}/settle.csv")).await.as_deref(),
+        g.object(&format!("{IN}/settle.csv")).await.as_deref(),
         Some(&data[..])
     );
     assert_eq!(std::fs::read(g.w.file("back.xml")).unwrap(), ack);
@@ -423,16 +397,10 @@ async fn each_arrival_gets_a_receipt_the_partner_can_fetch() {
                 .wait_jsonl_event("wharf.upload.completed", &format!("/inbound/{name}"))
                 .await;
             let key = format!("{OUT}/receipts/{name}.receipt.json");
-            let mut stored = None;
-            for _ in 0..100 {
-                stored = get_at(&g, &key).await;
-                if stored.is_some() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            let stored =
-                stored.unwrap_or_else(|| panic!("no receipt for {name}: {}", g.server.log()));
+            let stored = g
+                .wait_object(&key)
+                .await
+                .unwrap_or_else(|| panic!("no receipt for {name}: {}", g.server.log()));
             let r: serde_json::Value = serde_json::from_slice(&stored).unwrap();
             assert_eq!(r["name"], name, "{r}");
             assert_eq!(r["path"], format!("/inbound/{name}"), "{r}");

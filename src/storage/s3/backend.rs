@@ -42,14 +42,7 @@ impl S3Backend {
                 size: h.content_length().unwrap_or(0).max(0) as u64,
                 modified: to_system_time(h.last_modified()),
             })),
-            Err(e) => {
-                let e = sdk_err(e, "HeadObject");
-                if e.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) => absent(sdk_err(e, "HeadObject")),
         }
     }
 
@@ -172,14 +165,7 @@ impl Backend for S3Backend {
                 crc64nvme: h.checksum_crc64_nvme().map(String::from),
                 etag: unquote(h.e_tag()),
             })),
-            Err(e) => {
-                let e = sdk_err(e, "HeadObject");
-                if e.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) => absent(sdk_err(e, "HeadObject")),
         }
     }
 

@@ -219,6 +219,15 @@ fn sha256_b64(data: &[u8]) -> String {
         .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
 }
 
+/// A lookup's error: "not found" is an answer (`None`), anything else an error.
+fn absent<T>(e: StorageError) -> Result<Option<T>> {
+    if e.kind == ErrorKind::NotFound {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
     t.and_then(|d| SystemTime::try_from(*d).ok())
 }

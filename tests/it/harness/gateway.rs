@@ -104,6 +104,47 @@ impl Gateway {
         }
     }
 
+    /// The content at `rel` below `storage.default_home` (any account's files, folders), if any.
+    pub async fn object(&self, rel: &str) -> Option<Vec<u8>> {
+        if self.local {
+            std::fs::read(self.w.file("data").join(rel)).ok()
+        } else {
+            self.s3.get(&format!("{}{rel}", self.prefix)).await
+        }
+    }
+
+    /// Waits up to 10 s for content at `rel` below `storage.default_home` (written by a
+    /// background task: a receipt, say).
+    pub async fn wait_object(&self, rel: &str) -> Option<Vec<u8>> {
+        for _ in 0..100 {
+            if let Some(data) = self.object(rel).await {
+                return Some(data);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// Writes `data` at `rel` below `storage.default_home`, as a pipeline would (not through
+    /// wharf).
+    pub async fn put_object(&self, rel: &str, data: &[u8]) {
+        if self.local {
+            let p = self.w.file("data").join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+        } else {
+            self.s3
+                .client
+                .put_object()
+                .bucket(&self.s3.bucket)
+                .key(format!("{}{rel}", self.prefix))
+                .body(aws_sdk_s3::primitives::ByteStream::from(data.to_vec()))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+
     /// The content stored for `acme`'s file at `rel` (a path inside its home), if any.
     pub async fn stored(&self, rel: &str) -> Option<Vec<u8>> {
         if self.local {
