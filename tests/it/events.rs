@@ -470,6 +470,61 @@ async fn downloads_and_deletes_are_announced() {
         assert!(sent >= 1000 && sent < data.len() as u64, "{cut}");
         assert!(cut["data"]["sha256"].is_null(), "{cut}");
 
+        // A client killed mid-file (OpenSSH sftp, rate-limited, never sending CLOSE): the
+        // download is announced as failed when the session ends.
+        let mut sftp = crate::harness::sftp_command(
+            g.server.port(),
+            "acme",
+            &crate::harness::Auth::Password(crate::harness::PW.into()),
+            g.w.path(),
+            &["-l", "2000"],
+        )
+        .spawn()
+        .unwrap();
+        {
+            use std::io::Write as _;
+            sftp.stdin
+                .as_mut()
+                .unwrap()
+                .write_all(b"get ack.xml cut.xml\n")
+                .unwrap();
+        }
+        // Once it has begun reading (its OPEN is the fifth read line: two OPEN/CLOSE pairs
+        // came before), kill it.
+        for _ in 0..200 {
+            if g.server.log().matches("\"mode\":\"read\"").count() >= 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sftp.kill().unwrap();
+        let _ = sftp.wait();
+        let mut cut_off = None;
+        for _ in 0..100 {
+            let failed: Vec<_> = g
+                .jsonl_events()
+                .into_iter()
+                .filter(|e| e["type"] == "wharf.download.failed")
+                .collect();
+            if failed.len() == 2 {
+                cut_off = Some(failed[1].clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cut_off = cut_off.expect("a failed download event for the cut transfer");
+        assert_eq!(
+            cut_off["data"]["failure_code"], "partial_download",
+            "{cut_off}"
+        );
+        assert!(
+            cut_off["data"]["failure_message"]
+                .as_str()
+                .unwrap()
+                .contains("not closed"),
+            "{cut_off}"
+        );
         g.acme("rm ack.xml\n").ok();
         let gone = g.wait_jsonl_event("wharf.file.deleted", "/ack.xml").await;
         assert!(
@@ -490,6 +545,7 @@ async fn downloads_and_deletes_are_announced() {
             [
                 "wharf.upload.completed",
                 "wharf.download.completed",
+                "wharf.download.failed",
                 "wharf.download.failed",
                 "wharf.file.deleted"
             ],
