@@ -44,6 +44,10 @@ ensure_client_tools() {
   need_cmd lftp lftp
   need_cmd curl curl
   need_cmd openssl openssl
+  # GnuPG plays the partner in the PGP tests (tests/it/pgp.rs); HAProxy balances the
+  # clusters scripts/cluster.sh starts (tests/it/cluster.rs).
+  need_cmd gpg gnupg
+  need_cmd haproxy haproxy
   # The client matrix (tests/it/clients.rs): rclone (Go's pkg/sftp), PuTTY's psftp, JSch
   # with a JDK to compile against it, and paramiko.
   need_cmd rclone rclone

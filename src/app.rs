@@ -72,6 +72,38 @@ impl App {
                 max_age: c.max_age.map(|d| d.0),
             });
         }
+        let source = if config.events.source.is_empty() {
+            crate::events::default_source()
+        } else {
+            config.events.source.clone()
+        };
+        let journal = Journal::new(outbox.clone(), config.recovery.heartbeat.0);
+        // PGP decryption of arrivals in folders with --decrypt-to: a delivery only for
+        // arrivals that ask for one.
+        let (keyring, key_infos) = crate::pgp::Keyring::load(
+            &config.pgp,
+            &std::env::current_dir().context("current directory")?,
+        )?;
+        if !key_infos.is_empty() {
+            tracing::info!(
+                keys = %key_infos.iter().map(|k| k.fingerprint.as_str()).collect::<Vec<_>>().join(","),
+                "PGP decryption keys loaded"
+            );
+        }
+        metrics().register_sink(crate::events::outbox::DECRYPT);
+        workers.push(SinkWorker {
+            sink: Box::new(crate::pgp::sink::DecryptSink {
+                outbox: outbox.clone(),
+                storage: storage.clone(),
+                accounts: db.account_store(),
+                keyring: Arc::new(keyring),
+                slots: Arc::new(tokio::sync::Semaphore::new(config.pgp.max_concurrent)),
+                tracker: crate::session::CommitJournal::tracker(&journal),
+                source: source.clone(),
+                max_expansion: config.pgp.max_expansion,
+            }),
+            max_age: None,
+        });
         // Receipts of partner folders: delivered only for arrivals that ask for one.
         metrics().register_sink(crate::events::outbox::RECEIPTS);
         workers.push(SinkWorker {
@@ -108,12 +140,6 @@ impl App {
             );
             Some((listener, Arc::new(endpoint)))
         };
-        let source = if config.events.source.is_empty() {
-            crate::events::default_source()
-        } else {
-            config.events.source.clone()
-        };
-        let journal = Journal::new(outbox.clone(), config.recovery.heartbeat.0);
         let observer = OutboxObserver::new(outbox, source, config.security.temp_suffixes.clone());
         let reconciler = Reconciler {
             journal: journal.clone(),
@@ -133,6 +159,7 @@ impl App {
             observer: Arc::new(observer),
             journal: Arc::new(journal.clone()),
             setstat: config.security.setstat,
+            pgp_suffixes: config.pgp.suffixes.clone(),
         });
         let gate = Gate::new(
             ConnectionLimits::new(config.sftp.max_sessions, config.sftp.max_sessions_per_ip),

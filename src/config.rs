@@ -42,6 +42,36 @@ pub struct Config {
     pub recovery: RecoveryConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub pgp: PgpConfig,
+}
+
+/// PGP on arrival (`pgp/`): the deployment's decryption keys and what names are decrypted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgpConfig {
+    /// Files (globs) of armored OpenPGP secret keys, loaded at start.
+    pub keys: Vec<String>,
+    /// The environment variable holding the keys' passphrase (none: unprotected keys).
+    pub passphrase_env: Option<String>,
+    /// Names with one of these suffixes are decrypted in a folder with `--decrypt-to`.
+    pub suffixes: Vec<String>,
+    /// Decryptions this instance runs at once (each holds one upload's part buffers).
+    pub max_concurrent: usize,
+    /// A plaintext may be at most this many times its encrypted file (and always 64 MiB):
+    /// a larger one is refused as a decompression bomb.
+    pub max_expansion: u64,
+}
+
+impl Default for PgpConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            passphrase_env: None,
+            suffixes: vec![".pgp".into(), ".gpg".into(), ".asc".into()],
+            max_concurrent: 2,
+            max_expansion: 100,
+        }
+    }
 }
 
 /// What an instance does about work a dead one left (`journal/`).
@@ -602,6 +632,23 @@ impl Config {
             return Err(bad(
                 "security.argon2_memory_kib",
                 "argon2 costs must be positive (memory at least 8 KiB per lane)".into(),
+            ));
+        }
+        if self.pgp.max_expansion == 0 {
+            return Err(bad("pgp.max_expansion", "must be at least 1".into()));
+        }
+        if self.pgp.max_concurrent == 0 {
+            return Err(bad("pgp.max_concurrent", "must be at least 1".into()));
+        }
+        if self
+            .pgp
+            .suffixes
+            .iter()
+            .any(|s| s.len() < 2 || !s.starts_with('.'))
+        {
+            return Err(bad(
+                "pgp.suffixes",
+                "each must be a file name suffix such as \".pgp\"".into(),
             ));
         }
         let mut names = std::collections::HashSet::new();

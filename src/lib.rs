@@ -9,6 +9,7 @@ pub mod events;
 pub mod ftps;
 pub mod identity;
 pub mod journal;
+pub mod pgp;
 pub mod session;
 pub mod sftp;
 pub mod storage;

@@ -5,6 +5,7 @@ mod ban;
 mod events;
 mod hostkey;
 mod migrate;
+mod pgp;
 mod serve;
 mod user;
 
@@ -48,6 +49,9 @@ pub enum Command {
     /// Addresses banned for repeated failed logins
     #[command(subcommand)]
     Ban(ban::BanCommand),
+    /// PGP decryption keys of this deployment
+    #[command(subcommand)]
+    Pgp(pgp::PgpCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,5 +112,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => migrate::run(&config).await,
         Command::User(cmd) => user::run(&config, cmd).await,
         Command::Ban(cmd) => ban::run(&config, cmd).await,
+        Command::Pgp(cmd) => pgp::run(&config, cmd).await,
     }
 }

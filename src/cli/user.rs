@@ -1,4 +1,5 @@
-//! `wharf user …`, `wharf user key …` and `wharf user dir …`: partner account administration.
+//! `wharf user …`, `wharf user key …` and `wharf user dir …`: partner account administration
+//! (`wharf user pgp …` is in `pgp.rs`).
 
 use std::io::Read as _;
 use std::path::Path;
@@ -66,6 +67,16 @@ pub enum UserCommand {
         /// Remove every allowed address range (any address may log in)
         #[arg(long)]
         clear_allow_ip: bool,
+        /// For an account without folders: decrypt PGP files that arrive (.pgp, .gpg, .asc)
+        /// into this client path (a folder's own --decrypt-to is set with `user dir add`)
+        #[arg(long, value_name = "VPATH")]
+        decrypt_to: Option<String>,
+        /// With --decrypt-to: decrypt only files signed by one of the account's PGP keys
+        #[arg(long)]
+        require_signature: bool,
+        /// Stop decrypting the account's arrivals
+        #[arg(long, conflicts_with_all = ["decrypt_to", "require_signature"])]
+        no_decrypt: bool,
     },
     /// Set a new password
     Passwd {
@@ -85,6 +96,9 @@ pub enum UserCommand {
     /// Manage the account's folders (logical directories, each on its own storage)
     #[command(subcommand)]
     Dir(DirCommand),
+    /// Manage the partner's PGP signing keys (files signed with them are verified)
+    #[command(subcommand)]
+    Pgp(super::pgp::UserPgpCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +130,13 @@ pub enum DirCommand {
         /// e.g. /outbound/receipts/{name}.receipt.json
         #[arg(long, value_name = "PATH")]
         receipt: Option<String>,
+        /// Decrypt PGP files that arrive here (.pgp, .gpg, .asc) into the folder at this
+        /// client path, under their name without the suffix
+        #[arg(long, value_name = "VPATH")]
+        decrypt_to: Option<String>,
+        /// With --decrypt-to: decrypt only files signed by one of the account's PGP keys
+        #[arg(long, requires = "decrypt_to")]
+        require_signature: bool,
     },
     /// List the account's folders
     List {
@@ -254,12 +275,26 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             permissions,
             allow_ip,
             clear_allow_ip,
+            decrypt_to,
+            require_signature,
+            no_decrypt,
         } => {
-            if home.is_none() && permissions.is_none() && allow_ip.is_empty() && !clear_allow_ip {
+            if home.is_none()
+                && permissions.is_none()
+                && allow_ip.is_empty()
+                && !clear_allow_ip
+                && decrypt_to.is_none()
+                && !require_signature
+                && !no_decrypt
+            {
                 bail!(
-                    "nothing to change: give --home, --permissions, --allow-ip or --clear-allow-ip"
+                    "nothing to change: give --home, --permissions, --allow-ip, --clear-allow-ip, --decrypt-to or --no-decrypt"
                 );
             }
+            let decrypt_to = decrypt_to
+                .as_deref()
+                .map(|p| folders::parse_path(p).map(|p| p.to_string()))
+                .transpose()?;
             let permissions = permissions.as_deref().map(parse_permissions).transpose()?;
             let cidrs: Vec<_> = allow_ip
                 .iter()
@@ -293,6 +328,24 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
                     account.allowed_cidrs.push(c);
                 }
             }
+            if no_decrypt {
+                account.pgp.decrypt_to = None;
+                account.pgp.require_signature = false;
+            }
+            if let Some(to) = decrypt_to {
+                account.pgp.decrypt_to = Some(to);
+            }
+            if require_signature {
+                if account.pgp.decrypt_to.is_none() {
+                    bail!("--require-signature needs --decrypt-to (where files are decrypted)");
+                }
+                account.pgp.require_signature = true;
+            }
+            if account.pgp.decrypt_to.is_some() && !account.folders.is_empty() {
+                bail!(
+                    "{name} has folders: set --decrypt-to on the folder the files arrive in (wharf user dir add)"
+                );
+            }
             store.update(&account).await?;
             eprintln!("updated user {name}");
         }
@@ -318,6 +371,7 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Dir(cmd) => dir(config, cmd).await?,
         UserCommand::Key(cmd) => run_key(config, cmd).await?,
+        UserCommand::Pgp(cmd) => super::pgp::run_user(config, cmd).await?,
     }
     Ok(())
 }
@@ -357,11 +411,11 @@ async fn run_key(config: &Config, cmd: KeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn AccountStore>> {
+pub(super) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn AccountStore>> {
     Ok(Db::open(&config.database).await?.account_store())
 }
 
-async fn get(store: &dyn AccountStore, name: &str) -> anyhow::Result<Account> {
+pub(super) async fn get(store: &dyn AccountStore, name: &str) -> anyhow::Result<Account> {
     store
         .get(name)
         .await?
@@ -421,18 +475,24 @@ fn read_password_stdin() -> anyhow::Result<SecretString> {
     Ok(SecretString::from(pw.to_owned()))
 }
 
-fn read_keys(file: &str) -> anyhow::Result<Vec<AccountKey>> {
-    let text = if file == "-" {
-        let mut s = String::new();
+/// A key file's content, or standard input's with `-` (at most 1 MiB either way).
+pub(super) fn read_input(file: &str) -> anyhow::Result<String> {
+    let mut s = String::new();
+    if file == "-" {
         std::io::stdin()
             .take(1 << 20)
             .read_to_string(&mut s)
             .context("reading keys from standard input")?;
-        s
     } else {
-        std::fs::read_to_string(Path::new(file))
-            .with_context(|| format!("cannot read key file {file}"))?
-    };
+        std::fs::File::open(Path::new(file))
+            .and_then(|f| f.take(1 << 20).read_to_string(&mut s))
+            .with_context(|| format!("cannot read key file {file}"))?;
+    }
+    Ok(s)
+}
+
+fn read_keys(file: &str) -> anyhow::Result<Vec<AccountKey>> {
+    let text = read_input(file)?;
     parse_authorized_keys(&text).with_context(|| {
         if file == "-" {
             "standard input".to_string()
@@ -455,6 +515,8 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
             max_size,
             no_reuse_names,
             receipt,
+            decrypt_to,
+            require_signature,
         } => {
             let mut account = get(&*store, &name).await?;
             let cwd = std::env::current_dir().context("current directory")?;
@@ -473,6 +535,11 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
                     .as_deref()
                     .map(folders::Rules::receipt)
                     .transpose()?,
+                decrypt_to: decrypt_to
+                    .as_deref()
+                    .map(|p| folders::parse_path(p).map(|p| p.to_string()))
+                    .transpose()?,
+                require_signature,
             };
             let folder = Folder {
                 path: folders::parse_path(&vpath)?,
@@ -531,6 +598,8 @@ fn folder_json(f: &Folder) -> serde_json::Value {
         "max_size": f.rules.max_size,
         "no_reuse_names": f.rules.no_reuse_names,
         "receipt": f.rules.receipt,
+        "decrypt_to": f.rules.decrypt_to,
+        "require_signature": f.rules.require_signature,
     })
 }
 
@@ -552,6 +621,12 @@ fn rules_text(r: &folders::Rules) -> String {
     if let Some(t) = &r.receipt {
         out.push_str(&format!("; receipts {t}"));
     }
+    if let Some(t) = &r.decrypt_to {
+        out.push_str(&format!("; decrypt to {t}"));
+        if r.require_signature {
+            out.push_str(" (signed only)");
+        }
+    }
     out
 }
 
@@ -567,6 +642,9 @@ fn account_json(a: &Account, keys: Option<&[AccountKey]>) -> serde_json::Value {
         "updated_at": a.updated_at,
         "last_login_at": a.last_login_at,
         "folders": a.folders.iter().map(folder_json).collect::<Vec<_>>(),
+        "pgp_keys": a.pgp.keys.iter().map(|k| &k.fingerprint).collect::<Vec<_>>(),
+        "decrypt_to": a.pgp.decrypt_to,
+        "require_signature": a.pgp.require_signature,
     });
     if let Some(keys) = keys {
         v["keys"] = keys.iter().map(key_json).collect();
@@ -629,8 +707,22 @@ fn print_account(a: &Account, keys: &[AccountKey]) {
             );
         }
     }
+    if let Some(to) = &a.pgp.decrypt_to {
+        println!(
+            "decrypt to:  {to}{}",
+            if a.pgp.require_signature {
+                " (signed files only)"
+            } else {
+                ""
+            }
+        );
+    }
     println!("keys:        {}", keys.len());
     for k in keys {
         println!("  {} {} {}", k.fingerprint, k.algorithm, k.comment);
+    }
+    println!("pgp keys:    {}", a.pgp.keys.len());
+    for k in &a.pgp.keys {
+        println!("  {} {}", k.fingerprint, k.user_ids.join(", "));
     }
 }

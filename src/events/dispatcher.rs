@@ -180,7 +180,7 @@ const RECORD_EVERY: usize = 32;
 /// whenever less than a sink timeout (plus 5 s) of it is left, so a slow sink never lets it
 /// lapse under a run and another instance never sends the same events meanwhile; deliveries
 /// are recorded every `RECORD_EVERY` events and at the end; and a worker that finds its claim
-/// gone stops.
+/// gone stops. A delivery in progress renews the claim on the same schedule.
 async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_for: Duration) {
     let name = w.sink.name();
     let (Some(lease), Some(user)) = (
@@ -214,7 +214,36 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
                 }
             }
         }
-        match deliver_one(outbox, w, c).await {
+        // A delivery that runs long (a large decryption) keeps the claim: it is renewed
+        // while the attempt runs, so a live instance never loses it, and a crashed one's
+        // lapses after one lease.
+        let attempt = {
+            let fut = deliver_one(outbox, w, c);
+            tokio::pin!(fut);
+            loop {
+                let renew_at = held_until
+                    .checked_sub(need)
+                    .unwrap_or_else(tokio::time::Instant::now);
+                tokio::select! {
+                    a = &mut fut => break a,
+                    _ = tokio::time::sleep_until(renew_at) => {
+                        let until = Utc::now() + chrono::Duration::from_std(hold * 2).unwrap_or_default();
+                        match outbox.extend(name, &lease, until).await {
+                            Ok(true) => held_until = tokio::time::Instant::now() + hold * 2,
+                            Ok(false) => {
+                                tracing::warn!(sink = name, username = %user, "claim lost to another instance during a delivery; abandoning it");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(sink = name, error = %e, "cannot extend a claim during a delivery; retrying");
+                                held_until = tokio::time::Instant::now() + need + Duration::from_secs(1);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match attempt {
             Attempt::Delivered => {
                 crate::testing::crash_point("delivery.after_send");
                 unrecorded = Some(c.seq);

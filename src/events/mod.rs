@@ -20,6 +20,24 @@ pub const FAILED: &str = "wharf.upload.failed";
 pub const DOWNLOAD_COMPLETED: &str = "wharf.download.completed";
 pub const DOWNLOAD_FAILED: &str = "wharf.download.failed";
 pub const DELETED: &str = "wharf.file.deleted";
+pub const DECRYPT_COMPLETED: &str = "wharf.decrypt.completed";
+pub const DECRYPT_FAILED: &str = "wharf.decrypt.failed";
+
+/// The outcome of an arrival's decryption (`pgp/`).
+pub struct Decryption<'a> {
+    pub username: &'a str,
+    pub arrival_event_id: &'a str,
+    /// The encrypted file, as the partner named it, and where it is.
+    pub source_path: &'a str,
+    pub source: &'a Location,
+    /// The plaintext's client path and location.
+    pub path: &'a str,
+    pub target: &'a Location,
+    /// The plaintext and its signer's fingerprint, or why there is none (code, message).
+    pub outcome: Result<(&'a Stored, Option<&'a str>), (&'a str, String)>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
 
 /// An event as stored in the outbox and delivered: `body` is the exact CloudEvent JSON that
 /// every sink sends (and the webhook signs).
@@ -112,6 +130,58 @@ impl Event {
             subject: a.path.into(),
             time: a.finished_at,
             body,
+        }
+    }
+
+    /// A decryption's outcome: `wharf.decrypt.completed` or `wharf.decrypt.failed`.
+    pub fn decryption(source: &str, d: &Decryption<'_>) -> Event {
+        let id = uuid::Uuid::now_v7().to_string();
+        let (kind, subject) = match d.outcome {
+            Ok(_) => (DECRYPT_COMPLETED, d.path),
+            Err(_) => (DECRYPT_FAILED, d.source_path),
+        };
+        let (stored, signer, failure) = match &d.outcome {
+            Ok((s, signer)) => (Some(*s), *signer, None),
+            Err((code, message)) => (None, None, Some((*code, message.as_str()))),
+        };
+        let data = json!({
+            "username": d.username,
+            "arrival_event_id": d.arrival_event_id,
+            "source_path": d.source_path,
+            "source_location": d.source.uri,
+            "source_bucket": d.source.bucket,
+            "source_key": d.source.key,
+            "path": d.path,
+            "location": d.target.uri,
+            "bucket": d.target.bucket,
+            "key": d.target.key,
+            "bytes": stored.map(|s| s.bytes),
+            "sha256": stored.map(|s| s.sha256.as_str()),
+            "etag": stored.and_then(|s| s.etag.as_deref()),
+            "signer_fingerprint": signer,
+            "signature": stored.map(|_| if signer.is_some() { "valid" } else { "none" }),
+            "started_at": rfc3339(d.started_at),
+            "finished_at": rfc3339(d.finished_at),
+            "failure_code": failure.map(|f| f.0),
+            "failure_message": failure.map(|f| f.1),
+        });
+        let ce = CloudEvent {
+            specversion: "1.0",
+            id: &id,
+            source,
+            kind,
+            subject,
+            time: rfc3339(d.finished_at),
+            datacontenttype: "application/json",
+            data,
+        };
+        Event {
+            id: id.clone(),
+            kind: kind.into(),
+            username: d.username.into(),
+            subject: subject.into(),
+            time: d.finished_at,
+            body: serde_json::to_string(&ce).expect("event serialises"),
         }
     }
 

@@ -37,6 +37,9 @@ struct Record {
     staged_remove: Option<String>,
     /// The commit intent this event settles, and whether it asks for more than clearing.
     intent: Option<(String, String, bool)>,
+    /// The decryption job (its arrival's event id) this event is the outcome of: deleted in
+    /// the same transaction, and the event recorded only if the job was still there.
+    settles_job: Option<String>,
 }
 
 type Queued = (Record, tokio::sync::oneshot::Sender<Result<()>>);
@@ -126,6 +129,11 @@ const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND i
 pub const RECEIPTS: &str = "receipts";
 const RECEIPT_TARGET: &str = "INSERT INTO receipts (event_id, target) SELECT $3, receipt FROM commit_intents WHERE location = $1 AND id = $2 AND receipt IS NOT NULL ON CONFLICT (event_id) DO NOTHING";
 const RECEIPT_DELIVERY: &str = "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT $3, 'receipts', $4, $5 FROM commit_intents WHERE location = $1 AND id = $2 AND receipt IS NOT NULL";
+/// The built-in sink that decrypts PGP arrivals (`pgp/`); it gets a delivery only for
+/// arrivals whose intent names a decryption.
+pub const DECRYPT: &str = "decrypt";
+const DECRYPT_JOB: &str = "INSERT INTO decrypt_jobs (event_id, job) SELECT $3, decrypt FROM commit_intents WHERE location = $1 AND id = $2 AND decrypt IS NOT NULL ON CONFLICT (event_id) DO NOTHING";
+const DECRYPT_DELIVERY: &str = "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT $3, 'decrypt', $4, $5 FROM commit_intents WHERE location = $1 AND id = $2 AND decrypt IS NOT NULL";
 const REMEMBER_NAME: &str = "INSERT INTO arrived_names (location, arrived_us) SELECT location, $3 FROM commit_intents WHERE location = $1 AND id = $2 AND remember_name ON CONFLICT (location) DO NOTHING";
 
 /// An `events` row; both databases decode it the same way.
@@ -240,7 +248,25 @@ impl Outbox {
             event: e.clone(),
             staged_remove: staged_remove.map(String::from),
             intent: intent.map(|(l, i, x)| (l.to_string(), i.to_string(), x)),
+            settles_job: None,
         };
+        self.enqueue(r).await
+    }
+
+    /// Records `e`, the outcome of the decryption job of arrival `job`, and deletes the job
+    /// in the same transaction; when the job is already gone (another run recorded its
+    /// outcome) nothing is recorded. So each job has exactly one outcome event.
+    pub async fn record_job_outcome(&self, e: &Event, job: &str) -> Result<()> {
+        let r = Record {
+            event: e.clone(),
+            staged_remove: None,
+            intent: None,
+            settles_job: Some(job.to_string()),
+        };
+        self.enqueue(r).await
+    }
+
+    async fn enqueue(&self, r: Record) -> Result<()> {
         let Some(committer) = self.committer() else {
             return self.commit_records(std::slice::from_ref(&r)).await;
         };
@@ -269,6 +295,17 @@ impl Outbox {
             let mut tx = pool.begin_with(begin(&self.db)).await?;
             for r in records {
                 let e = &r.event;
+                if let Some(job) = &r.settles_job {
+                    let gone = sqlx::query("DELETE FROM decrypt_jobs WHERE event_id = $1")
+                        .bind(job)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 0;
+                    if gone {
+                        continue;
+                    }
+                }
                 let seq: i64 = sqlx::query_scalar(INSERT_EVENT)
                     .bind(&e.id)
                     .bind(&e.kind)
@@ -298,6 +335,8 @@ impl Outbox {
                         sqlx::query(REMEMBER_NAME).bind(loc).bind(id).bind(now).execute(&mut *tx).await?;
                         sqlx::query(RECEIPT_TARGET).bind(loc).bind(id).bind(&e.id).execute(&mut *tx).await?;
                         sqlx::query(RECEIPT_DELIVERY).bind(loc).bind(id).bind(seq).bind(&e.username).bind(now).execute(&mut *tx).await?;
+                        sqlx::query(DECRYPT_JOB).bind(loc).bind(id).bind(&e.id).execute(&mut *tx).await?;
+                        sqlx::query(DECRYPT_DELIVERY).bind(loc).bind(id).bind(seq).bind(&e.username).bind(now).execute(&mut *tx).await?;
                     }
                     sqlx::query(CLEAR_INTENT).bind(loc).bind(id).execute(&mut *tx).await?;
                 }
@@ -476,6 +515,29 @@ impl Outbox {
                 .fetch_optional(pool)
                 .await?
         }))
+    }
+
+    /// The decryption job of arrival `event_id` (JSON of a `DecryptTarget`) and the attempts
+    /// made at it, until its outcome is recorded.
+    pub async fn decrypt_job(&self, event_id: &str) -> Result<Option<(String, i32)>> {
+        Ok(on_pool!(&self.db, p =>
+            sqlx::query_as("SELECT job, attempts FROM decrypt_jobs WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(p)
+                .await?))
+    }
+
+    /// One more attempt at the decryption job of `event_id` (counted before it runs, so an
+    /// attempt a crash cut short counts too).
+    pub async fn decrypt_attempt(&self, event_id: &str) -> Result<()> {
+        let _writing = self.writing().await;
+        on_pool!(&self.bookkeeping, p =>
+            sqlx::query("UPDATE decrypt_jobs SET attempts = attempts + 1 WHERE event_id = $1")
+                .bind(event_id)
+                .execute(p)
+                .await
+                .map(drop)?);
+        Ok(())
     }
 
     /// The receipt of `event_id` is written.

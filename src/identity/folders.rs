@@ -38,6 +38,13 @@ pub struct Rules {
     /// name (`/outbound/receipts/{name}.receipt.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<String>,
+    /// Client path of the folder that files arriving here with a PGP suffix are decrypted
+    /// into (`pgp/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decrypt_to: Option<String>,
+    /// With `decrypt_to`: only files signed by one of the account's PGP keys are decrypted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_signature: bool,
 }
 
 impl Rules {
@@ -199,6 +206,7 @@ mod tests {
             max_size: None,
             no_reuse_names: true,
             receipt: Some(Rules::receipt("/out/{name}.receipt.json").unwrap()),
+            ..Default::default()
         };
         assert!(Rules::receipt("/out/receipt.json").is_err());
         assert!(Rules::receipt("out/{name}.json").is_err());

@@ -1,5 +1,5 @@
 //! Partner accounts: the `Account` model, usernames, permissions, allowed addresses, public
-//! keys, password hashes and folders (`folders.rs`), and the `AccountStore` seam with its
+//! keys, password hashes, folders (`folders.rs`) and PGP signing keys (`pgp.rs`), and the `AccountStore` seam with its
 //! SQLite and Postgres stores.
 
 pub mod auth;
@@ -8,6 +8,7 @@ pub mod folders;
 pub mod keys;
 pub mod password;
 pub mod permissions;
+pub mod pgp;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -43,6 +44,8 @@ pub struct Account {
     /// Partner folders: when any, the partner sees only these (each on its own storage, with
     /// its own permissions) and `home`/`permissions` do not apply.
     pub folders: Vec<Folder>,
+    /// The partner's PGP signing keys; where an account without folders decrypts to.
+    pub pgp: pgp::AccountPgp,
 }
 
 impl Account {
@@ -59,6 +62,7 @@ impl Account {
             updated_at: now,
             last_login_at: None,
             folders: Vec::new(),
+            pgp: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! What survives a process that dies at the wrong moment, kept in the accounts database: each
 //! instance's heartbeat, commit intents (written before an object becomes visible, cleared
-//! with its arrival event; also the lock that lets one writer at a time commit a location),
+//! with its arrival event, which also turns what they ask for — a receipt, a decryption —
+//! into work; also the lock that lets one writer at a time commit a location),
 //! and the S3 multipart uploads in progress. The reconciler (`reconciler.rs`) finishes what
 //! an instance whose heartbeat stopped left behind.
 
@@ -90,9 +91,10 @@ impl Journal {
         // On the durable pool: an intent lost in a database crash after its object became
         // visible would leave that object without an event. (Heartbeats and the multipart
         // uploads in progress go through the bookkeeping pool: losing one is harmless.)
-        let n = on_pool!(self.inner.outbox.db(), p => sqlx::query("INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (location) DO NOTHING")
+        let n = on_pool!(self.inner.outbox.db(), p => sqlx::query("INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (location) DO NOTHING")
             .bind(&intent.location).bind(&intent.id).bind(&self.inner.instance).bind(detail).bind(now).bind(intent.remember_name)
             .bind(intent.receipt.as_ref().and_then(|r| serde_json::to_string(r).ok()))
+            .bind(intent.decrypt.as_ref().and_then(|d| serde_json::to_string(d).ok()))
             .execute(p).await?.rows_affected());
         Ok(n == 1)
     }

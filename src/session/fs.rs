@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::intent::{Intent, IntentKind, JournalError, ReceiptTarget};
+use super::intent::{DecryptTarget, Intent, IntentKind, JournalError, ReceiptTarget};
 use super::path::{PathError, VirtualPath};
 use super::upload::{UploadError, UploadPipeline};
 use super::view::Known;
@@ -861,7 +861,48 @@ impl Session {
             started_at: u.started_at,
             remember_name: m.rules.no_reuse_names,
             receipt: self.receipt_target(m, path.file_name().unwrap_or_default()),
+            decrypt: self.decrypt_target(m, rel, path),
         }
+    }
+
+    /// Where the plaintext of `path` (at `rel` in `m`) goes, when `m` decrypts PGP files and
+    /// the name has a PGP suffix: the folder `--decrypt-to` names, at the same path inside it
+    /// without the suffix. A file arriving inside that target itself is not decrypted.
+    fn decrypt_target(&self, m: &Mount, rel: &str, path: &VirtualPath) -> Option<DecryptTarget> {
+        let to = m.rules.decrypt_to.as_ref()?;
+        let lower = rel.to_ascii_lowercase();
+        let suffix = self
+            .ctx
+            .pgp_suffixes
+            .iter()
+            .find(|s| lower.ends_with(&s.to_ascii_lowercase()))?;
+        let plain_rel = &rel[..rel.len() - suffix.len()];
+        if plain_rel.is_empty() || plain_rel.ends_with('/') {
+            return None;
+        }
+        let to = VirtualPath::parse(&VirtualPath::root(), to).ok()?;
+        if path.starts_with(&to) {
+            return None;
+        }
+        let client = format!("{}/{plain_rel}", to.to_string().trim_end_matches('/'));
+        let target = VirtualPath::parse(&VirtualPath::root(), &client)
+            .ok()
+            .and_then(|p| match self.place(&p) {
+                Ok(Place::In(t, trel)) if !trel.is_empty() => Some(DecryptTarget {
+                    source_home: m.home.to_uri(),
+                    source_path: rel.to_string(),
+                    source_client_path: path.to_string(),
+                    target_home: t.home.to_uri(),
+                    target_path: trel,
+                    target_client_path: p.to_string(),
+                    require_signature: m.rules.require_signature,
+                }),
+                _ => None,
+            });
+        if target.is_none() {
+            tracing::warn!(parent: &self.span, decrypt_to = %client, "the decryption target is in none of the account's folders: the file is not decrypted");
+        }
+        target
     }
 
     /// Where the receipt of `name` arriving in `m` goes, when `m` writes receipts.
@@ -1171,6 +1212,7 @@ impl Session {
                 started_at: facts.started_at,
                 remember_name: m.rules.no_reuse_names,
                 receipt: self.receipt_target(m, to.file_name().unwrap_or_default()),
+                decrypt: self.decrypt_target(m, &dst, to),
             };
             self.ctx
                 .journal

@@ -54,6 +54,24 @@ pub struct Intent {
     /// Where the arrival's receipt goes, for a folder with `--receipt`.
     #[serde(default)]
     pub receipt: Option<ReceiptTarget>,
+    /// The decryption the arrival asks for, for a PGP file in a folder with `--decrypt-to`.
+    #[serde(default)]
+    pub decrypt: Option<DecryptTarget>,
+}
+
+/// A decryption to run once a file arrived (`pgp/`): where the encrypted file is and where
+/// its plaintext goes (each a folder's storage as a home URI, the path inside it, and the
+/// path the partner sees).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecryptTarget {
+    pub source_home: String,
+    pub source_path: String,
+    pub source_client_path: String,
+    pub target_home: String,
+    pub target_path: String,
+    pub target_client_path: String,
+    /// Only a file signed by one of the account's keys is decrypted.
+    pub require_signature: bool,
 }
 
 /// Where a receipt is written: a folder's storage (home URI), the path inside it, and the
@@ -67,12 +85,12 @@ pub struct ReceiptTarget {
 
 impl Intent {
     /// What an arrival's event transaction settles: the intent to clear, and whether it also
-    /// asks for more (a name to remember, a receipt to write).
+    /// asks for more (a name to remember, a receipt to write, a file to decrypt).
     pub fn key(&self) -> (&str, &str, bool) {
         (
             self.location.as_str(),
             self.id.as_str(),
-            self.remember_name || self.receipt.is_some(),
+            self.remember_name || self.receipt.is_some() || self.decrypt.is_some(),
         )
     }
 

@@ -187,6 +187,8 @@ pub struct SessionContext {
     pub observer: Arc<dyn UploadObserver>,
     pub journal: Arc<dyn CommitJournal>,
     pub setstat: SetstatPolicy,
+    /// File name suffixes of PGP files (`pgp.suffixes`), decrypted in folders that say where.
+    pub pgp_suffixes: Vec<String>,
 }
 
 /// Open files (handles) one connection may hold, over all its SFTP channels.
@@ -254,7 +256,11 @@ impl Mount {
                 path: path::VirtualPath::root(),
                 home: account.home.clone(),
                 permissions: account.permissions,
-                rules: Default::default(),
+                rules: crate::identity::folders::Rules {
+                    decrypt_to: account.pgp.decrypt_to.clone(),
+                    require_signature: account.pgp.require_signature,
+                    ..Default::default()
+                },
                 backend: storage.backend(&account.home),
             }];
         }

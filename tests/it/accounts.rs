@@ -144,13 +144,30 @@ async fn contract(store: Arc<dyn AccountStore>) {
                 max_size: Some(1 << 20),
                 no_reuse_names: true,
                 receipt: None,
+                decrypt_to: Some("/plain".into()),
+                require_signature: true,
             },
         },
     )
     .unwrap();
+    changed.pgp.keys.push(wharf::identity::pgp::PartnerKey {
+        fingerprint: "0123456789ABCDEF0123456789ABCDEF01234567".into(),
+        user_ids: vec!["Beta Reports <reports@beta.test>".into()],
+        armored: "-----BEGIN PGP PUBLIC KEY BLOCK-----\n…".into(),
+        added_at: wharf::identity::now(),
+    });
     store.update(&changed).await.unwrap();
     let after = store.get("beta").await.unwrap().unwrap();
     assert_eq!(after.folders, changed.folders);
+    assert_eq!(after.pgp, changed.pgp);
+    assert!(store
+        .get("acme")
+        .await
+        .unwrap()
+        .unwrap()
+        .pgp
+        .keys
+        .is_empty());
     assert!(store.get("acme").await.unwrap().unwrap().folders.is_empty());
     assert!(!after.enabled);
     assert!(after.permissions.has(Permission::Delete));

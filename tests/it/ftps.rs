@@ -73,7 +73,13 @@ pub(crate) fn curl(g: &Gateway, args: &[&str]) -> Output {
 }
 
 /// `curl --ssl-reqd -T FILE` to `remote` on the gateway's FTPS port (explicit TLS).
-fn curl_put(g: &Gateway, user: &str, password: &str, file: &str, remote: &str) -> Output {
+pub(crate) fn curl_put(
+    g: &Gateway,
+    user: &str,
+    password: &str,
+    file: &str,
+    remote: &str,
+) -> Output {
     let url = format!("ftp://127.0.0.1:{}/{remote}", port(g));
     let login = format!("{user}:{password}");
     curl(g, &["--ssl-reqd", "--user", &login, "-T", file, &url])

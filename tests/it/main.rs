@@ -12,5 +12,6 @@ mod ftps;
 mod hardening;
 mod harness;
 mod observability;
+mod pgp;
 mod sftp;
 mod storage;

@@ -1,0 +1,471 @@
+//! PGP on arrival, with GnuPG playing the partner: files encrypted to the deployment's key
+//! and signed with the partner's arrive over SFTP and FTPS and land decrypted, byte-exact,
+//! with an event naming the signer; every check that fails leaves no plaintext and no open
+//! multipart upload; a crash mid-decryption is finished, exactly once, after a restart.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::ftps::ftps_gateway_with;
+use crate::harness::{random_bytes, Gateway, Receiver, PW};
+
+const WHARF_PASS: &str = "wharf-decryption-secret";
+
+/// A GnuPG home of its own.
+struct Gpg {
+    home: PathBuf,
+}
+
+impl Gpg {
+    fn new(dir: &Path) -> Gpg {
+        let home = dir.join("gnupg");
+        std::fs::create_dir_all(&home).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Gpg { home }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let out = Command::new("gpg")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--batch", "--yes", "--quiet", "--pinentry-mode", "loopback"])
+            .args(["--trust-model", "always"])
+            .args(args)
+            .output()
+            .expect("gpg (package gnupg) must be installed");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// A new key: RSA (as banks use) or Ed25519/Curve25519; returns its fingerprint.
+    fn generate(&self, email: &str, rsa: bool, passphrase: Option<&str>) -> String {
+        let kind = if rsa {
+            "Key-Type: RSA\nKey-Length: 2048\nSubkey-Type: RSA\nSubkey-Length: 2048\n"
+        } else {
+            "Key-Type: EDDSA\nKey-Curve: ed25519\nSubkey-Type: ECDH\nSubkey-Curve: cv25519\n"
+        };
+        let protection = match passphrase {
+            Some(p) => format!("Passphrase: {p}\n"),
+            None => "%no-protection\n".into(),
+        };
+        let params = format!(
+            "{kind}Name-Real: {email}\nName-Email: {email}\nExpire-Date: 0\n{protection}%commit\n"
+        );
+        let file = self.home.join(format!("{email}.params"));
+        std::fs::write(&file, params).unwrap();
+        self.run(&["--gen-key", file.to_str().unwrap()]);
+        let out = self.run(&["--with-colons", "--fingerprint", email]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .map(|l| l.trim_matches(':').to_string())
+            .expect("a fingerprint")
+    }
+
+    fn export_public(&self, email: &str, to: &Path) {
+        let out = self.run(&["--armor", "--export", email]);
+        std::fs::write(to, out.stdout).unwrap();
+    }
+
+    fn export_secret(&self, email: &str, passphrase: &str, to: &Path) {
+        let out = self.run(&[
+            "--passphrase",
+            passphrase,
+            "--armor",
+            "--export-secret-keys",
+            email,
+        ]);
+        std::fs::write(to, out.stdout).unwrap();
+    }
+
+    /// Encrypts `input` to `to`, signed by `signer` when given; armored for `.asc`.
+    fn encrypt(&self, input: &Path, output: &Path, to: &str, signer: Option<&str>) {
+        let mut args = vec!["--passphrase", "", "--recipient", to, "--output"];
+        let out = output.to_str().unwrap();
+        args.push(out);
+        if output.extension().is_some_and(|e| e == "asc") {
+            args.push("--armor");
+        }
+        if let Some(s) = signer {
+            args.extend(["--local-user", s, "--sign"]);
+        }
+        args.extend(["--encrypt", input.to_str().unwrap()]);
+        self.run(&args);
+    }
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Keys for a test: the deployment's (RSA, passphrase-protected), the partner's (Ed25519),
+/// and two more the deployment does not know.
+struct Keys {
+    gpg: Gpg,
+    dir: PathBuf,
+    partner_fpr: String,
+    wharf_fpr: String,
+}
+
+const WHARF: &str = "decrypt@wharf.test";
+const PARTNER: &str = "reports@acquirer.test";
+const STRANGER: &str = "mallory@stranger.test";
+const OTHER: &str = "ops@other-gateway.test";
+
+fn keys() -> Keys {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let gpg = Gpg::new(&dir);
+    let wharf_fpr = gpg.generate(WHARF, true, Some(WHARF_PASS));
+    let partner_fpr = gpg.generate(PARTNER, false, None);
+    gpg.generate(STRANGER, false, None);
+    gpg.generate(OTHER, false, None);
+    gpg.export_secret(WHARF, WHARF_PASS, &dir.join("wharf.asc"));
+    gpg.export_public(PARTNER, &dir.join("partner.asc"));
+    Keys {
+        gpg,
+        dir,
+        partner_fpr,
+        wharf_fpr,
+    }
+}
+
+impl Keys {
+    /// The gateway's environment for these keys.
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "WHARF_PGP__KEYS".into(),
+                format!("[\"{}\"]", self.dir.join("wharf.asc").display()),
+            ),
+            (
+                "WHARF_PGP__PASSPHRASE_ENV".into(),
+                "WHARF_TEST_PGP_PASS".into(),
+            ),
+            ("WHARF_TEST_PGP_PASS".into(), WHARF_PASS.into()),
+        ]
+    }
+
+    /// Encrypts `plain` (written in the gateway's directory as `name` without its suffix)
+    /// into `name` there.
+    fn encrypt(&self, g: &Gateway, name: &str, plain: &[u8], to: &str, signer: Option<&str>) {
+        let clear = self.dir.join(format!("{name}.clear"));
+        std::fs::write(&clear, plain).unwrap();
+        let out = g.w.file(name);
+        let _ = std::fs::remove_file(&out);
+        self.gpg.encrypt(&clear, &out, to, signer);
+    }
+}
+
+/// `acme` with /inbound (decrypted into /plain, signed files only), /loose (decrypted into
+/// /plain, signature optional) and /plain; the partner's key added with the CLI.
+fn set_up(g: &Gateway, k: &Keys) {
+    let key = k.dir.join("partner.asc");
+    let out =
+        g.w.run(&["user", "pgp", "add", "acme", key.to_str().unwrap()]);
+    out.ok();
+    assert!(out.stdout.contains(&k.partner_fpr), "{}", out.stdout);
+    g.w.run(&["user", "pgp", "add", "acme", key.to_str().unwrap()])
+        .fails_with(&["already has the key"]);
+    g.w.run(&[
+        "user",
+        "dir",
+        "add",
+        "acme",
+        "/inbound",
+        "acme/in",
+        "--permissions",
+        "list,upload,rename",
+        "--decrypt-to",
+        "/plain",
+        "--require-signature",
+    ])
+    .ok();
+    g.w.run(&[
+        "user",
+        "dir",
+        "add",
+        "acme",
+        "/loose",
+        "acme/loose",
+        "--permissions",
+        "list,upload",
+        "--decrypt-to",
+        "/plain",
+    ])
+    .ok();
+    g.w.run(&[
+        "user",
+        "dir",
+        "add",
+        "acme",
+        "/plain",
+        "acme/plain",
+        "--permissions",
+        "list,download",
+    ])
+    .ok();
+    let keys = g.w.run(&["pgp", "keys"]);
+    keys.ok();
+    assert!(keys.stdout.contains(&k.wharf_fpr), "{}", keys.stdout);
+    let listed = g.w.run(&["user", "pgp", "list", "acme"]);
+    assert!(listed.ok().stdout.contains(&k.partner_fpr));
+}
+
+/// Waits for the webhook's event of `type_` whose subject is `subject`.
+async fn hook_event(hook: &Receiver, type_: &str, subject: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(e) = hook
+            .accepted()
+            .iter()
+            .map(|r| r.json())
+            .find(|e| e["type"] == type_ && e["subject"] == subject)
+        {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {type_} event for {subject}: {:#?}",
+            hook.accepted().iter().map(|r| r.json()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_encrypted_files_land_decrypted_over_sftp_and_ftps() {
+    let k = keys();
+    let hook = Receiver::start().await;
+    let env = k.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let g = ftps_gateway_with(&hook, true, &env).await;
+    set_up(&g, &k);
+
+    // Incompressible and larger than a part: the plaintext goes up as a multipart upload.
+    let settle = random_bytes((7 << 20) + 333);
+    k.encrypt(&g, "settle.csv.pgp", &settle, WHARF, Some(PARTNER));
+    let statement = b"date,amount\n2026-12-01,100.00\n".repeat(5000);
+    k.encrypt(&g, "statement.txt.asc", &statement, WHARF, Some(PARTNER));
+
+    g.acme("put settle.csv.pgp /inbound/settle.csv.pgp\n").ok();
+    let out = crate::ftps::curl_put(
+        &g,
+        "acme",
+        PW,
+        "statement.txt.asc",
+        "inbound/statement.txt.asc",
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    for (path, plain, source) in [
+        ("/plain/settle.csv", &settle[..], "/inbound/settle.csv.pgp"),
+        (
+            "/plain/statement.txt",
+            &statement[..],
+            "/inbound/statement.txt.asc",
+        ),
+    ] {
+        let e = hook_event(&hook, "wharf.decrypt.completed", path).await;
+        let d = &e["data"];
+        assert_eq!(d["source_path"], source, "{e}");
+        assert_eq!(d["signer_fingerprint"], k.partner_fpr.as_str(), "{e}");
+        assert_eq!(d["signature"], "valid", "{e}");
+        assert_eq!(d["bytes"], plain.len(), "{e}");
+        assert_eq!(d["sha256"], sha(plain), "{e}");
+        assert!(
+            d["key"].as_str().unwrap().ends_with(&format!("acme{path}")),
+            "{e}"
+        );
+        assert!(
+            d["source_key"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("acme/in{}", &source[8..])),
+            "{e}"
+        );
+        let rel = format!("acme{path}");
+        assert_eq!(g.object(&rel).await.as_deref(), Some(plain), "{path}");
+        // The upload's own event is unchanged, and the encrypted original stays.
+        hook_event(&hook, "wharf.upload.completed", source).await;
+        assert!(g
+            .object(&format!("acme/in{}", &source[8..]))
+            .await
+            .is_some());
+    }
+    // The partner can fetch the plaintext.
+    g.acme("get /plain/statement.txt got.txt\n").ok();
+    assert_eq!(std::fs::read(g.w.file("got.txt")).unwrap(), statement);
+    // One outcome each.
+    let completed = hook
+        .accepted()
+        .iter()
+        .filter(|r| r.json()["type"] == "wharf.decrypt.completed")
+        .count();
+    assert_eq!(completed, 2);
+    assert_eq!(g.count_rows("decrypt_jobs").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_that_fail_a_check_get_a_failed_event_and_leave_no_plaintext() {
+    let k = keys();
+    let env = k.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let g = Gateway::start(false, &env).await;
+    set_up(&g, &k);
+    let plain = random_bytes((12 << 20) + 5);
+
+    k.encrypt(&g, "unsigned.csv.pgp", &plain, WHARF, None);
+    k.encrypt(&g, "stranger.csv.pgp", &plain, WHARF, Some(STRANGER));
+    k.encrypt(&g, "other.csv.pgp", &plain, OTHER, Some(PARTNER));
+    k.encrypt(&g, "truncated.csv.pgp", &plain, WHARF, Some(PARTNER));
+    k.encrypt(&g, "tampered.csv.pgp", &plain, WHARF, Some(PARTNER));
+    k.encrypt(&g, "optional.csv.gpg", &plain, WHARF, None);
+    // Compresses a thousandfold: more plaintext than pgp.max_expansion allows.
+    k.encrypt(
+        &g,
+        "bomb.csv.pgp",
+        &vec![0u8; 150 << 20],
+        WHARF,
+        Some(PARTNER),
+    );
+    let full = std::fs::read(g.w.file("truncated.csv.pgp")).unwrap();
+    std::fs::write(g.w.file("truncated.csv.pgp"), &full[..full.len() * 2 / 3]).unwrap();
+    let mut bad = std::fs::read(g.w.file("tampered.csv.pgp")).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x5a;
+    std::fs::write(g.w.file("tampered.csv.pgp"), &bad).unwrap();
+    std::fs::write(g.w.file("junk.csv.pgp"), b"not pgp at all\n").unwrap();
+
+    g.acme(
+        "put unsigned.csv.pgp /inbound/\nput stranger.csv.pgp /inbound/\n\
+         put other.csv.pgp /inbound/\nput truncated.csv.pgp /inbound/\n\
+         put tampered.csv.pgp /inbound/\nput junk.csv.pgp /inbound/\n\
+         put optional.csv.gpg /loose/\nput bomb.csv.pgp /loose/\n",
+    )
+    .ok();
+
+    for (name, code, folder) in [
+        ("unsigned.csv", "unsigned", "inbound"),
+        ("stranger.csv", "bad_signature", "inbound"),
+        ("other.csv", "no_key", "inbound"),
+        ("truncated.csv", "corrupt", "inbound"),
+        ("tampered.csv", "corrupt", "inbound"),
+        ("junk.csv", "corrupt", "inbound"),
+        ("bomb.csv", "corrupt", "loose"),
+    ] {
+        let source = format!("/{folder}/{name}.pgp");
+        let e = wait_event(&g, "wharf.decrypt.failed", &source).await;
+        assert_eq!(e["data"]["failure_code"], code, "{e}");
+        assert!(
+            !e["data"]["failure_message"].as_str().unwrap().is_empty(),
+            "{e}"
+        );
+        assert_eq!(e["data"]["path"], format!("/plain/{name}"), "{e}");
+        assert!(
+            g.object(&format!("acme/plain/{name}")).await.is_none(),
+            "{name}"
+        );
+    }
+    let ok = wait_event(&g, "wharf.decrypt.completed", "/plain/optional.csv").await;
+    assert_eq!(ok["data"]["signature"], "none", "{ok}");
+    assert!(ok["data"]["signer_fingerprint"].is_null(), "{ok}");
+    assert_eq!(g.object("acme/plain/optional.csv").await.unwrap(), plain);
+    // The failed plaintext uploads (multipart: 12 MiB in 5 MiB parts) were aborted.
+    assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
+    assert_eq!(g.count_rows("decrypt_jobs").await, 0);
+}
+
+/// The event of `type_` for `path` (`data.path`, or `data.source_path` of a failure).
+async fn wait_event(g: &Gateway, type_: &str, path: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(e) = g.jsonl_events().into_iter().find(|e| {
+            e["type"] == type_ && (e["data"]["path"] == path || e["data"]["source_path"] == path)
+        }) {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {type_} event for {path}: {:#?}",
+            g.jsonl_events()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decryption_cut_by_a_crash_completes_exactly_once_after_restart() {
+    let k = keys();
+    let mut env = k.env();
+    // A dead instance's claims and uploads are taken over within seconds.
+    env.push(("WHARF_EVENTS__LEASE".into(), "2s".into()));
+    env.push(("WHARF_RECOVERY__HEARTBEAT".into(), "1s".into()));
+    env.push(("WHARF_RECOVERY__INTERVAL".into(), "1s".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let mut g = Gateway::start(true, &env).await;
+    set_up(&g, &k);
+    let plain = random_bytes((20 << 20) + 11);
+    k.encrypt(&g, "big.csv.pgp", &plain, WHARF, Some(PARTNER));
+
+    for (i, point) in ["decrypt.writing", "decrypt.after_commit"]
+        .iter()
+        .enumerate()
+    {
+        let name = format!("big{i}.csv");
+        std::fs::copy(g.w.file("big.csv.pgp"), g.w.file(&format!("{name}.pgp"))).unwrap();
+        g.restart(&[], &[("WHARF_TEST_CRASH_AT", point)]);
+        // The crash may come before the client has hung up: its exit status says nothing.
+        let _ = g.acme(&format!("put {name}.pgp /inbound/{name}.pgp\n"));
+        assert!(
+            g.server.wait_exit(Duration::from_secs(60)).is_some(),
+            "{point}: the server did not crash: {}",
+            g.server.log()
+        );
+        g.restart(&["WHARF_TEST_CRASH_AT"], &[]);
+        // The upload was acknowledged before the crash, so it arrived.
+        wait_event(
+            &g,
+            "wharf.upload.completed",
+            &format!("/inbound/{name}.pgp"),
+        )
+        .await;
+        let e = wait_event(&g, "wharf.decrypt.completed", &format!("/plain/{name}")).await;
+        assert_eq!(e["data"]["sha256"], sha(&plain), "{e}");
+        assert_eq!(
+            g.object(&format!("acme/plain/{name}")).await.unwrap(),
+            plain
+        );
+        // Exactly once: no second outcome however long we wait.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let outcomes = g
+            .jsonl_events()
+            .into_iter()
+            .filter(|e| {
+                e["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("wharf.decrypt.")
+                    && e["data"]["source_path"] == format!("/inbound/{name}.pgp")
+            })
+            .count();
+        assert_eq!(outcomes, 1, "{point}");
+        assert_eq!(g.count_rows("decrypt_jobs").await, 0);
+    }
+    // The multipart upload the first crash left open was aborted by recovery.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !g.s3.open_multipart_uploads(&g.prefix).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a multipart upload was left open"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
