@@ -5,6 +5,7 @@ mod accounts;
 mod bounds;
 mod cli;
 mod clients;
+mod cluster;
 mod crash;
 mod events;
 mod folders;
