@@ -59,7 +59,7 @@ impl Dispatcher {
     pub async fn run(self, stop: CancellationToken) {
         if let Db::Postgres(pool) = self.outbox.db() {
             let pool = pool.clone();
-            let wake = self.outbox.wake.clone();
+            let wake = (self.outbox.wake.clone(), self.outbox.wake_builtin.clone());
             let stop = stop.clone();
             tokio::spawn(async move { listen(pool, wake, stop).await });
         }
@@ -78,8 +78,13 @@ impl Dispatcher {
     }
 }
 
-/// Postgres LISTEN: other instances' new events wake this one's workers.
-async fn listen(pool: sqlx::PgPool, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+/// Postgres LISTEN: other instances' new events wake this one's workers (the built-in sinks'
+/// only for events that may have work for them).
+async fn listen(
+    pool: sqlx::PgPool,
+    (wake, wake_builtin): (Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>),
+    stop: CancellationToken,
+) {
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -96,7 +101,12 @@ async fn listen(pool: sqlx::PgPool, wake: Arc<tokio::sync::Notify>, stop: Cancel
             tokio::select! {
                 _ = stop.cancelled() => return,
                 n = listener.recv() => match n {
-                    Ok(_) => wake.notify_waiters(),
+                    Ok(n) => {
+                        wake.notify_waiters();
+                        if n.payload() == super::outbox::BUILTIN_WORK {
+                            wake_builtin.notify_waiters();
+                        }
+                    }
                     Err(_) => break,
                 }
             }
@@ -106,6 +116,11 @@ async fn listen(pool: sqlx::PgPool, wake: Arc<tokio::sync::Notify>, stop: Cancel
 
 async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: CancellationToken) {
     let name = w.sink.name().to_string();
+    let wake = if super::outbox::is_builtin(&name) {
+        outbox.wake_builtin.clone()
+    } else {
+        outbox.wake.clone()
+    };
     // Runs of different accounts in flight, each its own task. A run that ends lets its
     // account (and any other) be claimed again at once: a slow account never holds back the
     // others' new events.
@@ -113,7 +128,7 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
     let mut last_claim = tokio::time::Instant::now() - CLAIM_GAP;
     loop {
         // Register interest before looking, so an event recorded meanwhile still wakes us.
-        let woken = outbox.wake.notified();
+        let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         // While runs are in flight, wake-ups are coalesced: at most one claim per CLAIM_GAP

@@ -1,7 +1,8 @@
 //! The outbox: events and their per-sink deliveries in the accounts database. Recording is
 //! one transaction; claiming takes, per sink, only the oldest pending event of each account
 //! (so delivery keeps commit order per account) under a lease, with `FOR UPDATE SKIP LOCKED`
-//! on Postgres so instances never hold the same delivery at once.
+//! on Postgres so instances never hold the same delivery at once. The work an arrival asks
+//! for beyond its event (a receipt, a decryption job) is recorded in the same transaction.
 
 use std::sync::Arc;
 
@@ -129,6 +130,13 @@ const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND i
 pub const RECEIPTS: &str = "receipts";
 const RECEIPT_TARGET: &str = "INSERT INTO receipts (event_id, target) SELECT $3, receipt FROM commit_intents WHERE location = $1 AND id = $2 AND receipt IS NOT NULL ON CONFLICT (event_id) DO NOTHING";
 const RECEIPT_DELIVERY: &str = "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT $3, 'receipts', $4, $5 FROM commit_intents WHERE location = $1 AND id = $2 AND receipt IS NOT NULL";
+/// The NOTIFY payload of a transaction that may have queued work for a built-in sink.
+pub const BUILTIN_WORK: &str = "builtin";
+/// Whether `sink` is built in (its deliveries come only from arrivals that ask for them).
+pub fn is_builtin(sink: &str) -> bool {
+    sink == RECEIPTS || sink == DECRYPT
+}
+
 /// The built-in sink that decrypts PGP arrivals (`pgp/`); it gets a delivery only for
 /// arrivals whose intent names a decryption.
 pub const DECRYPT: &str = "decrypt";
@@ -197,6 +205,9 @@ pub struct Outbox {
     sqlite_writer: Arc<tokio::sync::Mutex<()>>,
     /// Woken on every recorded event so dispatchers on this instance deliver at once.
     pub wake: Arc<Notify>,
+    /// Woken only when a recorded event asks for a built-in sink's work (a receipt, a
+    /// decryption): those sinks' workers would otherwise run two idle queries per event.
+    pub wake_builtin: Arc<Notify>,
     /// Where `record` queues events for the group committer.
     committer: Arc<std::sync::OnceLock<mpsc::UnboundedSender<Queued>>>,
 }
@@ -210,6 +221,7 @@ impl Outbox {
             sinks: Arc::new(sinks),
             sqlite_writer: Arc::default(),
             wake: Arc::new(Notify::new()),
+            wake_builtin: Arc::new(Notify::new()),
             committer: Arc::default(),
         }
     }
@@ -291,6 +303,10 @@ impl Outbox {
     async fn commit_records(&self, records: &[Record]) -> Result<()> {
         let _writing = self.writing().await;
         let now = micros(Utc::now());
+        // Whether any of them may ask for a receipt or a decryption.
+        let builtin = records
+            .iter()
+            .any(|r| r.intent.as_ref().is_some_and(|(_, _, extras)| *extras));
         on_pool!(&self.db, pool => {
             let mut tx = pool.begin_with(begin(&self.db)).await?;
             for r in records {
@@ -343,11 +359,17 @@ impl Outbox {
             }
             if matches!(self.db, Db::Postgres(_)) {
                 // Other instances LISTEN for this; it is sent when the transaction commits.
-                sqlx::query("SELECT pg_notify('wharf_events', '')").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_notify('wharf_events', $1)")
+                    .bind(if builtin { BUILTIN_WORK } else { "" })
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });
         self.wake.notify_waiters();
+        if builtin {
+            self.wake_builtin.notify_waiters();
+        }
         Ok(())
     }
 
