@@ -1,5 +1,6 @@
-//! Events: CloudEvents built from finished uploads, downloads and deletes (`arrivals.rs`),
-//! written to the database outbox before the client is answered (`outbox.rs`), and delivered
+//! Events: CloudEvents built from finished uploads, downloads and deletes (`arrivals.rs`)
+//! and from decryptions (`pgp/`), written to the database outbox before the client is
+//! answered (`outbox.rs`), and delivered
 //! at least once, in commit order per account, to every configured sink (`dispatcher.rs`,
 //! `sinks/`).
 

@@ -6,7 +6,7 @@
 //! encrypted object was still the one that arrived; otherwise it is aborted, and no plaintext
 //! exists. Nothing touches the local disk.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -224,16 +224,32 @@ impl std::fmt::Debug for ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = {
+            let chunk = self.fill_buf()?;
+            let n = buf.len().min(chunk.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// rPGP reads through `fill_buf` straight from the chunks storage returned: no copy into a
+/// buffer of its own.
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.chunk.is_empty() {
             match self.rx.blocking_recv() {
                 Some(c) => self.chunk = c,
-                None => return Ok(0),
+                None => break,
             }
         }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        let _ = self.chunk.split_to(n);
-        Ok(n)
+        Ok(&self.chunk)
+    }
+
+    fn consume(&mut self, n: usize) {
+        let _ = self.chunk.split_to(n.min(self.chunk.len()));
     }
 }
 
@@ -248,9 +264,8 @@ fn run(
     out: mpsc::Sender<Bytes>,
 ) -> Result<Option<String>, Failure> {
     let corrupt = |what: &str, e: &dyn std::fmt::Display| Failure::Corrupt(format!("{what}: {e}"));
-    let reader = std::io::BufReader::with_capacity(64 << 10, input);
     let (msg, _) =
-        Message::from_reader(reader).map_err(|e| corrupt("not an OpenPGP message", &e))?;
+        Message::from_reader(input).map_err(|e| corrupt("not an OpenPGP message", &e))?;
     if !msg.is_encrypted() {
         return Err(Failure::Corrupt(
             "not an encrypted OpenPGP message (nothing to decrypt)".into(),
