@@ -50,21 +50,7 @@ export KEY="$WORK/client"
 # A webhook receiver that notes, per event, when it arrived and when the upload finished.
 export HOOK_LOG="$WORK/hook.log"
 HOOK_PORT=$(free_port)
-python3 - "$HOOK_PORT" "$HOOK_LOG" <<'PY' &
-import datetime, http.server, json, sys, time
-port, log = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as a production receiver
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        now = time.time()
-        d = json.loads(body)["data"]
-        fin = datetime.datetime.fromisoformat(d["finished_at"].replace("Z", "+00:00")).timestamp()
-        log.write(f"{now} {fin}\n")
-        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-PY
+python3 bench/webhook_receiver.py "$HOOK_PORT" "$HOOK_LOG" &
 PIDS+=($!)
 
 DB="wharf_small_$$"

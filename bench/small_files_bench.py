@@ -5,9 +5,11 @@ Modes:
   sessions  SESSIONS concurrent `sftp -b` sessions, each putting PER files of SIZE bytes
   perconn   SESSIONS parallel loops, each running `sftp -b` with one put, PERCONN times
 
-Targets come as JSON in TARGETS: [{"name", "port", "user", "dir", "pid", "metrics"}], where
+Targets come as JSON in TARGETS: [{"name", "port", "user", "dir", "pid", "metrics"}] (and
+optionally "host", default 127.0.0.1), where
 `dir` is the remote directory to put into, `pid` the server process (for its CPU time) and
-`metrics` the wharf metrics address (for S3 requests and the webhook latency), or null.
+`metrics` the wharf metrics address (for S3 requests and the webhook latency), or null. For a
+cluster (bench/cluster.sh), `pid` and `metrics` may be lists: their sums are reported.
 """
 import json
 import os
@@ -104,27 +106,33 @@ SSH = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "
        "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-i", KEY]
 
 
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    # utime stime cutime cstime (fields 14-17): children included for sshd's session processes
-    return sum(int(x) for x in parts[11:15])
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids if isinstance(pids, list) else [pids]:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        # utime stime cutime cstime (fields 14-17): children included for sshd's session processes
+        total += sum(int(x) for x in parts[11:15])
+    return total
+
+
+def metric_sum(metrics, pattern):
+    """The sum of a metric's samples over one wharf's metrics address, or several."""
+    if not metrics:
+        return None
+    total = 0.0
+    for addr in metrics if isinstance(metrics, list) else [metrics]:
+        text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
+        total += sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+    return total
 
 
 def s3_requests(metrics):
-    if not metrics:
-        return None
-    text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
-    return sum(float(m.group(1)) for m in
-               re.finditer(r'^wharf_s3_request_duration_seconds_count\{[^}]*\} (\S+)', text, re.M))
+    return metric_sum(metrics, r'^wharf_s3_request_duration_seconds_count\{[^}]*\} (\S+)')
 
 
 def delivery_retries(metrics):
-    if not metrics:
-        return None
-    text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
-    return sum(float(m.group(1)) for m in
-               re.finditer(r'^wharf_event_deliveries_total\{[^}]*outcome="retry"[^}]*\} (\S+)', text, re.M))
+    return metric_sum(metrics, r'^wharf_event_deliveries_total\{[^}]*outcome="retry"[^}]*\} (\S+)')
 
 
 def files(tag):
@@ -143,8 +151,9 @@ def files(tag):
 def sftp(target, batch, session):
     # wharf: one account per session (ten partners); the others take any user name.
     user = target["user"].replace("{s}", str(session))
+    host = target.get("host", "127.0.0.1")
     r = subprocess.run(["sftp", *SSH, "-P", str(target["port"]), "-b", "-",
-                        f"{user}@127.0.0.1"], input=batch.encode(),
+                        f"{user}@{host}"], input=batch.encode(),
                        capture_output=True)
     return r.returncode == 0, r.stderr.decode()[-300:]
 
@@ -201,7 +210,8 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
             prof = None
             if PERF and target["name"].startswith("wharf/pg"):
                 data = os.path.join(WORK, f"perf-{mode}-{rnd}.data")
-                prof = (subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", str(target["pid"]),
+                pids = target["pid"] if isinstance(target["pid"], list) else [target["pid"]]
+                prof = (subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", ",".join(map(str, pids)),
                                           "-o", data], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL), data)
             m0 = machine_cpu() if MACHINE else None

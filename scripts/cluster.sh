@@ -85,6 +85,9 @@ for line in open(src):
         flush()
     # A machine's default file-descriptor limit holds a few thousand connections.
     line = re.sub(r"^(\s*)maxconn \d+", r"\1maxconn 4000", line)
+    # Without SO_REUSEPORT a port another process holds is an error, not silently shared.
+    if line.strip() == "global":
+        line += "    noreuseport\n"
     m = re.match(r"(\s*)bind :(\d+)\s*$", line)
     if m and m.group(2) in binds:
         line = f"{m.group(1)}bind 127.0.0.1:{binds[m.group(2)]}\n"
@@ -142,7 +145,6 @@ EOF
     fi
     # One identity for partners: host keys made once, shared; one FTPS certificate.
     mkdir -p "$DIR/keys"
-    WHARF_SFTP__HOST_KEY_DIR="$DIR/keys" "$WHARF_BIN" hostkey list > /dev/null
     [ -f "$DIR/keys/ftps.crt" ] || openssl req -x509 -newkey rsa:2048 -nodes -days 30 \
       -subj "/CN=wharf-cluster" -keyout "$DIR/keys/ftps.key" -out "$DIR/keys/ftps.crt" 2>/dev/null
     # The recipe's settings (deploy/wharf.env.example), then whatever the caller set.
@@ -174,7 +176,7 @@ for k, v in os.environ.items():
         out[k] = v
 open(p, "w").write("".join(f"{k}={shlex.quote(v)}\n" for k, v in out.items()))
 EOF
-    (set -a; . "$DIR/shared.env"; "$WHARF_BIN" migrate) >&2
+    (set -a; . "$DIR/shared.env"; "$WHARF_BIN" migrate; "$WHARF_BIN" hostkey list > /dev/null) >&2
     LB_SFTP=$(free_port); LB_FTPS=$(free_port); LB_FTPS_IMPLICIT=$(free_port)
     render_haproxy "$N"
     haproxy -c -q -f "$DIR/haproxy.cfg" >&2

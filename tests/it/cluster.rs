@@ -194,6 +194,18 @@ impl Clients {
         }
     }
 
+    fn count(&self) -> usize {
+        self.outcomes.lock().unwrap().len()
+    }
+
+    /// Waits (up to 2 minutes) until the loops have made `n` uploads.
+    async fn wait_for(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while self.count() < n && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the loops; returns every upload and how many the clients saw fail.
     fn finish(self) -> (Vec<(String, bool)>, usize, Arc<Vec<u8>>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -295,12 +307,18 @@ async fn kill_9_of_an_instance_behind_haproxy_loses_no_acknowledged_upload() {
     )
     .await;
     let clients = Clients::start(&c, 3);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Kill once uploads are going, and go on until the survivor has taken several more.
+    clients.wait_for(3).await;
     c.ctl("kill", 1);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = clients.count();
+    clients.wait_for(before + 6).await;
     let (outcomes, failed, data) = clients.finish();
     eprintln!("kill -9: {} uploads, {failed} failed", outcomes.len());
-    assert!(outcomes.len() >= 10, "too few uploads: {}", outcomes.len());
+    let after_kill = outcomes[before..].iter().filter(|(_, ok)| *ok).count();
+    assert!(
+        after_kill >= 3,
+        "the survivor took {after_kill} uploads: {outcomes:?}"
+    );
     check_outcomes(&c, &hook, &outcomes, &data).await;
     // The dead instance's multipart uploads are aborted by the survivor.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Three instances behind HAProxy against one, on this machine, in one run: what the balancer
+# and the shared database cost (on 2 cores the instances share the CPUs with garage, Postgres
+# and the clients, so this shows overhead, not scaling; the CPU figures say what more cores
+# would give).
+#
+#   bench/cluster.sh [ROUNDS] [BIG_MIB]       (defaults: 3 rounds, 1024 MiB)
+#
+# Three clusters from scripts/cluster.sh (the recipe in deploy/), on one garage and one
+# Postgres server (a database each), events on (a webhook sink), all up at once:
+#   one/direct   one instance, clients connect to it directly (no PROXY protocol)
+#   one/haproxy  one instance behind HAProxy
+#   three/haproxy three instances behind HAProxy
+# In interleaved rounds (rotating order, page cache flushed before each run):
+#   big    8 concurrent `sftp` uploads of BIG_MIB each (8 accounts): aggregate MB/s, CPU
+#          seconds of the instances and of HAProxy per GiB
+#   small  10 concurrent `sftp -b` sessions x 100 files of 4 KiB (bench/small_files_bench.py):
+#          files/s, CPU ms per file, close-to-webhook latency over all rounds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/services.sh
+
+ROUNDS=${1:-3}
+BIG_MIB=${2:-1024}
+need_cmd haproxy haproxy
+need_cmd sftp openssh-client
+
+cargo build --release -q
+WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+
+export WORK=$(mktemp -d /dev/shm/wharf-cluster.XXXXXX)
+CONFIGS=(one-direct one-haproxy three-haproxy)
+PIDS=()
+cleanup() {
+  for c in "${CONFIGS[@]}"; do [ -f "$WORK/$c/cluster.env" ] && scripts/cluster.sh down "$WORK/$c" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_garage
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ensure_postgres
+ensure_garage
+unset AWS_CA_BUNDLE
+
+export HOOK_LOG="$WORK/hook.log"
+HOOK_PORT=$(free_port)
+python3 bench/webhook_receiver.py "$HOOK_PORT" "$HOOK_LOG" &
+PIDS+=($!)
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/client" -C bench
+export KEY="$WORK/client"
+
+i=0
+for c in "${CONFIGS[@]}"; do
+  i=$((i + 1))
+  n=1; [[ $c == three-* ]] && n=3
+  proxy=true; [[ $c == *-direct ]] && proxy=false
+  log "starting $c"
+  CLUSTER_NET=127.61.$i CLUSTER_PASSIVE_BASE=$((12000 + 1000 * i)) WHARF_BIN=$WHARF \
+    WHARF_STORAGE__DEFAULT_HOME="s3://$WHARF_TEST_S3_BUCKET/bench-$c/" \
+    WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION \
+    WHARF_STORAGE__S3__FORCE_PATH_STYLE=true WHARF_LOG__LEVEL=warn \
+    WHARF_SECURITY__PROXY_PROTOCOL=$proxy \
+    WHARF_EVENTS__SINKS="[{name = \"hook\", type = \"webhook\", url = \"http://127.0.0.1:$HOOK_PORT/\", secret = \"s\"}]" \
+    scripts/cluster.sh up "$n" "$WORK/$c" > /dev/null
+  (
+    set -a; . "$WORK/$c/shared.env"; set +a
+    for u in 0 1 2 3 4 5 6 7 8 9; do "$WHARF" user add "bench$u" --ssh-key "$KEY.pub" > /dev/null 2>&1; done
+  )
+done
+
+# name -> "host port pids metrics" (pids and metrics comma-separated; HAProxy's pid last)
+target() {
+  local c=$1 net n pids="" metrics="" k
+  net=$(sed -n 's/^CLUSTER_NET=//p' "$WORK/$c/cluster.env"); n=$(sed -n 's/^CLUSTER_N=//p' "$WORK/$c/cluster.env")
+  for ((k = 1; k <= n; k++)); do pids+="$(cat "$WORK/$c/wharf$k/pid"),"; metrics+="$net.$k:9464,"; done
+  if [[ $c == *-direct ]]; then
+    echo "$net.1 2222 ${pids%,} ${metrics%,}"
+  else
+    echo "127.0.0.1 $(sed -n 's/^LB_SFTP=//p' "$WORK/$c/cluster.env") ${pids}$(cat "$WORK/$c/haproxy.pid") ${metrics%,}"
+  fi
+}
+cpu_ticks() { local t=0 p; for p in ${1//,/ }; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+
+log "creating a ${BIG_MIB} MiB file"
+head -c "$((BIG_MIB << 20))" /dev/urandom > "$WORK/big.bin"
+SSH=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o IdentitiesOnly=yes -i "$KEY")
+declare -A MBS CPU
+for ((r = 0; r < ROUNDS; r++)); do
+  for ((j = 0; j < ${#CONFIGS[@]}; j++)); do
+    c=${CONFIGS[$(((j + r) % ${#CONFIGS[@]}))]}
+    read -r host port pids _ <<<"$(target "$c")"
+    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; sleep 1
+    c0=$(cpu_ticks "$pids"); t0=$(date +%s.%N)
+    UP=()
+    for u in 0 1 2 3 4 5 6 7; do
+      sftp -q "${SSH[@]}" -P "$port" -b - "bench$u@$host" <<<"put $WORK/big.bin big-$r.bin" > /dev/null &
+      UP+=($!)
+    done
+    for p in "${UP[@]}"; do wait "$p" || log "an upload failed ($c, round $((r + 1)))"; done
+    t1=$(date +%s.%N); c1=$(cpu_ticks "$pids")
+    mbs=$(python3 -c "print(8 * $BIG_MIB * 1048576 / ($t1 - $t0) / 1e6)")
+    cpu=$(python3 -c "print(($c1 - $c0) / $(getconf CLK_TCK) / (8 * $BIG_MIB / 1024))")
+    MBS[$c]+="$mbs "; CPU[$c]+="$cpu "
+    log "big round $((r + 1)) $c: $(printf %.0f "$mbs") MB/s, $(printf %.2f "$cpu") CPU s/GiB"
+  done
+done
+
+TARGETS="["
+for c in "${CONFIGS[@]}"; do
+  read -r host port pids metrics <<<"$(target "$c")"
+  TARGETS+="{\"name\": \"$c\", \"host\": \"$host\", \"port\": $port, \"user\": \"bench{s}\", \"dir\": \".\", \"pid\": [${pids}], \"metrics\": [\"${metrics//,/\", \"}\"]},"
+done
+export TARGETS="${TARGETS%,}]" MODES=sessions ROUNDS
+python3 bench/small_files_bench.py > "$WORK/small.json"
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf '\n8 concurrent uploads of %s MiB (aggregate), medians of %d interleaved rounds:\n' "$BIG_MIB" "$ROUNDS"
+printf '  %-16s %10s %16s %10s\n' target "MB/s" "CPU s/GiB (all)" "vs one"
+base=$(median <<<"${MBS[one-direct]}")
+for c in "${CONFIGS[@]}"; do
+  m=$(median <<<"${MBS[$c]}"); p=$(median <<<"${CPU[$c]}")
+  printf '  %-16s %10.0f %16.2f %9.2fx\n' "$c" "$m" "$p" "$(python3 -c "print($m / $base)")"
+done
+python3 - "$WORK/small.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+res = r["results"]
+print(f"\n{r['sessions']} sessions x {r['per_session']} files of {r['size']} B, events on, medians of {r['rounds']} rounds:")
+print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} errors")
+base = res["sessions:one-direct"]["median_files_per_s"]
+for k, v in res.items():
+    n = r["sessions"] * r["per_session"]
+    print(f"  {k.split(':', 1)[1]:16} {v['median_files_per_s']:9.0f} {v['median_cpu_s'] / n * 1000:12.2f} "
+          f"{v['median_files_per_s'] / base:7.2f}x {v['errors']}")
+if "webhook_latency_ms" in r:
+    w = r["webhook_latency_ms"]
+    print(f"  close-to-webhook over all rounds: p50 {w['p50']} ms, p99 {w['p99']} ms (n={w['n']})")
+PY
