@@ -100,9 +100,14 @@ impl Keyring {
                     })?;
                     unlocks(&key, &passphrase).with_context(|| {
                         format!(
-                            "pgp.keys: the passphrase does not unlock {} (key {})",
+                            "pgp.keys: the passphrase does not unlock {} (key {}){}",
                             file.display(),
-                            fingerprint_hex(&key.primary_key.fingerprint())
+                            fingerprint_hex(&key.primary_key.fingerprint()),
+                            if cfg.passphrase_env.as_deref().unwrap_or("").is_empty() {
+                                "; no passphrase is configured: set pgp.passphrase_env"
+                            } else {
+                                ""
+                            }
                         )
                     })?;
                     infos.push(KeyInfo {

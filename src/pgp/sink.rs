@@ -115,12 +115,21 @@ impl EventSink for DecryptSink {
             .map_err(|e| DeliveryError::Permanent(format!("unreadable event: {e}")))?;
         let sha256 = ce["data"]["sha256"].as_str().map(String::from);
         let _slot = self.slots.acquire().await.map_err(retriable)?;
-        self.outbox
-            .decrypt_attempt(&event.id)
-            .await
-            .map_err(retriable)?;
         let started_at = crate::identity::now();
-        let result = self.run(event, &job, sha256).await;
+        // Attempts are counted before they run: a file whose decryption keeps ending the
+        // process (or whose instances keep stopping under it) is given up, not retried on
+        // every instance for ever.
+        let result = if attempts >= MAX_ATTEMPTS {
+            Err(Failure::Storage(format!(
+                "given up after {attempts} attempts that ended without an outcome (the instance running it stopped)"
+            )))
+        } else {
+            self.outbox
+                .decrypt_attempt(&event.id)
+                .await
+                .map_err(retriable)?;
+            self.run(event, &job, sha256).await
+        };
         if result.is_ok() {
             crate::testing::crash_point("decrypt.after_commit");
         }

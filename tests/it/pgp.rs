@@ -459,7 +459,25 @@ async fn a_decryption_cut_by_a_crash_completes_exactly_once_after_restart() {
         assert_eq!(outcomes, 1, "{point}");
         assert_eq!(g.count_rows("decrypt_jobs").await, 0);
     }
-    // The multipart upload the first crash left open was aborted by recovery.
+    // A job whose attempts all ended without an outcome is given up with a failed event,
+    // not run again for ever.
+    std::fs::copy(g.w.file("big.csv.pgp"), g.w.file("poison.csv.pgp")).unwrap();
+    g.restart(&[], &[("WHARF_TEST_CRASH_AT", "decrypt.writing")]);
+    let _ = g.acme("put poison.csv.pgp /inbound/poison.csv.pgp\n");
+    assert!(g.server.wait_exit(Duration::from_secs(60)).is_some());
+    g.execute("UPDATE decrypt_jobs SET attempts = 6").await;
+    g.restart(&["WHARF_TEST_CRASH_AT"], &[]);
+    let e = wait_event(&g, "wharf.decrypt.failed", "/inbound/poison.csv.pgp").await;
+    assert_eq!(e["data"]["failure_code"], "storage_error", "{e}");
+    assert!(
+        e["data"]["failure_message"]
+            .as_str()
+            .unwrap()
+            .contains("given up"),
+        "{e}"
+    );
+    assert!(g.object("acme/plain/poison.csv").await.is_none());
+    // The multipart upload the crashes left open were aborted by recovery.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !g.s3.open_multipart_uploads(&g.prefix).await.is_empty() {
         assert!(
