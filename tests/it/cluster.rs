@@ -303,6 +303,9 @@ async fn kill_9_of_an_instance_behind_haproxy_loses_no_acknowledged_upload() {
         &[
             ("WHARF_RECOVERY__HEARTBEAT", "1s"),
             ("WHARF_RECOVERY__INTERVAL", "1s"),
+            // An upload killed between CreateMultipartUpload and the row that tracks it is
+            // found by the sweep for untracked ones, once this old.
+            ("WHARF_RECOVERY__ORPHAN_GRACE", "5s"),
         ],
     )
     .await;
@@ -320,8 +323,9 @@ async fn kill_9_of_an_instance_behind_haproxy_loses_no_acknowledged_upload() {
         "the survivor took {after_kill} uploads: {outcomes:?}"
     );
     check_outcomes(&c, &hook, &outcomes, &data).await;
-    // The dead instance's multipart uploads are aborted by the survivor.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The dead instance's multipart uploads are aborted by the survivor: tracked ones once
+    // the instance is dead, untracked ones after recovery.orphan_grace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
     while !c.s3.open_multipart_uploads(&c.prefix).await.is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
