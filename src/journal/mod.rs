@@ -12,12 +12,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{on_pool, Db};
 use crate::events::outbox::{micros, Outbox};
 use crate::session::{CommitJournal, Intent, JournalError};
 use crate::storage::{LiveUpload, UploadTracker};
+
+/// `insert_intents` on Postgres: a batch (arrays in arrival order) in one statement; a
+/// location held already, or taken by an earlier intent of the batch, is skipped.
+const LOCK_PG: &str = "INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt) \
+SELECT t.location, t.id, $7, t.detail, $8, t.remember_name, t.receipt, t.decrypt FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[]) WITH ORDINALITY AS t(location, id, detail, remember_name, receipt, decrypt, ord) ORDER BY t.ord \
+ON CONFLICT (location) DO NOTHING RETURNING id";
 
 /// How long a commit waits for another commit of the same location to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -32,6 +39,51 @@ struct Inner {
     outbox: Outbox,
     instance: String,
     heartbeat: Duration,
+    /// Where `try_lock` queues intents for the batch writer, started on first use.
+    locker: std::sync::OnceLock<mpsc::UnboundedSender<LockRequest>>,
+}
+
+/// An intent to write, its JSON detail, and where to say whether it took the lock.
+type LockRequest = (Intent, String, oneshot::Sender<Result<bool, String>>);
+
+/// Intents written in one statement at most.
+const LOCK_BATCH: usize = 128;
+
+/// Writes queued intents: whatever is waiting when a write starts goes into it, so concurrent
+/// commits share one flush to disk (the group commit the outbox does for events), and a lone
+/// one is not delayed. A batch that fails is retried one intent at a time.
+async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < LOCK_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match journal.insert_intents(&batch).await {
+            Ok(took) => {
+                for (intent, _, reply) in batch {
+                    let _ = reply.send(Ok(took.contains(&intent.id)));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                for (_, _, reply) in batch {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+            // One at a time, so one bad intent fails alone.
+            Err(_) => {
+                for req in batch {
+                    let res = journal.insert_intents(std::slice::from_ref(&req)).await;
+                    let _ = req.2.send(
+                        res.map(|took| took.contains(&req.0.id))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
+        }
+    }
 }
 
 impl Journal {
@@ -42,6 +94,7 @@ impl Journal {
                 outbox,
                 instance: uuid::Uuid::now_v7().to_string(),
                 heartbeat,
+                locker: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -85,18 +138,93 @@ impl Journal {
             .bind(&self.inner.instance).execute(p).await.map(drop));
     }
 
-    async fn try_lock(&self, intent: &Intent, detail: &str) -> Result<bool, sqlx::Error> {
+    /// Writes `intent` unless another holds its location: whether it took the lock.
+    async fn try_lock(&self, intent: &Intent, detail: &str) -> Result<bool, String> {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            let req = (intent.clone(), detail.to_string(), oneshot::channel().0);
+            let took = self
+                .insert_intents(&[req])
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(took.contains(&intent.id));
+        };
+        let locker = self.inner.locker.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            rt.spawn(lock_loop(self.clone(), rx));
+            tx
+        });
+        let (tx, rx) = oneshot::channel();
+        locker
+            .send((intent.clone(), detail.to_string(), tx))
+            .map_err(|_| "the intent writer has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the intent writer has stopped".to_string())?
+    }
+
+    /// Writes a batch of intents in one transaction; returns the ids of those that took
+    /// their location (the others found it held, by another commit or one earlier in the
+    /// batch).
+    async fn insert_intents(&self, batch: &[LockRequest]) -> Result<Vec<String>, sqlx::Error> {
         let _w = self.inner.outbox.writing().await;
         let now = micros(Utc::now());
+        let receipt = |i: &Intent| {
+            i.receipt
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok())
+        };
+        let decrypt = |i: &Intent| {
+            i.decrypt
+                .as_ref()
+                .and_then(|d| serde_json::to_string(d).ok())
+        };
         // On the durable pool: an intent lost in a database crash after its object became
         // visible would leave that object without an event. (Heartbeats and the multipart
         // uploads in progress go through the bookkeeping pool: losing one is harmless.)
-        let n = on_pool!(self.inner.outbox.db(), p => sqlx::query("INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (location) DO NOTHING")
-            .bind(&intent.location).bind(&intent.id).bind(&self.inner.instance).bind(detail).bind(now).bind(intent.remember_name)
-            .bind(intent.receipt.as_ref().and_then(|r| serde_json::to_string(r).ok()))
-            .bind(intent.decrypt.as_ref().and_then(|d| serde_json::to_string(d).ok()))
-            .execute(p).await?.rows_affected());
-        Ok(n == 1)
+        match self.inner.outbox.db() {
+            Db::Postgres(p) => {
+                sqlx::query_scalar(LOCK_PG)
+                    .bind(
+                        batch
+                            .iter()
+                            .map(|(i, _, _)| i.location.as_str())
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(
+                        batch
+                            .iter()
+                            .map(|(i, _, _)| i.id.as_str())
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(batch.iter().map(|(_, d, _)| d.as_str()).collect::<Vec<_>>())
+                    .bind(
+                        batch
+                            .iter()
+                            .map(|(i, _, _)| i.remember_name)
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(batch.iter().map(|(i, _, _)| receipt(i)).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|(i, _, _)| decrypt(i)).collect::<Vec<_>>())
+                    .bind(&self.inner.instance)
+                    .bind(now)
+                    .fetch_all(p)
+                    .await
+            }
+            Db::Sqlite(p) => {
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
+                let mut took = Vec::new();
+                for (i, detail, _) in batch {
+                    let n = sqlx::query("INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (location) DO NOTHING")
+                        .bind(&i.location).bind(&i.id).bind(&self.inner.instance).bind(detail).bind(now).bind(i.remember_name)
+                        .bind(receipt(i)).bind(decrypt(i))
+                        .execute(&mut *tx).await?.rows_affected();
+                    if n == 1 {
+                        took.push(i.id.clone());
+                    }
+                }
+                tx.commit().await?;
+                Ok(took)
+            }
+        }
     }
 }
 
@@ -111,7 +239,7 @@ impl CommitJournal for Journal {
             match self.try_lock(intent, &detail).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
-                Err(e) => return Err(JournalError::Database(e.to_string())),
+                Err(e) => return Err(JournalError::Database(e)),
             }
             if tokio::time::Instant::now() + wait > deadline {
                 return Err(JournalError::Busy);
