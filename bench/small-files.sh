@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
 
-export ROUNDS=${1:-3} PER=${2:-100} PERCONN=${3:-20} SESSIONS=10 SIZE=4096
+export ROUNDS=${1:-3} PER=${2:-100} PERCONN=${3:-20} SESSIONS=${SESSIONS:-10} SIZE=${SIZE:-4096}
 need_cmd rclone rclone
 need_cmd sshd openssh-server
 need_cmd sftp openssh-client
@@ -57,13 +57,33 @@ DB="wharf_small_$$"
 psql "$WHARF_TEST_POSTGRES_URL" -qc "CREATE DATABASE $DB" >/dev/null
 PG_URL=$(python3 -c "import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path='/$DB').geturl())" "$WHARF_TEST_POSTGRES_URL")
 
+# S3_DELAY_MS=N: each target reaches garage through its own proxy (bench/s3_delay_proxy.py)
+# that holds every S3 answer back N ms, as a remote S3 endpoint would, and counts the answers
+# (S3 requests per file for every target, rclone's included). Unset: direct, as before.
+DIRECT_S3=$WHARF_TEST_S3_ENDPOINT
+s3_endpoint() {  # name -> ENDPOINT, the S3 endpoint this target uses
+  ENDPOINT=$DIRECT_S3
+  if [ -z "${S3_DELAY_MS:-}" ]; then return; fi
+  local port
+  port=$(free_port)
+  python3 bench/s3_delay_proxy.py "$port" "${DIRECT_S3#http://}" "$S3_DELAY_MS" "$WORK/s3-$1.count" \
+    > "$WORK/s3-$1.log" 2>&1 &
+  PIDS+=($!)
+  wait_port 127.0.0.1 "$port" 20
+  ENDPOINT="http://127.0.0.1:$port"
+}
+s3_count() {  # name -> the JSON value of the target's S3 answer count file
+  if [ -z "${S3_DELAY_MS:-}" ]; then echo null; else echo "\"$WORK/s3-$1.count\""; fi
+}
+
 start_wharf() {  # name database-url -> PORT_<name>, PID_<name>, METRICS_<name>
   local name=$1 db=$2 dir="$WORK/wharf-$1"
   mkdir -p "$dir"
+  s3_endpoint "$name"
   (
     cd "$dir"
     export WHARF_DATABASE__URL=$db WHARF_STORAGE__DEFAULT_HOME="s3://$WHARF_TEST_S3_BUCKET/$name/" \
-      WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION \
+      WHARF_STORAGE__S3__ENDPOINT=$ENDPOINT WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION \
       WHARF_STORAGE__S3__FORCE_PATH_STYLE=true WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_METRICS__LISTEN=127.0.0.1:0 \
       WHARF_LOG__LEVEL=warn WHARF_SFTP__MAX_SESSIONS_PER_IP=1000 \
       WHARF_EVENTS__SINKS="[{name = \"hook\", type = \"webhook\", url = \"http://127.0.0.1:$HOOK_PORT/\", secret = \"s\"}]"
@@ -81,7 +101,8 @@ start_wharf() {  # name database-url -> PORT_<name>, PID_<name>, METRICS_<name>
 start_wharf pg "$PG_URL"
 start_wharf sqlite "sqlite://wharf.db"
 
-start_rclone_sftp rclone "$KEY.pub" "$WORK/rclone.log"
+s3_endpoint rclone
+WHARF_TEST_S3_ENDPOINT=$ENDPOINT start_rclone_sftp rclone "$KEY.pub" "$WORK/rclone.log"
 PIDS+=("$RCLONE_PID")
 
 PORT_sshd=$(free_port)
@@ -106,18 +127,20 @@ wait_port 127.0.0.1 "$PORT_sshd" 20
 PIDS+=("$(cat "$WORK/sshd/pid")")
 
 export TARGETS=$(cat <<JSON
-[{"name": "wharf/pg->garage", "port": $PORT_pg, "user": "bench{s}", "dir": ".", "pid": $PID_pg, "metrics": "$METRICS_pg"},
- {"name": "wharf/sqlite->garage", "port": $PORT_sqlite, "user": "bench{s}", "dir": ".", "pid": $PID_sqlite, "metrics": "$METRICS_sqlite"},
- {"name": "rclone->garage", "port": $RCLONE_PORT, "user": "bench", "dir": ".", "pid": $RCLONE_PID, "metrics": null},
+[{"name": "wharf/pg->garage", "port": $PORT_pg, "user": "bench{s}", "dir": ".", "pid": $PID_pg, "metrics": "$METRICS_pg", "s3_count": $(s3_count pg)},
+ {"name": "wharf/sqlite->garage", "port": $PORT_sqlite, "user": "bench{s}", "dir": ".", "pid": $PID_sqlite, "metrics": "$METRICS_sqlite", "s3_count": $(s3_count sqlite)},
+ {"name": "rclone->garage", "port": $RCLONE_PORT, "user": "bench", "dir": ".", "pid": $RCLONE_PID, "metrics": null, "s3_count": $(s3_count rclone)},
  {"name": "sshd->/dev/shm", "port": $PORT_sshd, "user": "root", "dir": "$WORK/sshd-target", "pid": $(cat "$WORK/sshd/pid"), "metrics": null}]
 JSON
 )
 python3 bench/small_files_bench.py > "$WORK/report.json"
 python3 - "$WORK/report.json" <<'PY'
-import json, sys
+import json, os, sys
 r = json.load(open(sys.argv[1]))
 res = r["results"]
 print(f"\nSmall files ({r['size']} B) with OpenSSH sftp, medians of {r['rounds']} interleaved rounds:")
+if os.environ.get("S3_DELAY_MS"):
+    print(f"  every S3 answer held back {os.environ['S3_DELAY_MS']} ms (a remote endpoint); S3 requests counted at the proxy")
 for mode, label, n in (("sessions", f"{r['sessions']} sessions x {r['per_session']} files", r['sessions'] * r['per_session']),
                        ("perconn", f"{r['sessions']} loops x {r['per_connection_loops']} connections, one file each", r['sessions'] * r['per_connection_loops'])):
     print(f"  {label}:")

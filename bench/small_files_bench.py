@@ -8,7 +8,8 @@ Modes:
 Targets come as JSON in TARGETS: [{"name", "port", "user", "dir", "pid", "metrics"}] (and
 optionally "host", default 127.0.0.1), where
 `dir` is the remote directory to put into, `pid` the server process (for its CPU time) and
-`metrics` the wharf metrics address (for S3 requests and the webhook latency), or null. For a
+`metrics` the wharf metrics address (for S3 requests and the webhook latency), or null, and
+`s3_count` (optional) a file where the bench's S3 proxy counts the target's requests. For a
 cluster (bench/cluster.sh), `pid` and `metrics` may be lists: their sums are reported.
 """
 import json
@@ -127,8 +128,16 @@ def metric_sum(metrics, pattern):
     return total
 
 
-def s3_requests(metrics):
-    return metric_sum(metrics, r'^wharf_s3_request_duration_seconds_count\{[^}]*\} (\S+)')
+def s3_requests(target):
+    """S3 requests so far: counted by the bench's S3 proxy when the target goes through one
+    (`s3_count`, a file), else from wharf's metrics."""
+    if target.get("s3_count"):
+        try:
+            with open(target["s3_count"]) as f:
+                return float(f.read() or 0)
+        except FileNotFoundError:
+            return 0.0
+    return metric_sum(target.get("metrics"), r'^wharf_s3_request_duration_seconds_count\{[^}]*\} (\S+)')
 
 
 def delivery_retries(metrics):
@@ -206,7 +215,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
         for target in order:
             settle()
             c0 = cpu_ticks(target["pid"])
-            q0 = s3_requests(target.get("metrics"))
+            q0 = s3_requests(target)
             prof = None
             if PERF and target["name"].startswith("wharf/pg"):
                 data = os.path.join(WORK, f"perf-{mode}-{rnd}.data")
@@ -224,7 +233,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
                 report.setdefault("perf", {}).setdefault(mode, []).append(perf_categories(prof[1]))
             time.sleep(0.3)
             cpu = (cpu_ticks(target["pid"]) - c0) / os.sysconf("SC_CLK_TCK")
-            q1 = s3_requests(target.get("metrics"))
+            q1 = s3_requests(target)
             r = report["results"].setdefault(f"{mode}:{target['name']}", {"files_per_s": [], "cpu_s": [],
                                                                             "s3_per_file": [], "errors": 0})
             r["files_per_s"].append(n / secs)
