@@ -208,7 +208,13 @@ ev AS (INSERT INTO events (id, type, username, subject, created_us, body) SELECT
 deliveries AS (INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT ev.seq, s.sink, ev.username, $9 FROM ev CROSS JOIN unnest($10::text[]) AS s(sink)), \
 cleared AS (DELETE FROM commit_intents ci USING input WHERE input.loc <> '' AND ci.location = input.loc AND ci.id = input.intent_id) \
 SELECT pg_notify('wharf_events', '')";
-const CLAIM_HEAD: &str = "SELECT d.event_seq, d.username FROM event_deliveries d WHERE d.sink = $1 AND d.state = 'pending' AND d.next_at_us <= $2 AND d.lease_until_us <= $2 AND NOT EXISTS (SELECT 1 FROM event_deliveries p WHERE p.sink = d.sink AND p.username = d.username AND p.state = 'pending' AND p.event_seq < d.event_seq) ORDER BY d.event_seq LIMIT $3";
+/// The due, unclaimed heads (each account's oldest pending delivery) on SQLite, found one
+/// account at a time through the queue index, so a claim costs the number of accounts with
+/// pending deliveries, not the backlog.
+const CLAIM_HEAD: &str = "WITH RECURSIVE accounts(username) AS (SELECT MIN(a0.username) FROM event_deliveries a0 WHERE a0.sink = $1 AND a0.state = 'pending' \
+UNION ALL SELECT (SELECT MIN(x.username) FROM event_deliveries x WHERE x.sink = $1 AND x.state = 'pending' AND x.username > a.username) FROM accounts a WHERE a.username IS NOT NULL) \
+SELECT d.event_seq, d.username FROM accounts a JOIN event_deliveries d ON d.sink = $1 AND d.event_seq = (SELECT MIN(y.event_seq) FROM event_deliveries y WHERE y.sink = $1 AND y.state = 'pending' AND y.username = a.username) \
+WHERE a.username IS NOT NULL AND d.state = 'pending' AND d.next_at_us <= $2 AND d.lease_until_us <= $2 ORDER BY d.event_seq LIMIT $3";
 /// An account's pending deliveries in commit order (the head and what follows it).
 const CLAIM_RUN: &str = "UPDATE event_deliveries SET lease_owner = $4, lease_until_us = $5 WHERE sink = $1 AND state = 'pending' AND event_seq IN (SELECT event_seq FROM event_deliveries WHERE sink = $1 AND username = $2 AND state = 'pending' ORDER BY event_seq LIMIT $3)";
 const CLAIMED: &str = "SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, d.attempts FROM event_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.sink = $1 AND d.state = 'pending' AND d.lease_owner = $2 ORDER BY e.seq";
@@ -523,10 +529,10 @@ impl Outbox {
                 .map(claimed)
                 .collect());
         }
+        // SQLite: one writer at a time (`writing`), so heads need no row locks.
         let rows = on_pool!(&self.bookkeeping, pool => {
             let mut tx = pool.begin_with(begin(&self.bookkeeping)).await?;
-            let lock = if matches!(self.bookkeeping, Db::Postgres(_)) { " FOR UPDATE SKIP LOCKED" } else { "" };
-            let heads = sqlx::query(&format!("{CLAIM_HEAD}{lock}"))
+            let heads = sqlx::query(CLAIM_HEAD)
                 .bind(sink)
                 .bind(now)
                 .bind(accounts)
