@@ -55,6 +55,22 @@ impl Record {
     }
 }
 
+/// Waits for the next queued item, then takes whatever else is already waiting, up to `max`
+/// in all (group commit: a lone item is not delayed). `None` once the queue is closed.
+pub(crate) async fn next_batch<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 type Queued = (Record, tokio::sync::oneshot::Sender<Result<()>>);
 
 /// Records at most this many events in one transaction.
@@ -64,14 +80,7 @@ const GROUP: usize = 256;
 /// concurrent closes share one flush to disk, and a lone one is not delayed. A group whose
 /// transaction fails is retried one record at a time, so one bad record fails alone.
 async fn commit_loop(outbox: Outbox, mut rx: mpsc::UnboundedReceiver<Queued>) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < GROUP {
-            match rx.try_recv() {
-                Ok(q) => group.push(q),
-                Err(_) => break,
-            }
-        }
+    while let Some(mut group) = next_batch(&mut rx, GROUP).await {
         let records: Vec<Record> = group.iter().map(|(r, _)| r.clone()).collect();
         match outbox.commit_records(&records).await {
             Ok(()) => {

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{on_pool, Db};
-use crate::events::outbox::{micros, Outbox};
+use crate::events::outbox::{micros, next_batch, Outbox};
 use crate::session::{CommitJournal, Intent, JournalError};
 use crate::storage::{LiveUpload, UploadTracker};
 
@@ -53,14 +53,7 @@ const LOCK_BATCH: usize = 128;
 /// commits share one flush to disk (the group commit the outbox does for events), and a lone
 /// one is not delayed. A batch that fails is retried one intent at a time.
 async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < LOCK_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx, LOCK_BATCH).await {
         match journal.insert_intents(&batch).await {
             Ok(took) => {
                 for (intent, _, reply) in batch {
