@@ -215,10 +215,9 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
     let mut stopped = false;
     for c in &run {
         if held_until.saturating_duration_since(tokio::time::Instant::now()) < need {
-            let until = Utc::now() + chrono::Duration::from_std(hold * 2).unwrap_or_default();
-            match outbox.extend(name, &lease, until).await {
-                Ok(true) => held_until = tokio::time::Instant::now() + hold * 2,
-                Ok(false) => {
+            match renew(outbox, name, &lease, hold).await {
+                Ok(Some(until)) => held_until = until,
+                Ok(None) => {
                     tracing::warn!(sink = name, username = %user, "claim lost to another instance; stopping this run");
                     return;
                 }
@@ -242,10 +241,9 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
                 tokio::select! {
                     a = &mut fut => break a,
                     _ = tokio::time::sleep_until(renew_at) => {
-                        let until = Utc::now() + chrono::Duration::from_std(hold * 2).unwrap_or_default();
-                        match outbox.extend(name, &lease, until).await {
-                            Ok(true) => held_until = tokio::time::Instant::now() + hold * 2,
-                            Ok(false) => {
+                        match renew(outbox, name, &lease, hold).await {
+                            Ok(Some(until)) => held_until = until,
+                            Ok(None) => {
                                 tracing::warn!(sink = name, username = %user, "claim lost to another instance during a delivery; abandoning it");
                                 return;
                             }
@@ -286,6 +284,19 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
             tracing::warn!(sink = name, error = %e, "could not release claims; they expire with the lease");
         }
     }
+}
+
+/// Extends a claim to twice `hold` from now: the new end, or `None` when the claim is no
+/// longer this worker's (its lease ran out and another instance took the account).
+async fn renew(
+    outbox: &Outbox,
+    sink: &str,
+    lease: &str,
+    hold: Duration,
+) -> Result<Option<tokio::time::Instant>, super::outbox::OutboxError> {
+    let until = Utc::now() + chrono::Duration::from_std(hold * 2).unwrap_or_default();
+    let held = outbox.extend(sink, lease, until).await?;
+    Ok(held.then(|| tokio::time::Instant::now() + hold * 2))
 }
 
 /// Records deliveries up to `last`; false when the claim was no longer this worker's.
