@@ -19,14 +19,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
+. bench/lib.sh
 
 ROUNDS=${1:-3}
 BIG_MIB=${2:-1024}
 need_cmd haproxy haproxy
 need_cmd sftp openssh-client
 
-cargo build --release -q
-WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+build_wharf
 
 export WORK=$(mktemp -d /dev/shm/wharf-cluster.XXXXXX)
 CONFIGS=(one-direct one-haproxy three-haproxy)

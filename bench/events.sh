@@ -12,14 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
+. bench/lib.sh
 
 ROUNDS=${1:-3}
 PER=${2:-100}
 need_cmd rclone rclone
 python3 -c 'import paramiko' 2>/dev/null || python3 -m pip install -q paramiko >&2
 
-cargo build --release -q
-WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+build_wharf
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/wharf-events-bench.XXXXXX")
 PIDS=()

@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
+. bench/lib.sh
 
 ROUNDS=${1:-3}
 SIZE_MIB=${2:-1024}
@@ -20,8 +21,7 @@ need_cmd openssl openssl
 need_cmd bc bc
 command -v aws >/dev/null || python3 -m pip install -q awscli >&2
 
-cargo build --release -q
-WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+build_wharf
 
 WORK=$(mktemp -d /dev/shm/wharf-ftps-bench.XXXXXX)
 WPID=

@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
+. bench/lib.sh
 
 IDLE=${1:-900}
 HOSTILE=${2:-20}
@@ -24,8 +25,7 @@ python3 -c 'import asyncssh' 2>/dev/null || python3 -m pip install -q asyncssh >
 command -v aws >/dev/null || python3 -m pip install -q awscli >&2
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release -q
-WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+build_wharf
 
 WORK=$(mktemp -d /dev/shm/wharf-load.XXXXXX)
 SERVER_PID=""

@@ -17,14 +17,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
+. bench/lib.sh
 
 ROUNDS=${1:-3}
 SIZE_MIB=${2:-1024}
 need_cmd gpg gnupg
 need_cmd sftp openssh-client
 
-cargo build --release -q
-WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+build_wharf
 
 WORK=$(mktemp -d /dev/shm/wharf-pgp-bench.XXXXXX)
 PIDS=()
@@ -81,10 +81,8 @@ start_wharf() {  # name default_home
   mkdir -p "$dir"
   (
     cd "$dir"
-    export WHARF_STORAGE__DEFAULT_HOME=$home WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT \
-      WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION WHARF_STORAGE__S3__FORCE_PATH_STYLE=true \
-      WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_METRICS__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn \
-      WHARF_PGP__KEYS="[\"$WORK/wharf.asc\"]" WHARF_PGP__PASSPHRASE_ENV=BENCH_PGP_PASS BENCH_PGP_PASS=bench-pass
+    bench_wharf_env "$home"
+    export WHARF_PGP__KEYS="[\"$WORK/wharf.asc\"]" WHARF_PGP__PASSPHRASE_ENV=BENCH_PGP_PASS BENCH_PGP_PASS=bench-pass
     "$WHARF" user add bench --ssh-key "$WORK/client.pub" >/dev/null 2>&1
     "$WHARF" user pgp add bench "$WORK/partner.asc" >/dev/null 2>&1
     "$WHARF" user dir add bench /inbound inbound --permissions list,upload --decrypt-to /plain --require-signature 2>/dev/null
@@ -92,11 +90,7 @@ start_wharf() {  # name default_home
     "$WHARF" serve > "$dir/out" 2> "$dir/err" &
     echo $! > "$dir/pid"
   )
-  local i
-  for ((i = 0; i < 100; i++)); do grep -q "sftp listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
-  PIDS+=("$(cat "$dir/pid")")
-  eval "PORT_$name=$(sed -n 's/^sftp listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/out")"
-  eval "PID_$name=$(cat "$dir/pid")"
+  wharf_started "$name" "$dir"
 }
 start_wharf shm "file://$WORK/wharf-shm/data/"
 start_wharf s3 "s3://$WHARF_TEST_S3_BUCKET/pgp-bench/"

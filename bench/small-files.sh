@@ -23,14 +23,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
+. bench/lib.sh
 
 export ROUNDS=${1:-3} PER=${2:-100} PERCONN=${3:-20} SESSIONS=${SESSIONS:-10} SIZE=${SIZE:-4096}
 need_cmd rclone rclone
 need_cmd sshd openssh-server
 need_cmd sftp openssh-client
 
-cargo build --release -q
-WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+build_wharf
 
 export WORK=$(mktemp -d /dev/shm/wharf-small.XXXXXX)
 PIDS=()
@@ -82,21 +82,14 @@ start_wharf() {  # name database-url -> PORT_<name>, PID_<name>, METRICS_<name>
   s3_endpoint "$name"
   (
     cd "$dir"
-    export WHARF_DATABASE__URL=$db WHARF_STORAGE__DEFAULT_HOME="s3://$WHARF_TEST_S3_BUCKET/$name/" \
-      WHARF_STORAGE__S3__ENDPOINT=$ENDPOINT WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION \
-      WHARF_STORAGE__S3__FORCE_PATH_STYLE=true WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_METRICS__LISTEN=127.0.0.1:0 \
-      WHARF_LOG__LEVEL=warn WHARF_SFTP__MAX_SESSIONS_PER_IP=1000 \
+    bench_wharf_env "s3://$WHARF_TEST_S3_BUCKET/$name/" "$ENDPOINT"
+    export WHARF_DATABASE__URL=$db \
       WHARF_EVENTS__SINKS="[{name = \"hook\", type = \"webhook\", url = \"http://127.0.0.1:$HOOK_PORT/\", secret = \"s\"}]"
     for i in 0 1 2 3 4 5 6 7 8 9; do "$WHARF" user add "bench$i" --ssh-key "$KEY.pub" >/dev/null 2>&1; done
     "$WHARF" serve > out 2> err &
     echo $! > pid
   )
-  local i
-  for ((i = 0; i < 100; i++)); do grep -q "sftp listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
-  PIDS+=("$(cat "$dir/pid")")
-  eval "PORT_$name=$(sed -n 's/^sftp listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/out")"
-  eval "METRICS_$name=$(sed -n 's/^metrics.* listening on \(.*\)$/\1/p' "$dir/out")"
-  eval "PID_$name=$(cat "$dir/pid")"
+  wharf_started "$name" "$dir"
 }
 start_wharf pg "$PG_URL"
 start_wharf sqlite "sqlite://wharf.db"

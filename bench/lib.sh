@@ -1,0 +1,24 @@
+# Sourced by the benchmarks after scripts/services.sh: building wharf, the settings every
+# bench instance shares, and waiting for an instance to listen.
+
+build_wharf() {  # -> WHARF, the release binary
+  cargo build --release -q
+  WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
+}
+
+bench_wharf_env() {  # home [s3-endpoint]: exports what every bench instance shares
+  export WHARF_STORAGE__DEFAULT_HOME=$1 WHARF_STORAGE__S3__ENDPOINT=${2:-$WHARF_TEST_S3_ENDPOINT} \
+    WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION WHARF_STORAGE__S3__FORCE_PATH_STYLE=true \
+    WHARF_SFTP__LISTEN=127.0.0.1:0 WHARF_METRICS__LISTEN=127.0.0.1:0 WHARF_LOG__LEVEL=warn \
+    WHARF_SFTP__MAX_SESSIONS_PER_IP=1000
+}
+
+wharf_started() {  # name dir: waits for the instance started in DIR (its out, pid), then sets
+  # PORT_<name>, PID_<name>, METRICS_<name> and adds it to PIDS
+  local name=$1 dir=$2 i
+  for ((i = 0; i < 100; i++)); do grep -q "sftp listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
+  PIDS+=("$(cat "$dir/pid")")
+  eval "PORT_$name=$(sed -n 's/^sftp listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/out")"
+  eval "METRICS_$name=$(sed -n 's/^metrics.* listening on \(.*\)$/\1/p' "$dir/out")"
+  eval "PID_$name=$(cat "$dir/pid")"
+}
