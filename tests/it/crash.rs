@@ -436,19 +436,14 @@ async fn a_lost_answer_to_complete_multipart_upload_is_settled_by_the_object() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_receipt_is_written_for_an_arrival_announced_after_a_crash() {
     let mut g = crashing(false, "upload.after_commit", &[]).await;
-    g.w.run(&[
-        "user",
-        "dir",
-        "add",
+    g.w.dir_add(
         "acme",
         "/inbound",
         "acme/in",
-        "--receipt",
-        "/outbound/{name}.receipt.json",
-    ])
+        &["--receipt", "/outbound/{name}.receipt.json"],
+    )
     .ok();
-    g.w.run(&["user", "dir", "add", "acme", "/outbound", "acme/out"])
-        .ok();
+    g.w.dir_add("acme", "/outbound", "acme/out", &[]).ok();
     let data = random_bytes(50_000);
     g.write_file("late.csv", &data);
     let run = g.acme("put late.csv /inbound/late.csv\n");

@@ -12,27 +12,19 @@ const IN: &str = "acme/in-files";
 const OUT: &str = "outgoing/acme";
 
 fn set_up(g: &Gateway) {
-    g.w.run(&[
-        "user",
-        "dir",
-        "add",
+    g.w.dir_add(
         "acme",
         "/inbound",
         IN,
-        "--permissions",
-        "list,upload,rename",
-    ])
+        &["--permissions", "list,upload,rename"],
+    )
     .ok();
-    g.w.run(&[
-        "user",
-        "dir",
-        "add",
+    g.w.dir_add(
         "acme",
         "/outbound",
         OUT,
-        "--permissions",
-        "list,download,delete",
-    ])
+        &["--permissions", "list,download,delete"],
+    )
     .ok();
 }
 
@@ -61,9 +53,9 @@ async fn a_partner_sees_only_its_folders_each_with_its_own_rules() {
             .as_str()
             .unwrap()
             .ends_with("outgoing/acme/"));
-        g.w.run(&["user", "dir", "add", "acme", "/inbound/x", "elsewhere"])
+        g.w.dir_add("acme", "/inbound/x", "elsewhere", &[])
             .fails_with(&["overlaps"]);
-        g.w.run(&["user", "dir", "add", "acme", "/", "elsewhere"])
+        g.w.dir_add("acme", "/", "elsewhere", &[])
             .fails_with(&["invalid folder path"]);
         g.w.run(&["user", "dir", "rm", "acme", "/nothing"])
             .fails_with(&["no folder /nothing"]);
@@ -208,24 +200,23 @@ async fn ftps_sees_the_same_folders() {
 async fn folder_rules_refuse_names_and_sizes() {
     for local in [false, true] {
         let g = Gateway::start_on(local, false, &[]).await;
-        g.w.run(&[
-            "user",
-            "dir",
-            "add",
+        g.w.dir_add(
             "acme",
             "/inbound",
             IN,
-            "--permissions",
-            "list,upload,rename",
-            "--allow",
-            "*.csv,*.xml",
-            "--deny",
-            "tmp-*",
-            "--max-size",
-            "10MiB",
-        ])
+            &[
+                "--permissions",
+                "list,upload,rename",
+                "--allow",
+                "*.csv,*.xml",
+                "--deny",
+                "tmp-*",
+                "--max-size",
+                "10MiB",
+            ],
+        )
         .ok();
-        g.w.run(&["user", "dir", "add", "acme", "/x", "x", "--allow", "[z-"])
+        g.w.dir_add("acme", "/x", "x", &["--allow", "[z-"])
             .fails_with(&["invalid name pattern"]);
         let shown =
             g.w.run(&["user", "dir", "list", "acme"])
@@ -287,17 +278,16 @@ async fn folder_rules_refuse_names_and_sizes() {
 async fn a_name_that_arrived_is_refused_after_it_was_moved_away() {
     for local in [false, true] {
         let g = Gateway::start_on(local, false, &[]).await;
-        g.w.run(&[
-            "user",
-            "dir",
-            "add",
+        g.w.dir_add(
             "acme",
             "/inbound",
             IN,
-            "--permissions",
-            "list,upload,overwrite,rename",
-            "--no-reuse-names",
-        ])
+            &[
+                "--permissions",
+                "list,upload,overwrite,rename",
+                "--no-reuse-names",
+            ],
+        )
         .ok();
         let data = random_bytes(20_000);
         g.write_file("a.csv", &data);
@@ -349,41 +339,27 @@ async fn a_name_that_arrived_is_refused_after_it_was_moved_away() {
 async fn each_arrival_gets_a_receipt_the_partner_can_fetch() {
     for local in [false, true] {
         let g = Gateway::start_on(local, false, &[]).await;
-        g.w.run(&[
-            "user",
-            "dir",
-            "add",
+        g.w.dir_add(
             "acme",
             "/inbound",
             IN,
-            "--permissions",
-            "list,upload,rename",
-            "--receipt",
-            "/outbound/receipts/{name}.receipt.json",
-        ])
+            &[
+                "--permissions",
+                "list,upload,rename",
+                "--receipt",
+                "/outbound/receipts/{name}.receipt.json",
+            ],
+        )
         .ok();
-        g.w.run(&[
-            "user",
-            "dir",
-            "add",
+        g.w.dir_add(
             "acme",
             "/outbound",
             OUT,
-            "--permissions",
-            "list,download",
-        ])
+            &["--permissions", "list,download"],
+        )
         .ok();
-        g.w.run(&[
-            "user",
-            "dir",
-            "add",
-            "acme",
-            "/x",
-            "x",
-            "--receipt",
-            "/x/receipt.json",
-        ])
-        .fails_with(&["invalid receipt path"]);
+        g.w.dir_add("acme", "/x", "x", &["--receipt", "/x/receipt.json"])
+            .fails_with(&["invalid receipt path"]);
         let (a, b) = (random_bytes(9_000), random_bytes((5 << 20) + 3));
         g.write_file("a.csv", &a);
         g.write_file("b.csv", &b);

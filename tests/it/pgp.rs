@@ -174,43 +174,32 @@ fn set_up(g: &Gateway, k: &Keys) {
     assert!(out.stdout.contains(&k.partner_fpr), "{}", out.stdout);
     g.w.run(&["user", "pgp", "add", "acme", key.to_str().unwrap()])
         .fails_with(&["already has the key"]);
-    g.w.run(&[
-        "user",
-        "dir",
-        "add",
+    g.w.dir_add(
         "acme",
         "/inbound",
         "acme/in",
-        "--permissions",
-        "list,upload,rename",
-        "--decrypt-to",
-        "/plain",
-        "--require-signature",
-    ])
+        &[
+            "--permissions",
+            "list,upload,rename",
+            "--decrypt-to",
+            "/plain",
+            "--require-signature",
+        ],
+    )
     .ok();
-    g.w.run(&[
-        "user",
-        "dir",
-        "add",
+    g.w.dir_add(
         "acme",
         "/loose",
         "acme/loose",
-        "--permissions",
-        "list,upload",
-        "--decrypt-to",
-        "/plain",
-    ])
+        &["--permissions", "list,upload", "--decrypt-to", "/plain"],
+    )
     .ok();
-    g.w.run(&[
-        "user",
-        "dir",
-        "add",
+    g.w.dir_add(
         "acme",
         "/plain",
         "acme/plain",
-        "--permissions",
-        "list,download",
-    ])
+        &["--permissions", "list,download"],
+    )
     .ok();
     let keys = g.w.run(&["pgp", "keys"]);
     keys.ok();

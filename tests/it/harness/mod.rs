@@ -144,6 +144,13 @@ impl Wharf {
         self.run_stdin(args, None)
     }
 
+    /// `wharf user dir add USER VPATH LOCATION [MORE...]`
+    pub fn dir_add(&self, user: &str, vpath: &str, location: &str, more: &[&str]) -> Output {
+        let mut args = vec!["user", "dir", "add", user, vpath, location];
+        args.extend_from_slice(more);
+        self.run(&args)
+    }
+
     pub fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = self.command(args);
         cmd.stdin(Stdio::piped())
