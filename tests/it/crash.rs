@@ -460,3 +460,81 @@ async fn a_receipt_is_written_for_an_arrival_announced_after_a_crash() {
     assert_eq!(r["sha256"], sha(&data));
     assert_eq!(r["event_id"], got[0]["id"]);
 }
+
+/// An intent for `location`, as a session would write it before committing.
+fn intent(id: &str, location: &str) -> wharf::session::Intent {
+    wharf::session::Intent {
+        id: id.into(),
+        kind: wharf::session::IntentKind::Upload,
+        location: location.into(),
+        home: "file:///nowhere/".into(),
+        path: "a.csv".into(),
+        client_path: "/a.csv".into(),
+        from_path: None,
+        from_client_path: None,
+        username: "acme".into(),
+        session_id: "s".into(),
+        protocol: "sftp".into(),
+        client_ip: "127.0.0.1".into(),
+        bytes: 1,
+        sha256: "00".into(),
+        crc64nvme: None,
+        upload_id: None,
+        started_at: chrono::Utc::now(),
+        remember_name: false,
+        receipt: None,
+        decrypt: None,
+    }
+}
+
+/// Intents are written in batches; the lock they are still holds. Of concurrent commits of
+/// one location (in one batch or not) exactly one goes on, the others wait until it is
+/// cleared, and commits of other locations in the same batch are not held up.
+async fn one_writer_per_location(db: wharf::db::Db) {
+    use wharf::session::CommitJournal as _;
+    let outbox = wharf::events::outbox::Outbox::new(db.clone(), vec![]);
+    let journal = wharf::journal::Journal::new(outbox, Duration::from_secs(10));
+    let same: Vec<_> = (0..4)
+        .map(|i| intent(&format!("same-{i}"), "file:///x/a.csv"))
+        .collect();
+    let others: Vec<_> = (0..4)
+        .map(|i| intent(&format!("other-{i}"), &format!("file:///x/o{i}.csv")))
+        .collect();
+    let wait = Duration::from_millis(700);
+    let tries = same.iter().chain(&others).map(|i| {
+        let j = journal.clone();
+        let i = i.clone();
+        tokio::spawn(async move { tokio::time::timeout(wait, j.begin(&i)).await.is_ok() })
+    });
+    let mut took = Vec::new();
+    for t in tries.collect::<Vec<_>>() {
+        took.push(t.await.unwrap());
+    }
+    assert_eq!(took[..4].iter().filter(|t| **t).count(), 1, "{took:?}");
+    assert!(took[4..].iter().all(|t| *t), "{took:?}");
+    // Once the holder's intent is cleared, the next writer gets the location.
+    let holder = took.iter().position(|t| *t).unwrap();
+    journal.cancel(&same[holder]).await;
+    let next = &same[(holder + 1) % 4];
+    tokio::time::timeout(Duration::from_secs(5), journal.begin(next))
+        .await
+        .expect("the location is free again")
+        .unwrap();
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_intents_keep_one_writer_per_location() {
+    let pg = crate::harness::PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        pg.url.clone(),
+        format!("sqlite://{}", dir.path().join("w.db").display()),
+    ] {
+        let cfg = wharf::config::DatabaseConfig {
+            url: secrecy::SecretString::from(url),
+            ..wharf::config::DatabaseConfig::default()
+        };
+        one_writer_per_location(wharf::db::Db::open(&cfg).await.expect("open database")).await;
+    }
+}
