@@ -140,7 +140,12 @@ impl App {
             );
             Some((listener, Arc::new(endpoint)))
         };
-        let observer = OutboxObserver::new(outbox, source, config.security.temp_suffixes.clone());
+        let observer = OutboxObserver::new(
+            outbox,
+            source,
+            config.security.temp_suffixes.clone(),
+            journal.instance().to_string(),
+        );
         let reconciler = Reconciler {
             journal: journal.clone(),
             storage: storage.clone(),
@@ -160,6 +165,7 @@ impl App {
             journal: Arc::new(journal.clone()),
             setstat: config.security.setstat,
             pgp_suffixes: config.pgp.suffixes.clone(),
+            settle_wait: config.recovery.settle_wait.0,
         });
         let gate = Gate::new(
             ConnectionLimits::new(config.sftp.max_sessions, config.sftp.max_sessions_per_ip),
@@ -328,11 +334,15 @@ impl App {
             tracing::error!("some aborted uploads could not be cleaned up in time");
         }
         // Undelivered events stay in the outbox for the next start (or another instance).
+        // Deliveries in flight (a decryption) finish first while this instance still beats,
+        // so no other instance takes them over and aborts them; only then does it leave the
+        // instance list.
+        stop_events.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), events).await;
         stop_journal.cancel();
         let _ = reconciler.await;
         let _ = heartbeat.await;
-        stop_events.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), events).await;
+        self.journal.leave().await;
         stop_ops.cancel();
         self.db.close().await;
         Ok(())

@@ -88,6 +88,10 @@ pub struct RecoveryConfig {
     pub orphan_grace: HumanDuration,
     /// A temp-name upload never renamed is forgotten after this.
     pub staged_ttl: HumanDuration,
+    /// How long a client's close (or rename) waits for an answer that was not definite (a
+    /// database or storage outage, a lost reply) to be settled before it is told that the
+    /// outcome could not be confirmed.
+    pub settle_wait: HumanDuration,
 }
 
 impl Default for RecoveryConfig {
@@ -97,6 +101,7 @@ impl Default for RecoveryConfig {
             interval: HumanDuration(Duration::from_secs(30)),
             orphan_grace: HumanDuration(Duration::from_secs(3600)),
             staged_ttl: HumanDuration(Duration::from_secs(7 * 86400)),
+            settle_wait: HumanDuration(Duration::from_secs(60)),
         }
     }
 }

@@ -122,7 +122,13 @@ impl Db {
     /// outcomes, which at worst make an event be delivered again (at-least-once). Events
     /// themselves are always recorded through the durable pool.
     pub fn bookkeeping(&self) -> Db {
-        const CONNECTIONS: u32 = 4;
+        self.unflushed(4)
+    }
+
+    /// A pool of its own, of `connections`, whose commits are not flushed one by one (see
+    /// `bookkeeping`): for work that must not wait behind other work for a connection (an
+    /// instance's heartbeat).
+    pub fn unflushed(&self, connections: u32) -> Db {
         match self {
             Db::Sqlite(p) => {
                 let opts = (*p.connect_options())
@@ -131,7 +137,7 @@ impl Db {
                 let options = p.options();
                 Db::Sqlite(
                     SqlitePoolOptions::new()
-                        .max_connections(CONNECTIONS)
+                        .max_connections(connections)
                         .acquire_timeout(options.get_acquire_timeout())
                         .connect_lazy_with(opts),
                 )
@@ -143,7 +149,7 @@ impl Db {
                 let options = p.options();
                 Db::Postgres(
                     PgPoolOptions::new()
-                        .max_connections(CONNECTIONS)
+                        .max_connections(connections)
                         .acquire_timeout(options.get_acquire_timeout())
                         .connect_lazy_with(opts),
                 )

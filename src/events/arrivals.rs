@@ -1,41 +1,44 @@
 //! Turns the ends of uploads into outbox events: completed and failed uploads, temp-name
-//! uploads (`*.filepart`, …) that arrive only when renamed to their final name. Each
-//! arrival is recorded in the transaction that clears its commit intent.
+//! uploads (`*.filepart`, …) that arrive only when renamed to their final name, and final
+//! names renamed onto others. Each arrival is recorded in the transaction that clears its
+//! commit intent, and only while this instance holds that intent (the fence).
 
 use async_trait::async_trait;
 
-use super::outbox::OutboxError;
+use super::outbox::{IntentRef, OutboxError};
 use super::outbox::{Outbox, Staged};
-use super::{Arrival, Event};
+use super::{Arrival, Event, COMPLETED, RENAMED};
 use crate::session::{
     Intent, RecordError, SessionInfo, StagedFacts, UploadObserver, UploadOutcome, UploadRecord,
 };
+use crate::storage::Location;
 
 fn unavailable(e: OutboxError) -> RecordError {
     RecordError::Unavailable(e.to_string())
 }
-use crate::storage::Location;
 
 #[derive(Clone)]
 pub struct OutboxObserver {
     outbox: Outbox,
     source: String,
     temp_suffixes: Vec<String>,
+    /// This instance (`journal/`): the holder an intent must have for a record made under it.
+    instance: String,
 }
 
 impl OutboxObserver {
-    pub fn new(outbox: Outbox, source: String, temp_suffixes: Vec<String>) -> Self {
+    pub fn new(
+        outbox: Outbox,
+        source: String,
+        temp_suffixes: Vec<String>,
+        instance: String,
+    ) -> Self {
         OutboxObserver {
             outbox,
             source,
             temp_suffixes,
+            instance,
         }
-    }
-
-    pub fn is_temp(&self, path: &str) -> bool {
-        self.temp_suffixes
-            .iter()
-            .any(|s| !s.is_empty() && path.ends_with(s.as_str()))
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -46,17 +49,33 @@ impl OutboxObserver {
         &self.source
     }
 
-    /// The completed event of a file that arrived with `facts` at `location`.
+    /// `intent` as the outbox fences on it: held by this instance.
+    pub fn fence(&self, intent: &Intent) -> IntentRef {
+        IntentRef {
+            location: intent.location.clone(),
+            id: intent.id.clone(),
+            owner: self.instance.clone(),
+            extras: intent.extras(),
+        }
+    }
+
+    /// The event of a file that arrived with `facts` at `location` (a completed upload, or
+    /// with `from`, a final name renamed onto another).
+    #[allow(clippy::too_many_arguments)]
     fn arrival_event(
         &self,
+        id: &str,
         session: &SessionInfo,
         path: &str,
         location: &Location,
         facts: &StagedFacts,
         etag: Option<&str>,
+        from: Option<(&str, &Location)>,
     ) -> Event {
-        Event::build(
+        Event::build_with(
             &self.source,
+            if from.is_some() { RENAMED } else { COMPLETED },
+            id,
             &Arrival {
                 session,
                 path,
@@ -68,11 +87,15 @@ impl OutboxObserver {
                 finished_at: crate::identity::now(),
                 failure: None,
             },
+            from,
         )
     }
 
     /// Records a completed upload: its arrival event, or (under a temp name) the facts its
-    /// rename will need; `intent` is cleared in the same transaction.
+    /// rename will need; `intent` is cleared in the same transaction, and `settled` marks a
+    /// reconciler's settlement of an intent it took over. Whether it was recorded (false: the
+    /// intent was not this instance's).
+    #[allow(clippy::too_many_arguments)]
     pub async fn arrived(
         &self,
         session: &SessionInfo,
@@ -80,9 +103,10 @@ impl OutboxObserver {
         location: &Location,
         facts: &StagedFacts,
         etag: Option<&str>,
-        intent: Option<&Intent>,
-    ) -> Result<(), RecordError> {
-        let intent = intent.map(Intent::key);
+        intent: &Intent,
+        settled: Option<&'static str>,
+    ) -> Result<bool, RecordError> {
+        let fence = self.fence(intent);
         if self.is_temp(client_path) {
             // No arrival yet: remember the content for the rename that completes it.
             return self
@@ -93,16 +117,70 @@ impl OutboxObserver {
                         etag: etag.map(String::from),
                         ..facts.clone()
                     },
-                    intent.map(|(l, i, _)| (l, i)),
+                    Some(&fence),
                 )
                 .await
                 .map_err(unavailable);
         }
-        let event = self.arrival_event(session, client_path, location, facts, etag);
-        self.outbox
-            .record(&event, None, intent)
-            .await
-            .map_err(unavailable)
+        let event = self.arrival_event(
+            &intent.event_id,
+            session,
+            client_path,
+            location,
+            facts,
+            etag,
+            None,
+        );
+        match settled {
+            Some(outcome) => {
+                self.outbox
+                    .settle(Some(&event), None, &fence, outcome)
+                    .await
+            }
+            None => self.outbox.record(&event, None, Some(&fence)).await,
+        }
+        .map_err(unavailable)
+    }
+
+    /// Records a rename onto a final name under `intent` (see `renamed`), or a reconciler's
+    /// settlement of one (`settled`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn arrived_by_rename(
+        &self,
+        session: &SessionInfo,
+        from: (&str, &Location),
+        to: (&str, &Location),
+        facts: &StagedFacts,
+        etag: Option<&str>,
+        intent: &Intent,
+        settled: Option<&'static str>,
+    ) -> Result<bool, RecordError> {
+        // A temp-name upload reaching its final name is its arrival; a final name renamed
+        // onto another is a rename, which says where the file came from.
+        let renamed_from = (!self.is_temp(from.0)).then_some(from);
+        let event = self.arrival_event(
+            &intent.event_id,
+            session,
+            to.0,
+            to.1,
+            facts,
+            etag,
+            renamed_from,
+        );
+        let fence = self.fence(intent);
+        match settled {
+            Some(outcome) => {
+                self.outbox
+                    .settle(Some(&event), Some(&from.1.uri), &fence, outcome)
+                    .await
+            }
+            None => {
+                self.outbox
+                    .record(&event, Some(&from.1.uri), Some(&fence))
+                    .await
+            }
+        }
+        .map_err(unavailable)
     }
 }
 
@@ -112,9 +190,9 @@ impl UploadObserver for OutboxObserver {
         &self,
         r: &UploadRecord,
         intent: Option<&Intent>,
-    ) -> Result<(), RecordError> {
+    ) -> Result<bool, RecordError> {
         let UploadOutcome::Completed(stored) = &r.outcome else {
-            return Ok(());
+            return Ok(true);
         };
         let facts = StagedFacts {
             bytes: stored.bytes,
@@ -122,34 +200,47 @@ impl UploadObserver for OutboxObserver {
             etag: stored.etag.clone(),
             started_at: r.started_at,
         };
-        if self.is_temp(&r.path) {
-            return self
-                .arrived(
+        match intent {
+            Some(i) => {
+                self.arrived(
                     &r.session,
                     &r.path,
                     &stored.location,
                     &facts,
                     stored.etag.as_deref(),
-                    intent,
+                    i,
+                    None,
                 )
-                .await;
-        }
-        let event = Event::from_record(&self.source, r);
-        self.outbox
-            .record(&event, None, intent.map(Intent::key))
-            .await
-            .map_err(unavailable)
-    }
-
-    async fn failed(&self, r: &UploadRecord) {
-        let event = Event::from_record(&self.source, r);
-        if let Err(e) = self.outbox.record(&event, None, None).await {
-            tracing::error!(path = %r.path, error = %e, "could not record a failed upload event");
+                .await
+            }
+            None => {
+                let event = Event::from_record(&self.source, r);
+                self.outbox
+                    .record(&event, None, None)
+                    .await
+                    .map_err(unavailable)
+            }
         }
     }
 
-    fn is_arrival(&self, from: &str, to: &str) -> bool {
-        self.is_temp(from) && !self.is_temp(to)
+    async fn failed(&self, r: &UploadRecord, intent: Option<&Intent>) {
+        let event = Event::from_record(&self.source, r);
+        let fence = intent.map(|i| self.fence(i));
+        match self.outbox.record(&event, None, fence.as_ref()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(path = %r.path, "the failed upload's commit was taken over by another server, which announces it")
+            }
+            Err(e) => {
+                tracing::error!(path = %r.path, error = %e, "could not record a failed upload event")
+            }
+        }
+    }
+
+    fn is_temp(&self, path: &str) -> bool {
+        self.temp_suffixes
+            .iter()
+            .any(|s| !s.is_empty() && path.ends_with(s.as_str()))
     }
 
     async fn arrived_before(&self, location: &Location) -> Result<bool, RecordError> {
@@ -171,6 +262,13 @@ impl UploadObserver for OutboxObserver {
         self.outbox.staged(&location.uri).await.map_err(unavailable)
     }
 
+    async fn last_arrival(&self, location: &Location) -> Result<Option<StagedFacts>, RecordError> {
+        self.outbox
+            .last_arrival(&location.uri)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn renamed(
         &self,
         session: &SessionInfo,
@@ -179,42 +277,44 @@ impl UploadObserver for OutboxObserver {
         etag: Option<&str>,
         facts: Option<&StagedFacts>,
         intent: Option<&Intent>,
-    ) -> Result<(), RecordError> {
-        let intent_key = intent.map(Intent::key);
+    ) -> Result<bool, RecordError> {
+        if let (Some(facts), Some(intent)) = (facts, intent) {
+            return self
+                .arrived_by_rename(session, from, to, facts, etag, intent, None)
+                .await;
+        }
         match (self.is_temp(from.0), self.is_temp(to.0)) {
-            (true, false) => {
-                let Some(facts) = facts else {
-                    return Err(RecordError::UnknownFacts);
-                };
-                // The object now at the final key (an S3 copy has its own ETag).
-                let event = self.arrival_event(session, to.0, to.1, facts, etag);
-                self.outbox
-                    .record(&event, Some(&from.1.uri), intent_key)
-                    .await
-                    .map_err(unavailable)
-            }
             (true, true) => self
                 .outbox
                 .restage(&from.1.uri, &to.1.uri)
                 .await
+                .map(|()| true)
                 .map_err(unavailable),
             // A file that already arrived, renamed to a temp name: remember what it holds, so
-            // renaming it back announces exactly that.
-            (false, true) => {
-                if let Ok(Some(f)) = self.outbox.last_arrival(&from.1.uri).await {
-                    let staged = Staged {
-                        etag: etag.map(String::from),
-                        ..f
-                    };
-                    self.outbox
-                        .stage(&to.1.uri, &staged, None)
-                        .await
-                        .map_err(unavailable)?;
-                }
-                Ok(())
-            }
-            // Renaming an arrived file to another final name is not an arrival.
-            (false, false) => Ok(()),
+            // renaming it back announces exactly that; nothing known, nothing kept (what an
+            // earlier file of that temp name left is not this one's).
+            (false, true) => match self.outbox.last_arrival(&from.1.uri).await {
+                Ok(Some(f)) => self
+                    .outbox
+                    .stage(
+                        &to.1.uri,
+                        &Staged {
+                            etag: etag.map(String::from),
+                            ..f
+                        },
+                        None,
+                    )
+                    .await
+                    .map_err(unavailable),
+                _ => self
+                    .outbox
+                    .unstage(&to.1.uri)
+                    .await
+                    .map(|()| true)
+                    .map_err(unavailable),
+            },
+            // Onto a final name without facts: not an arrival (a directory).
+            _ => Ok(true),
         }
     }
 

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 
@@ -143,10 +142,8 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
         let room = ACCOUNTS - inflight.len() as i64;
         let mut wait = POLL;
         if room > 0 && !stop.is_cancelled() {
-            let now = Utc::now();
-            let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
             last_claim = tokio::time::Instant::now();
-            match outbox.claim(&name, now, lease_until, room, RUN).await {
+            match outbox.claim(&name, lease, room, RUN).await {
                 Ok(batch) => {
                     // Each account's events one after another, in commit order.
                     let mut runs: Vec<Vec<Claimed>> = Vec::new();
@@ -165,8 +162,8 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
                         inflight.spawn(async move { deliver_run(&outbox, &w, run, lease).await });
                     }
                     if inflight.is_empty() {
-                        if let Ok(Some(t)) = outbox.next_due(&name).await {
-                            wait = (t - Utc::now()).to_std().unwrap_or_default().min(POLL);
+                        if let Ok(Some(due_in)) = outbox.next_due(&name).await {
+                            wait = due_in.min(POLL);
                         }
                     }
                 }
@@ -286,17 +283,19 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
     }
 }
 
-/// Extends a claim to twice `hold` from now: the new end, or `None` when the claim is no
-/// longer this worker's (its lease ran out and another instance took the account).
+/// Extends a claim to twice `hold` from now (by the database's clock): the new end by this
+/// host's monotonic clock (counted from before the request, so never later than the
+/// database's), or `None` when the claim is no longer this worker's (its lease ran out and
+/// another instance took the account).
 async fn renew(
     outbox: &Outbox,
     sink: &str,
     lease: &str,
     hold: Duration,
 ) -> Result<Option<tokio::time::Instant>, super::outbox::OutboxError> {
-    let until = Utc::now() + chrono::Duration::from_std(hold * 2).unwrap_or_default();
-    let held = outbox.extend(sink, lease, until).await?;
-    Ok(held.then(|| tokio::time::Instant::now() + hold * 2))
+    let sent = tokio::time::Instant::now();
+    let held = outbox.extend(sink, lease, hold * 2).await?;
+    Ok(held.then(|| sent + hold * 2))
 }
 
 /// Records deliveries up to `last`; false when the claim was no longer this worker's.
@@ -354,16 +353,14 @@ async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: &Claimed) -> Attempt {
                 } => (message.clone(), *retry_after),
                 DeliveryError::Permanent(m) => (m.clone(), Some(BACKOFF_MAX)),
             };
-            let age = (Utc::now() - c.event.time).to_std().unwrap_or_default();
-            let dead = w.max_age.is_some_and(|max| age > max);
+            let dead = w.max_age.is_some_and(|max| c.age > max);
             // A sink's hint is capped: one answer must not hold an account's events for ever.
             let delay = backoff(c.attempts).max(hint.unwrap_or_default().min(BACKOFF_MAX));
             let outcome = if dead { "dead" } else { "retry" };
             tracing::warn!(activity = "EVENT_DELIVERY", event_id = %c.event.id, sink = name, outcome, attempt, error = %message, retry_in_ms = delay.as_millis() as u64);
             metrics().delivery(name, outcome).inc();
-            let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             match outbox
-                .failed(c.seq, name, &c.lease, &message, next, dead)
+                .failed(c.seq, name, &c.lease, &message, delay, dead)
                 .await
             {
                 Ok(true) => {}

@@ -23,6 +23,15 @@ pub const DOWNLOAD_FAILED: &str = "wharf.download.failed";
 pub const DELETED: &str = "wharf.file.deleted";
 pub const DECRYPT_COMPLETED: &str = "wharf.decrypt.completed";
 pub const DECRYPT_FAILED: &str = "wharf.decrypt.failed";
+/// A file renamed from one final name onto another: the target now holds the bytes the
+/// event describes, and the source name is gone.
+pub const RENAMED: &str = "wharf.file.renamed";
+
+/// Whether an event of type `kind` says what a location now holds (its arrival's facts are
+/// looked up by location, and its intent's extras apply).
+pub fn announces(kind: &str) -> bool {
+    kind == COMPLETED || kind == RENAMED
+}
 
 /// The outcome of an arrival's decryption (`pgp/`).
 pub struct Decryption<'a> {
@@ -50,6 +59,8 @@ pub struct Event {
     pub subject: String,
     pub time: DateTime<Utc>,
     pub body: String,
+    /// The location (URI) an arrival is about, for events that say what a location holds.
+    pub location: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -95,8 +106,19 @@ impl Event {
 
     /// An event of type `kind` with the data of `a`.
     pub fn build_as(source: &str, kind: &str, a: &Arrival<'_>) -> Event {
-        let id = uuid::Uuid::now_v7().to_string();
-        let data = json!({
+        Event::build_with(source, kind, &uuid::Uuid::now_v7().to_string(), a, None)
+    }
+
+    /// An event of type `kind` and id `id` with the data of `a` (and, for a rename, where the
+    /// file came from: its client path and location).
+    pub fn build_with(
+        source: &str,
+        kind: &str,
+        id: &str,
+        a: &Arrival<'_>,
+        from: Option<(&str, &Location)>,
+    ) -> Event {
+        let mut data = json!({
             "username": a.session.username,
             "protocol": a.session.protocol.name(),
             "session_id": a.session.id,
@@ -113,9 +135,14 @@ impl Event {
             "failure_code": a.failure.map(|f| f.0),
             "failure_message": a.failure.map(|f| f.1),
         });
+        if let Some((path, loc)) = from {
+            data["from_path"] = json!(path);
+            data["from_location"] = json!(loc.uri);
+            data["from_key"] = json!(loc.key);
+        }
         let ce = CloudEvent {
             specversion: "1.0",
-            id: &id,
+            id,
             source,
             kind,
             subject: a.path,
@@ -125,12 +152,13 @@ impl Event {
         };
         let body = serde_json::to_string(&ce).expect("event serialises");
         Event {
-            id,
+            id: id.to_string(),
             kind: kind.into(),
             username: a.session.username.clone(),
             subject: a.path.into(),
             time: a.finished_at,
             body,
+            location: announces(kind).then(|| a.location.uri.clone()),
         }
     }
 
@@ -183,6 +211,7 @@ impl Event {
             subject: subject.into(),
             time: d.finished_at,
             body: serde_json::to_string(&ce).expect("event serialises"),
+            location: None,
         }
     }
 
@@ -204,9 +233,10 @@ impl Event {
                 sha256,
                 etag,
                 location,
-            }) => Event::build_as(
+            }) => Event::build_with(
                 source,
                 kinds.0,
+                &r.event_id,
                 &Arrival {
                     session: &r.session,
                     path: &r.path,
@@ -218,15 +248,17 @@ impl Event {
                     finished_at: r.finished_at,
                     failure: None,
                 },
+                None,
             ),
             UploadOutcome::Failed {
                 location,
                 bytes,
                 code,
                 message,
-            } => Event::build_as(
+            } => Event::build_with(
                 source,
                 kinds.1,
+                &r.event_id,
                 &Arrival {
                     session: &r.session,
                     path: &r.path,
@@ -238,6 +270,7 @@ impl Event {
                     finished_at: r.finished_at,
                     failure: Some((code, message)),
                 },
+                None,
             ),
         }
     }

@@ -31,16 +31,37 @@ pub enum OutboxError {
     Closed,
 }
 
+/// The commit intent an event settles (`journal/`): the event is recorded only in the
+/// transaction that deletes this intent *as held by `owner`*, so an instance whose work was
+/// taken over (its heartbeat lapsed: a paused VM, a partition) records nothing.
+#[derive(Debug, Clone)]
+pub struct IntentRef {
+    pub location: String,
+    pub id: String,
+    /// The instance that must hold the intent.
+    pub owner: String,
+    /// Whether the intent asks for more than its clearing (a name to remember, a receipt,
+    /// a decryption).
+    pub extras: bool,
+}
+
+/// How a commit intent taken over by a reconciler was settled (`intent_outcomes`).
+pub const ANNOUNCED: &str = "announced";
+pub const NOT_COMMITTED: &str = "not_committed";
+
 /// An event to record, with what its transaction also settles.
 #[derive(Clone)]
 struct Record {
     event: Event,
     staged_remove: Option<String>,
-    /// The commit intent this event settles, and whether it asks for more than clearing.
-    intent: Option<(String, String, bool)>,
+    /// The commit intent this event settles.
+    intent: Option<IntentRef>,
     /// The decryption job (its arrival's event id) this event is the outcome of: deleted in
     /// the same transaction, and the event recorded only if the job was still there.
     settles_job: Option<String>,
+    /// A reconciler's settlement of a taken-over intent: how it was settled, kept for the
+    /// intent's first owner.
+    outcome: Option<&'static str>,
 }
 
 impl Record {
@@ -48,10 +69,11 @@ impl Record {
     fn plain(&self) -> bool {
         self.staged_remove.is_none()
             && self.settles_job.is_none()
+            && self.outcome.is_none()
             && !self
                 .intent
                 .as_ref()
-                .is_some_and(|(_, _, extras)| *extras && self.event.kind == super::COMPLETED)
+                .is_some_and(|i| i.extras && super::announces(&self.event.kind))
     }
 }
 
@@ -71,7 +93,7 @@ pub(crate) async fn next_batch<T>(
     Some(batch)
 }
 
-type Queued = (Record, tokio::sync::oneshot::Sender<Result<()>>);
+type Queued = (Record, tokio::sync::oneshot::Sender<Result<bool>>);
 
 /// Records at most this many events in one transaction.
 const GROUP: usize = 256;
@@ -83,9 +105,9 @@ async fn commit_loop(outbox: Outbox, mut rx: mpsc::UnboundedReceiver<Queued>) {
     while let Some(mut group) = next_batch(&mut rx, GROUP).await {
         let records: Vec<Record> = group.iter().map(|(r, _)| r.clone()).collect();
         match outbox.commit_records(&records).await {
-            Ok(()) => {
-                for (_, reply) in group {
-                    let _ = reply.send(Ok(()));
+            Ok(done) => {
+                for ((_, reply), recorded) in group.into_iter().zip(done) {
+                    let _ = reply.send(Ok(recorded));
                 }
             }
             Err(e) if group.len() == 1 => {
@@ -93,9 +115,13 @@ async fn commit_loop(outbox: Outbox, mut rx: mpsc::UnboundedReceiver<Queued>) {
                     let _ = reply.send(Err(e));
                 }
             }
+            // One at a time, so one bad record fails alone. A group whose COMMIT went
+            // through but whose answer was lost is harmless to retry: an event already there
+            // is not recorded twice, and an intent already cleared records nothing.
             Err(_) => {
                 for (r, reply) in group {
-                    let _ = reply.send(outbox.commit_records(std::slice::from_ref(&r)).await);
+                    let res = outbox.commit_records(std::slice::from_ref(&r)).await;
+                    let _ = reply.send(res.map(|done| done.first().copied().unwrap_or(false)));
                 }
             }
         }
@@ -118,6 +144,8 @@ pub struct Claimed {
     pub seq: i64,
     pub event: Event,
     pub attempts: i32,
+    /// How old the event is, by the database's clock.
+    pub age: std::time::Duration,
     /// The claim this delivery belongs to.
     pub lease: String,
 }
@@ -141,16 +169,20 @@ pub struct DeliveryState {
 /// A temp-name upload waiting for the rename that makes it arrive.
 pub type Staged = crate::session::StagedFacts;
 
-/// Deletes a commit intent (`journal/`) in the transaction that records its outcome, so the
-/// event and the end of the intent are one step: `(location, intent id)`.
-const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND id = $2";
-/// Before clearing the intent of an arrival: remember its location when its folder accepts a
-/// name only once.
+/// The database's clock (`wharf_clock`, microseconds): every time one instance compares with
+/// another's is read from it, never from a host's clock.
+pub const NOW: &str = "(SELECT now_us FROM wharf_clock)";
+/// The database's time now, in microseconds.
+pub const NOW_QUERY: &str = "SELECT now_us FROM wharf_clock";
+
+/// Deletes a commit intent (`journal/`) held by its owner in the transaction that records
+/// its outcome, returning what the intent asked for besides: `(location, id, owner)`.
+const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND id = $2 AND instance = $3 RETURNING remember_name, receipt, decrypt";
 /// The built-in sink that writes receipts; it gets a delivery only for arrivals whose intent
 /// names a receipt.
 pub const RECEIPTS: &str = "receipts";
-const RECEIPT_TARGET: &str = "INSERT INTO receipts (event_id, target) SELECT $3, receipt FROM commit_intents WHERE location = $1 AND id = $2 AND receipt IS NOT NULL ON CONFLICT (event_id) DO NOTHING";
-const RECEIPT_DELIVERY: &str = "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT $3, 'receipts', $4, $5 FROM commit_intents WHERE location = $1 AND id = $2 AND receipt IS NOT NULL";
+const RECEIPT_TARGET: &str =
+    "INSERT INTO receipts (event_id, target) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
 /// The NOTIFY payload of a transaction that may have queued work for a built-in sink.
 pub const BUILTIN_WORK: &str = "builtin";
 /// Whether `sink` is built in (its deliveries come only from arrivals that ask for them).
@@ -161,9 +193,12 @@ pub fn is_builtin(sink: &str) -> bool {
 /// The built-in sink that decrypts PGP arrivals (`pgp/`); it gets a delivery only for
 /// arrivals whose intent names a decryption.
 pub const DECRYPT: &str = "decrypt";
-const DECRYPT_JOB: &str = "INSERT INTO decrypt_jobs (event_id, job) SELECT $3, decrypt FROM commit_intents WHERE location = $1 AND id = $2 AND decrypt IS NOT NULL ON CONFLICT (event_id) DO NOTHING";
-const DECRYPT_DELIVERY: &str = "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT $3, 'decrypt', $4, $5 FROM commit_intents WHERE location = $1 AND id = $2 AND decrypt IS NOT NULL";
-const REMEMBER_NAME: &str = "INSERT INTO arrived_names (location, arrived_us) SELECT location, $3 FROM commit_intents WHERE location = $1 AND id = $2 AND remember_name ON CONFLICT (location) DO NOTHING";
+const DECRYPT_JOB: &str =
+    "INSERT INTO decrypt_jobs (event_id, job) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
+/// A delivery of event `$1` to built-in sink `$2`.
+const BUILTIN_DELIVERY: &str = "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) VALUES ($1, $2, $3, (SELECT now_us FROM wharf_clock)) ON CONFLICT (event_seq, sink) DO NOTHING";
+const REMEMBER_NAME: &str = "INSERT INTO arrived_names (location, arrived_us) VALUES ($1, (SELECT now_us FROM wharf_clock)) ON CONFLICT (location) DO NOTHING";
+const SETTLED: &str = "INSERT INTO intent_outcomes (intent_id, outcome, created_us) VALUES ($1, $2, (SELECT now_us FROM wharf_clock)) ON CONFLICT (intent_id) DO NOTHING";
 
 /// An `events` row; both databases decode it the same way.
 #[derive(sqlx::FromRow)]
@@ -176,6 +211,7 @@ struct EventRow {
     subject: String,
     created_us: i64,
     body: String,
+    location: Option<String>,
 }
 
 impl EventRow {
@@ -189,6 +225,7 @@ impl EventRow {
                 subject: self.subject,
                 time: from_micros(self.created_us),
                 body: self.body,
+                location: self.location,
             },
         )
     }
@@ -199,24 +236,30 @@ struct ClaimedRow {
     #[sqlx(flatten)]
     event: EventRow,
     attempts: i32,
+    age_us: i64,
 }
 
 /// `sink, state, attempts, last_error, delivered_us`
 type DeliveryRow = (String, String, i32, Option<String>, Option<i64>);
 
-const INSERT_EVENT: &str = "INSERT INTO events (id, type, username, subject, created_us, body) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
+/// An event, unless one with its id is there already (a retry after a lost answer).
+const INSERT_EVENT: &str = "INSERT INTO events (id, type, username, subject, created_us, body, location) VALUES ($1, $2, $3, $4, (SELECT now_us FROM wharf_clock), $5, $6) ON CONFLICT (id) DO NOTHING RETURNING seq";
 const INSERT_DELIVERY: &str =
-    "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) VALUES ($1, $2, $3, $4)";
+    "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) VALUES ($1, $2, $3, (SELECT now_us FROM wharf_clock))";
 /// `commit_plain`: a group of events (arrays in commit order, each with the intent it clears,
-/// `''` for none), a delivery of each to every sink (`$10`), and the NOTIFY that wakes other
-/// instances, in one statement (so one implicit transaction). Data-modifying `WITH` parts
-/// always run to completion; the sequence numbers follow the arrays' order, which keeps
-/// commit order per account.
-const RECORD_PLAIN: &str = "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY AS t(id, type, username, subject, created_us, body, loc, intent_id, ord)), \
-ev AS (INSERT INTO events (id, type, username, subject, created_us, body) SELECT id, type, username, subject, created_us, body FROM input ORDER BY ord RETURNING seq, username), \
-deliveries AS (INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT ev.seq, s.sink, ev.username, $9 FROM ev CROSS JOIN unnest($10::text[]) AS s(sink)), \
-cleared AS (DELETE FROM commit_intents ci USING input WHERE input.loc <> '' AND ci.location = input.loc AND ci.id = input.intent_id) \
-SELECT pg_notify('wharf_events', '')";
+/// `''` for none), a delivery of each to every sink (`$9`), and the NOTIFY that wakes other
+/// instances, in one statement (so one implicit transaction). An event with an intent is
+/// recorded only if its intent, held by this instance (`$10`), was deleted here (fencing); an
+/// event whose id is there already is not recorded again (a retry after a lost answer).
+/// Data-modifying `WITH` parts always run to completion; the sequence numbers follow the
+/// arrays' order, which keeps commit order per account. Returns, per input in order, whether
+/// it was recorded (or already was, for one without an intent).
+const RECORD_PLAIN: &str = "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY AS t(id, type, username, subject, body, location, loc, intent_id, ord)), \
+clock AS (SELECT now_us FROM wharf_clock), \
+cleared AS (DELETE FROM commit_intents ci USING input WHERE input.loc <> '' AND ci.location = input.loc AND ci.id = input.intent_id AND ci.instance = $10 RETURNING input.ord), \
+ev AS (INSERT INTO events (id, type, username, subject, created_us, body, location) SELECT i.id, i.type, i.username, i.subject, (SELECT now_us FROM clock), i.body, NULLIF(i.location, '') FROM input i WHERE i.loc = '' OR i.ord IN (SELECT ord FROM cleared) ORDER BY i.ord ON CONFLICT (id) DO NOTHING RETURNING seq, username), \
+deliveries AS (INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT ev.seq, s.sink, ev.username, (SELECT now_us FROM clock) FROM ev CROSS JOIN unnest($9::text[]) AS s(sink)) \
+SELECT (i.loc = '' OR i.ord IN (SELECT ord FROM cleared)) AS recorded FROM input i CROSS JOIN (SELECT pg_notify('wharf_events', '')) n ORDER BY i.ord";
 /// The due, unclaimed heads (each account's oldest pending delivery) on SQLite, found one
 /// account at a time through the queue index, so a claim costs the number of accounts with
 /// pending deliveries, not the backlog.
@@ -224,30 +267,34 @@ const CLAIM_HEAD: &str = "WITH RECURSIVE accounts(username) AS (SELECT MIN(a0.us
 UNION ALL SELECT (SELECT MIN(x.username) FROM event_deliveries x WHERE x.sink = $1 AND x.state = 'pending' AND x.username > a.username) FROM accounts a WHERE a.username IS NOT NULL) \
 SELECT d.event_seq, d.username FROM accounts a JOIN event_deliveries d ON d.sink = $1 AND d.event_seq = (SELECT MIN(y.event_seq) FROM event_deliveries y WHERE y.sink = $1 AND y.state = 'pending' AND y.username = a.username) \
 WHERE a.username IS NOT NULL AND d.state = 'pending' AND d.next_at_us <= $2 AND d.lease_until_us <= $2 ORDER BY d.event_seq LIMIT $3";
-/// An account's pending deliveries in commit order (the head and what follows it).
-const CLAIM_RUN: &str = "UPDATE event_deliveries SET lease_owner = $4, lease_until_us = $5 WHERE sink = $1 AND state = 'pending' AND event_seq IN (SELECT event_seq FROM event_deliveries WHERE sink = $1 AND username = $2 AND state = 'pending' ORDER BY event_seq LIMIT $3)";
-const CLAIMED: &str = "SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, d.attempts FROM event_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.sink = $1 AND d.state = 'pending' AND d.lease_owner = $2 ORDER BY e.seq";
+/// An account's pending deliveries in commit order (the head and what follows it), those no
+/// other claim holds.
+const CLAIM_RUN: &str = "UPDATE event_deliveries SET lease_owner = $4, lease_until_us = $5 WHERE sink = $1 AND state = 'pending' AND lease_until_us <= $6 AND event_seq IN (SELECT event_seq FROM event_deliveries WHERE sink = $1 AND username = $2 AND state = 'pending' ORDER BY event_seq LIMIT $3)";
+const CLAIMED: &str = "SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, e.location, d.attempts, $3 - e.created_us AS age_us FROM event_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.sink = $1 AND d.state = 'pending' AND d.lease_owner = $2 ORDER BY e.seq";
 
 /// `claim` on Postgres in one statement, its cost bounded by the accounts with pending
 /// deliveries and what it claims, never by the whole backlog or history:
+/// - `clock`: the database's time, the only one leases are judged by;
 /// - `accounts`: each account with a pending delivery, found by skipping through the queue
 ///   index one account at a time (a loose index scan);
 /// - `firsts`: each such account's oldest pending delivery, its head;
 /// - `heads`: the heads that are due and unclaimed, locked, skipping those another instance is
 ///   claiming right now (a head delivered or claimed meanwhile fails the re-check);
-/// - `runs`: each head's account's first `$4` pending deliveries;
-/// - the lease on them, and their events in commit order.
+/// - `runs`: each head's account's first `$3` pending deliveries;
+/// - the lease on those of them no other claim holds (a replayed older event may become an
+///   account's head while a later run of it is leased), and their events in commit order.
 ///
-/// Public only so a test can check its plan.
+/// Parameters: sink, accounts, run, lease token, lease length (µs). Public only so a test can
+/// check its plan.
 #[doc(hidden)]
-pub const CLAIM_PG: &str = "WITH RECURSIVE accounts(username) AS (\
+pub const CLAIM_PG: &str = "WITH RECURSIVE clock AS (SELECT now_us FROM wharf_clock), accounts(username) AS (\
 (SELECT a0.username FROM event_deliveries a0 WHERE a0.sink = $1 AND a0.state = 'pending' ORDER BY a0.username LIMIT 1) \
 UNION ALL SELECT (SELECT x.username FROM event_deliveries x WHERE x.sink = $1 AND x.state = 'pending' AND x.username > a.username ORDER BY x.username LIMIT 1) FROM accounts a WHERE a.username IS NOT NULL), \
 firsts AS (SELECT f.event_seq FROM accounts a CROSS JOIN LATERAL (SELECT y.event_seq FROM event_deliveries y WHERE y.sink = $1 AND y.state = 'pending' AND y.username = a.username ORDER BY y.event_seq LIMIT 1) f), \
-heads AS (SELECT d.event_seq, d.username FROM event_deliveries d WHERE d.sink = $1 AND d.event_seq = ANY (ARRAY(SELECT event_seq FROM firsts)) AND d.state = 'pending' AND d.next_at_us <= $2 AND d.lease_until_us <= $2 ORDER BY d.event_seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
-runs AS (SELECT r.event_seq FROM heads h CROSS JOIN LATERAL (SELECT x.event_seq FROM event_deliveries x WHERE x.sink = $1 AND x.username = h.username AND x.state = 'pending' ORDER BY x.event_seq LIMIT $4) r), \
-leased AS (UPDATE event_deliveries u SET lease_owner = $5, lease_until_us = $6 WHERE u.sink = $1 AND u.state = 'pending' AND u.event_seq = ANY (ARRAY(SELECT event_seq FROM runs)) RETURNING u.event_seq, u.attempts) \
-SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, l.attempts FROM leased l JOIN events e ON e.seq = l.event_seq ORDER BY e.seq";
+heads AS (SELECT d.event_seq, d.username FROM event_deliveries d WHERE d.sink = $1 AND d.event_seq = ANY (ARRAY(SELECT event_seq FROM firsts)) AND d.state = 'pending' AND d.next_at_us <= (SELECT now_us FROM clock) AND d.lease_until_us <= (SELECT now_us FROM clock) ORDER BY d.event_seq LIMIT $2 FOR UPDATE SKIP LOCKED), \
+runs AS (SELECT r.event_seq FROM heads h CROSS JOIN LATERAL (SELECT x.event_seq FROM event_deliveries x WHERE x.sink = $1 AND x.username = h.username AND x.state = 'pending' ORDER BY x.event_seq LIMIT $3) r), \
+leased AS (UPDATE event_deliveries u SET lease_owner = $4, lease_until_us = (SELECT now_us FROM clock) + $5 WHERE u.sink = $1 AND u.state = 'pending' AND u.lease_until_us <= (SELECT now_us FROM clock) AND u.event_seq = ANY (ARRAY(SELECT event_seq FROM runs)) RETURNING u.event_seq, u.attempts) \
+SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, e.location, l.attempts, (SELECT now_us FROM clock) - e.created_us AS age_us FROM leased l JOIN events e ON e.seq = l.event_seq ORDER BY e.seq";
 
 /// The outbox on the accounts database.
 #[derive(Clone)]
@@ -305,40 +352,79 @@ impl Outbox {
 
     /// Writes the event and one pending delivery per sink, atomically. `staged_remove` also
     /// deletes a staged temp upload in the same transaction (a rename that arrives), and
-    /// `intent` (location, id) the commit intent the event settles. Concurrent calls share
-    /// one transaction (group commit: one flush to disk for all of them); a lone call is
-    /// committed at once.
+    /// `intent` the commit intent the event settles: then the event is recorded only if this
+    /// transaction deleted that intent as held by its owner. Returns whether the event is
+    /// recorded: false only when the intent was not there any more (another instance took
+    /// the work over, or an earlier attempt whose answer was lost recorded it). Concurrent
+    /// calls share one transaction (group commit: one flush to disk for all of them); a lone
+    /// call is committed at once.
     pub async fn record(
         &self,
         e: &Event,
         staged_remove: Option<&str>,
-        intent: Option<(&str, &str, bool)>,
-    ) -> Result<()> {
-        let r = Record {
+        intent: Option<&IntentRef>,
+    ) -> Result<bool> {
+        self.enqueue(Record {
             event: e.clone(),
             staged_remove: staged_remove.map(String::from),
-            intent: intent.map(|(l, i, x)| (l.to_string(), i.to_string(), x)),
+            intent: intent.cloned(),
             settles_job: None,
+            outcome: None,
+        })
+        .await
+    }
+
+    /// A reconciler's settlement of an intent it took over: `e` (if any) recorded in the
+    /// transaction that deletes the intent, with `outcome` kept for the intent's first owner.
+    pub async fn settle(
+        &self,
+        e: Option<&Event>,
+        staged_remove: Option<&str>,
+        intent: &IntentRef,
+        outcome: &'static str,
+    ) -> Result<bool> {
+        let Some(e) = e else {
+            let _writing = self.writing().await;
+            return Ok(on_pool!(&self.db, pool => {
+                let mut tx = pool.begin_with(begin(&self.db)).await?;
+                let cleared = sqlx::query(CLEAR_INTENT)
+                    .bind(&intent.location).bind(&intent.id).bind(&intent.owner)
+                    .fetch_optional(&mut *tx).await?.is_some();
+                if cleared {
+                    sqlx::query(SETTLED).bind(&intent.id).bind(outcome).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                cleared
+            }));
         };
-        self.enqueue(r).await
+        self.enqueue(Record {
+            event: e.clone(),
+            staged_remove: staged_remove.map(String::from),
+            intent: Some(intent.clone()),
+            settles_job: None,
+            outcome: Some(outcome),
+        })
+        .await
     }
 
     /// Records `e`, the outcome of the decryption job of arrival `job`, and deletes the job
     /// in the same transaction; when the job is already gone (another run recorded its
     /// outcome) nothing is recorded. So each job has exactly one outcome event.
-    pub async fn record_job_outcome(&self, e: &Event, job: &str) -> Result<()> {
-        let r = Record {
+    pub async fn record_job_outcome(&self, e: &Event, job: &str) -> Result<bool> {
+        self.enqueue(Record {
             event: e.clone(),
             staged_remove: None,
             intent: None,
             settles_job: Some(job.to_string()),
-        };
-        self.enqueue(r).await
+            outcome: None,
+        })
+        .await
     }
 
-    async fn enqueue(&self, r: Record) -> Result<()> {
+    async fn enqueue(&self, r: Record) -> Result<bool> {
         let Some(committer) = self.committer() else {
-            return self.commit_records(std::slice::from_ref(&r)).await;
+            let done = self.commit_records(std::slice::from_ref(&r)).await?;
+            return Ok(done.first().copied().unwrap_or(false));
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         if committer.send((r, tx)).is_err() {
@@ -357,89 +443,91 @@ impl Outbox {
         }))
     }
 
-    /// One transaction for all of `records`.
-    async fn commit_records(&self, records: &[Record]) -> Result<()> {
+    /// One transaction for all of `records`; whether each was recorded.
+    async fn commit_records(&self, records: &[Record]) -> Result<Vec<bool>> {
         let _writing = self.writing().await;
-        let now = micros(Utc::now());
         // Whether any of them may ask for a receipt or a decryption.
         let builtin = records
             .iter()
-            .any(|r| r.intent.as_ref().is_some_and(|(_, _, extras)| *extras));
-        match &self.db {
+            .any(|r| r.intent.as_ref().is_some_and(|i| i.extras));
+        let done = match &self.db {
             Db::Postgres(pool) if records.iter().all(Record::plain) => {
-                self.commit_plain(pool, records, now).await?
+                self.commit_plain(pool, records).await?
             }
-            _ => self.commit_each(records, now, builtin).await?,
-        }
+            _ => self.commit_each(records, builtin).await?,
+        };
         self.wake.notify_waiters();
         if builtin {
             self.wake_builtin.notify_waiters();
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Records that ask only for an event, its deliveries and the clearing of an intent (all
     /// of a busy instance's small uploads), on Postgres: one statement for the whole group,
     /// one round trip instead of three per event plus the transaction's own.
-    async fn commit_plain(&self, pool: &sqlx::PgPool, records: &[Record], now: i64) -> Result<()> {
+    async fn commit_plain(&self, pool: &sqlx::PgPool, records: &[Record]) -> Result<Vec<bool>> {
         let n = records.len();
-        let (
-            mut ids,
-            mut kinds,
-            mut users,
-            mut subjects,
-            mut times,
-            mut bodies,
-            mut locs,
-            mut intents,
-        ) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let mut cols: [Vec<&str>; 8] = std::array::from_fn(|_| Vec::with_capacity(n));
+        let mut owner = "";
         for r in records {
             let e = &r.event;
-            ids.push(e.id.as_str());
-            kinds.push(e.kind.as_str());
-            users.push(e.username.as_str());
-            subjects.push(e.subject.as_str());
-            times.push(micros(e.time));
-            bodies.push(e.body.as_str());
             let (loc, id) = r
                 .intent
                 .as_ref()
-                .map_or(("", ""), |(l, i, _)| (l.as_str(), i.as_str()));
-            locs.push(loc);
-            intents.push(id);
+                .map_or(("", ""), |i| (i.location.as_str(), i.id.as_str()));
+            if let Some(i) = &r.intent {
+                owner = i.owner.as_str();
+            }
+            let row = [
+                e.id.as_str(),
+                e.kind.as_str(),
+                e.username.as_str(),
+                e.subject.as_str(),
+                e.body.as_str(),
+                e.location.as_deref().unwrap_or(""),
+                loc,
+                id,
+            ];
+            for (c, v) in cols.iter_mut().zip(row) {
+                c.push(v);
+            }
         }
-        sqlx::query(RECORD_PLAIN)
-            .bind(ids)
-            .bind(kinds)
-            .bind(users)
-            .bind(subjects)
-            .bind(times)
-            .bind(bodies)
-            .bind(locs)
-            .bind(intents)
-            .bind(now)
-            .bind(self.sinks.as_slice())
-            .execute(pool)
-            .await?;
-        Ok(())
+        let mut q = sqlx::query_scalar::<_, bool>(RECORD_PLAIN);
+        for c in cols {
+            q = q.bind(c);
+        }
+        Ok(q.bind(self.sinks.as_slice())
+            .bind(owner)
+            .fetch_all(pool)
+            .await?)
     }
 
     /// Records one by one in one transaction (SQLite, and records that settle more than an
     /// intent).
-    async fn commit_each(&self, records: &[Record], now: i64, builtin: bool) -> Result<()> {
+    async fn commit_each(&self, records: &[Record], builtin: bool) -> Result<Vec<bool>> {
+        let mut done = Vec::with_capacity(records.len());
         on_pool!(&self.db, pool => {
             let mut tx = pool.begin_with(begin(&self.db)).await?;
             for r in records {
                 let e = &r.event;
+                // Fencing: nothing is recorded for an intent this owner no longer holds.
+                let extras: Option<(bool, Option<String>, Option<String>)> = match &r.intent {
+                    Some(i) => match sqlx::query_as(CLEAR_INTENT)
+                        .bind(&i.location)
+                        .bind(&i.id)
+                        .bind(&i.owner)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    {
+                        Some(x) => Some(x),
+                        None => {
+                            done.push(false);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 if let Some(job) = &r.settles_job {
                     let gone = sqlx::query("DELETE FROM decrypt_jobs WHERE event_id = $1")
                         .bind(job)
@@ -448,24 +536,28 @@ impl Outbox {
                         .rows_affected()
                         == 0;
                     if gone {
+                        done.push(false);
                         continue;
                     }
                 }
-                let seq: i64 = sqlx::query_scalar(INSERT_EVENT)
+                done.push(true);
+                let Some(seq): Option<i64> = sqlx::query_scalar(INSERT_EVENT)
                     .bind(&e.id)
                     .bind(&e.kind)
                     .bind(&e.username)
                     .bind(&e.subject)
-                    .bind(micros(e.time))
                     .bind(&e.body)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    .bind(&e.location)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    continue; // recorded by an earlier attempt whose answer was lost
+                };
                 for sink in self.sinks.iter() {
                     sqlx::query(INSERT_DELIVERY)
                         .bind(seq)
                         .bind(sink)
                         .bind(&e.username)
-                        .bind(now)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -475,15 +567,23 @@ impl Outbox {
                         .execute(&mut *tx)
                         .await?;
                 }
-                if let Some((loc, id, extras)) = &r.intent {
-                    if *extras && e.kind == super::COMPLETED {
-                        sqlx::query(REMEMBER_NAME).bind(loc).bind(id).bind(now).execute(&mut *tx).await?;
-                        sqlx::query(RECEIPT_TARGET).bind(loc).bind(id).bind(&e.id).execute(&mut *tx).await?;
-                        sqlx::query(RECEIPT_DELIVERY).bind(loc).bind(id).bind(seq).bind(&e.username).bind(now).execute(&mut *tx).await?;
-                        sqlx::query(DECRYPT_JOB).bind(loc).bind(id).bind(&e.id).execute(&mut *tx).await?;
-                        sqlx::query(DECRYPT_DELIVERY).bind(loc).bind(id).bind(seq).bind(&e.username).bind(now).execute(&mut *tx).await?;
+                if let (Some(i), Some((remember, receipt, decrypt))) = (&r.intent, extras) {
+                    if super::announces(&e.kind) {
+                        if remember {
+                            sqlx::query(REMEMBER_NAME).bind(&i.location).execute(&mut *tx).await?;
+                        }
+                        if let Some(target) = receipt {
+                            sqlx::query(RECEIPT_TARGET).bind(&e.id).bind(target).execute(&mut *tx).await?;
+                            sqlx::query(BUILTIN_DELIVERY).bind(seq).bind(RECEIPTS).bind(&e.username).execute(&mut *tx).await?;
+                        }
+                        if let Some(job) = decrypt {
+                            sqlx::query(DECRYPT_JOB).bind(&e.id).bind(job).execute(&mut *tx).await?;
+                            sqlx::query(BUILTIN_DELIVERY).bind(seq).bind(DECRYPT).bind(&e.username).execute(&mut *tx).await?;
+                        }
                     }
-                    sqlx::query(CLEAR_INTENT).bind(loc).bind(id).execute(&mut *tx).await?;
+                    if let Some(outcome) = r.outcome {
+                        sqlx::query(SETTLED).bind(&i.id).bind(outcome).execute(&mut *tx).await?;
+                    }
                 }
             }
             if matches!(self.db, Db::Postgres(_)) {
@@ -495,43 +595,43 @@ impl Outbox {
             }
             tx.commit().await?;
         });
-        Ok(())
+        Ok(done)
     }
 
     /// Claims, for `sink`, up to `accounts` accounts whose oldest pending delivery is due and
     /// unclaimed, and for each the first `run` pending deliveries in commit order, under a
-    /// lease until `lease_until`. Returns them in commit order. A claim always takes the
-    /// oldest events of an account, so while one instance holds an account's head no other
-    /// instance can take any of that account's events: per-account order holds across
+    /// lease of `lease` (by the database's clock). Returns them in commit order. A claim always
+    /// takes the oldest events of an account, so while one instance holds an account's head no
+    /// other instance can take any of that account's events: per-account order holds across
     /// instances.
     pub async fn claim(
         &self,
         sink: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
+        lease: std::time::Duration,
         accounts: i64,
         run: i64,
     ) -> Result<Vec<Claimed>> {
         let _writing = self.writing().await;
         let token = uuid::Uuid::now_v7().to_string();
-        let (now, until) = (micros(now), micros(lease_until));
+        let lease_us = lease.as_micros() as i64;
         let claimed = |r: ClaimedRow| {
+            let age = std::time::Duration::from_micros(r.age_us.max(0) as u64);
             let (seq, event) = r.event.into_event();
             Claimed {
                 seq,
                 event,
                 attempts: r.attempts,
+                age,
                 lease: token.clone(),
             }
         };
         if let Db::Postgres(pool) = &self.bookkeeping {
             return Ok(sqlx::query_as::<_, ClaimedRow>(CLAIM_PG)
                 .bind(sink)
-                .bind(now)
                 .bind(accounts)
                 .bind(run)
                 .bind(&token)
-                .bind(until)
+                .bind(lease_us)
                 .fetch_all(pool)
                 .await?
                 .into_iter()
@@ -541,6 +641,7 @@ impl Outbox {
         // SQLite: one writer at a time (`writing`), so heads need no row locks.
         let rows = on_pool!(&self.bookkeeping, pool => {
             let mut tx = pool.begin_with(begin(&self.bookkeeping)).await?;
+            let now: i64 = sqlx::query_scalar(NOW_QUERY).fetch_one(&mut *tx).await?;
             let heads = sqlx::query(CLAIM_HEAD)
                 .bind(sink)
                 .bind(now)
@@ -554,7 +655,8 @@ impl Outbox {
                     .bind(&username)
                     .bind(run)
                     .bind(&token)
-                    .bind(until)
+                    .bind(now + lease_us)
+                    .bind(now)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -565,6 +667,7 @@ impl Outbox {
             sqlx::query_as::<_, ClaimedRow>(CLAIMED)
                 .bind(sink)
                 .bind(&token)
+                .bind(now)
                 .fetch_all(pool)
                 .await?
                 .into_iter()
@@ -585,13 +688,14 @@ impl Outbox {
         Ok(())
     }
 
-    /// Keeps this claim's deliveries reserved until `until`. False when the claim is no
-    /// longer this worker's (its lease ran out and another instance took the account).
-    pub async fn extend(&self, sink: &str, lease: &str, until: DateTime<Utc>) -> Result<bool> {
+    /// Keeps this claim's deliveries reserved for `hold` more (by the database's clock).
+    /// False when the claim is no longer this worker's (its lease ran out and another
+    /// instance took the account).
+    pub async fn extend(&self, sink: &str, lease: &str, hold: std::time::Duration) -> Result<bool> {
         let _writing = self.writing().await;
         let n = on_pool!(&self.bookkeeping, pool => {
-            sqlx::query("UPDATE event_deliveries SET lease_until_us = $3 WHERE sink = $1 AND lease_owner = $2 AND state = 'pending'")
-                .bind(sink).bind(lease).bind(micros(until)).execute(pool).await?.rows_affected()
+            sqlx::query("UPDATE event_deliveries SET lease_until_us = (SELECT now_us FROM wharf_clock) + $3 WHERE sink = $1 AND lease_owner = $2 AND state = 'pending'")
+                .bind(sink).bind(lease).bind(hold.as_micros() as i64).execute(pool).await?.rows_affected()
         });
         Ok(n > 0)
     }
@@ -607,41 +711,43 @@ impl Outbox {
         last_seq: i64,
     ) -> Result<bool> {
         let _writing = self.writing().await;
-        let now = micros(Utc::now());
         let n = on_pool!(&self.bookkeeping, pool => {
-            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = $5, lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending' AND event_seq <= $4")
-                .bind(sink).bind(lease).bind(username).bind(last_seq).bind(now).execute(pool).await?.rows_affected()
+            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = (SELECT now_us FROM wharf_clock), lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending' AND event_seq <= $4")
+                .bind(sink).bind(lease).bind(username).bind(last_seq).execute(pool).await?.rows_affected()
         });
         Ok(n > 0)
     }
 
-    /// A failed attempt of this claim: retry at `next_at`, or give up (`dead`). False when
-    /// the claim was no longer this worker's (nothing is changed then).
+    /// A failed attempt of this claim: retry after `delay` (by the database's clock), or give
+    /// up (`dead`). False when the claim was no longer this worker's (nothing is changed then).
     pub async fn failed(
         &self,
         seq: i64,
         sink: &str,
         lease: &str,
         error: &str,
-        next_at: DateTime<Utc>,
+        delay: std::time::Duration,
         dead: bool,
     ) -> Result<bool> {
         let _writing = self.writing().await;
         let state = if dead { "dead" } else { "pending" };
         let n = on_pool!(&self.bookkeeping, pool => {
-            sqlx::query("UPDATE event_deliveries SET state = $3, attempts = attempts + 1, next_at_us = $4, last_error = $5, lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2 AND lease_owner = $6")
-                .bind(seq).bind(sink).bind(state).bind(micros(next_at)).bind(error).bind(lease).execute(pool).await?.rows_affected()
+            sqlx::query("UPDATE event_deliveries SET state = $3, attempts = attempts + 1, next_at_us = (SELECT now_us FROM wharf_clock) + $4, last_error = $5, lease_owner = NULL, lease_until_us = 0 WHERE event_seq = $1 AND sink = $2 AND lease_owner = $6")
+                .bind(seq).bind(sink).bind(state).bind(delay.as_micros() as i64).bind(error).bind(lease).execute(pool).await?.rows_affected()
         });
         Ok(n > 0)
     }
 
-    /// Pending deliveries per sink, and the time of the oldest one.
-    pub async fn pending(&self, sink: &str) -> Result<(i64, Option<DateTime<Utc>>)> {
-        let (n, oldest): (i64, Option<i64>) = on_pool!(&self.db, pool => {
-            sqlx::query_as("SELECT COUNT(*), MIN(e.created_us) FROM event_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.sink = $1 AND d.state = 'pending'")
+    /// Pending deliveries per sink, and the age of the oldest one (by the database's clock).
+    pub async fn pending(&self, sink: &str) -> Result<(i64, Option<std::time::Duration>)> {
+        let (n, age): (i64, Option<i64>) = on_pool!(&self.db, pool => {
+            sqlx::query_as("SELECT COUNT(*), (SELECT now_us FROM wharf_clock) - MIN(e.created_us) FROM event_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.sink = $1 AND d.state = 'pending'")
                 .bind(sink).fetch_one(pool).await?
         });
-        Ok((n, oldest.map(from_micros)))
+        Ok((
+            n,
+            age.map(|us| std::time::Duration::from_micros(us.max(0) as u64)),
+        ))
     }
 
     /// Sets the outbox gauges of every sink (pending count, age of the oldest) from the
@@ -653,9 +759,7 @@ impl Outbox {
                 Ok((n, oldest)) => {
                     let labels = crate::telemetry::metrics::SinkLabels { sink: sink.clone() };
                     m.outbox_pending.get_or_create(&labels).set(n);
-                    let age = oldest.map_or(0.0, |t| {
-                        (Utc::now() - t).to_std().unwrap_or_default().as_secs_f64()
-                    });
+                    let age = oldest.map_or(0.0, |a| a.as_secs_f64());
                     m.outbox_oldest_age.get_or_create(&labels).set(age);
                 }
                 Err(e) => {
@@ -665,13 +769,14 @@ impl Outbox {
         }
     }
 
-    /// The earliest time a pending delivery of `sink` becomes due (to sleep until then).
-    pub async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
+    /// How long until a pending delivery of `sink` becomes due (to sleep until then), by
+    /// the database's clock; `None` when none is pending.
+    pub async fn next_due(&self, sink: &str) -> Result<Option<std::time::Duration>> {
         let next: Option<i64> = on_pool!(&self.bookkeeping, pool => {
-            sqlx::query_scalar("SELECT MIN(CASE WHEN lease_until_us > next_at_us THEN lease_until_us ELSE next_at_us END) FROM event_deliveries WHERE sink = $1 AND state = 'pending'")
+            sqlx::query_scalar("SELECT MIN(CASE WHEN lease_until_us > next_at_us THEN lease_until_us ELSE next_at_us END) - (SELECT now_us FROM wharf_clock) FROM event_deliveries WHERE sink = $1 AND state = 'pending'")
                 .bind(sink).fetch_one(pool).await?
         });
-        Ok(next.map(from_micros))
+        Ok(next.map(|us| std::time::Duration::from_micros(us.max(0) as u64)))
     }
 
     /// Where the receipt of event `event_id` goes (JSON of a `ReceiptTarget`), until written.
@@ -731,62 +836,64 @@ impl Outbox {
     }
 
     /// Remembers a temp-name upload until its rename, clearing its commit `intent` in the
-    /// same transaction.
+    /// same transaction (fenced as `record` is: false, and nothing staged, when the intent is
+    /// no longer its owner's). `outcome` marks a reconciler's settlement for the intent's
+    /// first owner; an owner's own staging is marked too, so an owner whose answer was lost
+    /// learns that it went through.
     pub async fn stage(
         &self,
         location: &str,
         s: &Staged,
-        intent: Option<(&str, &str)>,
-    ) -> Result<()> {
+        intent: Option<&IntentRef>,
+    ) -> Result<bool> {
         let _writing = self.writing().await;
-        let now = micros(Utc::now());
-        on_pool!(&self.db, pool => {
+        Ok(on_pool!(&self.db, pool => {
             let mut tx = pool.begin_with(begin(&self.db)).await?;
-            sqlx::query("INSERT INTO staged_uploads (location, bytes, sha256, etag, started_us, created_us) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (location) DO UPDATE SET bytes = excluded.bytes, sha256 = excluded.sha256, etag = excluded.etag, started_us = excluded.started_us, created_us = excluded.created_us")
-                .bind(location).bind(s.bytes as i64).bind(&s.sha256).bind(&s.etag).bind(micros(s.started_at)).bind(now)
-                .execute(&mut *tx).await?;
-            if let Some((loc, id)) = intent {
-                sqlx::query(CLEAR_INTENT).bind(loc).bind(id).execute(&mut *tx).await?;
+            let mut owned = true;
+            if let Some(i) = intent {
+                owned = sqlx::query(CLEAR_INTENT)
+                    .bind(&i.location).bind(&i.id).bind(&i.owner)
+                    .fetch_optional(&mut *tx).await?.is_some();
+                if owned {
+                    sqlx::query(SETTLED).bind(&i.id).bind(ANNOUNCED).execute(&mut *tx).await?;
+                }
+            }
+            if owned {
+                sqlx::query("INSERT INTO staged_uploads (location, bytes, sha256, etag, started_us, created_us) VALUES ($1, $2, $3, $4, $5, (SELECT now_us FROM wharf_clock)) ON CONFLICT (location) DO UPDATE SET bytes = excluded.bytes, sha256 = excluded.sha256, etag = excluded.etag, started_us = excluded.started_us, created_us = excluded.created_us")
+                    .bind(location).bind(s.bytes as i64).bind(&s.sha256).bind(&s.etag).bind(micros(s.started_at))
+                    .execute(&mut *tx).await?;
             }
             tx.commit().await?;
-        });
-        Ok(())
+            owned
+        }))
     }
 
-    /// The facts of the last completed upload announced for `location`, from its event (to
-    /// stage a file renamed from a final name to a temp one).
+    /// The facts of the last arrival announced at `location` (a completed upload or a
+    /// rename onto it), from its event: to stage a file renamed from a final name to a temp
+    /// one, or to announce a final name renamed onto another.
     pub async fn last_arrival(&self, location: &str) -> Result<Option<Staged>> {
-        let bodies: Vec<String> = on_pool!(&self.db, pool => {
-            sqlx::query_scalar("SELECT body FROM events WHERE type = 'wharf.upload.completed' AND body LIKE $1 ESCAPE '\\' ORDER BY seq DESC LIMIT 20")
-                .bind(format!(
-                    "%{}%",
-                    location.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
-                ))
-                .fetch_all(pool).await?
+        let body: Option<String> = on_pool!(&self.db, pool => {
+            sqlx::query_scalar("SELECT body FROM events WHERE location = $1 AND type IN ('wharf.upload.completed', 'wharf.file.renamed') ORDER BY seq DESC LIMIT 1")
+                .bind(location)
+                .fetch_optional(pool).await?
         });
-        for b in bodies {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&b) else {
-                continue;
-            };
-            let d = &v["data"];
-            if d["location"] != location {
-                continue;
-            }
-            let (Some(bytes), Some(sha256)) = (d["bytes"].as_u64(), d["sha256"].as_str()) else {
-                continue;
-            };
-            return Ok(Some(Staged {
-                bytes,
-                sha256: sha256.to_string(),
-                etag: d["etag"].as_str().map(String::from),
-                started_at: d["started_at"]
-                    .as_str()
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&Utc))
-                    .unwrap_or_else(Utc::now),
-            }));
-        }
-        Ok(None)
+        let Some(v) = body.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) else {
+            return Ok(None);
+        };
+        let d = &v["data"];
+        let (Some(bytes), Some(sha256)) = (d["bytes"].as_u64(), d["sha256"].as_str()) else {
+            return Ok(None);
+        };
+        Ok(Some(Staged {
+            bytes,
+            sha256: sha256.to_string(),
+            etag: d["etag"].as_str().map(String::from),
+            started_at: d["started_at"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(Utc::now),
+        }))
     }
 
     pub async fn staged(&self, location: &str) -> Result<Option<Staged>> {
@@ -836,7 +943,7 @@ impl Outbox {
         } else {
             ""
         };
-        let q = format!("SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body FROM events e WHERE e.created_us >= $1{filter} ORDER BY e.seq DESC LIMIT $2");
+        let q = format!("SELECT e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, e.location FROM events e WHERE e.created_us >= $1{filter} ORDER BY e.seq DESC LIMIT $2");
         let events: Vec<(i64, Event)> = on_pool!(&self.db, pool => {
             sqlx::query_as::<_, EventRow>(&q).bind(since).bind(limit).fetch_all(pool).await?
                 .into_iter()
@@ -876,22 +983,21 @@ impl Outbox {
         since: Option<DateTime<Utc>>,
         sinks: &[String],
     ) -> Result<u64> {
-        let now = micros(Utc::now());
         let (filter, arg) = match (id, since) {
-            (Some(id), _) => ("e.id = $3", id.to_string()),
-            (None, Some(t)) => ("e.created_us >= CAST($3 AS BIGINT)", micros(t).to_string()),
+            (Some(id), _) => ("e.id = $2", id.to_string()),
+            (None, Some(t)) => ("e.created_us >= CAST($2 AS BIGINT)", micros(t).to_string()),
             (None, None) => return Ok(0),
         };
         let mut n = 0;
         for sink in sinks {
             let q = format!(
                 "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) \
-                 SELECT e.seq, $1, e.username, $2 FROM events e WHERE {filter} \
+                 SELECT e.seq, $1, e.username, (SELECT now_us FROM wharf_clock) FROM events e WHERE {filter} \
                  ON CONFLICT (event_seq, sink) DO UPDATE SET state = 'pending', attempts = 0, \
                  next_at_us = excluded.next_at_us, last_error = NULL, lease_owner = NULL, lease_until_us = 0, delivered_us = NULL"
             );
             let done = on_pool!(&self.db, pool => {
-                sqlx::query(&q).bind(sink).bind(now).bind(&arg).execute(pool).await?.rows_affected()
+                sqlx::query(&q).bind(sink).bind(&arg).execute(pool).await?.rows_affected()
             });
             n += done;
         }

@@ -1,30 +1,43 @@
 //! What survives a process that dies at the wrong moment, kept in the accounts database: each
 //! instance's heartbeat, commit intents (written before an object becomes visible, cleared
 //! with its arrival event, which also turns what they ask for — a receipt, a decryption —
-//! into work; also the lock that lets one writer at a time commit a location),
-//! and the S3 multipart uploads in progress. The reconciler (`reconciler.rs`) finishes what
-//! an instance whose heartbeat stopped left behind.
+//! into work; also the lock that lets one writer at a time commit a location, and the fence
+//! that lets only its holder record an outcome), and the S3 multipart uploads in progress.
+//! The reconciler (`reconciler.rs`) takes over and finishes what an instance whose heartbeat
+//! stopped left behind. Every time compared here is the database's (`wharf_clock`), never
+//! a host's: hosts' clocks may disagree by any amount.
 
 pub mod reconciler;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{on_pool, Db};
-use crate::events::outbox::{micros, next_batch, Outbox};
-use crate::session::{CommitJournal, Intent, JournalError};
+use crate::events::outbox::{next_batch, Outbox};
+use crate::session::{CommitJournal, Held, Intent, JournalError, Settlement};
 use crate::storage::{LiveUpload, UploadTracker};
 
-/// `insert_intents` on Postgres: a batch (arrays in arrival order) in one statement; a
-/// location held already, or taken by an earlier intent of the batch, is skipped.
-const LOCK_PG: &str = "INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt) \
-SELECT t.location, t.id, $7, t.detail, $8, t.remember_name, t.receipt, t.decrypt FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[]) WITH ORDINALITY AS t(location, id, detail, remember_name, receipt, decrypt, ord) ORDER BY t.ord \
+/// This instance's heartbeat, with how long it may stay silent before it is taken for dead
+/// (`$1` id, `$2` lapse in µs): written by the database's clock.
+const BEAT: &str = "INSERT INTO instances (id, heartbeat_us, lapse_us) VALUES ($1, (SELECT now_us FROM wharf_clock), $2) ON CONFLICT (id) DO UPDATE SET heartbeat_us = excluded.heartbeat_us, lapse_us = excluded.lapse_us";
+
+/// `insert_intents` on Postgres: a batch (arrays) in one statement, with this instance's
+/// heartbeat (an intent is taken over only once its holder has been silent for its lapse, so
+/// the lapse counts from here). Rows go in location order, so two instances writing
+/// intents for the same locations in opposite orders never deadlock; a location held
+/// already, or taken by an earlier intent of the batch, is skipped.
+const LOCK_PG: &str = "WITH beat AS (INSERT INTO instances (id, heartbeat_us, lapse_us) VALUES ($8, (SELECT now_us FROM wharf_clock), $9) ON CONFLICT (id) DO UPDATE SET heartbeat_us = excluded.heartbeat_us, lapse_us = excluded.lapse_us) \
+INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id) \
+SELECT t.location, t.id, $8, t.detail, (SELECT now_us FROM wharf_clock), t.remember_name, t.receipt, t.decrypt, t.upload_id FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS t(location, id, detail, remember_name, receipt, decrypt, upload_id, ord) ORDER BY t.location, t.ord \
 ON CONFLICT (location) DO NOTHING RETURNING id";
+const LOCK_ONE: &str = "INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id) VALUES ($1, $2, $3, $4, (SELECT now_us FROM wharf_clock), $5, $6, $7, $8) ON CONFLICT (location) DO NOTHING";
+/// What became of an intent: who holds it, how a reconciler settled it, and whether its
+/// owner's event is there.
+const SETTLEMENT: &str = "SELECT (SELECT instance FROM commit_intents WHERE location = $1 AND id = $2), (SELECT outcome FROM intent_outcomes WHERE intent_id = $2), EXISTS (SELECT 1 FROM events WHERE id = $3)";
 
 /// How long a commit waits for another commit of the same location to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -39,8 +52,20 @@ struct Inner {
     outbox: Outbox,
     instance: String,
     heartbeat: Duration,
+    /// A pool of one connection for the heartbeat alone, so that bookkeeping load never makes
+    /// a live instance look dead.
+    pulse: Db,
     /// Where `try_lock` queues intents for the batch writer, started on first use.
     locker: std::sync::OnceLock<mpsc::UnboundedSender<LockRequest>>,
+    /// When this instance's heartbeats last went through, and since when they have without a
+    /// gap (by this host's monotonic clock: only ever compared with itself).
+    beats: Mutex<Beats>,
+}
+
+#[derive(Default)]
+struct Beats {
+    last: Option<Instant>,
+    since: Option<Instant>,
 }
 
 /// An intent to write, its JSON detail, and where to say whether it took the lock.
@@ -82,12 +107,15 @@ async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest
 impl Journal {
     /// A journal for this process, a new instance with an id of its own.
     pub fn new(outbox: Outbox, heartbeat: Duration) -> Journal {
+        let pulse = outbox.db().unflushed(1);
         Journal {
             inner: Arc::new(Inner {
                 outbox,
                 instance: uuid::Uuid::now_v7().to_string(),
                 heartbeat,
+                pulse,
                 locker: std::sync::OnceLock::new(),
+                beats: Mutex::default(),
             }),
         }
     }
@@ -96,26 +124,63 @@ impl Journal {
         &self.inner.instance
     }
 
-    fn db(&self) -> &Db {
+    /// The pool whose commits are not flushed one by one: heartbeats' neighbours, claims,
+    /// multipart uploads in progress. Intents go through the durable pool.
+    fn bookkeeping(&self) -> &Db {
         self.inner.outbox.bookkeeping()
     }
 
-    /// An instance silent for this long is taken for dead.
+    /// An instance silent for this long (of the database's time) is taken for dead.
     pub fn dead_after(&self) -> Duration {
         self.inner.heartbeat * 3
     }
 
-    /// Says this instance is alive.
-    pub async fn beat(&self) -> Result<(), sqlx::Error> {
-        let _w = self.inner.outbox.writing().await;
-        let now = micros(Utc::now());
-        on_pool!(self.db(), p => sqlx::query("INSERT INTO instances (id, heartbeat_us) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET heartbeat_us = excluded.heartbeat_us")
-            .bind(&self.inner.instance).bind(now).execute(p).await.map(drop)?);
-        Ok(())
+    /// How long this instance's heartbeats have gone through without a gap: another instance
+    /// is judged dead only by one that has itself been heard for that long (after an outage
+    /// of the database every instance's heartbeat is stale, and none is dead).
+    pub fn beating_for(&self) -> Duration {
+        let b = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
+        match (b.last, b.since) {
+            (Some(last), Some(since)) if last.elapsed() < self.inner.heartbeat * 2 => {
+                since.elapsed()
+            }
+            _ => Duration::ZERO,
+        }
     }
 
-    /// Beats every `heartbeat` until `stop`, then leaves the instance list (what it still
-    /// had under way is then taken over at once).
+    fn heard(&self, at: Instant) {
+        let mut b = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
+        let gap = b
+            .last
+            .is_none_or(|last| at.saturating_duration_since(last) > self.inner.heartbeat * 2);
+        if gap || b.since.is_none() {
+            b.since = Some(at);
+        }
+        b.last = Some(at);
+    }
+
+    /// Says this instance is alive (on its own connection, bounded by one heartbeat).
+    pub async fn beat(&self) -> Result<(), String> {
+        let sent = Instant::now();
+        let _w = self.inner.outbox.writing().await;
+        let lapse = self.dead_after().as_micros() as i64;
+        let res = tokio::time::timeout(self.inner.heartbeat, async {
+            on_pool!(&self.inner.pulse, p => sqlx::query(BEAT)
+                    .bind(&self.inner.instance).bind(lapse).execute(p).await.map(drop))
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => {
+                self.heard(sent);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the database did not answer within a heartbeat".into()),
+        }
+    }
+
+    /// Beats every `heartbeat` until `stop`. Leaving the instance list is `leave`, once
+    /// everything this instance runs has stopped.
     pub async fn run_heartbeat(self, stop: CancellationToken) {
         loop {
             if let Err(e) = self.beat().await {
@@ -126,8 +191,13 @@ impl Journal {
                 _ = tokio::time::sleep(self.inner.heartbeat) => {}
             }
         }
+    }
+
+    /// Leaves the instance list: what this instance still had under way is taken over at
+    /// once by the others.
+    pub async fn leave(&self) {
         let _w = self.inner.outbox.writing().await;
-        let _ = on_pool!(self.db(), p => sqlx::query("DELETE FROM instances WHERE id = $1")
+        let _ = on_pool!(&self.inner.pulse, p => sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(&self.inner.instance).execute(p).await.map(drop));
     }
 
@@ -154,12 +224,12 @@ impl Journal {
             .map_err(|_| "the intent writer has stopped".to_string())?
     }
 
-    /// Writes a batch of intents in one transaction; returns the ids of those that took
-    /// their location (the others found it held, by another commit or one earlier in the
-    /// batch).
+    /// Writes a batch of intents in one transaction, with this instance's heartbeat; returns
+    /// the ids of those that took their location (the others found it held, by another
+    /// commit or one earlier in the batch).
     async fn insert_intents(&self, batch: &[LockRequest]) -> Result<Vec<String>, sqlx::Error> {
         let _w = self.inner.outbox.writing().await;
-        let now = micros(Utc::now());
+        let lapse = self.dead_after().as_micros() as i64;
         let receipt = |i: &Intent| {
             i.receipt
                 .as_ref()
@@ -171,45 +241,53 @@ impl Journal {
                 .and_then(|d| serde_json::to_string(d).ok())
         };
         // On the durable pool: an intent lost in a database crash after its object became
-        // visible would leave that object without an event. (Heartbeats and the multipart
-        // uploads in progress go through the bookkeeping pool: losing one is harmless.)
+        // visible would leave that object without an event.
         match self.inner.outbox.db() {
             Db::Postgres(p) => {
+                let col = |f: &dyn Fn(&LockRequest) -> Option<String>| {
+                    batch.iter().map(f).collect::<Vec<_>>()
+                };
                 sqlx::query_scalar(LOCK_PG)
-                    .bind(
-                        batch
-                            .iter()
-                            .map(|(i, _, _)| i.location.as_str())
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(
-                        batch
-                            .iter()
-                            .map(|(i, _, _)| i.id.as_str())
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(batch.iter().map(|(_, d, _)| d.as_str()).collect::<Vec<_>>())
+                    .bind(col(&|(i, _, _)| Some(i.location.clone())))
+                    .bind(col(&|(i, _, _)| Some(i.id.clone())))
+                    .bind(col(&|(_, d, _)| Some(d.clone())))
                     .bind(
                         batch
                             .iter()
                             .map(|(i, _, _)| i.remember_name)
                             .collect::<Vec<_>>(),
                     )
-                    .bind(batch.iter().map(|(i, _, _)| receipt(i)).collect::<Vec<_>>())
-                    .bind(batch.iter().map(|(i, _, _)| decrypt(i)).collect::<Vec<_>>())
+                    .bind(col(&|(i, _, _)| receipt(i)))
+                    .bind(col(&|(i, _, _)| decrypt(i)))
+                    .bind(col(&|(i, _, _)| i.upload_id.clone()))
                     .bind(&self.inner.instance)
-                    .bind(now)
+                    .bind(lapse)
                     .fetch_all(p)
                     .await
             }
             Db::Sqlite(p) => {
                 let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query(BEAT)
+                    .bind(&self.inner.instance)
+                    .bind(lapse)
+                    .execute(&mut *tx)
+                    .await?;
                 let mut took = Vec::new();
-                for (i, detail, _) in batch {
-                    let n = sqlx::query("INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (location) DO NOTHING")
-                        .bind(&i.location).bind(&i.id).bind(&self.inner.instance).bind(detail).bind(now).bind(i.remember_name)
-                        .bind(receipt(i)).bind(decrypt(i))
-                        .execute(&mut *tx).await?.rows_affected();
+                let mut sorted: Vec<&LockRequest> = batch.iter().collect();
+                sorted.sort_by(|a, b| a.0.location.cmp(&b.0.location));
+                for (i, detail, _) in sorted {
+                    let n = sqlx::query(LOCK_ONE)
+                        .bind(&i.location)
+                        .bind(&i.id)
+                        .bind(&self.inner.instance)
+                        .bind(detail)
+                        .bind(i.remember_name)
+                        .bind(receipt(i))
+                        .bind(decrypt(i))
+                        .bind(&i.upload_id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
                     if n == 1 {
                         took.push(i.id.clone());
                     }
@@ -219,18 +297,57 @@ impl Journal {
             }
         }
     }
+
+    /// Whether `intent` is still this instance's, beating with the answer.
+    async fn holds(&self, intent: &Intent) -> Result<bool, sqlx::Error> {
+        let _w = self.inner.outbox.writing().await;
+        let lapse = self.dead_after().as_micros() as i64;
+        let q =
+            "SELECT COUNT(*) FROM commit_intents WHERE location = $1 AND id = $2 AND instance = $3";
+        let n: i64 = match self.inner.outbox.db() {
+            Db::Postgres(p) => {
+                sqlx::query_scalar(&format!(
+                    "WITH beat AS (INSERT INTO instances (id, heartbeat_us, lapse_us) VALUES ($3, (SELECT now_us FROM wharf_clock), $4) ON CONFLICT (id) DO UPDATE SET heartbeat_us = excluded.heartbeat_us, lapse_us = excluded.lapse_us) {q}"
+                ))
+                .bind(&intent.location)
+                .bind(&intent.id)
+                .bind(&self.inner.instance)
+                .bind(lapse)
+                .fetch_one(p)
+                .await?
+            }
+            Db::Sqlite(p) => {
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query(BEAT)
+                    .bind(&self.inner.instance)
+                    .bind(lapse)
+                    .execute(&mut *tx)
+                    .await?;
+                let n = sqlx::query_scalar(q)
+                    .bind(&intent.location)
+                    .bind(&intent.id)
+                    .bind(&self.inner.instance)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                n
+            }
+        };
+        Ok(n > 0)
+    }
 }
 
 #[async_trait]
 impl CommitJournal for Journal {
-    async fn begin(&self, intent: &Intent) -> Result<(), JournalError> {
+    async fn begin(&self, intent: &Intent) -> Result<Held, JournalError> {
         let detail =
             serde_json::to_string(intent).map_err(|e| JournalError::Database(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         let mut wait = Duration::from_millis(20);
         loop {
+            let since = Instant::now();
             match self.try_lock(intent, &detail).await {
-                Ok(true) => return Ok(()),
+                Ok(true) => return Ok(Held { since }),
                 Ok(false) => {}
                 Err(e) => return Err(JournalError::Database(e)),
             }
@@ -242,13 +359,66 @@ impl CommitJournal for Journal {
         }
     }
 
+    async fn confirm(&self, intent: &Intent, held: &mut Held) -> Result<(), JournalError> {
+        // Another instance takes an intent over only once its holder has been silent for
+        // `dead_after` of the database's time, counted from the heartbeat written with the
+        // statement sent at `held.since`: until half of that has passed on this host's
+        // monotonic clock (which a paused process's clock keeps counting), nobody can have.
+        if held.since.elapsed() < self.dead_after() / 2 {
+            return Ok(());
+        }
+        let since = Instant::now();
+        match self.holds(intent).await {
+            Ok(true) => {
+                held.since = since;
+                Ok(())
+            }
+            Ok(false) => Err(JournalError::Taken),
+            Err(e) => Err(JournalError::Database(e.to_string())),
+        }
+    }
+
     async fn cancel(&self, intent: &Intent) {
         let _w = self.inner.outbox.writing().await;
-        let res = on_pool!(self.db(), p => sqlx::query("DELETE FROM commit_intents WHERE location = $1 AND id = $2")
-            .bind(&intent.location).bind(&intent.id).execute(p).await.map(drop));
+        let res = on_pool!(self.inner.outbox.db(), p => sqlx::query("DELETE FROM commit_intents WHERE location = $1 AND id = $2 AND instance = $3")
+            .bind(&intent.location).bind(&intent.id).bind(&self.inner.instance).execute(p).await.map(drop));
         if let Err(e) = res {
             tracing::warn!(location = %intent.location, error = %e, "cannot clear a commit intent; the reconciler will");
         }
+    }
+
+    async fn hand_over(&self, intent: &Intent) {
+        let _w = self.inner.outbox.writing().await;
+        let res = on_pool!(self.inner.outbox.db(), p => sqlx::query("UPDATE commit_intents SET instance = '' WHERE location = $1 AND id = $2 AND instance = $3")
+            .bind(&intent.location).bind(&intent.id).bind(&self.inner.instance).execute(p).await.map(drop));
+        match res {
+            Ok(()) => {
+                tracing::warn!(location = %intent.location, "storage's answer was not definite: the commit is left to the reconciler, which settles it by what storage holds")
+            }
+            Err(e) => {
+                tracing::warn!(location = %intent.location, error = %e, "cannot hand a commit over to the reconciler; it settles it once 15 minutes old")
+            }
+        }
+    }
+
+    async fn settlement(
+        &self,
+        intent: &Intent,
+        event_id: &str,
+    ) -> Result<Settlement, JournalError> {
+        let (holder, outcome, recorded): (Option<String>, Option<String>, bool) =
+            on_pool!(self.inner.outbox.db(), p => sqlx::query_as(SETTLEMENT)
+                .bind(&intent.location).bind(&intent.id).bind(event_id)
+                .fetch_one(p).await)
+            .map_err(|e| JournalError::Database(e.to_string()))?;
+        Ok(match (recorded, holder, outcome.as_deref()) {
+            (true, _, _) => Settlement::Recorded,
+            (_, Some(h), _) if h == self.inner.instance => Settlement::Held,
+            (_, _, Some(crate::events::outbox::ANNOUNCED)) => Settlement::Announced,
+            (_, _, Some(crate::events::outbox::NOT_COMMITTED)) => Settlement::NotCommitted,
+            (_, Some(_), _) => Settlement::Elsewhere,
+            _ => Settlement::Unknown,
+        })
     }
 
     fn tracker(&self) -> Option<Arc<dyn UploadTracker>> {
@@ -258,18 +428,30 @@ impl CommitJournal for Journal {
 
 #[async_trait]
 impl UploadTracker for Journal {
-    async fn started(&self, u: &LiveUpload) -> Result<(), String> {
+    async fn creating(&self, u: &LiveUpload) -> Result<(), String> {
         let detail = serde_json::to_string(u).map_err(|e| e.to_string())?;
         let _w = self.inner.outbox.writing().await;
-        let now = micros(Utc::now());
-        on_pool!(self.db(), p => sqlx::query("INSERT INTO live_uploads (id, instance, detail, created_us) VALUES ($1, $2, $3, $4)")
-            .bind(&u.upload_id).bind(&self.inner.instance).bind(&detail).bind(now)
+        // Durable: once the multipart upload exists, this row is all that says it is wharf's
+        // (the reconciler never aborts an upload no row names).
+        on_pool!(self.inner.outbox.db(), p => sqlx::query("INSERT INTO live_uploads (id, instance, detail, created_us) VALUES ($1, $2, $3, (SELECT now_us FROM wharf_clock))")
+            .bind(&u.upload_id).bind(&self.inner.instance).bind(&detail)
             .execute(p).await.map(drop).map_err(|e| e.to_string()))
+    }
+
+    async fn started(&self, pending: &str, upload_id: &str) -> Result<(), String> {
+        let _w = self.inner.outbox.writing().await;
+        let n = on_pool!(self.bookkeeping(), p => sqlx::query("UPDATE live_uploads SET id = $2 WHERE id = $1 AND instance = $3")
+            .bind(pending).bind(upload_id).bind(&self.inner.instance)
+            .execute(p).await.map(|r| r.rows_affected()).map_err(|e| e.to_string()))?;
+        if n == 0 {
+            return Err("the upload was taken over by another server".into());
+        }
+        Ok(())
     }
 
     async fn ended(&self, upload_id: &str) {
         let _w = self.inner.outbox.writing().await;
-        let res = on_pool!(self.db(), p => sqlx::query("DELETE FROM live_uploads WHERE id = $1")
+        let res = on_pool!(self.bookkeeping(), p => sqlx::query("DELETE FROM live_uploads WHERE id = $1")
             .bind(upload_id).execute(p).await.map(drop));
         if let Err(e) = res {
             tracing::warn!(upload_id, error = %e, "cannot forget a finished multipart upload");

@@ -1,17 +1,25 @@
-//! The reconciler: on every instance, at start and every `recovery.interval`, finishes what
-//! dead instances left (claiming each piece of work for a while, so two instances never do
-//! the same), and prunes what is no longer needed.
+//! The reconciler: on every instance, at start and every `recovery.interval`, takes over and
+//! finishes what dead instances left, and prunes what is no longer needed. "Dead" is judged
+//! by the database's clock alone (an instance silent for its own lapse: three of its
+//! heartbeats), only by an instance that has itself been heard from for that long, and never
+//! of itself. Taking work over moves it to this instance in one conditional statement, so
+//! the instance it came from — alive after all (paused, cut off) — can no longer record an
+//! outcome for it (`journal/`: the fence).
 //!
 //! - A commit intent of a dead instance (or one older than 15 minutes, whose clearing was
-//!   lost while its instance lives on): if the object there is the one the intent
-//!   describes, its arrival is announced (exactly once: the event is recorded in the
-//!   transaction that clears the intent, and a rename's source is removed); if it is not,
-//!   the commit never happened, and an upload is announced as failed.
-//! - A multipart upload a dead instance tracked is aborted and announced as failed; one no
-//!   instance tracks, older than `recovery.orphan_grace`, is aborted; so are local temporary
-//!   files of that age.
+//!   lost while its instance lives on, or one its instance handed over after an answer that
+//!   was not definite): if what storage holds there is what the intent describes (a checksum
+//!   or the copy's intent id says so; size alone never does), its arrival is announced; if
+//!   not, the commit never happened: an upload's multipart upload is aborted and the upload
+//!   announced as failed. Either way with the intent's own event ids, so its first owner can
+//!   never add a second, and with the outcome kept for that owner.
+//! - A multipart upload a dead instance tracked is aborted (and, for an upload, announced as
+//!   failed with the upload's own failed-event id); one it was about to create is looked for
+//!   at its exact key. Multipart uploads no row names are never touched: a prefix may be
+//!   shared with a pipeline's own uploads. Local temporary files (wharf's own reserved names)
+//!   older than `recovery.orphan_grace` are removed.
 //! - Events whose deliveries are all done, older than `events.retention`, are deleted, and
-//!   so are staged temp-name uploads older than `recovery.staged_ttl`.
+//!   so are staged temp-name uploads older than `recovery.staged_ttl` and kept outcomes.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -22,24 +30,63 @@ use tokio_util::sync::CancellationToken;
 use super::Journal;
 use crate::db::on_pool;
 use crate::events::arrivals::OutboxObserver;
-use crate::events::outbox::micros;
+use crate::events::outbox::{ANNOUNCED, NOT_COMMITTED};
 use crate::events::{Arrival, Event};
 use crate::session::{Intent, IntentKind, StagedFacts};
-use crate::storage::{Home, LiveUpload, Location, Storage, RESERVED_PREFIX};
+use crate::storage::{Abort, Home, LiveUpload, Location, Storage, RESERVED_PREFIX};
 
-/// How long a claimed piece of work is reserved to the instance working on it.
-const CLAIM: Duration = Duration::from_secs(300);
+/// How long a piece of work this instance took over waits before it is tried again, when
+/// settling it failed (storage unreachable).
+const RETRY: Duration = Duration::from_secs(60);
 /// Work taken per kind and round.
 const BATCH: i64 = 100;
 /// A commit intent this old is settled even though its instance is alive.
 const FORSAKEN_INTENT: Duration = Duration::from_secs(15 * 60);
 
+/// Whether the row `t` of another instance may be taken over (`$1` this instance, `$2` the
+/// lapse of an instance that recorded none, `$3` the age at which a commit intent is settled
+/// anyway, `$4` how long this instance has itself been heard from): it is older than `$3`;
+/// or its instance is gone (left the list at its shutdown) or handed it over; or its
+/// instance has been silent for its own lapse by the database's clock, and this instance has
+/// been heard from for at least as long (after a database outage every heartbeat is stale,
+/// and no instance is dead).
+const TAKEABLE: &str = "({t}.created_us < (SELECT now_us FROM wharf_clock) - $3 \
+OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = {t}.instance) \
+OR EXISTS (SELECT 1 FROM instances i WHERE i.id = {t}.instance \
+  AND i.heartbeat_us <= (SELECT now_us FROM wharf_clock) - CASE WHEN i.lapse_us > 0 THEN i.lapse_us ELSE $2 END \
+  AND CASE WHEN i.lapse_us > 0 THEN i.lapse_us ELSE $2 END <= $4))";
+
+/// Rows of `{table}` this instance may take over (`$5` the batch): another instance's that
+/// is `TAKEABLE`, and this instance's own taken-over rows whose retry time has come.
+fn stale_rows(table: &str, key: &str) -> String {
+    let takeable = TAKEABLE.replace("{t}", "t");
+    format!(
+        "SELECT t.{key}, t.instance, t.detail FROM {table} t \
+         WHERE (t.instance <> $1 AND {takeable}) \
+         OR (t.instance = $1 AND t.claimed_by = $1 AND t.claim_until_us < (SELECT now_us FROM wharf_clock)) \
+         ORDER BY t.created_us LIMIT $5"
+    )
+}
+
+/// Moves one row found by `stale_rows` to this instance, re-checking in the same statement
+/// that it is still what it was (`$5` key, `$6` the instance it was found with, `$7` how long
+/// until it is retried if settling it fails).
+fn take_row(table: &str, key: &str) -> String {
+    let takeable = TAKEABLE.replace("{t}", table);
+    format!(
+        "UPDATE {table} SET instance = $1, claimed_by = $1, claim_until_us = (SELECT now_us FROM wharf_clock) + $7 \
+         WHERE {key} = $5 AND instance = $6 AND ( \
+           ($6 <> $1 AND {takeable}) \
+           OR ($6 = $1 AND claimed_by = $1 AND claim_until_us < (SELECT now_us FROM wharf_clock)))"
+    )
+}
+
 pub struct Reconciler {
     pub journal: Journal,
     pub storage: Storage,
     pub observer: OutboxObserver,
-    /// The homes to sweep for untracked multipart uploads and temp files, besides the
-    /// accounts' own: the default home's base.
+    /// The homes to sweep for stale temporary files, besides the accounts' own: the default
+    /// home's base.
     pub default_home: Home,
     pub interval: Duration,
     pub orphan_grace: Duration,
@@ -47,16 +94,19 @@ pub struct Reconciler {
     pub retention: Duration,
 }
 
+/// A row taken over: its key, and its detail.
+type Taken = (String, String);
+
 impl Reconciler {
     /// Runs a round now, then every `interval`, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
-        // The untracked sweeps list buckets and walk directories: not every round.
+        // The temp-file sweep walks directories: not every round.
         let sweep_every = self.orphan_grace.min(Duration::from_secs(600)) / 2;
         let mut last_sweep: Option<tokio::time::Instant> = None;
         loop {
             self.round().await;
             if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
-                self.sweep_untracked().await;
+                self.sweep_temp_files().await;
                 last_sweep = Some(tokio::time::Instant::now());
             }
             tokio::select! {
@@ -68,7 +118,12 @@ impl Reconciler {
 
     /// One pass over the dead instances' intents and uploads, and the pruning.
     pub async fn round(&self) {
-        match self.stale("commit_intents").await {
+        self.take_over().await;
+        self.prune().await;
+    }
+
+    async fn take_over(&self) {
+        match self.take("commit_intents", "location").await {
             Ok(rows) => {
                 for (key, detail) in rows {
                     match serde_json::from_str::<Intent>(&detail) {
@@ -81,11 +136,11 @@ impl Reconciler {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read commit intents"),
         }
-        match self.stale("live_uploads").await {
+        match self.take("live_uploads", "id").await {
             Ok(rows) => {
                 for (id, detail) in rows {
                     match serde_json::from_str::<LiveUpload>(&detail) {
-                        Ok(u) => self.settle_upload(&u).await,
+                        Ok(u) => self.settle_upload(&id, &u).await,
                         Err(e) => {
                             tracing::error!(upload_id = %id, error = %e, "unreadable live upload")
                         }
@@ -94,60 +149,54 @@ impl Reconciler {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read live uploads"),
         }
-        self.prune().await;
     }
 
-    /// Claims up to `BATCH` rows of `table` whose instance is dead: `(key, detail)`.
-    async fn stale(&self, table: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
-        let key = if table == "commit_intents" {
-            "location"
+    /// Takes over up to `BATCH` rows of `table` whose instance is dead: `(key, detail)`.
+    async fn take(&self, table: &str, key: &str) -> Result<Vec<Taken>, sqlx::Error> {
+        let me = self.journal.instance();
+        let lapse = self.journal.dead_after().as_micros() as i64;
+        let forsaken = if table == "commit_intents" {
+            FORSAKEN_INTENT.as_micros() as i64
         } else {
-            "id"
+            i64::MAX / 2
         };
-        let now = micros(Utc::now());
-        let alive_since = now - self.journal.dead_after().as_micros() as i64;
-        // A commit takes seconds; an intent this old whose instance still runs lost its
-        // clearing (a database error at the wrong moment) and would lock its name for ever.
-        let forsaken_before = if table == "commit_intents" {
-            now - FORSAKEN_INTENT.as_micros() as i64
-        } else {
-            i64::MIN
-        };
-        let candidates: Vec<(String, String)> = on_pool!(self.journal.db(), p => {
-            sqlx::query_as(&format!(
-                "SELECT t.{key}, t.detail FROM {table} t WHERE t.claim_until_us < $1 \
-                 AND (t.created_us < $3 OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = t.instance AND i.heartbeat_us > $2)) \
-                 ORDER BY t.created_us LIMIT {BATCH}"
-            ))
-            .bind(now)
-            .bind(alive_since)
-            .bind(forsaken_before)
-            .fetch_all(p)
-            .await?
+        let heard = self.journal.beating_for().as_micros() as i64;
+        let candidates: Vec<(String, String, String)> = on_pool!(self.journal.inner.outbox.db(), p => {
+            sqlx::query_as(&stale_rows(table, key))
+                .bind(me).bind(lapse).bind(forsaken).bind(heard).bind(BATCH)
+                .fetch_all(p)
+                .await?
         });
-        let mut claimed = Vec::new();
-        for (k, detail) in candidates {
+        let take = take_row(table, key);
+        let mut taken = Vec::new();
+        for (k, owner, detail) in candidates {
             let _w = self.journal.inner.outbox.writing().await;
-            let until = now + CLAIM.as_micros() as i64;
-            let n = on_pool!(self.journal.db(), p => sqlx::query(&format!(
-                "UPDATE {table} SET claimed_by = $1, claim_until_us = $2 WHERE {key} = $3 AND claim_until_us < $4"
-            ))
-            .bind(self.journal.instance())
-            .bind(until)
-            .bind(&k)
-            .bind(now)
-            .execute(p)
-            .await?
-            .rows_affected());
+            let n = on_pool!(self.journal.inner.outbox.db(), p => sqlx::query(&take)
+                .bind(me).bind(lapse).bind(forsaken).bind(heard)
+                .bind(&k).bind(&owner).bind(RETRY.as_micros() as i64)
+                .execute(p)
+                .await?
+                .rows_affected());
             if n == 1 {
-                claimed.push((k, detail));
+                if owner != me {
+                    tracing::warn!(activity = "RECOVERED", table, key = %k, from = %owner, "took over work left by an instance that is gone or silent");
+                }
+                taken.push((k, detail));
             }
         }
-        Ok(claimed)
+        Ok(taken)
     }
 
-    /// Finishes a commit a dead instance left: announces what is there, or the failure.
+    /// Finishes a commit another instance left: announces what is there, or the failure.
     async fn settle_intent(&self, i: &Intent) {
+        // Intents written before events had ids of their own.
+        let mut i = i.clone();
+        for id in [&mut i.event_id, &mut i.failed_event_id] {
+            if id.is_empty() {
+                *id = uuid::Uuid::now_v7().to_string();
+            }
+        }
+        let i = &i;
         let home = match Home::parse_uri(&i.home) {
             Ok(h) => h,
             Err(e) => {
@@ -158,25 +207,15 @@ impl Reconciler {
         let backend = self.storage.backend(&home);
         let found = match backend.fingerprint(&i.path).await {
             Ok(f) => f,
-            // Storage unreachable: try again next round (the claim lapses).
+            // Storage unreachable: try again after RETRY.
             Err(e) => {
-                tracing::warn!(location = %i.location, error = %e, "cannot check a commit left by a dead instance; will retry");
+                tracing::warn!(location = %i.location, error = %e, "cannot check a commit left by another instance; will retry");
                 return;
             }
         };
-        let matches = found.as_ref().is_some_and(|f| {
-            f.size == i.bytes
-                && match (&i.crc64nvme, &f.crc64nvme, &f.sha256) {
-                    (Some(want), Some(got), _) => want == got,
-                    (None, _, Some(sha)) => *sha == i.sha256,
-                    // An S3 copy (a rename) keeps no whole-file checksum we can compare.
-                    (None, _, None) => i.kind == IntentKind::Rename,
-                    _ => false,
-                }
-        });
+        let matches = found.as_ref().is_some_and(|f| i.matches(f));
         let session = i.session();
         let location = backend.location(&i.path);
-        let key = i.key();
         let outbox = self.observer.outbox();
         let res = if matches {
             let facts = StagedFacts {
@@ -187,18 +226,19 @@ impl Reconciler {
             };
             let etag = facts.etag.clone();
             match i.kind {
-                IntentKind::Upload => self
-                    .observer
-                    .arrived(
-                        &session,
-                        &i.client_path,
-                        &location,
-                        &facts,
-                        etag.as_deref(),
-                        Some(i),
-                    )
-                    .await
-                    .map_err(|e| e.to_string()),
+                IntentKind::Upload => {
+                    self.observer
+                        .arrived(
+                            &session,
+                            &i.client_path,
+                            &location,
+                            &facts,
+                            etag.as_deref(),
+                            i,
+                            Some(ANNOUNCED),
+                        )
+                        .await
+                }
                 IntentKind::Rename => {
                     let from = i.from_path.as_deref().unwrap_or_default();
                     let from_loc = backend.location(from);
@@ -208,41 +248,34 @@ impl Reconciler {
                             tracing::warn!(location = %i.location, error = %e, "cannot remove a renamed file's source");
                         }
                     }
-                    let event = Event::build(
-                        self.observer.source(),
-                        &Arrival {
-                            session: &session,
-                            path: &i.client_path,
-                            location: &location,
-                            bytes: i.bytes,
-                            sha256: Some(&i.sha256),
-                            etag: etag.as_deref(),
-                            started_at: i.started_at,
-                            finished_at: crate::identity::now(),
-                            failure: None,
-                        },
-                    );
-                    outbox
-                        .record(&event, Some(&from_loc.uri), Some(key))
+                    self.observer
+                        .arrived_by_rename(
+                            &session,
+                            (i.from_client_path.as_deref().unwrap_or_default(), &from_loc),
+                            (&i.client_path, &location),
+                            &facts,
+                            etag.as_deref(),
+                            i,
+                            Some(ANNOUNCED),
+                        )
                         .await
-                        .map_err(|e| e.to_string())
                 }
             }
+            .map_err(|e| e.to_string())
         } else {
             match i.kind {
-                // The upload never became visible: say so, and leave nothing open.
+                // The upload never became visible: say so, and leave nothing open (first,
+                // so that it can never complete after this).
                 IntentKind::Upload => {
-                    if let (Some(id), Some(bucket)) = (&i.upload_id, &location.bucket) {
-                        crate::storage::s3::abort_multipart(
-                            self.storage.s3().client(),
-                            bucket,
-                            &location.key,
-                            id,
-                        )
-                        .await;
+                    if let Some(id) = &i.upload_id {
+                        if backend.abort_pending(&i.path, id).await == Abort::Failed {
+                            tracing::warn!(location = %i.location, "cannot abort a commit's multipart upload; will retry");
+                            return;
+                        }
                     }
                     let event = failed_event(
                         self.observer.source(),
+                        &i.failed_event_id,
                         &session,
                         &i.client_path,
                         &location,
@@ -250,15 +283,18 @@ impl Reconciler {
                         i.started_at,
                     );
                     outbox
-                        .record(&event, None, Some(key))
+                        .settle(Some(&event), None, &self.observer.fence(i), NOT_COMMITTED)
                         .await
                         .map_err(|e| e.to_string())
                 }
-                // The rename never happened: the file is still under its temp name.
-                IntentKind::Rename => self.clear((key.0, key.1)).await,
+                // The rename never happened: the file is still under its old name.
+                IntentKind::Rename => outbox
+                    .settle(None, None, &self.observer.fence(i), NOT_COMMITTED)
+                    .await
+                    .map_err(|e| e.to_string()),
             }
         };
-        if res.is_ok() {
+        if matches!(res, Ok(true)) {
             // The intent settled this upload's multipart upload too: it must not also be
             // announced as interrupted.
             if let Some(id) = &i.upload_id {
@@ -266,141 +302,168 @@ impl Reconciler {
             }
         }
         match res {
-            Ok(()) => tracing::warn!(
+            Ok(true) => tracing::warn!(
                 activity = "RECOVERED",
                 location = %i.location,
                 kind = ?i.kind,
                 outcome = if matches { "announced" } else { "not committed" },
-                "settled a commit left by a dead instance"
+                "settled a commit left by another instance"
             ),
+            Ok(false) => {}
             Err(e) => {
-                tracing::error!(location = %i.location, error = %e, "cannot settle a commit left by a dead instance; will retry")
+                tracing::error!(location = %i.location, error = %e, "cannot settle a commit left by another instance; will retry")
             }
         }
     }
 
-    async fn clear(&self, (location, id): (&str, &str)) -> Result<(), String> {
-        let _w = self.journal.inner.outbox.writing().await;
-        on_pool!(self.journal.db(), p => sqlx::query("DELETE FROM commit_intents WHERE location = $1 AND id = $2")
-            .bind(location).bind(id).execute(p).await.map(drop).map_err(|e| e.to_string()))
-    }
-
     async fn forget_upload(&self, upload_id: &str) {
         let _w = self.journal.inner.outbox.writing().await;
-        let _ = on_pool!(self.journal.db(), p => sqlx::query("DELETE FROM live_uploads WHERE id = $1")
+        let _ = on_pool!(self.journal.bookkeeping(), p => sqlx::query("DELETE FROM live_uploads WHERE id = $1")
             .bind(upload_id).execute(p).await.map(drop));
     }
 
     /// Whether a commit intent is about this multipart upload (it settles it).
     async fn has_intent(&self, upload_id: &str) -> bool {
-        let n: Result<i64, sqlx::Error> = on_pool!(self.journal.db(), p => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM commit_intents WHERE detail LIKE $1 ESCAPE '\\'")
-                .bind(format!(
-                    "%\"upload_id\":\"{}\"%",
-                    upload_id.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
-                ))
+        let n: Result<i64, sqlx::Error> = on_pool!(self.journal.inner.outbox.db(), p => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM commit_intents WHERE upload_id = $1")
+                .bind(upload_id)
                 .fetch_one(p)
                 .await
         });
         n.map_or(true, |n| n > 0)
     }
 
-    /// Aborts a multipart upload a dead instance left open and announces the upload failed.
-    async fn settle_upload(&self, u: &LiveUpload) {
-        if self.has_intent(&u.upload_id).await {
-            return; // settled with its intent
-        }
-        let aborted = crate::storage::s3::abort_multipart(
-            self.storage.s3().client(),
-            &u.bucket,
-            &u.key,
-            &u.upload_id,
-        )
-        .await;
-        if !aborted {
-            return; // the claim lapses; next round tries again
-        }
-        let n = &u.note;
-        if let Some(username) = n["username"].as_str() {
-            let session = crate::session::SessionInfo {
-                id: n["session_id"].as_str().unwrap_or_default().to_string(),
-                protocol: if n["protocol"] == "ftps" {
-                    crate::session::Protocol::Ftps
-                } else {
-                    crate::session::Protocol::Sftp
-                },
-                client_ip: n["client_ip"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
-                username: username.to_string(),
-            };
-            let location = Location {
-                uri: n["location"].as_str().unwrap_or_default().to_string(),
-                bucket: Some(u.bucket.clone()),
-                key: u.key.clone(),
-            };
-            let started_at = n["started_at"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_else(Utc::now);
-            let event = failed_event(
-                self.observer.source(),
-                &session,
-                n["path"].as_str().unwrap_or_default(),
-                &location,
-                0,
-                started_at,
-            );
-            if let Err(e) = self.observer.outbox().record(&event, None, None).await {
-                tracing::error!(upload_id = %u.upload_id, error = %e, "cannot announce an interrupted upload; will retry");
-                return;
-            }
-        }
-        self.forget_upload(&u.upload_id).await;
-        tracing::warn!(activity = "RECOVERED", bucket = %u.bucket, key = %u.key, upload_id = %u.upload_id, outcome = "aborted", "aborted a multipart upload left by a dead instance");
+    /// Every upload id some row names (tracked uploads, and commits completing one).
+    async fn known_uploads(&self) -> Result<HashSet<String>, sqlx::Error> {
+        let rows: Vec<String> = on_pool!(self.journal.inner.outbox.db(), p => {
+            sqlx::query_scalar("SELECT id FROM live_uploads UNION SELECT upload_id FROM commit_intents WHERE upload_id IS NOT NULL")
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows.into_iter().collect())
     }
 
-    /// Multipart uploads no instance tracks and local temporary files, older than the grace.
-    async fn sweep_untracked(&self) {
+    /// Aborts a multipart upload another instance left open (or, for one it was about to
+    /// create, whatever upload no row names at its exact key) and, for an upload, announces
+    /// the upload failed.
+    async fn settle_upload(&self, row_id: &str, u: &LiveUpload) {
+        let backend = self.storage.backend(&Home::S3 {
+            bucket: u.bucket.clone(),
+            prefix: String::new(),
+        });
+        let aborted = if row_id.starts_with("creating:") {
+            let Ok(known) = self.known_uploads().await else {
+                return;
+            };
+            let open = match backend.pending_uploads(&u.key).await {
+                Ok(open) => open,
+                Err(e) => {
+                    tracing::warn!(bucket = %u.bucket, key = %u.key, error = %e, "cannot list multipart uploads; will retry");
+                    return;
+                }
+            };
+            for id in open.iter().filter(|id| !known.contains(*id)) {
+                if backend.abort_pending(&u.key, id).await == Abort::Failed {
+                    return;
+                }
+                tracing::warn!(activity = "RECOVERED", bucket = %u.bucket, key = %u.key, upload_id = %id, outcome = "aborted", "aborted a multipart upload an instance created as it stopped");
+            }
+            true
+        } else {
+            if self.has_intent(row_id).await {
+                return; // settled with its intent
+            }
+            match backend.abort_pending(&u.key, row_id).await {
+                Abort::Done => true,
+                // Completed or aborted by its instance: its own commit or abort announces it.
+                Abort::Gone => false,
+                Abort::Failed => return,
+            }
+        };
+        let n = &u.note;
+        let kind = n["kind"].as_str().unwrap_or(if n.get("decrypt").is_some() {
+            "decrypt"
+        } else {
+            "upload"
+        });
+        if aborted && kind == "upload" {
+            if let Some(username) = n["username"].as_str() {
+                let session = crate::session::SessionInfo {
+                    id: n["session_id"].as_str().unwrap_or_default().to_string(),
+                    protocol: if n["protocol"] == "ftps" {
+                        crate::session::Protocol::Ftps
+                    } else {
+                        crate::session::Protocol::Sftp
+                    },
+                    client_ip: n["client_ip"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                    username: username.to_string(),
+                };
+                let location = Location {
+                    uri: n["location"].as_str().unwrap_or_default().to_string(),
+                    bucket: Some(u.bucket.clone()),
+                    key: u.key.clone(),
+                };
+                let started_at = n["started_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or_else(Utc::now);
+                // The upload's own failed-event id: its instance, if it lives on, records the
+                // same failure under the same id, and only one is kept.
+                let id = n["event_id"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                let event = failed_event(
+                    self.observer.source(),
+                    &id,
+                    &session,
+                    n["path"].as_str().unwrap_or_default(),
+                    &location,
+                    0,
+                    started_at,
+                );
+                if let Err(e) = self.observer.outbox().record(&event, None, None).await {
+                    tracing::error!(upload_id = %row_id, error = %e, "cannot announce an interrupted upload; will retry");
+                    return;
+                }
+            }
+        }
+        self.forget_upload(row_id).await;
+        if aborted {
+            tracing::warn!(activity = "RECOVERED", bucket = %u.bucket, key = %u.key, upload_id = %row_id, kind, outcome = "aborted", "aborted a multipart upload left by another instance");
+        }
+    }
+
+    /// Local temporary files (wharf's reserved names) older than the grace.
+    async fn sweep_temp_files(&self) {
         let mut homes: Vec<Home> = vec![self.default_home.clone()];
         if let Ok(accounts) = self.homes().await {
             homes.extend(accounts);
         }
-        let tracked: HashSet<String> = on_pool!(self.journal.db(), p => {
-            sqlx::query_scalar::<_, String>("SELECT id FROM live_uploads").fetch_all(p).await
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
         let cutoff = SystemTime::now() - self.orphan_grace;
-        let mut s3_seen = HashSet::new();
-        let mut local_seen = HashSet::new();
+        let mut seen = HashSet::new();
         for home in homes {
-            match &home {
-                Home::S3 { bucket, prefix } => {
-                    if s3_seen.insert((bucket.clone(), prefix.clone())) {
-                        self.sweep_s3(bucket, prefix, &tracked, cutoff).await;
-                    }
-                }
-                Home::Local { dir } => {
-                    if local_seen.insert(dir.clone()) {
-                        let dir = dir.clone();
-                        let removed =
-                            tokio::task::spawn_blocking(move || sweep_temp_files(&dir, cutoff))
-                                .await
-                                .unwrap_or(0);
-                        if removed > 0 {
-                            tracing::warn!(
-                                activity = "RECOVERED",
-                                removed,
-                                outcome = "removed",
-                                "removed stale temporary upload files"
-                            );
-                        }
-                    }
-                }
+            let Home::Local { dir } = &home else {
+                continue;
+            };
+            if !seen.insert(dir.clone()) {
+                continue;
+            }
+            let dir = dir.clone();
+            let removed = tokio::task::spawn_blocking(move || sweep_temp_files(&dir, cutoff))
+                .await
+                .unwrap_or(0);
+            if removed > 0 {
+                tracing::warn!(
+                    activity = "RECOVERED",
+                    removed,
+                    outcome = "removed",
+                    "removed stale temporary upload files"
+                );
             }
         }
     }
@@ -420,75 +483,21 @@ impl Reconciler {
         Ok(homes)
     }
 
-    async fn sweep_s3(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        tracked: &HashSet<String>,
-        cutoff: SystemTime,
-    ) {
-        let client = self.storage.s3().client();
-        let mut key_marker: Option<String> = None;
-        let mut id_marker: Option<String> = None;
-        loop {
-            let page = match client
-                .list_multipart_uploads()
-                .bucket(bucket)
-                .prefix(prefix)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(id_marker.take())
-                .send()
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(bucket, prefix, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "cannot list multipart uploads (s3:ListBucketMultipartUploads)");
-                    return;
-                }
-            };
-            for u in page.uploads() {
-                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
-                    continue;
-                };
-                let old = u
-                    .initiated()
-                    .and_then(|t| SystemTime::try_from(*t).ok())
-                    .is_some_and(|t| t < cutoff);
-                if old
-                    && !tracked.contains(id)
-                    && crate::storage::s3::abort_multipart(client, bucket, key, id).await
-                {
-                    tracing::warn!(
-                        activity = "RECOVERED",
-                        bucket,
-                        key,
-                        upload_id = id,
-                        outcome = "aborted",
-                        "aborted an orphaned multipart upload"
-                    );
-                }
-            }
-            if page.is_truncated() != Some(true) {
-                return;
-            }
-            key_marker = page.next_key_marker().map(String::from);
-            id_marker = page.next_upload_id_marker().map(String::from);
-        }
-    }
-
     /// Deletes events whose deliveries are all done and that are older than the retention,
-    /// and staged temp-name uploads never renamed.
+    /// staged temp-name uploads never renamed, and kept outcomes of taken-over intents (by
+    /// the database's clock).
     async fn prune(&self) {
-        let now = Utc::now();
-        let events_before = micros(now) - self.retention.as_micros() as i64;
-        let staged_before = micros(now) - self.staged_ttl.as_micros() as i64;
         let outbox = self.observer.outbox();
+        let events_age = self.retention.as_micros() as i64;
+        let staged_age = self.staged_ttl.as_micros() as i64;
         let _w = outbox.writing().await;
         let res: Result<(u64, u64), sqlx::Error> = on_pool!(outbox.db(), p => async {
-            let events = sqlx::query("DELETE FROM events WHERE created_us < $1 AND NOT EXISTS (SELECT 1 FROM event_deliveries d WHERE d.event_seq = events.seq AND d.state = 'pending')")
-                .bind(events_before).execute(p).await?.rows_affected();
-            let staged = sqlx::query("DELETE FROM staged_uploads WHERE created_us < $1")
-                .bind(staged_before).execute(p).await?.rows_affected();
+            let events = sqlx::query("DELETE FROM events WHERE created_us < (SELECT now_us FROM wharf_clock) - $1 AND NOT EXISTS (SELECT 1 FROM event_deliveries d WHERE d.event_seq = events.seq AND d.state = 'pending')")
+                .bind(events_age).execute(p).await?.rows_affected();
+            let staged = sqlx::query("DELETE FROM staged_uploads WHERE created_us < (SELECT now_us FROM wharf_clock) - $1")
+                .bind(staged_age).execute(p).await?.rows_affected();
+            sqlx::query("DELETE FROM intent_outcomes WHERE created_us < (SELECT now_us FROM wharf_clock) - $1")
+                .bind(staged_age).execute(p).await?;
             Ok((events, staged))
         }.await);
         match res {
@@ -501,17 +510,20 @@ impl Reconciler {
     }
 }
 
-/// A `wharf.upload.failed` for an upload a dead instance left unfinished.
+/// A `wharf.upload.failed` for an upload another instance left unfinished.
 fn failed_event(
     source: &str,
+    id: &str,
     session: &crate::session::SessionInfo,
     path: &str,
     location: &Location,
     bytes: u64,
     started_at: chrono::DateTime<Utc>,
 ) -> Event {
-    Event::build(
+    Event::build_with(
         source,
+        crate::events::FAILED,
+        id,
         &Arrival {
             session,
             path,
@@ -526,6 +538,7 @@ fn failed_event(
                 "the server handling the upload stopped before the file was published",
             )),
         },
+        None,
     )
 }
 

@@ -1,8 +1,9 @@
 //! Commit intents: what a session writes down before an object becomes visible, so that a
 //! process dying between the storage commit and the arrival event leaves enough for the
 //! reconciler to finish the job (announce the object, or say it failed). The intent on a
-//! location is also the lock that lets one writer at a time commit it. The `CommitJournal`
-//! seam is implemented on the database (`journal/`).
+//! location is also the lock that lets one writer at a time commit it, and the fence: an
+//! outcome is recorded only by the instance that holds it. The `CommitJournal` seam is
+//! implemented on the database (`journal/`).
 
 use std::sync::Arc;
 
@@ -11,14 +12,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Protocol, SessionInfo};
-use crate::storage::UploadTracker;
+use crate::storage::{Fingerprint, UploadTracker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IntentKind {
     /// An upload's object is being published at `path`.
     Upload,
-    /// A file is being renamed from `from_path` to `path` (a temp-name upload arriving).
+    /// A file is being renamed from `from_path` to `path` (a temp-name upload arriving, or
+    /// a final name renamed onto another).
     Rename,
 }
 
@@ -27,6 +29,14 @@ pub enum IntentKind {
 pub struct Intent {
     pub id: String,
     pub kind: IntentKind,
+    /// The id of the event that announces the commit, whoever records it (the session, or a
+    /// reconciler that took the commit over): one arrival never gets two.
+    #[serde(default)]
+    pub event_id: String,
+    /// The id of the event that says the upload failed, shared the same way (and with the
+    /// reconciler's announcement of an interrupted multipart upload).
+    #[serde(default)]
+    pub failed_event_id: String,
     /// The location (URI) being committed: the lock.
     pub location: String,
     /// The account's home (URI), to rebuild its storage.
@@ -84,14 +94,26 @@ pub struct ReceiptTarget {
 }
 
 impl Intent {
-    /// What an arrival's event transaction settles: the intent to clear, and whether it also
-    /// asks for more (a name to remember, a receipt to write, a file to decrypt).
-    pub fn key(&self) -> (&str, &str, bool) {
-        (
-            self.location.as_str(),
-            self.id.as_str(),
-            self.remember_name || self.receipt.is_some() || self.decrypt.is_some(),
-        )
+    /// Whether the intent asks for more than its clearing when its arrival is recorded (a
+    /// name to remember, a receipt to write, a file to decrypt).
+    pub fn extras(&self) -> bool {
+        self.remember_name || self.receipt.is_some() || self.decrypt.is_some()
+    }
+
+    /// Whether what storage holds at the location (`f`) is what this intent commits: the
+    /// same size and a whole-file checksum that says so, or (a copy) the intent it was made
+    /// under. Size alone never does.
+    pub fn matches(&self, f: &Fingerprint) -> bool {
+        if f.size != self.bytes {
+            return false;
+        }
+        if f.intent.as_deref() == Some(self.id.as_str()) {
+            return true;
+        }
+        if let (Some(want), Some(got)) = (&self.crc64nvme, &f.crc64nvme) {
+            return want == got;
+        }
+        f.sha256.as_deref() == Some(self.sha256.as_str())
     }
 
     /// The session the intent was written by, for its event.
@@ -112,11 +134,41 @@ impl Intent {
     }
 }
 
+/// When this instance last proved that it holds an intent: the moment it sent the statement
+/// that did (its heartbeat is written with it). Until `dead_after` of the database's time has
+/// passed since, no other instance can have taken the intent over.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub since: std::time::Instant,
+}
+
+/// What became of an intent whose outcome its owner could not record (the intent was not
+/// there any more, or the database's answer was lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// The event the owner recorded is there: an earlier attempt went through.
+    Recorded,
+    /// The intent is still the owner's: nothing was recorded yet.
+    Held,
+    /// Another instance took the intent over and announced the object it found.
+    Announced,
+    /// Another instance took it over, found no object, and recorded the upload as failed.
+    NotCommitted,
+    /// Another instance holds it and has not settled it yet.
+    Elsewhere,
+    /// Gone, with no outcome kept.
+    Unknown,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// Another commit of the same location did not finish in time.
     #[error("another upload of this file is being committed; try again")]
     Busy,
+    /// Another instance took this commit over (this one was silent too long: paused, or cut
+    /// off from the database); it settles it.
+    #[error("the commit was taken over by another server")]
+    Taken,
     #[error("commit journal: {0}")]
     Database(String),
 }
@@ -125,10 +177,19 @@ pub enum JournalError {
 #[async_trait]
 pub trait CommitJournal: Send + Sync {
     /// Records `intent`, waiting (a bounded time) while another commit holds its location.
-    async fn begin(&self, intent: &Intent) -> Result<(), JournalError>;
-    /// The commit did not happen (or was undone): forgets the intent. Failures are logged;
-    /// the reconciler settles a forgotten intent by looking at storage.
+    async fn begin(&self, intent: &Intent) -> Result<Held, JournalError>;
+    /// Before a step that cannot be undone (publishing in storage): makes sure the intent is
+    /// still this instance's, asking the database only when `held` is too old to be sure.
+    async fn confirm(&self, intent: &Intent, held: &mut Held) -> Result<(), JournalError>;
+    /// The commit did not happen (or was undone): forgets the intent, if still held.
+    /// Failures are logged; the reconciler settles a forgotten intent by looking at storage.
     async fn cancel(&self, intent: &Intent);
+    /// Storage's answer was not definite and could not be settled: the reconciler settles
+    /// the intent by what storage holds, as if its owner had died.
+    async fn hand_over(&self, intent: &Intent);
+    /// What became of `intent` (and of its owner's event `event_id`).
+    async fn settlement(&self, intent: &Intent, event_id: &str)
+        -> Result<Settlement, JournalError>;
     /// Where storage reports multipart uploads in progress.
     fn tracker(&self) -> Option<Arc<dyn UploadTracker>>;
 }
@@ -138,10 +199,23 @@ pub struct NoJournal;
 
 #[async_trait]
 impl CommitJournal for NoJournal {
-    async fn begin(&self, _intent: &Intent) -> Result<(), JournalError> {
+    async fn begin(&self, _intent: &Intent) -> Result<Held, JournalError> {
+        Ok(Held {
+            since: std::time::Instant::now(),
+        })
+    }
+    async fn confirm(&self, _intent: &Intent, _held: &mut Held) -> Result<(), JournalError> {
         Ok(())
     }
     async fn cancel(&self, _intent: &Intent) {}
+    async fn hand_over(&self, _intent: &Intent) {}
+    async fn settlement(
+        &self,
+        _intent: &Intent,
+        _event_id: &str,
+    ) -> Result<Settlement, JournalError> {
+        Ok(Settlement::Unknown)
+    }
     fn tracker(&self) -> Option<Arc<dyn UploadTracker>> {
         None
     }

@@ -4,12 +4,15 @@
 //! admission every listener shares (`limits.rs`: connection limits, and the PROXY protocol
 //! header of `proxy.rs`).
 
+pub mod commit;
 pub mod fs;
 pub mod intent;
 pub mod limits;
 pub mod listener;
 pub mod path;
 pub mod proxy;
+pub mod read;
+pub mod targets;
 pub mod upload;
 pub mod view;
 
@@ -23,9 +26,10 @@ use crate::config::SetstatPolicy;
 use crate::identity::Account;
 use crate::storage::{Backend, Stored};
 
-pub use fs::{DirListing, FsError, FsErrorKind, ReadFile, WriteFile};
-pub use intent::{CommitJournal, Intent, IntentKind, JournalError, NoJournal};
+pub use fs::{DirListing, FsError, FsErrorKind, WriteFile};
+pub use intent::{CommitJournal, Held, Intent, IntentKind, JournalError, NoJournal, Settlement};
 pub use path::VirtualPath;
+pub use read::ReadFile;
 pub use upload::UploadRegistry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +59,9 @@ pub struct SessionInfo {
 /// A finished or failed upload, as the observer sees it.
 #[derive(Debug, Clone)]
 pub struct UploadRecord {
+    /// The id its event gets: decided before it is recorded, so a retry after a lost answer
+    /// finds it.
+    pub event_id: String,
     pub session: SessionInfo,
     /// The client-visible path, `/in/x.csv`.
     pub path: String,
@@ -96,18 +103,26 @@ pub struct StagedFacts {
 
 /// Told about every upload's end. `completed` runs before the client's close is answered and
 /// its error fails the close: this is where the durable arrival record is written, and the
-/// commit's intent cleared with it.
+/// commit's intent cleared with it. Every record made under an intent is fenced: it is made
+/// only if this instance still holds the intent, and says so (`Ok(false)`: another instance
+/// took the commit over, or an earlier attempt whose answer was lost made it).
 #[async_trait]
 pub trait UploadObserver: Send + Sync {
+    /// Records a completed upload (event id `record.event_id`): its arrival event, or under
+    /// a temp name the facts its rename will need.
     async fn completed(
         &self,
         record: &UploadRecord,
         intent: Option<&Intent>,
-    ) -> Result<(), RecordError>;
-    async fn failed(&self, record: &UploadRecord);
+    ) -> Result<bool, RecordError>;
+    /// Records a failed upload (event id `record.event_id`, shared with whoever else may
+    /// announce the same failure); with `intent`, only while this instance holds it, which
+    /// it clears.
+    async fn failed(&self, record: &UploadRecord, intent: Option<&Intent>);
     /// A file was renamed (`(client path, location)` before and after; `etag` of the object
-    /// at its new location, where storage has one); a temp-name upload renamed to its final
-    /// name arrives here, with `facts` of its content. Runs before the client is answered.
+    /// at its new location, where storage has one). A rename onto a final name arrives here
+    /// with `facts` of its content and the `intent` it was committed under (whose
+    /// `event_id` its event gets). Runs before the client is answered.
     async fn renamed(
         &self,
         session: &SessionInfo,
@@ -116,9 +131,9 @@ pub trait UploadObserver: Send + Sync {
         etag: Option<&str>,
         facts: Option<&StagedFacts>,
         intent: Option<&Intent>,
-    ) -> Result<(), RecordError>;
-    /// Whether renaming `from` to `to` makes a file arrive (a temp name to a final one).
-    fn is_arrival(&self, _from: &str, _to: &str) -> bool {
+    ) -> Result<bool, RecordError>;
+    /// Whether `path` is a temporary name (its upload arrives only when renamed).
+    fn is_temp(&self, _path: &str) -> bool {
         false
     }
     /// Whether a file ever arrived at `location` (for folders that accept a name once).
@@ -135,6 +150,13 @@ pub trait UploadObserver: Send + Sync {
     }
     /// What is known of the temp-name upload at `location`.
     async fn staged(
+        &self,
+        _location: &crate::storage::Location,
+    ) -> Result<Option<StagedFacts>, RecordError> {
+        Ok(None)
+    }
+    /// What the last arrival announced at `location` held.
+    async fn last_arrival(
         &self,
         _location: &crate::storage::Location,
     ) -> Result<Option<StagedFacts>, RecordError> {
@@ -157,10 +179,10 @@ impl UploadObserver for LogOnlyObserver {
         &self,
         _record: &UploadRecord,
         _intent: Option<&Intent>,
-    ) -> Result<(), RecordError> {
-        Ok(())
+    ) -> Result<bool, RecordError> {
+        Ok(true)
     }
-    async fn failed(&self, _record: &UploadRecord) {}
+    async fn failed(&self, _record: &UploadRecord, _intent: Option<&Intent>) {}
     async fn renamed(
         &self,
         _session: &SessionInfo,
@@ -169,8 +191,8 @@ impl UploadObserver for LogOnlyObserver {
         _etag: Option<&str>,
         _facts: Option<&StagedFacts>,
         _intent: Option<&Intent>,
-    ) -> Result<(), RecordError> {
-        Ok(())
+    ) -> Result<bool, RecordError> {
+        Ok(true)
     }
     async fn removed(
         &self,
@@ -189,6 +211,9 @@ pub struct SessionContext {
     pub setstat: SetstatPolicy,
     /// File name suffixes of PGP files (`pgp.suffixes`), decrypted in folders that say where.
     pub pgp_suffixes: Vec<String>,
+    /// How long a close waits for an outcome that was not definite to be settled
+    /// (`recovery.settle_wait`).
+    pub settle_wait: std::time::Duration,
 }
 
 /// Open files (handles) one connection may hold, over all its SFTP channels.

@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{
     Backend, Capacity, ContentHash, DirEntry, DirStream, ErrorKind, Fingerprint, Location, Meta,
-    Result, Sealed, StorageError, Stored, Upload, UploadContext, LIST_PAGE, RESERVED_PREFIX,
+    RenameContext, Renamed, Result, Sealed, StorageError, Stored, Upload, UploadContext, LIST_PAGE,
+    RESERVED_PREFIX,
 };
 
 /// Files under one account's home directory.
@@ -144,12 +145,7 @@ impl Backend for LocalBackend {
             .map_err(|e| io_err(e, path))
     }
 
-    async fn rename(
-        &self,
-        from: &str,
-        to: &str,
-        _if_match: Option<&str>,
-    ) -> Result<Option<String>> {
+    async fn rename(&self, from: &str, to: &str, _ctx: &RenameContext) -> Result<Renamed> {
         let src = self.resolve(from).await?;
         let dst = self.resolve(to).await?;
         let m = tokio::fs::metadata(&src)
@@ -177,7 +173,7 @@ impl Backend for LocalBackend {
         tokio::fs::rename(&src, &dst)
             .await
             .map_err(|e| io_err(e, from))?;
-        Ok(None)
+        Ok(Renamed::default())
     }
 
     async fn mkdir(&self, dir: &str) -> Result<()> {
@@ -270,6 +266,7 @@ impl Backend for LocalBackend {
             sha256: Some(sha256),
             crc64nvme: None,
             etag: None,
+            intent: None,
         }))
     }
 

@@ -38,6 +38,9 @@ pub enum ErrorKind {
     /// Another upload of the same name replaced this one in storage before it was published
     /// (S3 servers such as garage keep the upload started last).
     Superseded,
+    /// Storage's answer to a commit was not definite (a timeout, a 5xx, a reset connection)
+    /// and what it holds could not be read either: the commit may or may not have happened.
+    Indeterminate,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,11 +158,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `len` bytes at `offset`; empty at or past the end.
     async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes>;
     async fn delete(&self, path: &str) -> Result<()>;
-    /// Replaces `to` if it is a file. Returns the ETag of the object at `to`, where the
-    /// backend has one (S3 copies it to a new key, which gets its own). `if_match`: refuse
-    /// (`Unavailable`, as a failed precondition) unless the source still has that ETag, so
-    /// facts known of it describe what is renamed (S3; local files have no ETag).
-    async fn rename(&self, from: &str, to: &str, if_match: Option<&str>) -> Result<Option<String>>;
+    /// Replaces `to` if it is a file. Says the ETag of the object now at `to`, where the
+    /// backend has one (S3 copies it to a new key, which gets its own).
+    async fn rename(&self, from: &str, to: &str, ctx: &RenameContext) -> Result<Renamed>;
     async fn mkdir(&self, dir: &str) -> Result<()>;
     /// Removes an empty directory.
     async fn rmdir(&self, dir: &str) -> Result<()>;
@@ -173,6 +174,51 @@ pub trait Backend: Send + Sync + 'static {
     async fn capacity(&self) -> Result<Option<Capacity>> {
         Ok(None)
     }
+    /// Aborts the storage upload `upload_id` at `path` (an S3 multipart upload), for the
+    /// reconciler.
+    async fn abort_pending(&self, _path: &str, _upload_id: &str) -> Abort {
+        Abort::Gone
+    }
+    /// The storage uploads in progress at exactly `path` (S3 multipart upload ids).
+    async fn pending_uploads(&self, _path: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+}
+
+/// What aborting a storage upload came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// Aborted now: it can never complete.
+    Done,
+    /// Storage has no such upload (completed or aborted already).
+    Gone,
+    /// Storage kept failing; it may still be there.
+    Failed,
+}
+
+/// What a rename is done with besides its paths.
+#[derive(Clone, Default)]
+pub struct RenameContext {
+    /// Refuse (`Unavailable`, as a failed precondition) unless the source still has this
+    /// ETag, so facts known of it describe what is renamed (S3; local files have no ETag).
+    pub if_match: Option<String>,
+    /// The commit intent the rename is made under, recorded with the copy where storage
+    /// copies (S3 object metadata), so a reconciler tells the copy from an older object.
+    pub intent: Option<String>,
+    /// Told about a copy that outlives a request (an S3 multipart copy of a large object).
+    pub tracker: Option<Arc<dyn UploadTracker>>,
+    /// Who is renaming, as the tracker keeps it.
+    pub note: serde_json::Value,
+}
+
+/// A rename done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renamed {
+    /// The ETag of the object now at the target, where storage has one.
+    pub etag: Option<String>,
+    /// The target holds the source's content but the source could not be removed (an S3
+    /// copy whose delete kept failing).
+    pub source_left: bool,
 }
 
 /// Whole parts one connection may be filling at once (reserved from the upload memory and not
@@ -210,6 +256,8 @@ pub struct Fingerprint {
     /// The full-object CRC64NVME (base64) of an S3 multipart object.
     pub crc64nvme: Option<String>,
     pub etag: Option<String>,
+    /// The commit intent a copy was made under (a rename on S3), where storage keeps it.
+    pub intent: Option<String>,
 }
 
 /// What `statvfs` reports of a file system, in bytes.
@@ -261,7 +309,10 @@ impl UploadContext {
     }
 }
 
-/// An S3 multipart upload in progress, as the tracker records it.
+/// An S3 multipart upload in progress, as the tracker records it. `note["kind"]` says what
+/// it is for: an upload (none, or `"upload"`: a failed event is announced if it is cut off),
+/// a rename's copy (`"copy"`) or a decryption's plaintext (`"decrypt"`): those are only
+/// aborted.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LiveUpload {
     pub upload_id: String,
@@ -270,14 +321,25 @@ pub struct LiveUpload {
     pub note: serde_json::Value,
 }
 
-/// Keeps the list of storage uploads in progress where a reconciler can find them.
+/// Keeps the list of storage uploads in progress where a reconciler can find them. wharf
+/// only ever aborts uploads listed here: an upload under a shared prefix that no row names
+/// (a pipeline's own) is left alone.
 #[async_trait]
 pub trait UploadTracker: Send + Sync {
-    /// Called before the first part is sent; an error fails the upload (it could not be
-    /// cleaned up after a crash).
-    async fn started(&self, upload: &LiveUpload) -> Result<(), String>;
+    /// Called before a multipart upload is created at `upload.bucket`/`upload.key`, under a
+    /// placeholder `upload.upload_id` (`creating:…`), so that one whose process dies before
+    /// `started` is still known to be wharf's. An error fails the upload.
+    async fn creating(&self, upload: &LiveUpload) -> Result<(), String>;
+    /// The placeholder `pending` is now the multipart upload `upload_id`. An error fails the
+    /// upload.
+    async fn started(&self, pending: &str, upload_id: &str) -> Result<(), String>;
     /// The upload was completed or aborted.
     async fn ended(&self, upload_id: &str);
+}
+
+/// The placeholder a multipart upload is tracked under until S3 names it.
+pub fn creating_id() -> String {
+    format!("creating:{}", uuid::Uuid::now_v7().simple())
 }
 
 /// Everything received is in storage and nothing is visible yet: what `commit` will publish.

@@ -164,6 +164,7 @@ impl Backend for S3Backend {
                     .map(hex::encode),
                 crc64nvme: h.checksum_crc64_nvme().map(String::from),
                 etag: unquote(h.e_tag()),
+                intent: h.metadata().and_then(|m| m.get(INTENT_META)).cloned(),
             })),
             Err(e) => absent(sdk_err(e, "HeadObject")),
         }
@@ -224,7 +225,7 @@ impl Backend for S3Backend {
         Ok(())
     }
 
-    async fn rename(&self, from: &str, to: &str, if_match: Option<&str>) -> Result<Option<String>> {
+    async fn rename(&self, from: &str, to: &str, ctx: &RenameContext) -> Result<Renamed> {
         let src = self.key(from)?;
         let dst = self.key(to)?;
         let Some(meta) = self.head(&src).await? else {
@@ -243,17 +244,34 @@ impl Backend for S3Backend {
                 format!("{to} is a directory"),
             ));
         }
-        let etag = self.copy(&src, &dst, meta.size, if_match).await?;
+        let etag = self.copy(&src, &dst, meta.size, ctx).await?;
         crate::testing::crash_point("rename.after_copy");
-        self.s3
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&src)
-            .send()
-            .await
-            .map_err(|e| sdk_err(e, "DeleteObject"))?;
-        Ok(etag)
+        // The copy is the rename: a source that cannot be removed is reported, not a failure
+        // (the target already holds the file).
+        let mut source_left = true;
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            match self
+                .s3
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&src)
+                .send()
+                .await
+            {
+                Ok(_) => {
+                    source_left = false;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %src, attempt, error = %DisplayErrorContext(&e), "cannot remove a renamed file's source");
+                }
+            }
+        }
+        Ok(Renamed { etag, source_left })
     }
 
     async fn mkdir(&self, dir: &str) -> Result<()> {
@@ -303,6 +321,14 @@ impl Backend for S3Backend {
         Ok(())
     }
 
+    async fn abort_pending(&self, path: &str, upload_id: &str) -> Abort {
+        self.abort_at(path, upload_id).await
+    }
+
+    async fn pending_uploads(&self, path: &str) -> Result<Vec<String>> {
+        self.uploads_at(path).await
+    }
+
     async fn begin_upload(&self, path: &str, ctx: UploadContext) -> Result<Box<dyn Upload>> {
         let key = self.key(path)?;
         Ok(Box::new(S3Upload::new(
@@ -312,5 +338,47 @@ impl Backend for S3Backend {
             key,
             self.location(path),
         )))
+    }
+}
+
+impl S3Backend {
+    /// For the reconciler: a multipart upload at `path` (a key, for a home at the bucket's
+    /// root) aborted.
+    pub(super) async fn abort_at(&self, path: &str, upload_id: &str) -> Abort {
+        match self.key(path) {
+            Ok(key) => abort_multipart(&self.s3.client, &self.bucket, &key, upload_id).await,
+            Err(_) => Abort::Gone,
+        }
+    }
+
+    /// The multipart uploads in progress at exactly `path`.
+    pub(super) async fn uploads_at(&self, path: &str) -> Result<Vec<String>> {
+        let key = self.key(path)?;
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .s3
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&key)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| sdk_err(e, "ListMultipartUploads"))?;
+            out.extend(
+                page.uploads()
+                    .iter()
+                    .filter(|u| u.key() == Some(key.as_str()))
+                    .filter_map(|u| u.upload_id().map(String::from)),
+            );
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(String::from);
+            id_marker = page.next_upload_id_marker().map(String::from);
+        }
     }
 }

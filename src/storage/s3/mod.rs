@@ -24,9 +24,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{
-    Backend, ContentHash, DirEntry, DirStream, ErrorKind, Fingerprint, LiveUpload, Location, Meta,
-    Result, Sealed, StorageError, Stored, Upload, UploadContext, UploadScope, UploadTracker,
-    LIST_PAGE, MAX_FILLING_PARTS,
+    Abort, Backend, ContentHash, DirEntry, DirStream, ErrorKind, Fingerprint, LiveUpload, Location,
+    Meta, RenameContext, Renamed, Result, Sealed, StorageError, Stored, Upload, UploadContext,
+    UploadScope, UploadTracker, LIST_PAGE, MAX_FILLING_PARTS,
 };
 use crate::config::S3Config;
 
@@ -39,7 +39,10 @@ mod upload;
 use list::S3DirStream;
 use metrics::RequestMetrics;
 pub(crate) use upload::abort_multipart;
-use upload::S3Upload;
+use upload::{refused, settle_by_content, S3Upload};
+
+/// The S3 object metadata (`x-amz-meta-…`) a copy made under a commit intent carries.
+const INTENT_META: &str = "wharf-intent";
 
 /// S3's limit on key length.
 const MAX_KEY_LEN: usize = 1024;

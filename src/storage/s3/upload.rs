@@ -60,9 +60,9 @@ impl http_body::Body for Chunks {
     }
 }
 
-/// Aborts a multipart upload, trying for about half a minute; true once S3 no longer has it.
-/// One that still fails is left to the reconciler (and the bucket's lifecycle rule).
-pub(crate) async fn abort_multipart(c: &Client, bucket: &str, key: &str, upload_id: &str) -> bool {
+/// Aborts a multipart upload, trying for about half a minute. One that still fails is left
+/// to the reconciler (and the bucket's lifecycle rule).
+pub(crate) async fn abort_multipart(c: &Client, bucket: &str, key: &str, upload_id: &str) -> Abort {
     // A leaked multipart upload costs money and hides data: try hard.
     for attempt in 0..7 {
         match c
@@ -73,15 +73,81 @@ pub(crate) async fn abort_multipart(c: &Client, bucket: &str, key: &str, upload_
             .send()
             .await
         {
-            Ok(_) => return true,
-            Err(e) if e.code() == Some("NoSuchUpload") => return true,
+            Ok(_) => return Abort::Done,
+            Err(e) if e.code() == Some("NoSuchUpload") => return Abort::Gone,
             Err(e) => {
                 tracing::warn!(bucket, key, upload_id, attempt, error = %DisplayErrorContext(&e), "AbortMultipartUpload failed");
                 tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
             }
         }
     }
-    false
+    Abort::Failed
+}
+
+/// Whether an S3 error says for sure that the request was not carried out (a 4xx refusal),
+/// as opposed to an answer that is not definite (a timeout, a 5xx, a connection cut or an
+/// unreadable answer), after which the request may or may not have been carried out.
+pub(super) fn refused<E>(e: &SdkError<E>) -> bool {
+    match e {
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            (400..500).contains(&status) && status != 408 && status != 429
+        }
+        SdkError::ConstructionFailure(_) => true,
+        _ => false,
+    }
+}
+
+/// How often, and how far apart, what an object holds is read after an answer that was not
+/// definite, before the commit is called indeterminate.
+const SETTLE_READS: u32 = 5;
+
+/// The content at `key` after an answer that was not definite: `Some(etag)` when it is the
+/// one `matches` recognises, `None` when it is not there (twice, two seconds apart: a request
+/// still in flight has had time to land) or holds something else; an error when storage could
+/// not be read at all.
+pub(super) async fn settle_by_content(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    matches: impl Fn(&aws_sdk_s3::operation::head_object::HeadObjectOutput) -> bool,
+) -> Result<Option<Option<String>>> {
+    let mut absent = 0;
+    let mut last_err = None;
+    for attempt in 0..SETTLE_READS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 << attempt.min(3))).await;
+        }
+        match c
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+        {
+            Ok(h) if matches(&h) => return Ok(Some(unquote(h.e_tag()))),
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                let e = sdk_err(e, "HeadObject");
+                if e.kind == ErrorKind::NotFound {
+                    absent += 1;
+                    if absent >= 2 {
+                        return Ok(None);
+                    }
+                } else {
+                    last_err = Some(e);
+                }
+            }
+        }
+    }
+    Err(StorageError::new(
+        ErrorKind::Indeterminate,
+        format!(
+            "the commit's outcome is unknown: storage's answer was lost and the object could not be read ({})",
+            last_err.map(|e| e.message).unwrap_or_else(|| "not found once".into())
+        ),
+    ))
 }
 
 struct Multipart {
@@ -210,7 +276,24 @@ impl S3Upload {
     /// `max_inflight_parts` parts of this upload are already on their way.
     async fn send_part(&mut self) -> Result<()> {
         if self.multipart.is_none() {
-            let up = self
+            // Tracked before it exists: whatever happens next, the reconciler knows an upload
+            // at this key is wharf's.
+            let pending = super::super::creating_id();
+            if let Some(t) = &self.tracker {
+                let live = LiveUpload {
+                    upload_id: pending.clone(),
+                    bucket: self.bucket.clone(),
+                    key: self.key.clone(),
+                    note: self.note.clone(),
+                };
+                t.creating(&live).await.map_err(|why| {
+                    StorageError::new(
+                        ErrorKind::Unavailable,
+                        format!("cannot record the multipart upload: {why}"),
+                    )
+                })?;
+            }
+            let created = self
                 .s3
                 .client
                 .create_multipart_upload()
@@ -219,20 +302,28 @@ impl S3Upload {
                 .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
                 .checksum_type(ChecksumType::FullObject)
                 .send()
-                .await
-                .map_err(|e| sdk_err(e, "CreateMultipartUpload"))?;
-            let upload_id = up.upload_id().map(str::to_string).ok_or_else(|| {
-                StorageError::new(ErrorKind::Unavailable, "S3 returned no upload id")
-            })?;
+                .await;
+            let upload_id = match created {
+                Ok(up) => up.upload_id().map(str::to_string).ok_or_else(|| {
+                    StorageError::new(ErrorKind::Unavailable, "S3 returned no upload id")
+                })?,
+                Err(e) => {
+                    // The row stays unless S3 refused: after an answer that was lost it may
+                    // have created one, which the reconciler finds by key once this
+                    // instance is gone.
+                    if let (Some(t), true) = (&self.tracker, refused(&e)) {
+                        t.ended(&pending).await;
+                    }
+                    return Err(sdk_err(e, "CreateMultipartUpload"));
+                }
+            };
             if let Some(t) = &self.tracker {
-                let live = LiveUpload {
-                    upload_id: upload_id.clone(),
-                    bucket: self.bucket.clone(),
-                    key: self.key.clone(),
-                    note: self.note.clone(),
-                };
-                if let Err(why) = t.started(&live).await {
-                    abort_multipart(&self.s3.client, &self.bucket, &self.key, &upload_id).await;
+                if let Err(why) = t.started(&pending, &upload_id).await {
+                    if abort_multipart(&self.s3.client, &self.bucket, &self.key, &upload_id).await
+                        != Abort::Failed
+                    {
+                        t.ended(&pending).await;
+                    }
                     return Err(StorageError::new(
                         ErrorKind::Unavailable,
                         format!("cannot record the multipart upload: {why}"),
@@ -299,7 +390,9 @@ impl S3Upload {
         if let Some(mut mp) = self.multipart.take() {
             mp.inflight.abort_all();
             while mp.inflight.join_next().await.is_some() {}
-            if abort_multipart(&self.s3.client, &self.bucket, &self.key, &mp.upload_id).await {
+            if abort_multipart(&self.s3.client, &self.bucket, &self.key, &mp.upload_id).await
+                != Abort::Failed
+            {
                 if let Some(t) = &self.tracker {
                     t.ended(&mp.upload_id).await;
                 }
@@ -307,22 +400,74 @@ impl S3Upload {
         }
     }
 
-    /// Whether the object now at the key is this upload's: after a CompleteMultipartUpload
-    /// whose answer was lost (a timeout), S3 may well have completed it.
-    async fn completed_anyway(&self, crc: &str) -> Option<Option<String>> {
-        let h = self
-            .s3
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-            .send()
-            .await
-            .ok()?;
-        let same = h.checksum_crc64_nvme() == Some(crc)
-            && h.content_length().unwrap_or(-1) == self.bytes as i64;
-        same.then(|| unquote(h.e_tag()))
+    /// Settles a CompleteMultipartUpload whose answer was an error: S3 may well have
+    /// completed it (an answer lost after the work was done, or a retry of an attempt that
+    /// went through: NoSuchUpload). The object at the key says; when it is not there, the
+    /// upload is aborted so that it can never complete later.
+    async fn settle_complete(&mut self, crc: &str, e: StorageError) -> Result<Option<String>> {
+        let s3 = self.s3.clone();
+        let c = &s3.client;
+        let size = self.bytes as i64;
+        let ours = |h: &aws_sdk_s3::operation::head_object::HeadObjectOutput| {
+            h.checksum_crc64_nvme() == Some(crc) && h.content_length().unwrap_or(-1) == size
+        };
+        if let Some(etag) = settle_by_content(c, &self.bucket, &self.key, &ours).await? {
+            tracing::warn!(key = %self.key, error = %e, "CompleteMultipartUpload failed but the object is there with this upload's checksum: completed");
+            return Ok(etag);
+        }
+        let Some(upload_id) = self.multipart.as_ref().map(|m| m.upload_id.clone()) else {
+            return Err(e);
+        };
+        match abort_multipart(c, &self.bucket, &self.key, &upload_id).await {
+            // Not completed, and now it never will be.
+            Abort::Done => {
+                self.finish_tracking().await;
+                Err(e)
+            }
+            // Completed by the attempt whose answer was lost, then replaced; or never ours.
+            Abort::Gone => {
+                self.finish_tracking().await;
+                if let Some(etag) = settle_by_content(c, &self.bucket, &self.key, &ours).await? {
+                    return Ok(etag);
+                }
+                Err(StorageError::with_source(
+                    ErrorKind::Superseded,
+                    "a newer upload of this file replaced it in storage before it was published; upload it again if it is the one to keep",
+                    e,
+                ))
+            }
+            Abort::Failed => Err(StorageError::with_source(
+                ErrorKind::Indeterminate,
+                "the commit's outcome is unknown: storage's answer was lost and the upload could not be aborted",
+                e,
+            )),
+        }
+    }
+
+    /// The multipart upload is over (completed, or aborted or gone): stop tracking it.
+    async fn finish_tracking(&mut self) {
+        self.finished = true;
+        if let Some(mp) = self.multipart.take() {
+            if let Some(t) = &self.tracker {
+                t.ended(&mp.upload_id).await;
+            }
+        }
+    }
+
+    /// Settles a PutObject whose answer was an error: the object at the key says whether it
+    /// went through.
+    async fn settle_put(&self, sha256_b64: &str, e: StorageError) -> Result<Option<String>> {
+        let size = self.bytes as i64;
+        let ours = |h: &aws_sdk_s3::operation::head_object::HeadObjectOutput| {
+            h.checksum_sha256() == Some(sha256_b64) && h.content_length().unwrap_or(-1) == size
+        };
+        match settle_by_content(&self.s3.client, &self.bucket, &self.key, ours).await? {
+            Some(etag) => {
+                tracing::warn!(key = %self.key, error = %e, "PutObject failed but the object is there with this upload's checksum: stored");
+                Ok(etag)
+            }
+            None => Err(e),
+        }
     }
 }
 
@@ -435,63 +580,70 @@ impl Upload for S3Upload {
                 // S3 may take minutes to assemble a large object.
                 .config_override(self.s3.attempt_limit(5))
                 .send()
-                .await
-                .map(|r| unquote(r.e_tag()))
-                .map_err(|e| sdk_err(e, "CompleteMultipartUpload"));
+                .await;
             match done {
-                Ok(etag) => Ok(etag),
-                // The answer may have been lost after S3 did complete it: the object there
-                // says.
-                Err(e) => match self.completed_anyway(&crc).await {
-                    Some(etag) => {
-                        tracing::warn!(key = %self.key, error = %e, "CompleteMultipartUpload failed but the object is there with this upload's checksum: completed");
-                        Ok(etag)
+                Ok(r) => Ok(unquote(r.e_tag())),
+                // An answer that is not definite, or NoSuchUpload (a retry of an attempt
+                // that went through): the object there says.
+                Err(e) => {
+                    let e = sdk_err(e, "CompleteMultipartUpload");
+                    match self.settle_complete(&crc, e).await {
+                        Ok(etag) => Ok(etag),
+                        Err(e) if e.kind == ErrorKind::Indeterminate => {
+                            // Left as it is for the reconciler, which settles the commit
+                            // by the object (and aborts the upload if it is not there).
+                            self.finished = true;
+                            self.multipart = None;
+                            return Err(e);
+                        }
+                        Err(e) => Err(e),
                     }
-                    None if e.kind == ErrorKind::NotFound => Err(StorageError::with_source(
-                        ErrorKind::Superseded,
-                        "a newer upload of this file replaced it in storage before it was published; upload it again if it is the one to keep",
-                        e,
-                    )),
-                    None => Err(e),
-                },
+                }
             }
         } else {
             // Everything fits in one part: one PutObject with the whole-object checksum.
             let (body, _permit) = self.take_part();
             // The whole-object hash is this body's hash: no second pass.
             let digest = self.hash.clone().digest();
-            self.s3
+            let sha256_b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+            let put = self
+                .s3
                 .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&self.key)
                 .content_length(body.len() as i64)
-                .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
+                .checksum_sha256(&sha256_b64)
                 .body(body.stream())
                 .customize()
                 // The signed x-amz-checksum-sha256 header already protects the body: hashing
                 // it again for SigV4 would be a third SHA-256 pass over every byte.
                 .disable_payload_signing()
                 .send()
-                .await
-                .map(|r| unquote(r.e_tag()))
-                .map_err(|e| sdk_err(e, "PutObject"))
+                .await;
+            match put {
+                Ok(r) => Ok(unquote(r.e_tag())),
+                Err(e) if refused(&e) => Err(sdk_err(e, "PutObject")),
+                Err(e) => {
+                    let e = sdk_err(e, "PutObject");
+                    self.settle_put(&sha256_b64, e).await
+                }
+            }
         };
 
         match res {
             Ok(etag) => {
-                self.finished = true;
-                if let Some(mp) = self.multipart.take() {
-                    if let Some(t) = &self.tracker {
-                        t.ended(&mp.upload_id).await;
-                    }
-                }
+                self.finish_tracking().await;
                 Ok(Stored {
                     bytes: sealed.bytes,
                     sha256: sealed.sha256,
                     etag,
                     location: self.location.clone(),
                 })
+            }
+            Err(e) if e.kind == ErrorKind::Indeterminate => {
+                self.finished = true;
+                Err(e)
             }
             Err(e) => {
                 self.abort_inner().await;
@@ -515,7 +667,8 @@ impl Drop for S3Upload {
                 (self.bucket.clone(), self.key.clone(), self.tracker.clone());
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    if abort_multipart(&client, &bucket, &key, &mp.upload_id).await {
+                    if abort_multipart(&client, &bucket, &key, &mp.upload_id).await != Abort::Failed
+                    {
                         if let Some(t) = tracker {
                             t.ended(&mp.upload_id).await;
                         }

@@ -1,0 +1,27 @@
+-- Exactly once in a cluster. Every time one instance compares with another's (heartbeats,
+-- liveness, leases, claims, grace periods) is the database's own clock: `wharf_clock` gives
+-- it in microseconds since the Unix epoch, the unit of every *_us column.
+CREATE VIEW IF NOT EXISTS wharf_clock AS
+    SELECT CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) AS now_us;
+
+-- How a commit intent taken over by another instance's reconciler was settled, so that its
+-- first owner, alive after all, learns what became of its work instead of recording it a
+-- second time: 'announced' or 'not_committed'.
+CREATE TABLE IF NOT EXISTS intent_outcomes (
+    intent_id  TEXT   PRIMARY KEY,
+    outcome    TEXT   NOT NULL,
+    created_us BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS intent_outcomes_created ON intent_outcomes (created_us);
+
+-- The location an event is about, so the last arrival at a location is found by index.
+ALTER TABLE events ADD COLUMN location TEXT;
+CREATE INDEX IF NOT EXISTS events_location ON events (location, seq) WHERE location IS NOT NULL;
+
+-- The S3 multipart upload an intent completes, so the reconciler finds it by index.
+ALTER TABLE commit_intents ADD COLUMN upload_id TEXT;
+CREATE INDEX IF NOT EXISTS commit_intents_upload ON commit_intents (upload_id) WHERE upload_id IS NOT NULL;
+
+-- How long each instance may stay silent before it is taken for dead (3 heartbeats of its
+-- own configuration), so instances configured differently judge each other rightly.
+ALTER TABLE instances ADD COLUMN lapse_us BIGINT NOT NULL DEFAULT 0;
