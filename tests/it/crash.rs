@@ -97,9 +97,11 @@ async fn a_forsaken_commit_intent_of_a_live_instance_is_settled() {
     assert_ne!(run.code, Some(0), "the client saw a success: {run:?}");
     crashed(&mut g, "upload.after_commit");
     assert_eq!(g.count_rows("commit_intents").await, 1);
-    // With a heartbeat of an hour an instance is taken for dead after three, so the crashed
-    // one counts as alive: only the intent's age can settle it.
-    g.restart(&[CRASH_AT], &[("WHARF_RECOVERY__HEARTBEAT", "1h")]);
+    // An instance is taken for dead after three of its own heartbeats: as if the crashed
+    // one beat once an hour, it counts as alive, and only the intent's age can settle it.
+    g.execute("UPDATE instances SET lapse_us = 3 * 3600 * 1000000 WHERE id IN (SELECT instance FROM commit_intents)")
+        .await;
+    g.restart(&[CRASH_AT], &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(events_for(&g, "wharf.upload.completed", "/late.csv").is_empty());
     assert_eq!(g.count_rows("commit_intents").await, 1);
@@ -466,6 +468,8 @@ fn intent(id: &str, location: &str) -> wharf::session::Intent {
     wharf::session::Intent {
         id: id.into(),
         kind: wharf::session::IntentKind::Upload,
+        event_id: format!("e-{id}"),
+        failed_event_id: format!("f-{id}"),
         location: location.into(),
         home: "file:///nowhere/".into(),
         path: "a.csv".into(),

@@ -306,10 +306,17 @@ async fn temp_name_upload_arrives_once_on_rename() {
         .await
         .is_none());
 
-    // Renaming an arrived file is not a new arrival.
+    // Renaming an arrived file is not a new upload: it is announced as a rename, with the
+    // bytes now under the new name.
     g.acme("rename report.csv report-final.csv\n").ok();
+    let got = hook.wait_accepted(2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(hook.accepted().len(), 1);
+    assert_eq!(hook.accepted().len(), 2);
+    let ev = got[1].json();
+    assert_eq!(ev["type"], "wharf.file.renamed");
+    assert_eq!(ev["subject"], "/report-final.csv");
+    assert_eq!(ev["data"]["from_path"], "/report.csv");
+    assert_eq!(ev["data"]["sha256"], hex::encode(Sha256::digest(&data)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -582,11 +589,8 @@ async fn backlog(db: &wharf::db::Db) {
 /// and a second claim takes none of them while the lease lasts.
 async fn claims_take_each_accounts_oldest(db: &wharf::db::Db) {
     let outbox = wharf::events::outbox::Outbox::new(db.clone(), vec!["hook".into()]);
-    let now = chrono::Utc::now();
-    let got = outbox
-        .claim("hook", now, now + chrono::Duration::seconds(30), 32, 64)
-        .await
-        .unwrap();
+    let lease = std::time::Duration::from_secs(30);
+    let got = outbox.claim("hook", lease, 32, 64).await.unwrap();
     assert_eq!(got.len(), 5 * 64);
     for u in 0..5 {
         let seqs: Vec<i64> = got
@@ -598,10 +602,7 @@ async fn claims_take_each_accounts_oldest(db: &wharf::db::Db) {
         let expected: Vec<i64> = (0..64).map(|i| first + 5 * i).collect();
         assert_eq!(seqs, expected, "account u{u}");
     }
-    let again = outbox
-        .claim("hook", now, now + chrono::Duration::seconds(30), 32, 64)
-        .await
-        .unwrap();
+    let again = outbox.claim("hook", lease, 32, 64).await.unwrap();
     assert!(again.is_empty(), "claimed twice: {}", again.len());
 }
 
@@ -622,7 +623,7 @@ async fn postgres_claim_cost_follows_accounts_not_the_backlog() {
     backlog(&db).await;
     let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
     sqlx::raw_sql(&format!(
-        "SET plan_cache_mode = force_generic_plan; PREPARE claim(text, bigint, bigint, bigint, text, bigint) AS {}",
+        "SET plan_cache_mode = force_generic_plan; PREPARE claim(text, bigint, bigint, text, bigint) AS {}",
         wharf::events::outbox::CLAIM_PG
     ))
     .execute(&mut c)
@@ -634,7 +635,7 @@ async fn postgres_claim_cost_follows_accounts_not_the_backlog() {
         }
         sqlx::raw_sql("BEGIN").execute(&mut c).await.unwrap();
         let row = sqlx::raw_sql(
-            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim('hook', 9223372036854775807, 32, 64, 'test', 1)",
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim('hook', 32, 64, 'test', 1)",
         )
         .fetch_one(&mut c)
         .await

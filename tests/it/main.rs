@@ -8,6 +8,7 @@ mod clients;
 mod cluster;
 mod crash;
 mod events;
+mod exactly_once;
 mod folders;
 mod ftps;
 mod hardening;

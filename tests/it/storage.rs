@@ -121,7 +121,7 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
         .unwrap();
     up.write(Bytes::from_static(b"other")).await.unwrap();
     up.commit().await.unwrap();
-    b.rename("in/report.csv", "in/other.csv", None)
+    b.rename("in/report.csv", "in/other.csv", &Default::default())
         .await
         .unwrap();
     assert_eq!(
@@ -130,7 +130,10 @@ async fn contract(b: Arc<dyn Backend>, settled: impl AsyncFn() -> Vec<String>) {
     );
     assert_eq!(b.stat("in/other.csv").await.unwrap().size, 18);
     assert_eq!(
-        b.rename("nope", "x", None).await.unwrap_err().kind,
+        b.rename("nope", "x", &Default::default())
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::NotFound
     );
 

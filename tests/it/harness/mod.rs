@@ -216,6 +216,7 @@ pub async fn closed_within<R: AsyncRead + Unpin>(r: &mut R, within: Duration) ->
     .is_ok()
 }
 
+pub mod faults;
 mod gateway;
 pub mod raw;
 mod s3;

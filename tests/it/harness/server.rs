@@ -38,7 +38,30 @@ impl Server {
     /// Starts `wharf serve` in `w`'s directory with `w`'s environment, cheap argon2 costs,
     /// the shared host keys (unless the test sets its own) and port 0.
     pub fn start(w: &Wharf) -> Server {
+        Server::start_with(w, &[], &[])
+    }
+
+    /// `start`, with the binary run through `wrap` (a command and its arguments, such as
+    /// `faketime -f -40s`) and `env` added to `w`'s environment.
+    pub fn start_with(w: &Wharf, wrap: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = w.command(&["serve"]);
+        if let Some((program, args)) = wrap.split_first() {
+            let inner = cmd;
+            cmd = Command::new(program);
+            cmd.args(args)
+                .arg(inner.get_program())
+                .args(inner.get_args())
+                .current_dir(w.path());
+            for (k, v) in inner.get_envs() {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.env("WHARF_SFTP__LISTEN", "127.0.0.1:0")
             .env("WHARF_SECURITY__ARGON2_MEMORY_KIB", "1024")
             .env("WHARF_SECURITY__ARGON2_ITERATIONS", "1")

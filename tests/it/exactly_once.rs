@@ -1,0 +1,537 @@
+//! Exactly once in a real cluster: instances on one database whose hosts' clocks disagree
+//! (libfaketime), a database that goes away for 35 s, an instance paused for 40 s (SIGSTOP,
+//! as a VM is paused), S3 answers lost after S3 did the work, renames onto final names, and
+//! a pipeline's own multipart upload under a shared prefix. Every upload a client saw
+//! succeed has its object and exactly one completed event; no object is left without its
+//! event; no event describes bytes that are not there.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::harness::faults::{PgOutage, S3Faults};
+use crate::harness::{random_bytes, sftp, sftp_command, Auth, Gateway, Server, PW};
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Recovery fast enough for a test: an instance silent for 6 s is taken for dead.
+const RECOVERY: [(&str, &str); 2] = [
+    ("WHARF_RECOVERY__HEARTBEAT", "2s"),
+    ("WHARF_RECOVERY__INTERVAL", "2s"),
+];
+
+/// Every event in the outbox (the source of truth every sink is fed from), as CloudEvents.
+async fn recorded(g: &Gateway) -> Vec<serde_json::Value> {
+    use sqlx::Connection as _;
+    let pg = g._pg.as_ref().expect("a Postgres gateway");
+    let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM events ORDER BY seq")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    bodies
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect()
+}
+
+fn of<'a>(events: &'a [serde_json::Value], kind: &str, path: &str) -> Vec<&'a serde_json::Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == kind && e["data"]["path"] == path)
+        .collect()
+}
+
+fn signal(server: &Server, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(server.pid().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// Waits until nothing is left for the reconciler: no commit intent, no tracked upload.
+async fn settled(g: &Gateway, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (i, u) = (
+            g.count_rows("commit_intents").await,
+            g.count_rows("live_uploads").await,
+        );
+        if i == 0 && u == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{i} commit intents and {u} tracked uploads left"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The invariants, for uploads (`client path -> (client saw success, bytes)`) that are all
+/// over: a success has its object and exactly one completed event with its SHA-256; a
+/// failure has no completed event and no object (at most one failed event); nothing is
+/// left open.
+async fn check(g: &Gateway, uploads: &HashMap<String, (bool, Vec<u8>)>) {
+    settled(g, Duration::from_secs(60)).await;
+    let events = recorded(g).await;
+    for (path, (ok, data)) in uploads {
+        let completed = of(&events, "wharf.upload.completed", path);
+        let failed = of(&events, "wharf.upload.failed", path);
+        let stored = g.stored(path.trim_start_matches('/')).await;
+        if *ok {
+            assert_eq!(
+                stored.as_deref(),
+                Some(&data[..]),
+                "{path}: acknowledged but not stored"
+            );
+            assert_eq!(completed.len(), 1, "{path}: {completed:#?}");
+            assert_eq!(completed[0]["data"]["sha256"], sha(data), "{path}");
+        } else {
+            assert!(
+                completed.is_empty(),
+                "{path}: refused but announced: {completed:#?}"
+            );
+            assert!(stored.is_none(), "{path}: refused but stored");
+            assert!(failed.len() <= 1, "{path}: {failed:#?}");
+        }
+    }
+    // No event for bytes that are not there.
+    for e in events
+        .iter()
+        .filter(|e| e["type"] == "wharf.upload.completed")
+    {
+        let path = e["data"]["path"].as_str().unwrap();
+        let stored = g.stored(path.trim_start_matches('/')).await;
+        assert!(stored.is_some(), "{path}: announced, not stored");
+    }
+    assert!(
+        g.s3.open_multipart_uploads(&g.prefix).await.is_empty(),
+        "multipart uploads left open"
+    );
+}
+
+/// Two instances on one database, the second on a host whose clock is 40 s behind
+/// (libfaketime; its monotonic clock is left alone). Neither takes the other for dead: a
+/// 30-second upload on the lagging one lands with exactly one completed event and no failed
+/// one, and small uploads spread over both get one event each.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_whose_clock_is_40s_behind_keeps_its_work() {
+    let g = Gateway::start(true, &RECOVERY).await;
+    let lagging = Server::start_with(
+        &g.w,
+        &["faketime", "-f", "-40s"],
+        &[("FAKETIME_DONT_FAKE_MONOTONIC", "1")],
+    );
+    let big = random_bytes(45 << 20);
+    g.write_file("big.bin", &big);
+    let mut client = sftp_command(
+        lagging.port(),
+        "acme",
+        &Auth::Password(PW.into()),
+        g.w.path(),
+        &["-l", "12000"],
+    )
+    .spawn()
+    .expect("sftp");
+    {
+        use std::io::Write as _;
+        client
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"put big.bin\n")
+            .unwrap();
+    }
+    let started = Instant::now();
+    let mut uploads = HashMap::new();
+    for i in 0..20 {
+        let name = format!("s{i:02}.csv");
+        let data = format!("{i},settlement\n").repeat(50).into_bytes();
+        g.write_file(&name, &data);
+        let port = if i % 2 == 0 {
+            g.server.port()
+        } else {
+            lagging.port()
+        };
+        let run = sftp(
+            port,
+            "acme",
+            &Auth::Password(PW.into()),
+            g.w.path(),
+            &format!("put {name}\n"),
+        );
+        uploads.insert(format!("/{name}"), (run.code == Some(0), data));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = client.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lagging.log()
+    );
+    assert!(
+        took > Duration::from_secs(20),
+        "the upload took only {took:?}"
+    );
+    uploads.insert("/big.bin".into(), (true, big));
+    assert!(uploads.values().all(|(ok, _)| *ok), "a small upload failed");
+    check(&g, &uploads).await;
+    let events = recorded(&g).await;
+    assert!(of(&events, "wharf.upload.failed", "/big.bin").is_empty());
+    for log in [g.server.log(), lagging.log()] {
+        assert!(!log.contains("took over work"), "{log}");
+        assert!(!log.contains("claim was lost"), "{log}");
+    }
+}
+
+/// Uploads in flight on two instances while the database is gone for 35 s: every upload a
+/// client saw succeed has its object and exactly one completed event; every other has
+/// none, or one failed event, and no object.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_of_35s_leaves_every_upload_true() {
+    let pg = crate::harness::PgDb::create().await;
+    let upstream = url::Url::parse(&pg.url).unwrap();
+    let outage = PgOutage::start(&format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    ))
+    .await;
+    let url = outage.url(&pg.url);
+    let mut env: Vec<(&str, &str)> = RECOVERY.to_vec();
+    env.push(("WHARF_DATABASE__URL", &url));
+    env.push(("WHARF_DATABASE__CONNECT_TIMEOUT", "2s"));
+    let g = Gateway::start(false, &env).await;
+    let g = Gateway { _pg: Some(pg), ..g };
+    let second = Server::start(&g.w);
+    let ports = [g.server.port(), second.port()];
+    // Writers on both instances: small files one after another, a large one now and then.
+    let dir = g.w.path().to_path_buf();
+    let mut writers = Vec::new();
+    for (k, port) in ports.into_iter().enumerate() {
+        let dir = dir.clone();
+        writers.push(std::thread::spawn(move || {
+            let mut done = Vec::new();
+            let start = Instant::now();
+            let mut i = 0;
+            while start.elapsed() < Duration::from_secs(55) {
+                let name = format!("w{k}-{i:03}.bin");
+                let size = if i % 5 == 4 { (7 << 20) + i } else { 2000 + i };
+                let data = random_bytes(size);
+                std::fs::write(dir.join(&name), &data).unwrap();
+                let run = sftp(
+                    port,
+                    "acme",
+                    &Auth::Password(PW.into()),
+                    &dir,
+                    &format!("put {name}\n"),
+                );
+                done.push((format!("/{name}"), run.code == Some(0), data));
+                i += 1;
+            }
+            done
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    outage.down();
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    outage.up();
+    let mut uploads = HashMap::new();
+    for w in writers {
+        for (path, ok, data) in w.join().unwrap() {
+            uploads.insert(path, (ok, data));
+        }
+    }
+    let ok = uploads.values().filter(|(ok, _)| *ok).count();
+    eprintln!(
+        "database outage: {} uploads, {ok} acknowledged",
+        uploads.len()
+    );
+    assert!(ok >= 4, "too few uploads went through");
+    check(&g, &uploads).await;
+    drop(second);
+}
+
+/// An instance stopped (SIGSTOP) for 40 s mid-upload, then continued: its work is taken
+/// over, but each upload ends with one outcome and the resumed instance records nothing
+/// twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_paused_for_40s_records_nothing_twice() {
+    let g = Gateway::start(true, &RECOVERY).await;
+    let paused = Server::start(&g.w);
+    let data = random_bytes(30 << 20);
+    g.write_file("paused.bin", &data);
+    let mut client = sftp_command(
+        paused.port(),
+        "acme",
+        &Auth::Password(PW.into()),
+        g.w.path(),
+        &["-l", "40000"],
+    )
+    .spawn()
+    .unwrap();
+    {
+        use std::io::Write as _;
+        client
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"put paused.bin\n")
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&paused, "STOP");
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    // The other instance took the upload over meanwhile.
+    assert!(
+        g.server.log().contains("took over work"),
+        "{}",
+        g.server.log()
+    );
+    signal(&paused, "CONT");
+    let out = client.wait_with_output().unwrap();
+    let ok = out.status.success();
+    let mut uploads = HashMap::new();
+    uploads.insert("/paused.bin".to_string(), (ok, data));
+    check(&g, &uploads).await;
+    let events = recorded(&g).await;
+    let all = of(&events, "wharf.upload.failed", "/paused.bin").len()
+        + of(&events, "wharf.upload.completed", "/paused.bin").len();
+    assert_eq!(all, 1, "{events:#?}");
+}
+
+/// Paused at the worst moments of a commit (the object published, its event not yet
+/// recorded; the intent confirmed, the object not yet published), for longer than it takes
+/// another instance to take the commit over: the client's answer, the object and the
+/// events agree, and the completed event is never recorded twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_paused_past_its_takeover_stays_true() {
+    for (point, size) in [
+        ("upload.after_commit", 200_000),
+        ("upload.after_commit", (11 << 20) + 3),
+        ("upload.before_commit", 200_000),
+        ("upload.before_commit", (11 << 20) + 3),
+    ] {
+        let g = Gateway::start(true, &RECOVERY).await;
+        let paused = Server::start_with(&g.w, &[], &[("WHARF_TEST_PAUSE_AT", point)]);
+        let data = random_bytes(size);
+        g.write_file("p.bin", &data);
+        let mut client = sftp_command(
+            paused.port(),
+            "acme",
+            &Auth::Password(PW.into()),
+            g.w.path(),
+            &[],
+        )
+        .spawn()
+        .unwrap();
+        {
+            use std::io::Write as _;
+            client
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"put p.bin\n")
+                .unwrap();
+        }
+        assert!(
+            paused
+                .logs_within(
+                    &format!("pause point {point} reached"),
+                    Duration::from_secs(60)
+                )
+                .await,
+            "{}",
+            paused.log()
+        );
+        // Longer than the instance's lapse plus a round of the other's reconciler.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert!(
+            g.server.log().contains("took over work"),
+            "{point}: {}",
+            g.server.log()
+        );
+        signal(&paused, "CONT");
+        let out = client.wait_with_output().unwrap();
+        let ok = out.status.success();
+        let mut uploads = HashMap::new();
+        uploads.insert("/p.bin".to_string(), (ok, data.clone()));
+        check(&g, &uploads).await;
+        let stored = g.stored("p.bin").await;
+        assert_eq!(
+            ok,
+            stored.is_some(),
+            "{point} {size}: the client's answer and storage disagree"
+        );
+        let events = recorded(&g).await;
+        assert!(
+            of(&events, "wharf.upload.completed", "/p.bin").len() <= 1,
+            "{point} {size}: {events:#?}"
+        );
+        eprintln!(
+            "{point} {size}: client ok={ok}, events: {:?}",
+            of(&events, "wharf.upload.completed", "/p.bin")
+                .iter()
+                .chain(of(&events, "wharf.upload.failed", "/p.bin").iter())
+                .map(|e| e["type"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// S3 stores a PutObject, a CompleteMultipartUpload, a rename's copy or its delete, and
+/// the answer is lost, again and again (beyond the SDK's own retries): the client's answer,
+/// the object and the events agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_s3_answers_agree_with_the_client_and_the_events() {
+    let s3 = crate::harness::S3Env::from_env();
+    let faults = S3Faults::start(&s3.endpoint).await;
+    let g = Gateway::start(
+        true,
+        &[
+            ("WHARF_STORAGE__S3__ENDPOINT", &faults.endpoint),
+            ("WHARF_STORAGE__S3__REQUEST_TIMEOUT", "3s"),
+        ],
+    )
+    .await;
+    let mut uploads = HashMap::new();
+    for (op, name, size) in [
+        ("PutObject", "put.csv", 100_000),
+        ("CompleteMultipartUpload", "complete.bin", (11 << 20) + 5),
+    ] {
+        let data = random_bytes(size);
+        g.write_file(name, &data);
+        let before = faults.lost();
+        faults.lose(op, 5);
+        let run = g.acme(&format!("put {name}\n"));
+        assert!(faults.lost() > before, "{op}: no answer was lost");
+        uploads.insert(format!("/{name}"), (run.code == Some(0), data));
+        assert_eq!(run.code, Some(0), "{op}: {run:?}\n{}", g.server.log());
+    }
+    // A temp-name upload whose rename's copy answer is lost, then one whose delete's is.
+    for (op, name) in [
+        ("CopyObject", "copied.csv"),
+        ("DeleteObject", "deleted.csv"),
+    ] {
+        let data = random_bytes(50_000);
+        g.write_file(name, &data);
+        g.acme(&format!("put {name} {name}.part\n")).ok();
+        let before = faults.lost();
+        faults.lose(op, 16);
+        let run = g.acme(&format!("rename {name}.part {name}\n"));
+        assert!(faults.lost() > before, "{op}: no answer was lost");
+        assert_eq!(run.code, Some(0), "{op}: {run:?}\n{}", g.server.log());
+        uploads.insert(format!("/{name}"), (true, data));
+    }
+    faults.lose("DeleteObject", 0);
+    check(&g, &uploads).await;
+}
+
+/// A final name renamed onto another is an arrival at the target: journaled, announced
+/// (`wharf.file.renamed`, with the bytes now there), and refused in a folder that accepts a
+/// name once. A directory renamed with a temp suffix is no arrival.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_final_name_renamed_onto_another_is_announced() {
+    for local in [false, true] {
+        let g = Gateway::start_on(local, false, &[]).await;
+        let (a, b) = (random_bytes(40_000), random_bytes(50_000));
+        g.write_file("a.csv", &a);
+        g.write_file("b.csv", &b);
+        g.acme("put a.csv\nput b.csv\nrename b.csv a.csv\n").ok();
+        let e = g.wait_jsonl_event("wharf.file.renamed", "/a.csv").await;
+        assert_eq!(e["data"]["sha256"], sha(&b), "local={local}");
+        assert_eq!(e["data"]["bytes"], 50_000);
+        assert_eq!(e["data"]["from_path"], "/b.csv");
+        assert_eq!(g.stored("a.csv").await.as_deref(), Some(&b[..]));
+        assert!(g.stored("b.csv").await.is_none());
+        // The last event for /a.csv describes the bytes now there.
+        let last = g
+            .jsonl_events()
+            .into_iter()
+            .rfind(|e| e["data"]["path"] == "/a.csv")
+            .unwrap();
+        assert_eq!(last["data"]["sha256"], sha(&b));
+        // A directory is never an arrival (S3 storage refuses to rename one at all).
+        let run = g.acme("mkdir d.part\nrename d.part d\n");
+        if local {
+            run.ok();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            g.jsonl_events().iter().all(|e| e["data"]["path"] != "/d"),
+            "{:#?}",
+            g.jsonl_events()
+        );
+    }
+    // A folder that accepts a name once refuses a rename onto a name that arrived.
+    let g = Gateway::start(false, &[]).await;
+    g.w.dir_add(
+        "acme",
+        "/in",
+        "in",
+        &[
+            "--permissions",
+            "list,upload,overwrite,rename",
+            "--no-reuse-names",
+        ],
+    )
+    .ok();
+    g.write_file("x.csv", b"first\n");
+    g.write_file("y.csv", b"second\n");
+    let run = g.acme("put x.csv /in/x.csv\nput y.csv /in/y.csv\n");
+    run.ok();
+    let run = g.acme("rename /in/y.csv /in/x.csv\n");
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("Permission denied"), "{run:?}");
+    assert!(g.server.log().contains("reused_name"), "{}", g.server.log());
+    assert_eq!(g.object("in/x.csv").await.as_deref(), Some(&b"first\n"[..]));
+}
+
+/// A multipart upload wharf did not start (a pipeline's own, under a prefix it shares with a
+/// partner's home), older than `recovery.orphan_grace`, is never aborted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_multipart_upload_under_a_shared_prefix_is_left_alone() {
+    let g = Gateway::start(
+        false,
+        &[
+            ("WHARF_RECOVERY__INTERVAL", "1s"),
+            ("WHARF_RECOVERY__ORPHAN_GRACE", "1s"),
+        ],
+    )
+    .await;
+    let key = format!("{}acme/outbound/pipeline-export.bin", g.prefix);
+    let up =
+        g.s3.client
+            .create_multipart_upload()
+            .bucket(&g.s3.bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+    let id = up.upload_id().unwrap().to_string();
+    // wharf's own work goes on meanwhile.
+    let data = random_bytes((11 << 20) + 1);
+    g.write_file("own.bin", &data);
+    g.acme("put own.bin\n").ok();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let open = g.s3.open_multipart_uploads(&g.prefix).await;
+    assert_eq!(open, vec![key.clone()], "the pipeline's upload was touched");
+    g.s3.client
+        .abort_multipart_upload()
+        .bucket(&g.s3.bucket)
+        .key(&key)
+        .upload_id(id)
+        .send()
+        .await
+        .unwrap();
+}

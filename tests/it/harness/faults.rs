@@ -1,0 +1,190 @@
+//! Proxies that stand for what goes wrong between wharf and what it depends on: one in
+//! front of the S3 test server that lets S3 do a request and then loses its answer (a
+//! timeout or a connection cut after the work was done), and one in front of Postgres that
+//! takes the database away for a while (every connection cut, new ones refused) and brings it
+//! back.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Which S3 operation a request is, from its first bytes (request line and headers).
+fn operation(head: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(&head[..head.len().min(4096)]);
+    let line = text.lines().next()?;
+    let (method, rest) = line.split_once(' ')?;
+    let target = rest.split(' ').next().unwrap_or_default();
+    let lower = text.to_ascii_lowercase();
+    Some(match method {
+        "PUT" if lower.contains("\r\nx-amz-copy-source:") => {
+            if target.contains("uploadId=") {
+                "UploadPartCopy"
+            } else {
+                "CopyObject"
+            }
+        }
+        "PUT" if target.contains("uploadId=") => "UploadPart",
+        "PUT" => "PutObject",
+        "POST" if target.contains("uploadId=") => "CompleteMultipartUpload",
+        "POST" if target.contains("uploads") => "CreateMultipartUpload",
+        "DELETE" if target.contains("uploadId=") => "AbortMultipartUpload",
+        "DELETE" => "DeleteObject",
+        "HEAD" => "HeadObject",
+        "GET" => "Get",
+        _ => return None,
+    })
+}
+
+/// A proxy in front of the S3 test server that loses the answers to chosen operations after
+/// S3 has carried them out.
+pub struct S3Faults {
+    pub endpoint: String,
+    /// Answers still to lose, per operation.
+    rules: Arc<Mutex<Vec<(&'static str, usize)>>>,
+    lost: Arc<AtomicUsize>,
+}
+
+impl S3Faults {
+    pub async fn start(upstream: &str) -> S3Faults {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let rules: Arc<Mutex<Vec<(&'static str, usize)>>> = Arc::default();
+        let lost = Arc::new(AtomicUsize::new(0));
+        let (r, n) = (rules.clone(), lost.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = l.accept().await {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, server, r.clone(), n.clone()));
+            }
+        });
+        S3Faults {
+            endpoint: format!("http://{addr}"),
+            rules,
+            lost,
+        }
+    }
+
+    /// Loses the answers to the next `n` requests of `op` (`PutObject`,
+    /// `CompleteMultipartUpload`, `DeleteObject`, `CopyObject`, …).
+    pub fn lose(&self, op: &'static str, n: usize) {
+        self.rules.lock().unwrap().push((op, n));
+    }
+
+    /// Answers lost so far.
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    rules: Arc<Mutex<Vec<(&'static str, usize)>>>,
+    lost: Arc<AtomicUsize>,
+) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let lose_next = Arc::new(AtomicBool::new(false));
+    // Whether the client's next bytes start a request (none sent yet, or the last answered).
+    let request_next = Arc::new(AtomicBool::new(true));
+    let (flag, starts) = (lose_next.clone(), request_next.clone());
+    let up = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = cr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if starts.swap(false, Ordering::SeqCst) {
+                if let Some(op) = operation(&buf[..n]) {
+                    let mut rules = rules.lock().unwrap();
+                    if let Some(r) = rules.iter_mut().find(|(o, left)| *o == op && *left > 0) {
+                        r.1 -= 1;
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    while let Ok(n) = sr.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if lose_next.swap(false, Ordering::SeqCst) {
+            // S3 answers once it has done the work: lose the answer, cut the connection.
+            lost.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        request_next.store(true, Ordering::SeqCst);
+        if cw.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    up.abort();
+}
+
+/// A proxy in front of Postgres whose database can be taken away: `down` cuts every
+/// connection through it and refuses new ones (what clients of a stopped server see) until
+/// `up`.
+pub struct PgOutage {
+    pub port: u16,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl PgOutage {
+    pub async fn start(upstream: &str) -> PgOutage {
+        let upstream = upstream.to_string();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (d, c) = (down.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = l.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let task = tokio::spawn(async move {
+                    let (mut client, mut server) = (client, server);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                let mut conns = c.lock().unwrap();
+                conns.retain(|h| !h.is_finished());
+                conns.push(task.abort_handle());
+            }
+        });
+        PgOutage { port, down, conns }
+    }
+
+    /// `url` (a Postgres URL) through this proxy.
+    pub fn url(&self, url: &str) -> String {
+        let mut u = url::Url::parse(url).unwrap();
+        u.set_host(Some("127.0.0.1")).unwrap();
+        u.set_port(Some(self.port)).unwrap();
+        u.to_string()
+    }
+
+    pub fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
