@@ -213,7 +213,31 @@ impl Reconciler {
                 return;
             }
         };
-        let matches = found.as_ref().is_some_and(|f| i.matches(f));
+        let mut matches = found.as_ref().is_some_and(|f| i.matches(f));
+        let mut found = found;
+        if !matches && i.kind == IntentKind::Upload {
+            // Not there: make sure it never completes after this (abort its multipart
+            // upload first). An upload already gone may have completed a moment ago.
+            if let Some(id) = &i.upload_id {
+                match backend.abort_pending(&i.path, id).await {
+                    Abort::Done => {}
+                    Abort::Gone => match backend.fingerprint(&i.path).await {
+                        Ok(f) => {
+                            matches = f.as_ref().is_some_and(|f| i.matches(f));
+                            found = f;
+                        }
+                        Err(e) => {
+                            tracing::warn!(location = %i.location, error = %e, "cannot check a commit left by another instance; will retry");
+                            return;
+                        }
+                    },
+                    Abort::Failed => {
+                        tracing::warn!(location = %i.location, "cannot abort a commit's multipart upload; will retry");
+                        return;
+                    }
+                }
+            }
+        }
         let session = i.session();
         let location = backend.location(&i.path);
         let outbox = self.observer.outbox();
@@ -264,15 +288,9 @@ impl Reconciler {
             .map_err(|e| e.to_string())
         } else {
             match i.kind {
-                // The upload never became visible: say so, and leave nothing open (first,
-                // so that it can never complete after this).
+                // The upload never became visible (and its multipart upload, aborted above,
+                // never will): say so.
                 IntentKind::Upload => {
-                    if let Some(id) = &i.upload_id {
-                        if backend.abort_pending(&i.path, id).await == Abort::Failed {
-                            tracing::warn!(location = %i.location, "cannot abort a commit's multipart upload; will retry");
-                            return;
-                        }
-                    }
                     let event = failed_event(
                         self.observer.source(),
                         &i.failed_event_id,
@@ -343,6 +361,24 @@ impl Reconciler {
         Ok(rows.into_iter().collect())
     }
 
+    /// Whether a multipart upload of the same key is being created by a live instance under
+    /// a row other than `row_id` (its S3 upload id not known yet).
+    async fn creating_elsewhere(&self, row_id: &str, u: &LiveUpload) -> Result<bool, sqlx::Error> {
+        let rows: Vec<(String, String)> = on_pool!(self.journal.inner.outbox.db(), p => {
+            sqlx::query_as("SELECT l.id, l.detail FROM live_uploads l JOIN instances i ON i.id = l.instance \
+                WHERE l.id LIKE 'creating:%' AND l.id <> $1 \
+                AND i.heartbeat_us > (SELECT now_us FROM wharf_clock) - CASE WHEN i.lapse_us > 0 THEN i.lapse_us ELSE $2 END")
+                .bind(row_id)
+                .bind(self.journal.dead_after().as_micros() as i64)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows.iter().any(|(_, d)| {
+            serde_json::from_str::<LiveUpload>(d)
+                .is_ok_and(|o| o.bucket == u.bucket && o.key == u.key)
+        }))
+    }
+
     /// Aborts a multipart upload another instance left open (or, for one it was about to
     /// create, whatever upload no row names at its exact key) and, for an upload, announces
     /// the upload failed.
@@ -355,6 +391,12 @@ impl Reconciler {
             let Ok(known) = self.known_uploads().await else {
                 return;
             };
+            // Another upload of the same key being created right now has no id yet: what
+            // is open there may be its; try again once it is named.
+            match self.creating_elsewhere(row_id, u).await {
+                Ok(false) => {}
+                Ok(true) | Err(_) => return,
+            }
             let open = match backend.pending_uploads(&u.key).await {
                 Ok(open) => open,
                 Err(e) => {

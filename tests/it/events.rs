@@ -666,3 +666,60 @@ async fn sqlite_claim_takes_each_accounts_oldest_from_a_backlog() {
     claims_take_each_accounts_oldest(&db).await;
     db.close().await;
 }
+
+/// A claim never takes deliveries another claim holds: when a replayed older event becomes
+/// an account's head while a later run of that account is leased, the new claim gets the
+/// replayed event alone, and the leased run stays its holder's.
+async fn a_claim_leaves_anothers_lease_alone(db: &wharf::db::Db) {
+    let fill = [
+        "INSERT INTO events (id, type, username, subject, created_us, body) VALUES ('a1', 'wharf.upload.completed', 'u', '/1', 1, '{}'), ('a2', 'wharf.upload.completed', 'u', '/2', 2, '{}'), ('a3', 'wharf.upload.completed', 'u', '/3', 3, '{}')",
+        "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us, state) SELECT seq, 'hook', username, 0, CASE WHEN id = 'a1' THEN 'delivered' ELSE 'pending' END FROM events",
+    ];
+    for q in fill {
+        match db {
+            wharf::db::Db::Postgres(p) => sqlx::raw_sql(q).execute(p).await.map(drop),
+            wharf::db::Db::Sqlite(p) => sqlx::raw_sql(q).execute(p).await.map(drop),
+        }
+        .unwrap();
+    }
+    let outbox = wharf::events::outbox::Outbox::new(db.clone(), vec!["hook".into()]);
+    let lease = std::time::Duration::from_secs(30);
+    let first = outbox.claim("hook", lease, 32, 64).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|c| c.event.id.as_str()).collect();
+    assert_eq!(ids, ["a2", "a3"]);
+    // The first event is replayed: pending again, older than the leased run.
+    outbox
+        .replay(Some("a1"), None, &["hook".to_string()])
+        .await
+        .unwrap();
+    let second = outbox.claim("hook", lease, 32, 64).await.unwrap();
+    let ids: Vec<&str> = second.iter().map(|c| c.event.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a1"],
+        "the second claim took another's leased deliveries"
+    );
+    // The first claim still holds its run.
+    assert!(outbox.extend("hook", &first[0].lease, lease).await.unwrap());
+    assert!(outbox
+        .delivered("hook", &first[0].lease, "u", first[1].seq)
+        .await
+        .unwrap());
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_never_takes_deliveries_another_claim_holds() {
+    let pg = crate::harness::PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        pg.url.clone(),
+        format!("sqlite://{}", dir.path().join("w.db").display()),
+    ] {
+        let cfg = wharf::config::DatabaseConfig {
+            url: secrecy::SecretString::from(url),
+            ..wharf::config::DatabaseConfig::default()
+        };
+        a_claim_leaves_anothers_lease_alone(&wharf::db::Db::open(&cfg).await.unwrap()).await;
+    }
+}

@@ -125,11 +125,11 @@ impl Wharf {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+        let mut cmd = Command::new(bin());
         cmd.args(args).current_dir(self.dir.path());
         // The developer's own WHARF_* settings must not leak into tests.
         for (k, _) in std::env::vars() {
-            if k.starts_with("WHARF_") && k != "WHARF_TEST_POSTGRES_URL" {
+            if k.starts_with("WHARF_") && k != "WHARF_TEST_POSTGRES_URL" && k != "WHARF_TEST_BIN" {
                 cmd.env_remove(k);
             }
         }
@@ -169,6 +169,12 @@ impl Wharf {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+/// The `wharf` binary the tests drive: this build's, or another one's given in
+/// `WHARF_TEST_BIN` (to show that a test fails against an older build).
+pub fn bin() -> String {
+    std::env::var("WHARF_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wharf").to_string())
 }
 
 /// Generates an OpenSSH key pair with `ssh-keygen` and returns the public key path.
