@@ -262,6 +262,36 @@ async fn a_database_outage_of_35s_leaves_every_upload_true() {
     drop(second);
 }
 
+/// The database commits an upload's event transaction and the answer is lost (the connection
+/// cut right after): the close finds out that the event is there and succeeds; the object is
+/// kept; the event is not recorded twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_to_the_event_transaction_is_settled() {
+    let pg = crate::harness::PgDb::create().await;
+    let upstream = url::Url::parse(&pg.url).unwrap();
+    let proxy = PgOutage::start(&format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    ))
+    .await;
+    let url = proxy.url(&pg.url);
+    let g = Gateway::start(false, &[("WHARF_DATABASE__URL", &url)]).await;
+    let g = Gateway { _pg: Some(pg), ..g };
+    let mut uploads = HashMap::new();
+    for (name, size) in [("small.csv", 30_000), ("large.bin", (11 << 20) + 9)] {
+        let data = random_bytes(size);
+        g.write_file(name, &data);
+        let before = proxy.lost();
+        proxy.lose_reply("INSERT INTO events", 1);
+        let run = g.acme(&format!("put {name}\n"));
+        assert!(proxy.lost() > before, "{name}: no answer was lost");
+        assert_eq!(run.code, Some(0), "{name}: {run:?}\n{}", g.server.log());
+        uploads.insert(format!("/{name}"), (true, data));
+    }
+    check(&g, &uploads).await;
+}
+
 /// An instance stopped (SIGSTOP) for 40 s mid-upload, then continued: its work is taken
 /// over, but each upload ends with one outcome and the resumed instance records nothing
 /// twice.

@@ -133,11 +133,15 @@ async fn relay(
 
 /// A proxy in front of Postgres whose database can be taken away: `down` cuts every
 /// connection through it and refuses new ones (what clients of a stopped server see) until
-/// `up`.
+/// `up`. `lose_reply` lets Postgres carry out a statement and loses its answer (the COMMIT
+/// happened; the client never hears).
 pub struct PgOutage {
     pub port: u16,
     down: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// Statements (by a piece of their text) whose next answers are lost, and how many.
+    lose: Arc<Mutex<Vec<(String, usize)>>>,
+    lost: Arc<AtomicUsize>,
 }
 
 impl PgOutage {
@@ -147,7 +151,9 @@ impl PgOutage {
         let port = l.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (d, c) = (down.clone(), conns.clone());
+        let lose: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+        let lost = Arc::new(AtomicUsize::new(0));
+        let (d, c, rules, count) = (down.clone(), conns.clone(), lose.clone(), lost.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = l.accept().await {
                 if d.load(Ordering::SeqCst) {
@@ -157,23 +163,28 @@ impl PgOutage {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
-                let task = tokio::spawn(async move {
-                    let (mut client, mut server) = (client, server);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                });
+                let task = tokio::spawn(pg_relay(client, server, rules.clone(), count.clone()));
                 let mut conns = c.lock().unwrap();
                 conns.retain(|h| !h.is_finished());
                 conns.push(task.abort_handle());
             }
         });
-        PgOutage { port, down, conns }
+        PgOutage {
+            port,
+            down,
+            conns,
+            lose,
+            lost,
+        }
     }
 
-    /// `url` (a Postgres URL) through this proxy.
+    /// `url` (a Postgres URL) through this proxy, without TLS (so the proxy sees what
+    /// statements go by).
     pub fn url(&self, url: &str) -> String {
         let mut u = url::Url::parse(url).unwrap();
         u.set_host(Some("127.0.0.1")).unwrap();
         u.set_port(Some(self.port)).unwrap();
+        u.query_pairs_mut().append_pair("sslmode", "disable");
         u.to_string()
     }
 
@@ -187,4 +198,74 @@ impl PgOutage {
     pub fn up(&self) {
         self.down.store(false, Ordering::SeqCst);
     }
+
+    /// Loses the answers to the next `n` statements whose text (as sent when the statement
+    /// is first prepared on a connection) contains `text`.
+    pub fn lose_reply(&self, text: &str, n: usize) {
+        self.lose.lock().unwrap().push((text.to_string(), n));
+    }
+
+    /// Answers lost so far.
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+async fn pg_relay(
+    client: TcpStream,
+    server: TcpStream,
+    rules: Arc<Mutex<Vec<(String, usize)>>>,
+    lost: Arc<AtomicUsize>,
+) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let lose_next = Arc::new(AtomicBool::new(false));
+    let flag = lose_next.clone();
+    let up = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = cr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                let mut rules = rules.lock().unwrap();
+                if let Some(r) = rules
+                    .iter_mut()
+                    .find(|(t, left)| *left > 0 && text.contains(t.as_str()))
+                {
+                    r.1 -= 1;
+                    flag.store(true, Ordering::SeqCst);
+                }
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    // Bytes of the answer to a statement whose answer is to be lost, until ReadyForQuery
+    // ('Z', length 5, status): by then the statement (and its implicit COMMIT) is done.
+    let mut held: Vec<u8> = Vec::new();
+    while let Ok(n) = sr.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if lose_next.load(Ordering::SeqCst) {
+            held.extend_from_slice(&buf[..n]);
+            let done = held.len() >= 6 && {
+                let tail = &held[held.len() - 6..];
+                tail[0] == b'Z' && tail[1..5] == [0, 0, 0, 5]
+            };
+            if done {
+                lost.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            continue;
+        }
+        if cw.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    up.abort();
 }
