@@ -98,9 +98,11 @@ impl App {
                 accounts: db.account_store(),
                 keyring: Arc::new(keyring),
                 slots: Arc::new(tokio::sync::Semaphore::new(config.pgp.max_concurrent)),
-                tracker: crate::session::CommitJournal::tracker(&journal),
+                journal: Arc::new(journal.clone()),
+                instance: journal.instance().to_string(),
                 source: source.clone(),
                 max_expansion: config.pgp.max_expansion,
+                worker_memory: config.pgp.worker_memory.0,
             }),
             max_age: None,
         });

@@ -60,6 +60,9 @@ pub struct PgpConfig {
     /// A plaintext may be at most this many times its encrypted file (and always 64 MiB):
     /// a larger one is refused as a decompression bomb.
     pub max_expansion: u64,
+    /// The address space of each decryption's worker process: a file that needs more is
+    /// refused as hostile, and only that process ends.
+    pub worker_memory: ByteSize,
 }
 
 impl Default for PgpConfig {
@@ -70,6 +73,7 @@ impl Default for PgpConfig {
             suffixes: vec![".pgp".into(), ".gpg".into(), ".asc".into()],
             max_concurrent: 2,
             max_expansion: 100,
+            worker_memory: ByteSize(1 << 30),
         }
     }
 }

@@ -26,3 +26,8 @@ CREATE INDEX IF NOT EXISTS commit_intents_upload ON commit_intents (upload_id) W
 -- How long each instance may stay silent before it is taken for dead (3 heartbeats of its
 -- own configuration), so instances configured differently judge each other rightly.
 ALTER TABLE instances ADD COLUMN lapse_us BIGINT NOT NULL DEFAULT 0;
+
+-- The decryption job a plaintext's commit intent settles, so a job is given up only while no
+-- commit of its plaintext is under way.
+ALTER TABLE commit_intents ADD COLUMN job TEXT;
+CREATE INDEX IF NOT EXISTS commit_intents_job ON commit_intents (job) WHERE job IS NOT NULL;

@@ -52,6 +52,9 @@ pub enum Command {
     /// PGP decryption keys of this deployment
     #[command(subcommand)]
     Pgp(pgp::PgpCommand),
+    /// (internal) decrypts one file under hard limits, for `serve`: see src/pgp/worker.rs
+    #[command(name = "pgp-decrypt-worker", hide = true)]
+    PgpDecryptWorker,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +66,9 @@ pub enum HostkeyCommand {
 /// Runs the CLI and turns any error into one line on stderr and a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::PgpDecryptWorker) {
+        return crate::pgp::worker::main();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -113,5 +119,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => user::run(&config, cmd).await,
         Command::Ban(cmd) => ban::run(&config, cmd).await,
         Command::Pgp(cmd) => pgp::run(&config, cmd).await,
+        Command::PgpDecryptWorker => Ok(()),
     }
 }

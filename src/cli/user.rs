@@ -333,6 +333,12 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
                 account.pgp.require_signature = false;
             }
             if let Some(to) = decrypt_to {
+                // The plaintext would land in the partner's own writable home.
+                if account.folders.is_empty() {
+                    bail!(
+                        "--decrypt-to {to}: verified plaintext must go to a folder the partner can only read, and {name} has no folders; set up folders (wharf user dir add {name} /inbound LOCATION --decrypt-to /clear, after wharf user dir add {name} /clear LOCATION --permissions list,download)"
+                    );
+                }
                 account.pgp.decrypt_to = Some(to);
             }
             if require_signature {
@@ -555,6 +561,7 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
                 rules_text(&folder.rules)
             );
             folders::add(&mut account.folders, folder)?;
+            folders::check_decrypt_targets(&account.folders)?;
             store.update(&account).await?;
             eprintln!("added folder {shown} to user {name}");
         }
@@ -581,6 +588,7 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
         DirCommand::Rm { name, vpath } => {
             let mut account = get(&*store, &name).await?;
             folders::remove(&mut account.folders, &folders::parse_path(&vpath)?)?;
+            folders::check_decrypt_targets(&account.folders)?;
             store.update(&account).await?;
             eprintln!("removed folder {vpath} from user {name}");
         }

@@ -28,9 +28,9 @@ pub const DECRYPT_FAILED: &str = "wharf.decrypt.failed";
 pub const RENAMED: &str = "wharf.file.renamed";
 
 /// Whether an event of type `kind` says what a location now holds (its arrival's facts are
-/// looked up by location, and its intent's extras apply).
+/// looked up by location, and its intent's extras apply: a name to remember, …).
 pub fn announces(kind: &str) -> bool {
-    kind == COMPLETED || kind == RENAMED
+    kind == COMPLETED || kind == RENAMED || kind == DECRYPT_COMPLETED
 }
 
 /// The outcome of an arrival's decryption (`pgp/`).
@@ -162,9 +162,10 @@ impl Event {
         }
     }
 
-    /// A decryption's outcome: `wharf.decrypt.completed` or `wharf.decrypt.failed`.
-    pub fn decryption(source: &str, d: &Decryption<'_>) -> Event {
-        let id = uuid::Uuid::now_v7().to_string();
+    /// A decryption's outcome: `wharf.decrypt.completed` or `wharf.decrypt.failed`, with id
+    /// `id` (decided with the commit intent of its plaintext, when it has one).
+    pub fn decryption(source: &str, id: &str, d: &Decryption<'_>) -> Event {
+        let id = id.to_string();
         let (kind, subject) = match d.outcome {
             Ok(_) => (DECRYPT_COMPLETED, d.path),
             Err(_) => (DECRYPT_FAILED, d.source_path),
@@ -211,7 +212,7 @@ impl Event {
             subject: subject.into(),
             time: d.finished_at,
             body: serde_json::to_string(&ce).expect("event serialises"),
-            location: None,
+            location: d.outcome.is_ok().then(|| d.target.uri.clone()),
         }
     }
 

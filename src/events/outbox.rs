@@ -198,6 +198,11 @@ const DECRYPT_JOB: &str =
 /// A delivery of event `$1` to built-in sink `$2`.
 const BUILTIN_DELIVERY: &str = "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) VALUES ($1, $2, $3, (SELECT now_us FROM wharf_clock)) ON CONFLICT (event_seq, sink) DO NOTHING";
 const REMEMBER_NAME: &str = "INSERT INTO arrived_names (location, arrived_us) VALUES ($1, (SELECT now_us FROM wharf_clock)) ON CONFLICT (location) DO NOTHING";
+/// Whether a decryption job is there (locked until the transaction ends, on Postgres).
+const JOB_THERE_PG: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $1 FOR UPDATE";
+const JOB_THERE: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $1";
+/// … and no commit of its plaintext is under way.
+const JOB_IDLE: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $1 AND NOT EXISTS (SELECT 1 FROM commit_intents WHERE job = $1)";
 const SETTLED: &str = "INSERT INTO intent_outcomes (intent_id, outcome, created_us) VALUES ($1, $2, (SELECT now_us FROM wharf_clock)) ON CONFLICT (intent_id) DO NOTHING";
 
 /// An `events` row; both databases decode it the same way.
@@ -409,14 +414,23 @@ impl Outbox {
 
     /// Records `e`, the outcome of the decryption job of arrival `job`, and deletes the job
     /// in the same transaction; when the job is already gone (another run recorded its
-    /// outcome) nothing is recorded. So each job has exactly one outcome event.
-    pub async fn record_job_outcome(&self, e: &Event, job: &str) -> Result<bool> {
+    /// outcome) nothing is recorded. So each job has exactly one outcome event. A plaintext's
+    /// `intent` (fenced as `record`'s) is cleared with it; without one, the job is settled
+    /// only while no commit of its plaintext is under way. `outcome` marks a reconciler's
+    /// settlement of an intent it took over.
+    pub async fn record_job_outcome(
+        &self,
+        e: &Event,
+        job: &str,
+        intent: Option<&IntentRef>,
+        outcome: Option<&'static str>,
+    ) -> Result<bool> {
         self.enqueue(Record {
             event: e.clone(),
             staged_remove: None,
-            intent: None,
+            intent: intent.cloned(),
             settles_job: Some(job.to_string()),
-            outcome: None,
+            outcome,
         })
         .await
     }
@@ -511,6 +525,20 @@ impl Outbox {
             let mut tx = pool.begin_with(begin(&self.db)).await?;
             for r in records {
                 let e = &r.event;
+                // A job's outcome only while the job is there (and, without a plaintext
+                // intent of its own, while no commit of its plaintext is under way).
+                if let Some(job) = &r.settles_job {
+                    let q = match (&r.intent, &self.db) {
+                        (Some(_), Db::Postgres(_)) => JOB_THERE_PG,
+                        (Some(_), Db::Sqlite(_)) => JOB_THERE,
+                        (None, _) => JOB_IDLE,
+                    };
+                    let there: Option<i32> = sqlx::query_scalar(q).bind(job).fetch_optional(&mut *tx).await?;
+                    if there.is_none() {
+                        done.push(false);
+                        continue;
+                    }
+                }
                 // Fencing: nothing is recorded for an intent this owner no longer holds.
                 let extras: Option<(bool, Option<String>, Option<String>)> = match &r.intent {
                     Some(i) => match sqlx::query_as(CLEAR_INTENT)
@@ -529,16 +557,10 @@ impl Outbox {
                     None => None,
                 };
                 if let Some(job) = &r.settles_job {
-                    let gone = sqlx::query("DELETE FROM decrypt_jobs WHERE event_id = $1")
+                    sqlx::query("DELETE FROM decrypt_jobs WHERE event_id = $1")
                         .bind(job)
                         .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                        == 0;
-                    if gone {
-                        done.push(false);
-                        continue;
-                    }
+                        .await?;
                 }
                 done.push(true);
                 let Some(seq): Option<i64> = sqlx::query_scalar(INSERT_EVENT)

@@ -72,9 +72,15 @@ impl Rules {
         Ok(template.to_string())
     }
 
-    /// Why a file may not be named `name` here, if it may not.
+    /// Why a file may not be named `name` here, if it may not. Patterns match whatever the
+    /// case (`*.exe` refuses `PAYLOAD.EXE`): partners' systems do not agree on case.
     pub fn refuse_name(&self, name: &str) -> Option<String> {
-        let matches = |p: &String| glob::Pattern::new(p).is_ok_and(|g| g.matches(name));
+        let options = glob::MatchOptions {
+            case_sensitive: false,
+            ..glob::MatchOptions::new()
+        };
+        let matches =
+            |p: &String| glob::Pattern::new(p).is_ok_and(|g| g.matches_with(name, options));
         if let Some(p) = self.deny.iter().find(|p| matches(p)) {
             return Some(format!("{name:?} matches the refused pattern {p:?}"));
         }
@@ -104,6 +110,53 @@ pub enum FolderError {
     BadPattern(String, String),
     #[error("invalid receipt path {0:?}: use an absolute path whose file name holds {{name}}, such as /outbound/receipts/{{name}}.receipt.json")]
     BadReceipt(String),
+    #[error("--decrypt-to {0}: that path is in none of the account's folders; add the folder for the plaintext first, one the partner can only read (wharf user dir add ACCOUNT {0} LOCATION --permissions list,download)")]
+    DecryptTargetMissing(String),
+    #[error("--decrypt-to {0}: the plaintext would land in folder {1}, where the partner can {2}; verified plaintext must go to a folder the partner can only read (its permissions at most list,download)")]
+    DecryptTargetWritable(String, String, String),
+}
+
+/// What a partner must not be able to do where verified plaintext lands: put a file there,
+/// replace one, rename one in or out, or delete one.
+const WRITES: [super::Permission; 5] = [
+    super::Permission::Upload,
+    super::Permission::Overwrite,
+    super::Permission::Rename,
+    super::Permission::Delete,
+    super::Permission::Mkdir,
+];
+
+/// The folder holding client path `path`, if any.
+pub fn containing<'a>(folders: &'a [Folder], path: &VirtualPath) -> Option<&'a Folder> {
+    folders.iter().find(|f| path.starts_with(&f.path))
+}
+
+/// Checks that every folder's `--decrypt-to` names a place in a folder the partner can only
+/// read: plaintext there carries a verified signature, and the partner (or whoever holds its
+/// password but not its signing key) must not be able to replace it.
+pub fn check_decrypt_targets(folders: &[Folder]) -> Result<(), FolderError> {
+    for f in folders {
+        let Some(to) = &f.rules.decrypt_to else {
+            continue;
+        };
+        let path = parse_path(to)?;
+        let Some(target) = containing(folders, &path) else {
+            return Err(FolderError::DecryptTargetMissing(to.clone()));
+        };
+        let can: Vec<&str> = WRITES
+            .iter()
+            .filter(|p| target.permissions.has(**p))
+            .map(|p| p.name())
+            .collect();
+        if !can.is_empty() {
+            return Err(FolderError::DecryptTargetWritable(
+                to.clone(),
+                target.path.to_string(),
+                can.join(", "),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses an admin-given folder path.
@@ -218,10 +271,10 @@ mod tests {
             .unwrap()
             .contains("not an accepted name"));
         assert!(r.refuse_name("tmp-1.csv").unwrap().contains("tmp-*"));
-        assert!(
-            r.refuse_name("SETTLE.CSV").is_some(),
-            "names are case-sensitive"
-        );
+        // Patterns match whatever the case.
+        assert_eq!(r.refuse_name("SETTLE.CSV"), None);
+        assert!(r.refuse_name("TMP-1.CSV").unwrap().contains("tmp-*"));
+        assert!(r.refuse_name("PAYLOAD.EXE").is_some());
         assert_eq!(Rules::default().refuse_name("anything"), None);
         assert!(matches!(
             Rules::patterns("[a-"),

@@ -31,10 +31,10 @@ const BEAT: &str = "INSERT INTO instances (id, heartbeat_us, lapse_us) VALUES ($
 /// intents for the same locations in opposite orders never deadlock; a location held
 /// already, or taken by an earlier intent of the batch, is skipped.
 const LOCK_PG: &str = "WITH beat AS (INSERT INTO instances (id, heartbeat_us, lapse_us) VALUES ($8, (SELECT now_us FROM wharf_clock), $9) ON CONFLICT (id) DO UPDATE SET heartbeat_us = excluded.heartbeat_us, lapse_us = excluded.lapse_us) \
-INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id) \
-SELECT t.location, t.id, $8, t.detail, (SELECT now_us FROM wharf_clock), t.remember_name, t.receipt, t.decrypt, t.upload_id FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS t(location, id, detail, remember_name, receipt, decrypt, upload_id, ord) ORDER BY t.location, t.ord \
+INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id, job) \
+SELECT t.location, t.id, $8, t.detail, (SELECT now_us FROM wharf_clock), t.remember_name, t.receipt, t.decrypt, t.upload_id, t.job FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $10::text[]) WITH ORDINALITY AS t(location, id, detail, remember_name, receipt, decrypt, upload_id, job, ord) ORDER BY t.location, t.ord \
 ON CONFLICT (location) DO NOTHING RETURNING id";
-const LOCK_ONE: &str = "INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id) VALUES ($1, $2, $3, $4, (SELECT now_us FROM wharf_clock), $5, $6, $7, $8) ON CONFLICT (location) DO NOTHING";
+const LOCK_ONE: &str = "INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id, job) VALUES ($1, $2, $3, $4, (SELECT now_us FROM wharf_clock), $5, $6, $7, $8, $9) ON CONFLICT (location) DO NOTHING";
 /// What became of an intent: who holds it, how a reconciler settled it, and whether its
 /// owner's event is there.
 const SETTLEMENT: &str = "SELECT (SELECT instance FROM commit_intents WHERE location = $1 AND id = $2), (SELECT outcome FROM intent_outcomes WHERE intent_id = $2), EXISTS (SELECT 1 FROM events WHERE id = $3)";
@@ -262,6 +262,9 @@ impl Journal {
                     .bind(col(&|(i, _, _)| i.upload_id.clone()))
                     .bind(&self.inner.instance)
                     .bind(lapse)
+                    .bind(col(&|(i, _, _)| {
+                        i.job.as_ref().map(|j| j.arrival_event_id.clone())
+                    }))
                     .fetch_all(p)
                     .await
             }
@@ -285,6 +288,7 @@ impl Journal {
                         .bind(receipt(i))
                         .bind(decrypt(i))
                         .bind(&i.upload_id)
+                        .bind(i.job.as_ref().map(|j| &j.arrival_event_id))
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();

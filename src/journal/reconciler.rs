@@ -215,7 +215,7 @@ impl Reconciler {
         };
         let mut matches = found.as_ref().is_some_and(|f| i.matches(f));
         let mut found = found;
-        if !matches && i.kind == IntentKind::Upload {
+        if !matches && matches!(i.kind, IntentKind::Upload | IntentKind::Decrypt) {
             // Not there: make sure it never completes after this (abort its multipart
             // upload first). An upload already gone may have completed a moment ago.
             if let Some(id) = &i.upload_id {
@@ -263,6 +263,7 @@ impl Reconciler {
                         )
                         .await
                 }
+                IntentKind::Decrypt => self.settle_decryption(i, &backend, &location, &facts).await,
                 IntentKind::Rename => {
                     let from = i.from_path.as_deref().unwrap_or_default();
                     let from_loc = backend.location(from);
@@ -305,8 +306,9 @@ impl Reconciler {
                         .await
                         .map_err(|e| e.to_string())
                 }
-                // The rename never happened: the file is still under its old name.
-                IntentKind::Rename => outbox
+                // The rename never happened: the file is still under its old name. A
+                // decryption's plaintext never became visible: its job stays, to be run again.
+                IntentKind::Rename | IntentKind::Decrypt => outbox
                     .settle(None, None, &self.observer.fence(i), NOT_COMMITTED)
                     .await
                     .map_err(|e| e.to_string()),
@@ -332,6 +334,59 @@ impl Reconciler {
                 tracing::error!(location = %i.location, error = %e, "cannot settle a commit left by another instance; will retry")
             }
         }
+    }
+
+    /// Announces a decryption's plaintext that is there, with its job's outcome; a plaintext
+    /// whose job was settled meanwhile (given up) was never announced and is removed.
+    async fn settle_decryption(
+        &self,
+        i: &Intent,
+        backend: &std::sync::Arc<dyn crate::storage::Backend>,
+        location: &Location,
+        facts: &StagedFacts,
+    ) -> Result<bool, crate::session::RecordError> {
+        let Some(job) = &i.job else {
+            return Ok(false);
+        };
+        let stored = crate::storage::Stored {
+            bytes: facts.bytes,
+            sha256: facts.sha256.clone(),
+            etag: facts.etag.clone(),
+            location: location.clone(),
+        };
+        let event = crate::pgp::sink::completed_event(
+            self.observer.source(),
+            &self.storage,
+            i,
+            &stored,
+            location,
+        );
+        let outbox = self.observer.outbox();
+        let fence = self.observer.fence(i);
+        let unavailable = |e: crate::events::outbox::OutboxError| {
+            crate::session::RecordError::Unavailable(e.to_string())
+        };
+        if outbox
+            .record_job_outcome(&event, &job.arrival_event_id, Some(&fence), Some(ANNOUNCED))
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(true);
+        }
+        match outbox.decrypt_job(&job.arrival_event_id).await {
+            Ok(None) => {}
+            // Still there: the intent was not this instance's any more.
+            _ => return Ok(false),
+        }
+        if let Err(e) = backend.delete(&i.path).await {
+            if e.kind != crate::storage::ErrorKind::NotFound {
+                return Err(crate::session::RecordError::Unavailable(e.to_string()));
+            }
+        }
+        outbox
+            .settle(None, None, &fence, NOT_COMMITTED)
+            .await
+            .map_err(unavailable)
     }
 
     async fn forget_upload(&self, upload_id: &str) {

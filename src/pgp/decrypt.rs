@@ -1,27 +1,31 @@
 //! Streaming decryption from storage to storage: the encrypted object is read in chunks
-//! (one read ahead), decrypted and decompressed by rPGP on a blocking thread, and its
-//! plaintext written through an ordinary storage upload (multipart on S3, bounded by the
-//! upload memory like any upload). The upload is committed only once the whole message was
-//! read (so the integrity check, MDC or AEAD, passed), the signature was checked and the
-//! encrypted object was still the one that arrived; otherwise it is aborted, and no plaintext
-//! exists. Nothing touches the local disk.
+//! (one read ahead) and piped through a decryption worker process (`worker.rs`: rPGP under
+//! hard limits, so a hostile file can end only that process), whose plaintext is written
+//! through an ordinary storage upload (multipart on S3, bounded by the upload memory like any
+//! upload). The upload is sealed only once the whole message was read (so the integrity
+//! check, MDC or AEAD, passed), the signature was checked and the encrypted object was still
+//! the one that arrived; otherwise it is aborted, and no plaintext exists. Publishing it is
+//! the caller's (`sink.rs`), under a commit intent. Nothing touches the local disk.
 
-use std::io::{BufRead, Read};
+use std::process::Stdio;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use bytes::Bytes;
-use pgp::composed::{DecryptionOptions, Message, SignedPublicKey, TheRing};
-use pgp::types::{Seipdv1ReadMode, VerifyingKey};
 use sha2::Digest as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
+use super::worker::{Limit, Reply, Request, SUBCOMMAND};
 use super::Keyring;
-use crate::storage::{Backend, StorageError, Stored, UploadContext};
+use crate::storage::{Backend, Sealed, StorageError, Upload, UploadContext};
 
 /// Encrypted bytes read from storage at a time (and one such read ahead).
 const READ_CHUNK: u32 = 4 << 20;
-/// Plaintext handed to the upload at a time.
+/// Plaintext read from the worker at a time.
 const WRITE_CHUNK: usize = 256 << 10;
+/// What the worker may say on stderr (its reply is the last line).
+const REPLY_MAX: usize = 64 << 10;
 
 /// Why a decryption did not produce plaintext. `code()` is the event's `failure_code`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +45,9 @@ pub enum Failure {
     /// name is decrypted on its own).
     #[error("{0}")]
     Superseded(String),
+    /// The plaintext is not accepted where it goes (the target folder's rules).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Failure {
@@ -52,14 +59,15 @@ impl Failure {
             Failure::Corrupt(_) => "corrupt",
             Failure::Storage(_) => "storage_error",
             Failure::Superseded(_) => "superseded",
+            Failure::Refused(_) => "refused",
         }
     }
 }
 
 /// What a decryption is checked against.
 pub struct Checks {
-    /// The partner's keys: (primary fingerprint, key).
-    pub signers: Vec<(String, SignedPublicKey)>,
+    /// The partner's keys: (primary fingerprint, armored public key).
+    pub signers: Vec<(String, String)>,
     pub require_signature: bool,
     /// The SHA-256 (hex) the encrypted file had when it arrived: a file replaced since is
     /// not decrypted under the old arrival.
@@ -67,12 +75,16 @@ pub struct Checks {
     /// The plaintext may be at most this many times the encrypted size (with a floor), so a
     /// small compressed file cannot fill storage.
     pub max_expansion: u64,
+    /// The plaintext may be at most this large (the target folder's `--max-size`).
+    pub max_size: Option<u64>,
+    /// The worker's address space (`pgp.worker_memory`).
+    pub worker_memory: u64,
 }
 
-/// A decryption that produced a committed plaintext object.
-#[derive(Debug)]
+/// A decryption whose plaintext is in storage, sealed and not yet visible.
 pub struct Plain {
-    pub stored: Stored,
+    pub upload: Box<dyn Upload>,
+    pub sealed: Sealed,
     /// The fingerprint of the account key that signed it, if signed.
     pub signer: Option<String>,
 }
@@ -80,7 +92,8 @@ pub struct Plain {
 /// Plaintext below this is always allowed, whatever the expansion.
 const EXPANSION_FLOOR: u64 = 64 << 20;
 
-/// Decrypts `source` (at `source_path`) into a new object at `target_path` of `target`.
+/// Decrypts `source` (at `source_path`) into a new upload at `target_path` of `target`,
+/// sealed (everything in storage, nothing visible).
 pub async fn decrypt(
     keyring: Arc<Keyring>,
     checks: Checks,
@@ -96,17 +109,51 @@ pub async fn decrypt(
             storage("reading the encrypted file", e)
         }
     })?;
-    let limit = meta
+    let expansion = meta
         .size
         .saturating_mul(checks.max_expansion)
         .max(EXPANSION_FLOOR);
+    let limit = Limit {
+        expansion,
+        max_size: checks.max_size,
+    };
     let mut up = target
         .begin_upload(target_path, ctx)
         .await
         .map_err(|e| storage("writing the plaintext", e))?;
+    let request = Request {
+        secret_keys: keyring
+            .keys()
+            .iter()
+            .filter_map(|k| k.to_armored_string(Default::default()).ok())
+            .collect(),
+        passphrase: base64::engine::general_purpose::STANDARD.encode(&*keyring.passphrase().read()),
+        signers: checks.signers,
+        require_signature: checks.require_signature,
+        limit: expansion,
+        max_size: checks.max_size,
+        memory: checks.worker_memory,
+    };
+    let mut child = match spawn_worker() {
+        Ok(c) => c,
+        Err(e) => {
+            up.abort().await;
+            return Err(Failure::Storage(format!(
+                "cannot start the decryption worker: {e}"
+            )));
+        }
+    };
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        up.abort().await;
+        return Err(Failure::Storage(
+            "the decryption worker has no pipes".into(),
+        ));
+    };
 
-    // Encrypted bytes in: read ahead one chunk, hashed as they go.
-    let (in_tx, in_rx) = mpsc::channel::<Bytes>(1);
+    // Encrypted bytes in: read ahead one chunk, hashed as they go, behind the request.
+    let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(1);
     let feeder = tokio::spawn(feed(
         source.clone(),
         source_path.to_string(),
@@ -114,55 +161,132 @@ pub async fn decrypt(
         checks.source_sha256.clone(),
         in_tx,
     ));
-    // Plaintext out.
-    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(4);
-    let signers = checks.signers;
-    let require = checks.require_signature;
-    let worker = tokio::task::spawn_blocking(move || {
-        let input = ChannelReader {
-            rx: in_rx,
-            chunk: Bytes::new(),
-        };
-        run(input, &keyring, &signers, require, limit, out_tx)
+    let header = serde_json::to_vec(&request).unwrap_or_default();
+    drop(request);
+    let pipe_in = tokio::spawn(async move {
+        stdin
+            .write_all(&(header.len() as u32).to_be_bytes())
+            .await?;
+        stdin.write_all(&header).await?;
+        while let Some(chunk) = in_rx.recv().await {
+            stdin.write_all(&chunk).await?;
+        }
+        stdin.shutdown().await
     });
+    let reply = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr)
+            .take(REPLY_MAX as u64)
+            .read_to_end(&mut buf)
+            .await;
+        buf
+    });
+    // Plaintext out.
     let mut write_err = None;
     let mut written = 0u64;
-    while let Some(b) = out_rx.recv().await {
-        written += b.len() as u64;
-        if let Err(e) = up.write(b).await {
-            write_err = Some(e);
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    loop {
+        let n = match stdout.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                write_err = Some(Failure::Storage(format!("reading the plaintext: {e}")));
+                break;
+            }
+        };
+        written += n as u64;
+        if written > limit.bytes() {
+            write_err = Some(limit.exceeded());
+            break;
+        }
+        if let Err(e) = up.write(Bytes::copy_from_slice(&buf[..n])).await {
+            write_err = Some(storage("writing the plaintext", e));
             break;
         }
         if written >= 8 << 20 {
             crate::testing::crash_point("decrypt.writing");
         }
     }
-    drop(out_rx);
-    let outcome = worker
-        .await
-        .unwrap_or_else(|e| Err(Failure::Corrupt(format!("the decryption failed: {e}"))));
+    drop(stdout);
+    if write_err.is_some() {
+        let _ = child.start_kill();
+    }
+    let status = child.wait().await;
+    let reply = reply.await.unwrap_or_default();
+    let _ = pipe_in.await;
     let fed = feeder
         .await
         .unwrap_or_else(|e| Err(Failure::Storage(format!("reading the encrypted file: {e}"))));
+    let outcome = worker_outcome(status, &reply);
     let failure = match (write_err, fed, outcome) {
-        (Some(e), _, _) => Err(storage("writing the plaintext", e)),
+        (Some(f), _, _) => Err(f),
         // A read that failed makes the message look cut short: say what really happened.
         (None, Err(f), _) => Err(f),
         (None, Ok(()), Err(f)) => Err(f),
         (None, Ok(()), Ok(signer)) => Ok(signer),
     };
     match failure {
-        Ok(signer) => {
-            let stored = up
-                .commit()
-                .await
-                .map_err(|e| storage("writing the plaintext", e))?;
-            Ok(Plain { stored, signer })
-        }
+        Ok(signer) => match up.seal().await {
+            Ok(sealed) => Ok(Plain {
+                upload: up,
+                sealed,
+                signer,
+            }),
+            Err(e) => {
+                up.abort().await;
+                Err(storage("writing the plaintext", e))
+            }
+        },
         Err(f) => {
             up.abort().await;
             Err(f)
         }
+    }
+}
+
+/// This binary as a decryption worker: nothing of the gateway's environment (credentials,
+/// database URLs) is passed on.
+fn spawn_worker() -> std::io::Result<tokio::process::Child> {
+    let exe = std::env::current_exe()?;
+    tokio::process::Command::new(exe)
+        .arg(SUBCOMMAND)
+        .env_clear()
+        // One malloc arena: the address-space limit counts what each reserves.
+        .env("MALLOC_ARENA_MAX", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// What the worker's exit and its last line on stderr say.
+fn worker_outcome(
+    status: std::io::Result<std::process::ExitStatus>,
+    stderr: &[u8],
+) -> Result<Option<String>, Failure> {
+    let text = String::from_utf8_lossy(stderr);
+    let reply = text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Reply>(l).ok());
+    match (status, reply) {
+        (Ok(s), Some(r)) if s.success() => match r.failure {
+            None => Ok(r.signer),
+            Some((code, message)) => Err(Failure::from_code(&code, message)),
+        },
+        (Ok(s), _) => {
+            use std::os::unix::process::ExitStatusExt as _;
+            let how = match s.signal() {
+                Some(sig) => format!("was ended by signal {sig}"),
+                None => format!("exited with {s}"),
+            };
+            tracing::warn!(status = %s, stderr = %text.chars().take(2000).collect::<String>(), "the decryption worker ended abnormally");
+            Err(Failure::Corrupt(format!(
+                "the decryption {how}: the file needs more than a decryption may use (its stack or pgp.worker_memory); refused as hostile"
+            )))
+        }
+        (Err(e), _) => Err(Failure::Storage(format!("the decryption worker: {e}"))),
     }
 }
 
@@ -208,187 +332,4 @@ async fn feed(
         }
     }
     Ok(())
-}
-
-/// The encrypted bytes as a blocking reader for rPGP.
-struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    chunk: Bytes,
-}
-
-impl std::fmt::Debug for ChannelReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChannelReader")
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = {
-            let chunk = self.fill_buf()?;
-            let n = buf.len().min(chunk.len());
-            buf[..n].copy_from_slice(&chunk[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-/// rPGP reads through `fill_buf` straight from the chunks storage returned: no copy into a
-/// buffer of its own.
-impl BufRead for ChannelReader {
-    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(c) => self.chunk = c,
-                None => break,
-            }
-        }
-        Ok(&self.chunk)
-    }
-
-    fn consume(&mut self, n: usize) {
-        let _ = self.chunk.split_to(n.min(self.chunk.len()));
-    }
-}
-
-/// The blocking part: parse, decrypt, decompress, stream the literal data out, then check the
-/// signature. Returns the signer's fingerprint (of the account's key), if signed.
-fn run(
-    input: ChannelReader,
-    keyring: &Keyring,
-    signers: &[(String, SignedPublicKey)],
-    require_signature: bool,
-    limit: u64,
-    out: mpsc::Sender<Bytes>,
-) -> Result<Option<String>, Failure> {
-    let corrupt = |what: &str, e: &dyn std::fmt::Display| Failure::Corrupt(format!("{what}: {e}"));
-    let (msg, _) =
-        Message::from_reader(input).map_err(|e| corrupt("not an OpenPGP message", &e))?;
-    if !msg.is_encrypted() {
-        return Err(Failure::Corrupt(
-            "not an encrypted OpenPGP message (nothing to decrypt)".into(),
-        ));
-    }
-    if keyring.is_empty() {
-        return Err(Failure::NoKey(
-            "no decryption key is configured (pgp.keys)".into(),
-        ));
-    }
-    let recipients = recipients(&msg);
-    let ring = TheRing {
-        secret_keys: keyring.keys().iter().collect(),
-        key_passwords: vec![keyring.passphrase()],
-        // Streaming: the plaintext goes to an upload that is committed only after the
-        // integrity check at the end passed, and aborted otherwise; nothing unauthenticated
-        // is ever visible.
-        // GnuPG 2.4 writes its own AEAD (OCB) packets to keys that advertise AEAD: also
-        // authenticated, so accepted.
-        decrypt_options: DecryptionOptions::new()
-            .set_seipdv1_read_mode(Seipdv1ReadMode::Streaming)
-            .enable_gnupg_aead(),
-        ..Default::default()
-    };
-    let mut msg = match msg.decrypt_the_ring(ring, true) {
-        Ok((m, _)) => m,
-        Err(pgp::errors::Error::MissingKey) => {
-            return Err(Failure::NoKey(format!(
-                "encrypted to {recipients}, none of which is a key of this deployment (wharf pgp keys lists them)"
-            )))
-        }
-        Err(e) => return Err(corrupt("cannot decrypt", &e)),
-    };
-    while msg.is_compressed() {
-        msg = msg
-            .decompress()
-            .map_err(|e| corrupt("cannot decompress", &e))?;
-    }
-    if msg.is_signed() {
-        msg = msg
-            .decompress()
-            .map_err(|e| corrupt("cannot decompress", &e))?;
-    }
-    let mut total = 0u64;
-    let mut buf = vec![0u8; WRITE_CHUNK];
-    loop {
-        let n = match msg.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(corrupt("the encrypted file is damaged or cut short", &e)),
-        };
-        total += n as u64;
-        if total > limit {
-            return Err(Failure::Corrupt(format!(
-                "the plaintext is larger than {limit} bytes (pgp.max_expansion times the encrypted file): refused as a decompression bomb"
-            )));
-        }
-        if out
-            .blocking_send(Bytes::copy_from_slice(&buf[..n]))
-            .is_err()
-        {
-            return Err(Failure::Storage("writing the plaintext stopped".into()));
-        }
-    }
-    if !msg.is_signed() {
-        if require_signature {
-            return Err(Failure::Unsigned(
-                "the file is not signed, and this folder requires a signature by one of the account's keys"
-                    .into(),
-            ));
-        }
-        return Ok(None);
-    }
-    let mut keys: Vec<(&str, &dyn VerifyingKey)> = Vec::new();
-    for (fpr, k) in signers {
-        keys.push((fpr, k));
-        for sub in &k.public_subkeys {
-            keys.push((fpr, sub));
-        }
-    }
-    let refs: Vec<&dyn VerifyingKey> = keys.iter().map(|(_, k)| *k).collect();
-    let results = msg
-        .verify_nested(&refs)
-        .map_err(|e| Failure::BadSignature(format!("cannot check the signature: {e}")))?;
-    match results
-        .iter()
-        .position(|r| matches!(r, pgp::composed::VerificationResult::Valid(_)))
-    {
-        Some(i) => Ok(Some(keys[i].0.to_string())),
-        None => Err(Failure::BadSignature(if signers.is_empty() {
-            "the file is signed, but the account has no PGP keys to check it with (wharf user pgp add)".into()
-        } else {
-            format!(
-                "the signature is not valid for any of the account's keys ({})",
-                signers
-                    .iter()
-                    .map(|(f, _)| f.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })),
-    }
-}
-
-/// The key IDs an encrypted message names as recipients, for error messages.
-fn recipients(msg: &Message<'_>) -> String {
-    let Message::Encrypted { esk, .. } = msg else {
-        return "no key".into();
-    };
-    let ids: Vec<String> = esk
-        .iter()
-        .filter_map(|e| match e {
-            pgp::composed::Esk::PublicKeyEncryptedSessionKey(p) => p
-                .id()
-                .ok()
-                .map(|id| format!("key {}", hex::encode_upper(id))),
-            pgp::composed::Esk::SymKeyEncryptedSessionKey(_) => Some("a password".into()),
-        })
-        .collect();
-    if ids.is_empty() {
-        "no key".into()
-    } else {
-        ids.join(", ")
-    }
 }

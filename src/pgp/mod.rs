@@ -4,6 +4,7 @@
 
 pub mod decrypt;
 pub mod sink;
+pub mod worker;
 
 use std::path::Path;
 

@@ -360,6 +360,7 @@ impl Session {
             remember_name: m.rules.no_reuse_names,
             receipt: self.receipt_target(m, path.file_name().unwrap_or_default()),
             decrypt: self.decrypt_target(m, rel, path),
+            job: None,
         }
     }
 
@@ -548,6 +549,7 @@ impl Session {
             remember_name: m.rules.no_reuse_names,
             receipt: self.receipt_target(m, to.file_name().unwrap_or_default()),
             decrypt: self.decrypt_target(m, &dst, to),
+            job: None,
         };
         let mut held = self
             .ctx

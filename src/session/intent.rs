@@ -22,6 +22,8 @@ pub enum IntentKind {
     /// A file is being renamed from `from_path` to `path` (a temp-name upload arriving, or
     /// a final name renamed onto another).
     Rename,
+    /// A decryption's plaintext is being published at `path` (`job` says which).
+    Decrypt,
 }
 
 /// One commit under way.
@@ -67,6 +69,19 @@ pub struct Intent {
     /// The decryption the arrival asks for, for a PGP file in a folder with `--decrypt-to`.
     #[serde(default)]
     pub decrypt: Option<DecryptTarget>,
+    /// For a decryption's plaintext (`IntentKind::Decrypt`): the job it is the outcome of.
+    #[serde(default)]
+    pub job: Option<DecryptJob>,
+}
+
+/// The decryption job a plaintext commit settles: its arrival's event id, what it decrypts
+/// where, and who signed the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecryptJob {
+    pub arrival_event_id: String,
+    pub target: DecryptTarget,
+    pub signer: Option<String>,
+    pub started_at: DateTime<Utc>,
 }
 
 /// A decryption to run once a file arrived (`pgp/`): where the encrypted file is and where

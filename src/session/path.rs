@@ -1,7 +1,12 @@
 //! `VirtualPath`: a client path parsed into normalised segments inside the account's home.
-//! Parse, don't validate: once a `VirtualPath` exists it cannot point outside the jail.
+//! Parse, don't validate: once a `VirtualPath` exists it cannot point outside the jail, and
+//! its names are in Unicode NFC, whatever form the client sent (so `é` typed as one code
+//! point or as `e` and a combining accent is one name, for folder rules, for names a folder
+//! accepts once, and in storage).
 
 use std::fmt;
+
+use unicode_normalization::UnicodeNormalization as _;
 
 use crate::storage::RESERVED_PREFIX;
 
@@ -49,6 +54,16 @@ impl VirtualPath {
         if input.contains(char::REPLACEMENT_CHARACTER) {
             return Err(PathError::NotUtf8);
         }
+        let normalised: String;
+        let input = if unicode_normalization::is_nfc(input) {
+            input
+        } else {
+            normalised = input.nfc().collect();
+            if normalised.len() > MAX_PATH_LEN {
+                return Err(PathError::TooLong);
+            }
+            &normalised
+        };
         let mut segments = if input.starts_with('/') {
             Vec::new()
         } else {

@@ -488,6 +488,7 @@ fn intent(id: &str, location: &str) -> wharf::session::Intent {
         remember_name: false,
         receipt: None,
         decrypt: None,
+        job: None,
     }
 }
 

@@ -174,6 +174,15 @@ fn set_up(g: &Gateway, k: &Keys) {
     assert!(out.stdout.contains(&k.partner_fpr), "{}", out.stdout);
     g.w.run(&["user", "pgp", "add", "acme", key.to_str().unwrap()])
         .fails_with(&["already has the key"]);
+    // The plaintext's folder first: a --decrypt-to must name a folder the partner can only
+    // read.
+    g.w.dir_add(
+        "acme",
+        "/plain",
+        "acme/plain",
+        &["--permissions", "list,download"],
+    )
+    .ok();
     g.w.dir_add(
         "acme",
         "/inbound",
@@ -192,13 +201,6 @@ fn set_up(g: &Gateway, k: &Keys) {
         "/loose",
         "acme/loose",
         &["--permissions", "list,upload", "--decrypt-to", "/plain"],
-    )
-    .ok();
-    g.w.dir_add(
-        "acme",
-        "/plain",
-        "acme/plain",
-        &["--permissions", "list,download"],
     )
     .ok();
     let keys = g.w.run(&["pgp", "keys"]);

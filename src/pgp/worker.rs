@@ -1,0 +1,498 @@
+//! The decryption worker: a child process (`wharf pgp-decrypt-worker`, spawned by
+//! `decrypt.rs` for each file) that parses, decrypts and checks one partner file under hard
+//! limits, so that no input, however hostile, can take the gateway down — the worst it can
+//! do is end this process, and its file is then refused as `corrupt`:
+//!
+//! - at most `MAX_OUTER` packets (and `MAX_OUTER_BYTES`) before the encrypted data (session
+//!   keys a file could otherwise list by the million, each tried with every key);
+//! - at most `MAX_LAYERS` nested layers of compression and signing inside it (GnuPG refuses
+//!   more than 32, Sequoia 16; rPGP has no limit, and every layer it unwraps adds a reader
+//!   every read goes through), and at most `MAX_SIGNATURES` signatures (each hashes the whole
+//!   plaintext);
+//! - the plaintext at most `limit` bytes (`pgp.max_expansion` times the encrypted file);
+//! - the parsing on a thread of `STACK` bytes, in an address space of `pgp.worker_memory`.
+//!
+//! Protocol: on stdin a 4-byte big-endian length and that much JSON (`Request`), then the
+//! encrypted file until EOF; on stdout the plaintext; on stderr, last, one JSON line
+//! (`Reply`). Secrets (the deployment's keys and passphrase) go through the pipe only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+
+use base64::Engine as _;
+use pgp::composed::{
+    DecryptionOptions, Deserializable as _, Message, SignedPublicKey, SignedSecretKey, TheRing,
+};
+use pgp::types::{Password, Seipdv1ReadMode, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use super::decrypt::Failure;
+
+/// Packets allowed before the encrypted data, and their bytes.
+pub const MAX_OUTER: usize = 64;
+pub const MAX_OUTER_BYTES: usize = 1 << 20;
+/// Nested compression and signature layers allowed inside the encrypted data.
+pub const MAX_LAYERS: usize = 16;
+/// Signatures allowed in all.
+pub const MAX_SIGNATURES: usize = 16;
+/// The parsing thread's stack.
+const STACK: usize = 16 << 20;
+/// Plaintext written to stdout at a time.
+const WRITE_CHUNK: usize = 256 << 10;
+/// The subcommand the worker runs as.
+pub const SUBCOMMAND: &str = "pgp-decrypt-worker";
+
+/// What the worker is asked to do.
+#[derive(Serialize, Deserialize)]
+pub struct Request {
+    /// The deployment's secret keys, armored.
+    pub secret_keys: Vec<String>,
+    /// Their passphrase (base64).
+    pub passphrase: String,
+    /// The partner's keys: (primary fingerprint, armored public key).
+    pub signers: Vec<(String, String)>,
+    pub require_signature: bool,
+    /// The most plaintext allowed: `pgp.max_expansion` times the encrypted file.
+    pub limit: u64,
+    /// The most the target folder accepts (`--max-size`), if less.
+    pub max_size: Option<u64>,
+    /// The worker's address space, in bytes.
+    pub memory: u64,
+}
+
+/// How it ended.
+#[derive(Serialize, Deserialize)]
+pub struct Reply {
+    /// The signer's fingerprint, when it decrypted and was signed.
+    pub signer: Option<String>,
+    /// `(failure code, message)` when it did not.
+    pub failure: Option<(String, String)>,
+}
+
+impl Failure {
+    /// A failure as the worker reports it.
+    pub fn from_code(code: &str, message: String) -> Failure {
+        match code {
+            "no_key" => Failure::NoKey(message),
+            "bad_signature" => Failure::BadSignature(message),
+            "unsigned" => Failure::Unsigned(message),
+            "storage_error" => Failure::Storage(message),
+            "superseded" => Failure::Superseded(message),
+            "refused" => Failure::Refused(message),
+            _ => Failure::Corrupt(message),
+        }
+    }
+}
+
+/// The worker's `main`: never returns an error to a caller; its exit status is 0 whenever
+/// it could write its reply.
+pub fn main() -> std::process::ExitCode {
+    let reply = match serve() {
+        Ok(signer) => Reply {
+            signer,
+            failure: None,
+        },
+        Err(f) => Reply {
+            signer: None,
+            failure: Some((f.code().to_string(), f.to_string())),
+        },
+    };
+    let line = serde_json::to_string(&reply).unwrap_or_default();
+    let mut err = std::io::stderr().lock();
+    if writeln!(err, "{line}").is_err() {
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn serve() -> Result<Option<String>, Failure> {
+    let mut input = BufReader::with_capacity(1 << 20, std::io::stdin());
+    let mut len = [0u8; 4];
+    input
+        .read_exact(&mut len)
+        .map_err(|e| Failure::Storage(format!("decryption worker: no request: {e}")))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > 16 << 20 {
+        return Err(Failure::Storage(
+            "decryption worker: request too large".into(),
+        ));
+    }
+    let mut header = vec![0u8; len];
+    input
+        .read_exact(&mut header)
+        .map_err(|e| Failure::Storage(format!("decryption worker: no request: {e}")))?;
+    let req: Request = serde_json::from_slice(&header)
+        .map_err(|e| Failure::Storage(format!("decryption worker: bad request: {e}")))?;
+    limit_memory(req.memory);
+    let keys = req
+        .secret_keys
+        .iter()
+        .map(|k| SignedSecretKey::from_armor_single(k.as_bytes()).map(|(k, _)| k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Storage(format!("decryption worker: a key: {e}")))?;
+    let passphrase = base64::engine::general_purpose::STANDARD
+        .decode(&req.passphrase)
+        .map_err(|e| Failure::Storage(format!("decryption worker: passphrase: {e}")))?;
+    let signers = req
+        .signers
+        .iter()
+        .filter_map(|(fpr, armored)| {
+            SignedPublicKey::from_armor_single(armored.as_bytes())
+                .ok()
+                .map(|(k, _)| (fpr.clone(), k))
+        })
+        .collect::<Vec<_>>();
+    let (require, limit) = (
+        req.require_signature,
+        Limit {
+            expansion: req.limit,
+            max_size: req.max_size,
+        },
+    );
+    // On a thread whose stack is known, not whatever the process's main thread got.
+    std::thread::Builder::new()
+        .name("pgp-decrypt".into())
+        .stack_size(STACK)
+        .spawn(move || {
+            let mut out = std::io::stdout().lock();
+            let res = run(
+                input,
+                &keys,
+                Password::from(&passphrase[..]),
+                &signers,
+                require,
+                limit,
+                &mut out,
+            );
+            let _ = out.flush();
+            res
+        })
+        .map_err(|e| Failure::Storage(format!("decryption worker: {e}")))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Failure::Corrupt(
+                "the decryption failed unexpectedly".into(),
+            ))
+        })
+}
+
+/// The address space this process may use: past it allocations fail and it ends, which the
+/// gateway reports as a file that needs more than a decryption may use.
+fn limit_memory(bytes: u64) {
+    if bytes > 0 {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, bytes, bytes);
+    }
+}
+
+fn corrupt(what: &str, e: &dyn std::fmt::Display) -> Failure {
+    Failure::Corrupt(format!("{what}: {e}"))
+}
+
+/// Reads the packets before the encrypted data (at most `MAX_OUTER`, `MAX_OUTER_BYTES`)
+/// into a buffer, leaving `input` at the first encrypted-data packet.
+fn outer_packets<R: BufRead>(input: &mut R) -> Result<Vec<u8>, Failure> {
+    let hostile = |why: String| Failure::Corrupt(format!("{why}: refused as hostile"));
+    let mut prefix = Vec::new();
+    for count in 0.. {
+        let first = match input.fill_buf() {
+            Ok([]) => return Ok(prefix),
+            Ok(buf) => buf[0],
+            Err(e) => return Err(corrupt("reading the encrypted file", &e)),
+        };
+        if first & 0x80 == 0 {
+            // Not a packet: rPGP says what it is.
+            return Ok(prefix);
+        }
+        let tag = if first & 0x40 != 0 {
+            first & 0x3f
+        } else {
+            (first >> 2) & 0x0f
+        };
+        // Encrypted data (SED, SEIPD, GnuPG's OCB): from here on, rPGP reads.
+        if matches!(tag, 9 | 18 | 20) {
+            return Ok(prefix);
+        }
+        if count >= MAX_OUTER {
+            return Err(hostile(format!(
+                "more than {MAX_OUTER} packets before the encrypted data"
+            )));
+        }
+        let mut head = vec![first];
+        input.consume(1);
+        let byte = |input: &mut R| -> Result<u8, Failure> {
+            let mut b = [0u8; 1];
+            input
+                .read_exact(&mut b)
+                .map_err(|e| corrupt("the encrypted file is cut short", &e))?;
+            Ok(b[0])
+        };
+        let len: usize = if first & 0x40 != 0 {
+            let l1 = byte(input)?;
+            head.push(l1);
+            match l1 {
+                0..=191 => l1 as usize,
+                192..=223 => {
+                    let l2 = byte(input)?;
+                    head.push(l2);
+                    ((l1 as usize - 192) << 8) + l2 as usize + 192
+                }
+                255 => {
+                    let mut n = 0usize;
+                    for _ in 0..4 {
+                        let b = byte(input)?;
+                        head.push(b);
+                        n = (n << 8) | b as usize;
+                    }
+                    n
+                }
+                // Partial lengths belong to data packets only.
+                _ => {
+                    return Err(hostile(format!(
+                        "a packet of type {tag} before the encrypted data has a partial length"
+                    )))
+                }
+            }
+        } else {
+            let n = match first & 3 {
+                0 => 1,
+                1 => 2,
+                2 => 4,
+                _ => {
+                    return Err(hostile(format!(
+                        "a packet of type {tag} before the encrypted data has no length"
+                    )))
+                }
+            };
+            let mut v = 0usize;
+            for _ in 0..n {
+                let b = byte(input)?;
+                head.push(b);
+                v = (v << 8) | b as usize;
+            }
+            v
+        };
+        if prefix.len() + head.len() + len > MAX_OUTER_BYTES {
+            return Err(hostile(format!(
+                "more than {MAX_OUTER_BYTES} bytes of packets before the encrypted data"
+            )));
+        }
+        prefix.extend_from_slice(&head);
+        let start = prefix.len();
+        prefix.resize(start + len, 0);
+        input
+            .read_exact(&mut prefix[start..])
+            .map_err(|e| corrupt("the encrypted file is cut short", &e))?;
+    }
+    Ok(prefix)
+}
+
+/// Opens the layers inside the decrypted message (compression, signing), at most
+/// `MAX_LAYERS` deep and with at most `MAX_SIGNATURES` signatures, down to its literal data.
+fn open_layers(mut msg: Message<'_>) -> Result<Message<'_>, Failure> {
+    let hostile = |why: String| Failure::Corrupt(format!("{why}: refused as hostile"));
+    // Compression layers opened so far: each stays in the chain of readers every read goes
+    // through.
+    let mut opened = 0usize;
+    loop {
+        // Walk the signed layers down to the innermost message not opened yet.
+        let (mut depth, mut signatures) = (0usize, 0usize);
+        let mut m = &msg;
+        let compressed = loop {
+            match m {
+                Message::Signed { reader, .. } => {
+                    depth += 1;
+                    signatures += reader.num_signatures();
+                    m = reader.get_ref();
+                }
+                Message::Compressed { .. } => break true,
+                _ => break false,
+            }
+        };
+        if signatures > MAX_SIGNATURES {
+            return Err(hostile(format!("more than {MAX_SIGNATURES} signatures")));
+        }
+        if opened + depth + usize::from(compressed) > MAX_LAYERS {
+            return Err(hostile(format!(
+                "more than {MAX_LAYERS} nested layers of compression and signatures"
+            )));
+        }
+        if !compressed {
+            return Ok(msg);
+        }
+        msg = msg
+            .decompress()
+            .map_err(|e| corrupt("cannot decompress", &e))?;
+        opened += 1;
+    }
+}
+
+/// The most plaintext a decryption may write.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// `pgp.max_expansion` times the encrypted file (a bomb past it).
+    pub expansion: u64,
+    /// The target folder's `--max-size`.
+    pub max_size: Option<u64>,
+}
+
+impl Limit {
+    pub fn bytes(&self) -> u64 {
+        self.max_size
+            .map_or(self.expansion, |m| m.min(self.expansion))
+    }
+
+    pub fn exceeded(&self) -> Failure {
+        match self.max_size {
+            Some(m) if m < self.expansion => Failure::Refused(format!(
+                "the plaintext is larger than its folder accepts ({m} bytes at most)"
+            )),
+            _ => Failure::Corrupt(format!(
+                "the plaintext is larger than {} bytes (pgp.max_expansion times the encrypted file): refused as a decompression bomb",
+                self.expansion
+            )),
+        }
+    }
+}
+
+/// Parses, decrypts and checks one message from `input`, writing its plaintext to `out`.
+/// Returns the signer's fingerprint (of the partner's keys), if signed.
+pub fn run<R: BufRead + std::fmt::Debug + Send, W: Write>(
+    mut input: R,
+    keys: &[SignedSecretKey],
+    passphrase: Password,
+    signers: &[(String, SignedPublicKey)],
+    require_signature: bool,
+    limit: Limit,
+    out: &mut W,
+) -> Result<Option<String>, Failure> {
+    // Armored (`gpg --armor`) or binary; the packets before the encrypted data are counted
+    // either way, before rPGP sees any of them.
+    let binary = match input.fill_buf() {
+        Ok(buf) => buf.first().is_none_or(|b| b & 0x80 != 0),
+        Err(e) => return Err(corrupt("reading the encrypted file", &e)),
+    };
+    let msg = if binary {
+        let prefix = outer_packets(&mut input)?;
+        Message::from_bytes(std::io::Cursor::new(prefix).chain(input))
+    } else {
+        let mut dearmor = pgp::armor::Dearmor::new(input);
+        dearmor
+            .read_header()
+            .map_err(|e| corrupt("not an OpenPGP message", &e))?;
+        let mut body = BufReader::new(dearmor);
+        let prefix = outer_packets(&mut body)?;
+        Message::from_bytes(std::io::Cursor::new(prefix).chain(body))
+    }
+    .map_err(|e| corrupt("not an OpenPGP message", &e))?;
+    if !msg.is_encrypted() {
+        return Err(Failure::Corrupt(
+            "not an encrypted OpenPGP message (nothing to decrypt)".into(),
+        ));
+    }
+    if keys.is_empty() {
+        return Err(Failure::NoKey(
+            "no decryption key is configured (pgp.keys)".into(),
+        ));
+    }
+    let recipients = recipients(&msg);
+    let ring = TheRing {
+        secret_keys: keys.iter().collect(),
+        key_passwords: vec![&passphrase],
+        // Streaming: the plaintext goes to an upload that is committed only after the
+        // integrity check at the end passed, and aborted otherwise; nothing unauthenticated
+        // is ever visible.
+        // GnuPG 2.4 writes its own AEAD (OCB) packets to keys that advertise AEAD: also
+        // authenticated, so accepted.
+        decrypt_options: DecryptionOptions::new()
+            .set_seipdv1_read_mode(Seipdv1ReadMode::Streaming)
+            .enable_gnupg_aead(),
+        ..Default::default()
+    };
+    let msg = match msg.decrypt_the_ring(ring, true) {
+        Ok((m, _)) => m,
+        Err(pgp::errors::Error::MissingKey) => {
+            return Err(Failure::NoKey(format!(
+                "encrypted to {recipients}, none of which is a key of this deployment (wharf pgp keys lists them)"
+            )))
+        }
+        Err(e) => return Err(corrupt("cannot decrypt", &e)),
+    };
+    let mut msg = open_layers(msg)?;
+    let mut total = 0u64;
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    loop {
+        let n = match msg.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt("the encrypted file is damaged or cut short", &e)),
+        };
+        total += n as u64;
+        if total > limit.bytes() {
+            return Err(limit.exceeded());
+        }
+        if out.write_all(&buf[..n]).is_err() {
+            return Err(Failure::Storage("writing the plaintext stopped".into()));
+        }
+    }
+    if !msg.is_signed() {
+        if require_signature {
+            return Err(Failure::Unsigned(
+                "the file is not signed, and this folder requires a signature by one of the account's keys"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let mut keys: Vec<(&str, &dyn VerifyingKey)> = Vec::new();
+    for (fpr, k) in signers {
+        keys.push((fpr, k));
+        for sub in &k.public_subkeys {
+            keys.push((fpr, sub));
+        }
+    }
+    let refs: Vec<&dyn VerifyingKey> = keys.iter().map(|(_, k)| *k).collect();
+    let results = msg
+        .verify_nested(&refs)
+        .map_err(|e| Failure::BadSignature(format!("cannot check the signature: {e}")))?;
+    match results
+        .iter()
+        .position(|r| matches!(r, pgp::composed::VerificationResult::Valid(_)))
+    {
+        Some(i) => Ok(Some(keys[i].0.to_string())),
+        None => Err(Failure::BadSignature(if signers.is_empty() {
+            "the file is signed, but the account has no PGP keys to check it with (wharf user pgp add)".into()
+        } else {
+            format!(
+                "the signature is not valid for any of the account's keys ({})",
+                signers
+                    .iter()
+                    .map(|(f, _)| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })),
+    }
+}
+
+/// The key IDs an encrypted message names as recipients, for error messages.
+fn recipients(msg: &Message<'_>) -> String {
+    let Message::Encrypted { esk, .. } = msg else {
+        return "no key".into();
+    };
+    let ids: Vec<String> = esk
+        .iter()
+        .filter_map(|e| match e {
+            pgp::composed::Esk::PublicKeyEncryptedSessionKey(p) => p
+                .id()
+                .ok()
+                .map(|id| format!("key {}", hex::encode_upper(id))),
+            pgp::composed::Esk::SymKeyEncryptedSessionKey(_) => Some("a password".into()),
+        })
+        .collect();
+    if ids.is_empty() {
+        "no key".into()
+    } else {
+        ids.join(", ")
+    }
+}
