@@ -398,3 +398,57 @@ async fn each_arrival_gets_a_receipt_the_partner_can_fetch() {
             || e["type"] != "wharf.upload.completed"));
     }
 }
+
+/// Names are one name whatever their case (for `--allow`/`--deny`) or Unicode form (NFC and
+/// NFD spellings of `é` are one name for `--no-reuse-names`, and one key in storage).
+#[tokio::test(flavor = "multi_thread")]
+async fn names_match_whatever_their_case_or_unicode_form() {
+    let g = Gateway::start(false, &[]).await;
+    g.w.dir_add(
+        "acme",
+        "/inbound",
+        IN,
+        &[
+            "--permissions",
+            "list,upload,rename",
+            "--deny",
+            "*.exe",
+            "--no-reuse-names",
+        ],
+    )
+    .ok();
+    g.write_file("payload.bin", b"MZ\x90\x00");
+    let run = g.acme("put payload.bin /inbound/PAYLOAD.EXE\n");
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(g.object(&format!("{IN}/PAYLOAD.EXE")).await.is_none());
+    assert!(
+        g.server.log().contains("matches the refused pattern"),
+        "{}",
+        g.server.log()
+    );
+    // "relevé.csv": é as one code point (NFC), then as e + U+0301 (NFD).
+    let (nfc, nfd) = ("relev\u{e9}.csv", "releve\u{301}.csv");
+    g.write_file("first.csv", b"first\n");
+    g.write_file("second.csv", b"second\n");
+    g.acme(&format!("put first.csv \"/inbound/{nfd}\"\n")).ok();
+    // Stored under the NFC spelling.
+    assert_eq!(
+        g.object(&format!("{IN}/{nfc}")).await.as_deref(),
+        Some(&b"first\n"[..])
+    );
+    let run = g.acme(&format!("put second.csv \"/inbound/{nfc}\"\n"));
+    assert_ne!(
+        run.code,
+        Some(0),
+        "the NFC spelling was taken for another name: {run:?}"
+    );
+    assert!(g.server.log().contains("reused_name"), "{}", g.server.log());
+    assert_eq!(
+        g.object(&format!("{IN}/{nfc}")).await.as_deref(),
+        Some(&b"first\n"[..])
+    );
+    let e = g
+        .wait_jsonl_event("wharf.upload.completed", &format!("/inbound/{nfc}"))
+        .await;
+    assert_eq!(e["data"]["key"], format!("{}{IN}/{nfc}", g.prefix));
+}

@@ -406,9 +406,13 @@ async fn a_decryption_cut_by_a_crash_completes_exactly_once_after_restart() {
     let plain = random_bytes((20 << 20) + 11);
     k.encrypt(&g, "big.csv.pgp", &plain, WHARF, Some(PARTNER));
 
-    for (i, point) in ["decrypt.writing", "decrypt.after_commit"]
-        .iter()
-        .enumerate()
+    for (i, point) in [
+        "decrypt.writing",
+        "decrypt.before_commit",
+        "decrypt.after_commit",
+    ]
+    .iter()
+    .enumerate()
     {
         let name = format!("big{i}.csv");
         std::fs::copy(g.w.file("big.csv.pgp"), g.w.file(&format!("{name}.pgp"))).unwrap();
@@ -477,4 +481,230 @@ async fn a_decryption_cut_by_a_crash_completes_exactly_once_after_restart() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// An OpenPGP packet in the new format: tag, length, body.
+fn packet(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![0xc0 | tag];
+    let n = body.len();
+    if n < 192 {
+        p.push(n as u8);
+    } else if n < 8384 {
+        let m = n - 192;
+        p.push((m >> 8) as u8 + 192);
+        p.push(m as u8);
+    } else {
+        p.push(0xff);
+        p.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    p.extend_from_slice(body);
+    p
+}
+
+/// A literal packet holding `data`.
+fn literal(data: &[u8]) -> Vec<u8> {
+    let mut body = vec![b'b', 0, 0, 0, 0, 0];
+    body.extend_from_slice(data);
+    packet(11, &body)
+}
+
+/// `inner` in `layers` compressed packets of algorithm 0 ("uncompressed"): a few bytes each.
+fn nested(inner: Vec<u8>, layers: usize) -> Vec<u8> {
+    (0..layers).fold(inner, |acc, _| {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&acc);
+        packet(8, &body)
+    })
+}
+
+impl Keys {
+    /// Encrypts `packets` as they are (`gpg --no-literal`: no literal packet of its own) to
+    /// the deployment's key, with GnuPG's `compress` algorithm, into `name` in the
+    /// gateway's directory.
+    fn encrypt_packets(&self, g: &Gateway, name: &str, packets: &[u8], compress: &str) {
+        let raw = self.dir.join(format!("{name}.raw"));
+        std::fs::write(&raw, packets).unwrap();
+        let out = g.w.file(name);
+        let _ = std::fs::remove_file(&out);
+        self.gpg.run(&[
+            "--recipient",
+            WHARF,
+            "--no-literal",
+            "--compress-algo",
+            compress,
+            "--output",
+            out.to_str().unwrap(),
+            "--encrypt",
+            raw.to_str().unwrap(),
+        ]);
+    }
+}
+
+/// A hostile partner's PGP files, each made to exhaust the decryption: 10,000 and 100 nested
+/// compression layers (each 3–6 bytes; the 10,000-layer file overflowed the gateway's stack
+/// before decryption ran in a worker), a million session-key packets before the encrypted
+/// data, and 20 million one-pass-signature packets compressed into a few hundred KB (their
+/// parsing exhausts the worker's address space). Each fails as `corrupt` once, with a
+/// message that says why; the instance stays up and ready; an honest signed file uploaded
+/// right after decrypts byte-exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_pgp_files_end_only_their_worker() {
+    let k = keys();
+    let env = k.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let mut g = Gateway::start(false, &env).await;
+    set_up(&g, &k);
+    k.encrypt_packets(
+        &g,
+        "deep.csv.pgp",
+        &nested(literal(b"pay,1\n"), 10_000),
+        "none",
+    );
+    k.encrypt_packets(
+        &g,
+        "hundred.csv.pgp",
+        &nested(literal(b"pay,2\n"), 100),
+        "none",
+    );
+    // 20 million one-pass signatures (v3, SHA-256, EdDSA), then the literal data.
+    let ops = packet(4, &[3, 0, 8, 22, 1, 2, 3, 4, 5, 6, 7, 8, 0]);
+    let mut many = Vec::with_capacity(ops.len() * 20_000_000 + 64);
+    for _ in 0..20_000_000 {
+        many.extend_from_slice(&ops);
+    }
+    many.extend_from_slice(&literal(b"pay,3\n"));
+    k.encrypt_packets(&g, "signatures.csv.pgp", &many, "zlib");
+    drop(many);
+    // A million session-key packets (each a copy of the file's own) before its data.
+    let honest_small = g.w.file("small.csv.pgp");
+    k.encrypt(&g, "small.csv.pgp", b"pay,4\n", WHARF, None);
+    let small = std::fs::read(&honest_small).unwrap();
+    let esk_len = {
+        // The first packet (GnuPG writes old-format headers; new ones are read too).
+        let b = small[0];
+        let (head, len) = if b & 0x40 == 0 {
+            let n = [1, 2, 4][(b & 3) as usize];
+            let len = small[1..=n]
+                .iter()
+                .fold(0usize, |a, x| (a << 8) | *x as usize);
+            (1 + n, len)
+        } else if (small[1] as usize) < 192 {
+            (2, small[1] as usize)
+        } else {
+            (
+                3,
+                ((small[1] as usize - 192) << 8) + small[2] as usize + 192,
+            )
+        };
+        head + len
+    };
+    let mut esks = Vec::new();
+    for _ in 0..1_000_000 {
+        esks.extend_from_slice(&small[..esk_len]);
+    }
+    esks.extend_from_slice(&small[esk_len..]);
+    std::fs::write(g.w.file("keys.csv.pgp"), &esks).unwrap();
+    drop(esks);
+    for f in ["deep", "hundred", "signatures", "keys"] {
+        g.acme(&format!("put {f}.csv.pgp /loose/\n")).ok();
+        let e = wait_event(&g, "wharf.decrypt.failed", &format!("/loose/{f}.csv.pgp")).await;
+        assert_eq!(e["data"]["failure_code"], "corrupt", "{f}: {e}");
+        let why = e["data"]["failure_message"].as_str().unwrap();
+        let expected = match f {
+            "deep" | "hundred" => "more than 16 nested layers",
+            "keys" => "more than 64 packets before the encrypted data",
+            _ => "refused as hostile",
+        };
+        assert!(why.contains(expected), "{f}: {why}");
+        assert!(g.object(&format!("acme/plain/{f}.csv")).await.is_none());
+        // Still up and ready.
+        assert_eq!(g.server.http_get("/readyz").await.0, 200, "{f}");
+    }
+    // An honest file right after.
+    let plain = random_bytes(3 << 20);
+    k.encrypt(&g, "honest.csv.pgp", &plain, WHARF, Some(PARTNER));
+    g.acme("put honest.csv.pgp /inbound/\n").ok();
+    let ok = wait_event(&g, "wharf.decrypt.completed", "/plain/honest.csv").await;
+    assert_eq!(ok["data"]["sha256"], sha(&plain), "{ok}");
+    assert_eq!(g.object("acme/plain/honest.csv").await.unwrap(), plain);
+    // Each hostile file got one outcome, and no job is left to run again.
+    let outcomes = g
+        .jsonl_events()
+        .into_iter()
+        .filter(|e| e["type"] == "wharf.decrypt.failed")
+        .count();
+    assert_eq!(outcomes, 4);
+    assert_eq!(g.count_rows("decrypt_jobs").await, 0);
+    assert!(
+        g.server.child.try_wait().unwrap().is_none(),
+        "the instance ended"
+    );
+}
+
+/// Verified plaintext lands only where the partner can only read: the CLI refuses an
+/// account-level --decrypt-to, a target folder the partner can write to, and one that is
+/// not there yet; with a right set-up the partner can neither replace nor delete the
+/// plaintext, and an honest file still decrypts.
+#[tokio::test(flavor = "multi_thread")]
+async fn plaintext_lands_only_in_a_folder_the_partner_can_only_read() {
+    let k = keys();
+    let env = k.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let g = Gateway::start(false, &env).await;
+    g.w.run(&["user", "set", "acme", "--decrypt-to", "/clear"])
+        .fails_with(&["no folders", "wharf user dir add"]);
+    g.w.dir_add("acme", "/in", "acme/in", &["--decrypt-to", "/clear"])
+        .fails_with(&[
+            "in none of the account's folders",
+            "--permissions list,download",
+        ]);
+    g.w.dir_add(
+        "acme",
+        "/clear",
+        "acme/clear",
+        &["--permissions", "list,upload,download"],
+    )
+    .ok();
+    g.w.dir_add("acme", "/in", "acme/in", &["--decrypt-to", "/clear"])
+        .fails_with(&["/clear", "upload", "only read"]);
+    g.w.run(&["user", "dir", "rm", "acme", "/clear"]).ok();
+    g.w.dir_add(
+        "acme",
+        "/clear",
+        "acme/clear",
+        &["--permissions", "list,download"],
+    )
+    .ok();
+    g.w.dir_add(
+        "acme",
+        "/in",
+        "acme/in",
+        &[
+            "--permissions",
+            "list,upload,overwrite,rename,delete",
+            "--decrypt-to",
+            "/clear",
+        ],
+    )
+    .ok();
+    // The plaintext folder cannot be removed while a folder decrypts into it.
+    g.w.run(&["user", "dir", "rm", "acme", "/clear"])
+        .fails_with(&["--decrypt-to /clear"]);
+    let key = k.dir.join("partner.asc");
+    g.w.run(&["user", "pgp", "add", "acme", key.to_str().unwrap()])
+        .ok();
+    let plain = b"settlement,100.00\n".to_vec();
+    k.encrypt(&g, "pay.csv.pgp", &plain, WHARF, Some(PARTNER));
+    g.acme("put pay.csv.pgp /in/\n").ok();
+    let e = wait_event(&g, "wharf.decrypt.completed", "/clear/pay.csv").await;
+    assert_eq!(e["data"]["signature"], "valid", "{e}");
+    // Whoever holds the partner's password cannot replace or remove it.
+    g.write_file("forged.csv", b"settlement,999999.00\n");
+    let run = g.acme("put forged.csv /clear/pay.csv\n");
+    assert_ne!(run.code, Some(0), "{run:?}");
+    let run = g.acme("rm /clear/pay.csv\n");
+    assert_ne!(run.code, Some(0), "{run:?}");
+    let run = g.acme("rename /in/pay.csv.pgp /clear/x.csv\n");
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert_eq!(g.object("acme/clear/pay.csv").await.unwrap(), plain);
 }
