@@ -460,6 +460,15 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); expected e.g. 30s, 10m, 31d"))
+    }
+}
+
 /// A size written as "8MiB", "512KiB", "1GiB" or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);

@@ -30,3 +30,20 @@ ALTER TABLE instances ADD COLUMN lapse_us BIGINT NOT NULL DEFAULT 0;
 -- commit of its plaintext is under way.
 ALTER TABLE commit_intents ADD COLUMN job TEXT;
 CREATE INDEX IF NOT EXISTS commit_intents_job ON commit_intents (job) WHERE job IS NOT NULL;
+
+-- Duplicates (a file whose SHA-256 and size equal an earlier arrival's in the same folder,
+-- within its window): the rules of an account without folders; each arrival's digest in a
+-- folder that flags or refuses duplicates, recorded with its event; and the digest an intent
+-- commits, unique so that two uploads of the same bytes commit one after the other.
+ALTER TABLE accounts ADD COLUMN rules TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE commit_intents ADD COLUMN digest_key TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS commit_intents_digest ON commit_intents (digest_key) WHERE digest_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS arrived_digests (
+    digest_key TEXT   NOT NULL,
+    event_id   TEXT   NOT NULL,
+    path       TEXT   NOT NULL,
+    arrived_us BIGINT NOT NULL,
+    expires_us BIGINT NOT NULL,
+    PRIMARY KEY (digest_key, event_id)
+);
+CREATE INDEX IF NOT EXISTS arrived_digests_expires ON arrived_digests (expires_us);

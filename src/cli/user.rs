@@ -77,6 +77,14 @@ pub enum UserCommand {
         /// Stop decrypting the account's arrivals
         #[arg(long, conflicts_with_all = ["decrypt_to", "require_signature"])]
         no_decrypt: bool,
+        /// For an account without folders: what an arrival whose content (size and SHA-256)
+        /// already arrived is: allow, flag (its event says so) or refuse (a folder's own is
+        /// set with `user dir add`)
+        #[arg(long, value_name = "POLICY")]
+        duplicates: Option<String>,
+        /// How far back an earlier arrival counts for --duplicates (default 31d)
+        #[arg(long, value_name = "DURATION")]
+        duplicate_window: Option<crate::config::HumanDuration>,
     },
     /// Set a new password
     Passwd {
@@ -101,6 +109,8 @@ pub enum UserCommand {
     Pgp(super::pgp::UserPgpCommand),
 }
 
+// Parsed once per command: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum DirCommand {
     /// Map the client path VPATH (such as /inbound) to LOCATION: s3://bucket/prefix/,
@@ -137,6 +147,13 @@ pub enum DirCommand {
         /// With --decrypt-to: decrypt only files signed by one of the account's PGP keys
         #[arg(long, requires = "decrypt_to")]
         require_signature: bool,
+        /// What an arrival whose content (size and SHA-256) already arrived in this folder
+        /// is: allow (default), flag (its event says so) or refuse (nothing is stored)
+        #[arg(long, value_name = "POLICY")]
+        duplicates: Option<String>,
+        /// How far back an earlier arrival counts for --duplicates (default 31d)
+        #[arg(long, value_name = "DURATION")]
+        duplicate_window: Option<crate::config::HumanDuration>,
     },
     /// List the account's folders
     List {
@@ -278,6 +295,8 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             decrypt_to,
             require_signature,
             no_decrypt,
+            duplicates,
+            duplicate_window,
         } => {
             if home.is_none()
                 && permissions.is_none()
@@ -286,11 +305,17 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
                 && decrypt_to.is_none()
                 && !require_signature
                 && !no_decrypt
+                && duplicates.is_none()
+                && duplicate_window.is_none()
             {
                 bail!(
-                    "nothing to change: give --home, --permissions, --allow-ip, --clear-allow-ip, --decrypt-to or --no-decrypt"
+                    "nothing to change: give --home, --permissions, --allow-ip, --clear-allow-ip, --decrypt-to, --no-decrypt, --duplicates or --duplicate-window"
                 );
             }
+            let duplicates = duplicates
+                .as_deref()
+                .map(str::parse::<folders::Duplicates>)
+                .transpose()?;
             let decrypt_to = decrypt_to
                 .as_deref()
                 .map(|p| folders::parse_path(p).map(|p| p.to_string()))
@@ -340,6 +365,19 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
                     );
                 }
                 account.pgp.decrypt_to = Some(to);
+            }
+            if duplicates.is_some() || duplicate_window.is_some() {
+                if !account.folders.is_empty() {
+                    bail!(
+                        "{name} has folders: set --duplicates on each folder (wharf user dir add)"
+                    );
+                }
+                if let Some(d) = duplicates {
+                    account.rules.duplicates = d;
+                }
+                if let Some(w) = duplicate_window {
+                    account.rules.duplicate_window_s = Some(w.0.as_secs());
+                }
             }
             if require_signature {
                 if account.pgp.decrypt_to.is_none() {
@@ -523,6 +561,8 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
             receipt,
             decrypt_to,
             require_signature,
+            duplicates,
+            duplicate_window,
         } => {
             let mut account = get(&*store, &name).await?;
             let cwd = std::env::current_dir().context("current directory")?;
@@ -546,6 +586,12 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
                     .map(|p| folders::parse_path(p).map(|p| p.to_string()))
                     .transpose()?,
                 require_signature,
+                duplicates: duplicates
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()?
+                    .unwrap_or_default(),
+                duplicate_window_s: duplicate_window.map(|w| w.0.as_secs()),
             };
             let folder = Folder {
                 path: folders::parse_path(&vpath)?,
@@ -608,6 +654,8 @@ fn folder_json(f: &Folder) -> serde_json::Value {
         "receipt": f.rules.receipt,
         "decrypt_to": f.rules.decrypt_to,
         "require_signature": f.rules.require_signature,
+        "duplicates": f.rules.duplicates.name(),
+        "duplicate_window_s": f.rules.duplicate_window().as_secs(),
     })
 }
 
@@ -635,6 +683,13 @@ fn rules_text(r: &folders::Rules) -> String {
             out.push_str(" (signed only)");
         }
     }
+    if !r.duplicates.is_allow() {
+        out.push_str(&format!(
+            "; {} duplicates within {}",
+            r.duplicates.name(),
+            humantime::format_duration(r.duplicate_window())
+        ));
+    }
     out
 }
 
@@ -653,6 +708,8 @@ fn account_json(a: &Account, keys: Option<&[AccountKey]>) -> serde_json::Value {
         "pgp_keys": a.pgp.keys.iter().map(|k| &k.fingerprint).collect::<Vec<_>>(),
         "decrypt_to": a.pgp.decrypt_to,
         "require_signature": a.pgp.require_signature,
+        "duplicates": a.rules.duplicates.name(),
+        "duplicate_window_s": a.rules.duplicate_window().as_secs(),
     });
     if let Some(keys) = keys {
         v["keys"] = keys.iter().map(key_json).collect();
@@ -723,6 +780,13 @@ fn print_account(a: &Account, keys: &[AccountKey]) {
             } else {
                 ""
             }
+        );
+    }
+    if !a.rules.duplicates.is_allow() && a.folders.is_empty() {
+        println!(
+            "duplicates:  {} within {}",
+            a.rules.duplicates.name(),
+            humantime::format_duration(a.rules.duplicate_window())
         );
     }
     println!("keys:        {}", keys.len());

@@ -51,12 +51,7 @@ impl OutboxObserver {
 
     /// `intent` as the outbox fences on it: held by this instance.
     pub fn fence(&self, intent: &Intent) -> IntentRef {
-        IntentRef {
-            location: intent.location.clone(),
-            id: intent.id.clone(),
-            owner: self.instance.clone(),
-            extras: intent.extras(),
-        }
+        IntentRef::of(intent, &self.instance)
     }
 
     /// The event of a file that arrived with `facts` at `location` (a completed upload, or
@@ -71,6 +66,7 @@ impl OutboxObserver {
         facts: &StagedFacts,
         etag: Option<&str>,
         from: Option<(&str, &Location)>,
+        duplicate_of: Option<&crate::session::DuplicateOf>,
     ) -> Event {
         Event::build_with(
             &self.source,
@@ -86,6 +82,7 @@ impl OutboxObserver {
                 started_at: facts.started_at,
                 finished_at: crate::identity::now(),
                 failure: None,
+                duplicate_of,
             },
             from,
         )
@@ -130,6 +127,7 @@ impl OutboxObserver {
             facts,
             etag,
             None,
+            intent.duplicate_of.as_ref(),
         );
         match settled {
             Some(outcome) => {
@@ -166,6 +164,7 @@ impl OutboxObserver {
             facts,
             etag,
             renamed_from,
+            intent.duplicate_of.as_ref(),
         );
         let fence = self.fence(intent);
         match settled {
@@ -340,6 +339,7 @@ impl UploadObserver for OutboxObserver {
                 started_at: now,
                 finished_at: now,
                 failure: None,
+                duplicate_of: None,
             },
         );
         if let Err(e) = self.outbox.record(&event, None, None).await {

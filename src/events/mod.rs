@@ -47,6 +47,8 @@ pub struct Decryption<'a> {
     pub outcome: Result<(&'a Stored, Option<&'a str>), (&'a str, String)>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// The earlier arrival the plaintext repeats, in a folder that flags duplicates.
+    pub duplicate_of: Option<&'a crate::session::DuplicateOf>,
 }
 
 /// An event as stored in the outbox and delivered: `body` is the exact CloudEvent JSON that
@@ -87,6 +89,9 @@ pub struct Arrival<'a> {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub failure: Option<(&'a str, &'a str)>,
+    /// The earlier arrival this one's content repeats (a folder that flags or refuses
+    /// duplicates).
+    pub duplicate_of: Option<&'a crate::session::DuplicateOf>,
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -135,6 +140,13 @@ impl Event {
             "failure_code": a.failure.map(|f| f.0),
             "failure_message": a.failure.map(|f| f.1),
         });
+        if let Some(d) = a.duplicate_of {
+            data["duplicate_of"] = json!({
+                "event_id": d.event_id,
+                "path": d.path,
+                "arrived_at": rfc3339(d.arrived_at),
+            });
+        }
         if let Some((path, loc)) = from {
             data["from_path"] = json!(path);
             data["from_location"] = json!(loc.uri);
@@ -195,6 +207,14 @@ impl Event {
             "failure_code": failure.map(|f| f.0),
             "failure_message": failure.map(|f| f.1),
         });
+        let mut data = data;
+        if let Some(dup) = d.duplicate_of {
+            data["duplicate_of"] = json!({
+                "event_id": dup.event_id,
+                "path": dup.path,
+                "arrived_at": rfc3339(dup.arrived_at),
+            });
+        }
         let ce = CloudEvent {
             specversion: "1.0",
             id: &id,
@@ -248,6 +268,7 @@ impl Event {
                     started_at: r.started_at,
                     finished_at: r.finished_at,
                     failure: None,
+                    duplicate_of: r.duplicate_of.as_ref(),
                 },
                 None,
             ),
@@ -270,6 +291,7 @@ impl Event {
                     started_at: r.started_at,
                     finished_at: r.finished_at,
                     failure: Some((code, message)),
+                    duplicate_of: r.duplicate_of.as_ref(),
                 },
                 None,
             ),

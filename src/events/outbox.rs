@@ -43,6 +43,27 @@ pub struct IntentRef {
     /// Whether the intent asks for more than its clearing (a name to remember, a receipt,
     /// a decryption).
     pub extras: bool,
+    /// The content's key in its folder's digest index, and how long it counts there
+    /// (microseconds): recorded with an announcing event.
+    pub digest: Option<(String, i64)>,
+}
+
+impl IntentRef {
+    /// `intent` as held by `owner`.
+    pub fn of(intent: &crate::session::Intent, owner: &str) -> IntentRef {
+        IntentRef {
+            location: intent.location.clone(),
+            id: intent.id.clone(),
+            owner: owner.to_string(),
+            extras: intent.extras(),
+            digest: intent.digest_key().zip(
+                intent
+                    .digest
+                    .as_ref()
+                    .map(|d| (d.window_s as i64).saturating_mul(1_000_000)),
+            ),
+        }
+    }
 }
 
 /// How a commit intent taken over by a reconciler was settled (`intent_outcomes`).
@@ -70,6 +91,7 @@ impl Record {
         self.staged_remove.is_none()
             && self.settles_job.is_none()
             && self.outcome.is_none()
+            && self.intent.as_ref().is_none_or(|i| i.digest.is_none())
             && !self
                 .intent
                 .as_ref()
@@ -198,6 +220,8 @@ const DECRYPT_JOB: &str =
 /// A delivery of event `$1` to built-in sink `$2`.
 const BUILTIN_DELIVERY: &str = "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) VALUES ($1, $2, $3, (SELECT now_us FROM wharf_clock)) ON CONFLICT (event_seq, sink) DO NOTHING";
 const REMEMBER_NAME: &str = "INSERT INTO arrived_names (location, arrived_us) VALUES ($1, (SELECT now_us FROM wharf_clock)) ON CONFLICT (location) DO NOTHING";
+/// An arrival's digest in its folder's index, until `$4` µs from now.
+const DIGEST: &str = "INSERT INTO arrived_digests (digest_key, event_id, path, arrived_us, expires_us) VALUES ($1, $2, $3, (SELECT now_us FROM wharf_clock), (SELECT now_us FROM wharf_clock) + $4) ON CONFLICT DO NOTHING";
 /// Whether a decryption job is there (locked until the transaction ends, on Postgres).
 const JOB_THERE_PG: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $1 FOR UPDATE";
 const JOB_THERE: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $1";
@@ -590,6 +614,9 @@ impl Outbox {
                         .await?;
                 }
                 if let (Some(i), Some((remember, receipt, decrypt))) = (&r.intent, extras) {
+                    if let (Some((key, window)), true) = (&i.digest, super::announces(&e.kind)) {
+                        sqlx::query(DIGEST).bind(key).bind(&e.id).bind(&e.subject).bind(window).execute(&mut *tx).await?;
+                    }
                     if super::announces(&e.kind) {
                         if remember {
                             sqlx::query(REMEMBER_NAME).bind(&i.location).execute(&mut *tx).await?;

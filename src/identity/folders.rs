@@ -45,6 +45,62 @@ pub struct Rules {
     /// With `decrypt_to`: only files signed by one of the account's PGP keys are decrypted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_signature: bool,
+    /// What an arrival whose SHA-256 and size equal an earlier one's (here, within
+    /// `duplicate_window`) is: let through, flagged in its event, or refused.
+    #[serde(default, skip_serializing_if = "Duplicates::is_allow")]
+    pub duplicates: Duplicates,
+    /// How far back an arrival counts for `duplicates`, in seconds (default 31 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_window_s: Option<u64>,
+}
+
+/// What a folder does with a file whose content already arrived there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Duplicates {
+    #[default]
+    Allow,
+    /// It lands, and its event says which earlier arrival it repeats.
+    Flag,
+    /// It is refused before it becomes visible.
+    Refuse,
+}
+
+impl Duplicates {
+    pub fn is_allow(&self) -> bool {
+        *self == Duplicates::Allow
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Duplicates::Allow => "allow",
+            Duplicates::Flag => "flag",
+            Duplicates::Refuse => "refuse",
+        }
+    }
+}
+
+impl std::str::FromStr for Duplicates {
+    type Err = FolderError;
+    fn from_str(s: &str) -> Result<Self, FolderError> {
+        match s {
+            "allow" => Ok(Duplicates::Allow),
+            "flag" => Ok(Duplicates::Flag),
+            "refuse" => Ok(Duplicates::Refuse),
+            other => Err(FolderError::BadDuplicates(other.into())),
+        }
+    }
+}
+
+/// How far back an arrival counts as the one a new file duplicates, by default.
+pub const DUPLICATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(31 * 86400);
+
+impl Rules {
+    /// How far back an earlier arrival makes a file a duplicate.
+    pub fn duplicate_window(&self) -> std::time::Duration {
+        self.duplicate_window_s
+            .map_or(DUPLICATE_WINDOW, std::time::Duration::from_secs)
+    }
 }
 
 impl Rules {
@@ -110,6 +166,8 @@ pub enum FolderError {
     BadPattern(String, String),
     #[error("invalid receipt path {0:?}: use an absolute path whose file name holds {{name}}, such as /outbound/receipts/{{name}}.receipt.json")]
     BadReceipt(String),
+    #[error("invalid --duplicates {0:?}: use allow, flag or refuse")]
+    BadDuplicates(String),
     #[error("--decrypt-to {0}: that path is in none of the account's folders; add the folder for the plaintext first, one the partner can only read (wharf user dir add ACCOUNT {0} LOCATION --permissions list,download)")]
     DecryptTargetMissing(String),
     #[error("--decrypt-to {0}: the plaintext would land in folder {1}, where the partner can {2}; verified plaintext must go to a folder the partner can only read (its permissions at most list,download)")]

@@ -46,6 +46,9 @@ pub struct Account {
     pub folders: Vec<Folder>,
     /// The partner's PGP signing keys; where an account without folders decrypts to.
     pub pgp: pgp::AccountPgp,
+    /// For an account without folders: the rules of its home (what a folder's rules are for
+    /// a folder; today `--duplicates` and `--duplicate-window`).
+    pub rules: folders::Rules,
 }
 
 impl Account {
@@ -63,6 +66,7 @@ impl Account {
             last_login_at: None,
             folders: Vec::new(),
             pgp: Default::default(),
+            rules: Default::default(),
         }
     }
 

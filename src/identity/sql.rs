@@ -19,6 +19,7 @@ pub(super) struct AccountRow {
     pub last_login_at: Option<DateTime<Utc>>,
     pub folders: String,
     pub pgp: String,
+    pub rules: String,
 }
 
 impl TryFrom<AccountRow> for Account {
@@ -46,8 +47,10 @@ impl TryFrom<AccountRow> for Account {
         let folders =
             super::folders::from_column(&r.folders).map_err(|e| corrupt(e.to_string()))?;
         let pgp = super::pgp::AccountPgp::from_column(&r.pgp).map_err(corrupt)?;
+        let rules = serde_json::from_str(&r.rules).map_err(|e| corrupt(e.to_string()))?;
         Ok(Account {
             pgp,
+            rules,
             username: r.username,
             folders,
             password_hash,
@@ -104,9 +107,9 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-pub(super) const SELECT_ACCOUNT: &str = "SELECT username, password_hash, enabled, home, permissions, allowed_cidrs, created_at, updated_at, last_login_at, folders, pgp FROM accounts";
-pub(super) const INSERT_ACCOUNT: &str = "INSERT INTO accounts (username, password_hash, enabled, home, permissions, allowed_cidrs, created_at, updated_at, folders, pgp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
-pub(super) const UPDATE_ACCOUNT: &str = "UPDATE accounts SET password_hash = $2, enabled = $3, home = $4, permissions = $5, allowed_cidrs = $6, updated_at = $7, folders = $8, pgp = $9 WHERE username = $1";
+pub(super) const SELECT_ACCOUNT: &str = "SELECT username, password_hash, enabled, home, permissions, allowed_cidrs, created_at, updated_at, last_login_at, folders, pgp, rules FROM accounts";
+pub(super) const INSERT_ACCOUNT: &str = "INSERT INTO accounts (username, password_hash, enabled, home, permissions, allowed_cidrs, created_at, updated_at, folders, pgp, rules) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id";
+pub(super) const UPDATE_ACCOUNT: &str = "UPDATE accounts SET password_hash = $2, enabled = $3, home = $4, permissions = $5, allowed_cidrs = $6, updated_at = $7, folders = $8, pgp = $9, rules = $10 WHERE username = $1";
 pub(super) const ACCOUNT_ID: &str = "SELECT id FROM accounts WHERE username = $1";
 pub(super) const INSERT_KEY: &str = "INSERT INTO account_keys (account_id, fingerprint, algorithm, public_key, comment, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
 pub(super) const SELECT_KEYS: &str = "SELECT k.fingerprint, k.algorithm, k.public_key, k.comment, k.created_at FROM account_keys k JOIN accounts a ON a.id = k.account_id WHERE a.username = $1";
@@ -180,6 +183,7 @@ macro_rules! sql_account_store {
                     .bind(a.updated_at)
                     .bind($crate::identity::folders::to_column(&a.folders))
                     .bind(a.pgp.to_column())
+                    .bind(serde_json::to_string(&a.rules).unwrap_or_else(|_| "{}".into()))
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(|e| {
@@ -237,6 +241,7 @@ macro_rules! sql_account_store {
                     .bind($crate::identity::now())
                     .bind($crate::identity::folders::to_column(&a.folders))
                     .bind(a.pgp.to_column())
+                    .bind(serde_json::to_string(&a.rules).unwrap_or_else(|_| "{}".into()))
                     .execute(&self.pool)
                     .await
                     .map_err(sql::map_err)?;

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{on_pool, Db};
 use crate::events::outbox::{next_batch, Outbox};
-use crate::session::{CommitJournal, Held, Intent, JournalError, Settlement};
+use crate::session::{CommitJournal, DuplicateOf, Held, Intent, JournalError, Settlement};
 use crate::storage::{LiveUpload, UploadTracker};
 
 /// This instance's heartbeat, with how long it may stay silent before it is taken for dead
@@ -28,13 +28,19 @@ const BEAT: &str = "INSERT INTO instances (id, heartbeat_us, lapse_us) VALUES ($
 /// `insert_intents` on Postgres: a batch (arrays) in one statement, with this instance's
 /// heartbeat (an intent is taken over only once its holder has been silent for its lapse, so
 /// the lapse counts from here). Rows go in location order, so two instances writing
-/// intents for the same locations in opposite orders never deadlock; a location held
-/// already, or taken by an earlier intent of the batch, is skipped.
+/// intents for the same locations in opposite orders never deadlock; a location (or a
+/// digest) held already, or taken by an earlier intent of the batch, is skipped.
 const LOCK_PG: &str = "WITH beat AS (INSERT INTO instances (id, heartbeat_us, lapse_us) VALUES ($8, (SELECT now_us FROM wharf_clock), $9) ON CONFLICT (id) DO UPDATE SET heartbeat_us = excluded.heartbeat_us, lapse_us = excluded.lapse_us) \
-INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id, job) \
-SELECT t.location, t.id, $8, t.detail, (SELECT now_us FROM wharf_clock), t.remember_name, t.receipt, t.decrypt, t.upload_id, t.job FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $10::text[]) WITH ORDINALITY AS t(location, id, detail, remember_name, receipt, decrypt, upload_id, job, ord) ORDER BY t.location, t.ord \
-ON CONFLICT (location) DO NOTHING RETURNING id";
-const LOCK_ONE: &str = "INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id, job) VALUES ($1, $2, $3, $4, (SELECT now_us FROM wharf_clock), $5, $6, $7, $8, $9) ON CONFLICT (location) DO NOTHING";
+INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id, job, digest_key) \
+SELECT t.location, t.id, $8, t.detail, (SELECT now_us FROM wharf_clock), t.remember_name, t.receipt, t.decrypt, t.upload_id, t.job, t.digest_key FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $10::text[], $11::text[]) WITH ORDINALITY AS t(location, id, detail, remember_name, receipt, decrypt, upload_id, job, digest_key, ord) ORDER BY t.location, t.ord \
+ON CONFLICT DO NOTHING RETURNING id, digest_key";
+/// The earliest arrival of each of a batch's contents in its folder, within its window. A
+/// statement of its own, after the intents: only a snapshot taken once the digest lock is
+/// held sees what the previous holder recorded.
+const DUPLICATES_PG: &str = "SELECT DISTINCT ON (digest_key) digest_key, event_id, path, arrived_us FROM arrived_digests WHERE digest_key = ANY($1) AND expires_us > (SELECT now_us FROM wharf_clock) ORDER BY digest_key, arrived_us";
+const LOCK_ONE: &str = "INSERT INTO commit_intents (location, id, instance, detail, created_us, remember_name, receipt, decrypt, upload_id, job, digest_key) VALUES ($1, $2, $3, $4, (SELECT now_us FROM wharf_clock), $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING";
+/// The earliest arrival of a content in a folder, within its window.
+const DUPLICATE: &str = "SELECT event_id, path, arrived_us FROM arrived_digests WHERE digest_key = $1 AND expires_us > (SELECT now_us FROM wharf_clock) ORDER BY arrived_us LIMIT 1";
 /// What became of an intent: who holds it, how a reconciler settled it, and whether its
 /// owner's event is there.
 const SETTLEMENT: &str = "SELECT (SELECT instance FROM commit_intents WHERE location = $1 AND id = $2), (SELECT outcome FROM intent_outcomes WHERE intent_id = $2), EXISTS (SELECT 1 FROM events WHERE id = $3)";
@@ -68,8 +74,27 @@ struct Beats {
     since: Option<Instant>,
 }
 
-/// An intent to write, its JSON detail, and where to say whether it took the lock.
-type LockRequest = (Intent, String, oneshot::Sender<Result<bool, String>>);
+/// An intent to write, its JSON detail, and where to say whether it took the lock (and
+/// what its content duplicates, if it asked).
+type LockRequest = (
+    Intent,
+    String,
+    oneshot::Sender<Result<Option<Taken>, String>>,
+);
+
+/// An intent that took its lock, with the earlier arrival of its content, if any.
+type Taken = Option<DuplicateOf>;
+
+/// `(event_id, path, arrived_us)` of an earlier arrival.
+type DuplicateRow = (Option<String>, Option<String>, Option<i64>);
+
+fn duplicate_of((event_id, path, arrived): DuplicateRow) -> Option<DuplicateOf> {
+    Some(DuplicateOf {
+        event_id: event_id?,
+        path: path?,
+        arrived_at: crate::events::outbox::from_micros(arrived?),
+    })
+}
 
 /// Intents written in one statement at most.
 const LOCK_BATCH: usize = 128;
@@ -80,9 +105,9 @@ const LOCK_BATCH: usize = 128;
 async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest>) {
     while let Some(batch) = next_batch(&mut rx, LOCK_BATCH).await {
         match journal.insert_intents(&batch).await {
-            Ok(took) => {
+            Ok(mut took) => {
                 for (intent, _, reply) in batch {
-                    let _ = reply.send(Ok(took.contains(&intent.id)));
+                    let _ = reply.send(Ok(took.remove(&intent.id)));
                 }
             }
             Err(e) if batch.len() == 1 => {
@@ -95,7 +120,7 @@ async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest
                 for req in batch {
                     let res = journal.insert_intents(std::slice::from_ref(&req)).await;
                     let _ = req.2.send(
-                        res.map(|took| took.contains(&req.0.id))
+                        res.map(|mut took| took.remove(&req.0.id))
                             .map_err(|e| e.to_string()),
                     );
                 }
@@ -201,15 +226,16 @@ impl Journal {
             .bind(&self.inner.instance).execute(p).await.map(drop));
     }
 
-    /// Writes `intent` unless another holds its location: whether it took the lock.
-    async fn try_lock(&self, intent: &Intent, detail: &str) -> Result<bool, String> {
+    /// Writes `intent` unless another holds its location (or its digest): whether it took
+    /// the lock, with the earlier arrival of its content if any.
+    async fn try_lock(&self, intent: &Intent, detail: &str) -> Result<Option<Taken>, String> {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             let req = (intent.clone(), detail.to_string(), oneshot::channel().0);
-            let took = self
+            let mut took = self
                 .insert_intents(&[req])
                 .await
                 .map_err(|e| e.to_string())?;
-            return Ok(took.contains(&intent.id));
+            return Ok(took.remove(&intent.id));
         };
         let locker = self.inner.locker.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -225,9 +251,12 @@ impl Journal {
     }
 
     /// Writes a batch of intents in one transaction, with this instance's heartbeat; returns
-    /// the ids of those that took their location (the others found it held, by another
-    /// commit or one earlier in the batch).
-    async fn insert_intents(&self, batch: &[LockRequest]) -> Result<Vec<String>, sqlx::Error> {
+    /// those that took their location (the others found it held, by another commit or one
+    /// earlier in the batch), by id, with the earlier arrival of their content.
+    async fn insert_intents(
+        &self,
+        batch: &[LockRequest],
+    ) -> Result<std::collections::HashMap<String, Taken>, sqlx::Error> {
         let _w = self.inner.outbox.writing().await;
         let lapse = self.dead_after().as_micros() as i64;
         let receipt = |i: &Intent| {
@@ -247,7 +276,7 @@ impl Journal {
                 let col = |f: &dyn Fn(&LockRequest) -> Option<String>| {
                     batch.iter().map(f).collect::<Vec<_>>()
                 };
-                sqlx::query_scalar(LOCK_PG)
+                let rows: Vec<(String, Option<String>)> = sqlx::query_as(LOCK_PG)
                     .bind(col(&|(i, _, _)| Some(i.location.clone())))
                     .bind(col(&|(i, _, _)| Some(i.id.clone())))
                     .bind(col(&|(_, d, _)| Some(d.clone())))
@@ -265,8 +294,31 @@ impl Journal {
                     .bind(col(&|(i, _, _)| {
                         i.job.as_ref().map(|j| j.arrival_event_id.clone())
                     }))
+                    .bind(col(&|(i, _, _)| i.digest_key()))
                     .fetch_all(p)
-                    .await
+                    .await?;
+                let keys: Vec<&str> = rows.iter().filter_map(|(_, k)| k.as_deref()).collect();
+                let mut found: std::collections::HashMap<String, DuplicateOf> =
+                    std::collections::HashMap::new();
+                if !keys.is_empty() {
+                    let dups: Vec<(String, String, String, i64)> = sqlx::query_as(DUPLICATES_PG)
+                        .bind(&keys)
+                        .fetch_all(p)
+                        .await?;
+                    for (key, event_id, path, at) in dups {
+                        let dup = duplicate_of((Some(event_id), Some(path), Some(at)));
+                        if let Some(d) = dup {
+                            found.insert(key, d);
+                        }
+                    }
+                }
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, key)| {
+                        let dup = key.and_then(|k| found.get(&k).cloned());
+                        (id, dup)
+                    })
+                    .collect())
             }
             Db::Sqlite(p) => {
                 let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
@@ -275,7 +327,7 @@ impl Journal {
                     .bind(lapse)
                     .execute(&mut *tx)
                     .await?;
-                let mut took = Vec::new();
+                let mut took = std::collections::HashMap::new();
                 let mut sorted: Vec<&LockRequest> = batch.iter().collect();
                 sorted.sort_by(|a, b| a.0.location.cmp(&b.0.location));
                 for (i, detail, _) in sorted {
@@ -289,11 +341,20 @@ impl Journal {
                         .bind(decrypt(i))
                         .bind(&i.upload_id)
                         .bind(i.job.as_ref().map(|j| &j.arrival_event_id))
+                        .bind(i.digest_key())
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
                     if n == 1 {
-                        took.push(i.id.clone());
+                        let dup = match i.digest_key() {
+                            Some(k) => sqlx::query_as::<_, DuplicateRow>(DUPLICATE)
+                                .bind(k)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .and_then(duplicate_of),
+                            None => None,
+                        };
+                        took.insert(i.id.clone(), dup);
                     }
                 }
                 tx.commit().await?;
@@ -351,8 +412,8 @@ impl CommitJournal for Journal {
         loop {
             let since = Instant::now();
             match self.try_lock(intent, &detail).await {
-                Ok(true) => return Ok(Held { since }),
-                Ok(false) => {}
+                Ok(Some(duplicate)) => return Ok(Held { since, duplicate }),
+                Ok(None) => {}
                 Err(e) => return Err(JournalError::Database(e)),
             }
             if tokio::time::Instant::now() + wait > deadline {

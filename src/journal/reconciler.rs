@@ -634,6 +634,7 @@ fn failed_event(
                 "interrupted",
                 "the server handling the upload stopped before the file was published",
             )),
+            duplicate_of: None,
         },
         None,
     )

@@ -19,8 +19,9 @@ use super::Keyring;
 use crate::events::outbox::{IntentRef, Outbox, DECRYPT};
 use crate::events::sinks::{DeliveryError, EventSink};
 use crate::events::{Decryption, Event, COMPLETED};
+use crate::identity::folders::Duplicates;
 use crate::identity::{folders, AccountStore};
-use crate::session::intent::{DecryptJob, DecryptTarget};
+use crate::session::intent::{DecryptJob, DecryptTarget, DigestCheck};
 use crate::session::{CommitJournal, Intent, IntentKind, JournalError, Settlement};
 use crate::storage::{ErrorKind, Home, Location, Storage, Stored, UploadContext, UploadScope};
 
@@ -168,7 +169,14 @@ impl DecryptSink {
                 signer: signer.clone(),
                 started_at,
             }),
+            digest: (!folder.rules.duplicates.is_allow()).then(|| DigestCheck {
+                scope: folder.home.to_uri(),
+                refuse: folder.rules.duplicates == Duplicates::Refuse,
+                window_s: folder.rules.duplicate_window().as_secs(),
+            }),
+            duplicate_of: None,
         };
+        let mut intent = intent;
         let mut held = match self.journal.begin(&intent).await {
             Ok(h) => h,
             Err(e) => {
@@ -176,6 +184,20 @@ impl DecryptSink {
                 return Err(Failure::Storage(format!("publishing the plaintext: {e}")));
             }
         };
+        // A plaintext is checked for duplicates in its own folder, like an upload there.
+        if let Some(dup) = held.duplicate.take() {
+            if intent.digest.as_ref().is_some_and(|d| d.refuse) {
+                self.journal.cancel(&intent).await;
+                upload.abort().await;
+                return Err(Failure::Refused(format!(
+                    "{}: the same plaintext already arrived in that folder as {} at {}; refused as a duplicate",
+                    job.target_client_path,
+                    dup.path,
+                    dup.arrived_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )));
+            }
+            intent.duplicate_of = Some(dup);
+        }
         if folder.rules.no_reuse_names
             && matches!(
                 self.outbox.arrived_before(&target_loc.uri).await,
@@ -210,12 +232,7 @@ impl DecryptSink {
         };
         crate::testing::crash_point("decrypt.after_commit");
         let outcome = completed_event(&self.source, &self.storage, &intent, &stored, &target_loc);
-        let fence = IntentRef {
-            location: intent.location.clone(),
-            id: intent.id.clone(),
-            owner: self.instance.clone(),
-            extras: intent.extras(),
-        };
+        let fence = IntentRef::of(&intent, &self.instance);
         for attempt in 0..5u32 {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(250 << attempt)).await;
@@ -302,6 +319,7 @@ pub fn completed_event(
             outcome: Ok((stored, job.and_then(|j| j.signer.as_deref()))),
             started_at: job.map_or(intent.started_at, |j| j.started_at),
             finished_at: crate::identity::now(),
+            duplicate_of: intent.duplicate_of.as_ref(),
         },
     )
 }
@@ -390,6 +408,7 @@ impl EventSink for DecryptSink {
                 outcome: Err((f.code(), f.to_string())),
                 started_at,
                 finished_at: crate::identity::now(),
+                duplicate_of: None,
             },
         );
         // Recorded only while no commit of a plaintext of this job is under way (a

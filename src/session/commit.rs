@@ -30,10 +30,11 @@ use chrono::{DateTime, Utc};
 use super::fs::{
     journal_error, storage, view_key, FsError, FsErrorKind, OpenUpload, WriteFile, UNCONFIRMED,
 };
-use super::intent::{Intent, IntentKind, JournalError, Settlement};
+use super::intent::{DigestCheck, DuplicateOf, Intent, IntentKind, JournalError, Settlement};
 use super::path::VirtualPath;
 use super::upload::{UploadError, UploadPipeline};
 use super::{Mount, Session, StagedFacts, UploadOutcome, UploadRecord};
+use crate::identity::folders::Duplicates;
 use crate::identity::Permission;
 use crate::storage::{ErrorKind, Location, Meta, RenameContext, Sealed, Stored};
 use crate::telemetry::metrics::metrics;
@@ -101,7 +102,7 @@ impl Session {
             Ok(s) => s,
             Err(e) => return Err(self.close_failed(&ended, e, None).await),
         };
-        let intent = self.upload_intent(m, &rel, &path, &ended, &sealed);
+        let mut intent = self.upload_intent(m, &rel, &path, &ended, &sealed);
         let mut held = match self.ctx.journal.begin(&intent).await {
             Ok(h) => h,
             Err(e) => {
@@ -112,6 +113,18 @@ impl Session {
                 return Err(err);
             }
         };
+        // Under the commit lock (which holds the content's digest too, so two uploads of the
+        // same bytes commit one after the other): the same content arrived here before.
+        if let Some(dup) = held.duplicate.take() {
+            let refuse = intent.digest.as_ref().is_some_and(|d| d.refuse);
+            let err = duplicate_error(&path, &dup);
+            intent.duplicate_of = Some(dup);
+            if refuse {
+                return Err(self
+                    .refuse(pipeline, &ended, &intent, "duplicate", err)
+                    .await);
+            }
+        }
         // Two handles (sessions, instances) may have passed the existence check at open: under
         // the commit lock, an account without `overwrite` still cannot replace a file.
         if !m.permissions.has(Permission::Overwrite) && m.backend.stat(&rel).await.is_ok() {
@@ -170,6 +183,7 @@ impl Session {
         };
         let rec = UploadRecord {
             event_id: intent.event_id.clone(),
+            duplicate_of: intent.duplicate_of.clone(),
             session: self.info.clone(),
             path: path.to_string(),
             started_at,
@@ -361,6 +375,9 @@ impl Session {
             receipt: self.receipt_target(m, path.file_name().unwrap_or_default()),
             decrypt: self.decrypt_target(m, rel, path),
             job: None,
+            // A temp name is no arrival: its content is checked when it is renamed to one.
+            digest: digest_check(m).filter(|_| !self.ctx.observer.is_temp(&path.to_string())),
+            duplicate_of: None,
         }
     }
 
@@ -411,6 +428,7 @@ impl Session {
     ) {
         let rec = UploadRecord {
             event_id: u.event_id.to_string(),
+            duplicate_of: intent.and_then(|i| i.duplicate_of.clone()),
             session: self.info.clone(),
             path: u.path.to_string(),
             started_at: u.started_at,
@@ -550,13 +568,37 @@ impl Session {
             receipt: self.receipt_target(m, to.file_name().unwrap_or_default()),
             decrypt: self.decrypt_target(m, &dst, to),
             job: None,
+            digest: digest_check(m),
+            duplicate_of: None,
         };
+        let mut intent = intent;
         let mut held = self
             .ctx
             .journal
             .begin(&intent)
             .await
             .map_err(|e| journal_error(e, to))?;
+        if let Some(dup) = held.duplicate.take() {
+            let err = duplicate_error(to, &dup);
+            intent.duplicate_of = Some(dup);
+            if intent.digest.as_ref().is_some_and(|d| d.refuse) {
+                // Nothing of it stays: the temp file goes too.
+                if let Err(e) = m.backend.delete(&src).await {
+                    tracing::warn!(parent: &self.span, path = %from, error = %e, "cannot remove a duplicate refused on rename");
+                }
+                self.view.forget();
+                let ended = Ended {
+                    path: to,
+                    location: &to_loc,
+                    started_at: facts.started_at,
+                    received: facts.bytes,
+                    event_id: &intent.failed_event_id,
+                };
+                self.record_failure(&ended, "duplicate", &err.message, Some(&intent))
+                    .await;
+                return Err(err);
+            }
+        }
         if !may_overwrite && m.backend.stat(&dst).await.is_ok_and(|m| !m.is_dir) {
             self.ctx.journal.cancel(&intent).await;
             return Err(FsError::denied(
@@ -704,4 +746,26 @@ impl Session {
             started_at: crate::identity::now(),
         })
     }
+}
+
+/// Where a folder that flags or refuses duplicates keeps its arrivals' digests: its storage,
+/// for its window.
+pub(super) fn digest_check(m: &Mount) -> Option<DigestCheck> {
+    (!m.rules.duplicates.is_allow()).then(|| DigestCheck {
+        scope: m.home.to_uri(),
+        refuse: m.rules.duplicates == Duplicates::Refuse,
+        window_s: m.rules.duplicate_window().as_secs(),
+    })
+}
+
+/// What a client is told of a file refused as a duplicate (and what its event says).
+fn duplicate_error(path: &VirtualPath, dup: &DuplicateOf) -> FsError {
+    FsError::new(
+        FsErrorKind::Failure,
+        format!(
+            "{path}: the same content (size and SHA-256) already arrived in this folder as {} at {}; refused as a duplicate",
+            dup.path,
+            dup.arrived_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    )
 }

@@ -72,6 +72,31 @@ pub struct Intent {
     /// For a decryption's plaintext (`IntentKind::Decrypt`): the job it is the outcome of.
     #[serde(default)]
     pub job: Option<DecryptJob>,
+    /// Where the content's digest is checked against earlier arrivals (a folder that flags
+    /// or refuses duplicates).
+    #[serde(default)]
+    pub digest: Option<DigestCheck>,
+    /// The earlier arrival this content repeats (found under the commit lock), which its
+    /// event names.
+    #[serde(default)]
+    pub duplicate_of: Option<DuplicateOf>,
+}
+
+/// A folder that flags or refuses duplicates: where its arrivals' digests are kept
+/// (`scope`, the folder's storage) and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestCheck {
+    pub scope: String,
+    pub refuse: bool,
+    pub window_s: u64,
+}
+
+/// The earlier arrival a file's content repeats: its event, its path, when it arrived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DuplicateOf {
+    pub event_id: String,
+    pub path: String,
+    pub arrived_at: DateTime<Utc>,
 }
 
 /// The decryption job a plaintext commit settles: its arrival's event id, what it decrypts
@@ -109,6 +134,14 @@ pub struct ReceiptTarget {
 }
 
 impl Intent {
+    /// The key its content is known by in its folder's digest index: the same bytes (size and
+    /// SHA-256) in the same folder.
+    pub fn digest_key(&self) -> Option<String> {
+        self.digest
+            .as_ref()
+            .map(|d| format!("{}|{}|{}", d.scope, self.sha256, self.bytes))
+    }
+
     /// Whether the intent asks for more than its clearing when its arrival is recorded (a
     /// name to remember, a receipt to write, a file to decrypt).
     pub fn extras(&self) -> bool {
@@ -152,9 +185,12 @@ impl Intent {
 /// When this instance last proved that it holds an intent: the moment it sent the statement
 /// that did (its heartbeat is written with it). Until `dead_after` of the database's time has
 /// passed since, no other instance can have taken the intent over.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Held {
     pub since: std::time::Instant,
+    /// The earlier arrival of the same content in the same folder, within its window, when
+    /// the intent asked (`digest`): found in the statement that took the lock.
+    pub duplicate: Option<DuplicateOf>,
 }
 
 /// What became of an intent whose outcome its owner could not record (the intent was not
@@ -217,6 +253,7 @@ impl CommitJournal for NoJournal {
     async fn begin(&self, _intent: &Intent) -> Result<Held, JournalError> {
         Ok(Held {
             since: std::time::Instant::now(),
+            duplicate: None,
         })
     }
     async fn confirm(&self, _intent: &Intent, _held: &mut Held) -> Result<(), JournalError> {

@@ -27,7 +27,10 @@ use crate::identity::Account;
 use crate::storage::{Backend, Stored};
 
 pub use fs::{DirListing, FsError, FsErrorKind, WriteFile};
-pub use intent::{CommitJournal, Held, Intent, IntentKind, JournalError, NoJournal, Settlement};
+pub use intent::{
+    CommitJournal, DigestCheck, DuplicateOf, Held, Intent, IntentKind, JournalError, NoJournal,
+    Settlement,
+};
 pub use path::VirtualPath;
 pub use read::ReadFile;
 pub use upload::UploadRegistry;
@@ -62,6 +65,9 @@ pub struct UploadRecord {
     /// The id its event gets: decided before it is recorded, so a retry after a lost answer
     /// finds it.
     pub event_id: String,
+    /// The earlier arrival whose content this one repeats (a folder that flags or refuses
+    /// duplicates), for its event.
+    pub duplicate_of: Option<intent::DuplicateOf>,
     pub session: SessionInfo,
     /// The client-visible path, `/in/x.csv`.
     pub path: String,
@@ -284,7 +290,7 @@ impl Mount {
                 rules: crate::identity::folders::Rules {
                     decrypt_to: account.pgp.decrypt_to.clone(),
                     require_signature: account.pgp.require_signature,
-                    ..Default::default()
+                    ..account.rules.clone()
                 },
                 backend: storage.backend(&account.home),
             }];

@@ -176,6 +176,7 @@ impl Session {
     ) {
         let record = UploadRecord {
             event_id: uuid::Uuid::now_v7().to_string(),
+            duplicate_of: None,
             session: self.info.clone(),
             path,
             started_at,

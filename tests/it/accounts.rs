@@ -146,6 +146,8 @@ async fn contract(store: Arc<dyn AccountStore>) {
                 receipt: None,
                 decrypt_to: Some("/plain".into()),
                 require_signature: true,
+                duplicates: wharf::identity::folders::Duplicates::Refuse,
+                duplicate_window_s: Some(86400),
             },
         },
     )

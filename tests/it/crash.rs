@@ -489,6 +489,8 @@ fn intent(id: &str, location: &str) -> wharf::session::Intent {
         receipt: None,
         decrypt: None,
         job: None,
+        digest: None,
+        duplicate_of: None,
     }
 }
 
