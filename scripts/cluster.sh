@@ -17,6 +17,11 @@
 # Postgres), WHARF_STORAGE__DEFAULT_HOME with WHARF_STORAGE__S3__* and AWS_* (default: a
 # garage bucket), WHARF_EVENTS__SINKS and any other WHARF_* setting. WHARF_BIN is the binary
 # (default: target/debug/wharf, built if missing). Installs haproxy when missing.
+#
+# CLUSTER_FAKETIME=1 (given to `up`, remembered for `start`) runs every instance under
+# libfaketime (installing the faketime package when missing) with its clock offset read from
+# DIR/wharfK/faketime at every call, "+0s" at first: write "-40s" or "+25s" there to move
+# instance K's clock at once (its monotonic clock is left alone).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/services.sh"
@@ -25,7 +30,7 @@ CMD=${1:-}
 NET=${CLUSTER_NET:-127.0.1}
 PASSIVE_BASE=${CLUSTER_PASSIVE_BASE:-50000}
 
-usage() { sed -n '2,18p' "$0" >&2; exit 2; }
+usage() { sed -n '2,24p' "$0" >&2; exit 2; }
 
 addr() { echo "$NET.$1"; }
 
@@ -42,15 +47,32 @@ start_instance() {  # K
   local k=$1 a; a=$(addr "$1")
   local lo=$((PASSIVE_BASE + 100 * (k - 1)))
   mkdir -p "$DIR/wharf$k"
+  local faketime=""
+  if [ "${CLUSTER_FAKETIME:-0}" = 1 ]; then
+    faketime=$(faketime_lib)
+    [ -f "$DIR/wharf$k/faketime" ] || echo "+0s" > "$DIR/wharf$k/faketime"
+  fi
   (
     cd "$DIR/wharf$k"
     set -a; . "$DIR/shared.env"; set +a
+    if [ -n "$faketime" ]; then
+      export LD_PRELOAD=$faketime FAKETIME_TIMESTAMP_FILE=$DIR/wharf$k/faketime \
+        FAKETIME_NO_CACHE=1 FAKETIME_DONT_FAKE_MONOTONIC=1
+    fi
     export WHARF_SFTP__LISTEN=$a:2222 WHARF_FTPS__LISTEN=$a:2121 WHARF_FTPS__IMPLICIT_LISTEN=$a:2990 \
       WHARF_METRICS__LISTEN=$a:9464 WHARF_FTPS__PASSIVE_PORTS=$lo-$((lo + 99))
     exec "$WHARF_BIN" serve > "$DIR/wharf$k/out" 2>> "$DIR/wharf$k/err"
   ) &
   echo $! > "$DIR/wharf$k/pid"
   wait_ready "$k" 60
+}
+
+faketime_lib() {  # the path of libfaketime.so.1
+  local lib
+  for lib in /usr/lib/*/faketime/libfaketime.so.1; do
+    [ -f "$lib" ] && { echo "$lib"; return 0; }
+  done
+  log "libfaketime.so.1 not found under /usr/lib/*/faketime/"; return 1
 }
 
 render_haproxy() {  # N -> DIR/haproxy.cfg, from deploy/haproxy.cfg
@@ -118,6 +140,7 @@ case "$CMD" in
     trap 'log "cluster.sh up failed at line $LINENO: $BASH_COMMAND"; cat "$DIR/haproxy.log" >&2 2>/dev/null; down' ERR
     need_cmd haproxy haproxy
     need_cmd openssl openssl
+    if [ "${CLUSTER_FAKETIME:-0}" = 1 ]; then need_cmd faketime faketime; fi
     if [ -z "${WHARF_BIN:-}" ]; then
       WHARF_BIN=$(cargo metadata --manifest-path "$ROOT/Cargo.toml" --format-version 1 --no-deps \
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/wharf
@@ -188,6 +211,7 @@ EOF
 CLUSTER_N=$N
 CLUSTER_NET=$NET
 CLUSTER_PASSIVE_BASE=$PASSIVE_BASE
+CLUSTER_FAKETIME=${CLUSTER_FAKETIME:-0}
 WHARF_BIN=$WHARF_BIN
 LB_SFTP=$LB_SFTP
 LB_FTPS=$LB_FTPS

@@ -231,7 +231,23 @@ impl UploadObserver for OutboxObserver {
                 tracing::warn!(path = %r.path, "the failed upload's commit was taken over by another server, which announces it")
             }
             Err(e) => {
-                tracing::error!(path = %r.path, error = %e, "could not record a failed upload event")
+                // Through a database outage: the event has its id, so a retry never records
+                // it twice.
+                tracing::warn!(path = %r.path, error = %e, "could not record a failed upload event; retrying");
+                let (outbox, path) = (self.outbox.clone(), r.path.clone());
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let mut wait = std::time::Duration::from_secs(1);
+                        for _ in 0..40 {
+                            tokio::time::sleep(wait).await;
+                            if outbox.record(&event, None, fence.as_ref()).await.is_ok() {
+                                return;
+                            }
+                            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                        }
+                        tracing::error!(path = %path, "gave up recording a failed upload event");
+                    });
+                }
             }
         }
     }

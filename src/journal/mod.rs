@@ -130,6 +130,13 @@ async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest
 }
 
 impl Journal {
+    /// Deletes the tracking row of a multipart upload that is over.
+    async fn forget(&self, upload_id: &str) -> Result<(), sqlx::Error> {
+        let _w = self.inner.outbox.writing().await;
+        on_pool!(self.bookkeeping(), p => sqlx::query("DELETE FROM live_uploads WHERE id = $1")
+            .bind(upload_id).execute(p).await.map(drop))
+    }
+
     /// A journal for this process, a new instance with an id of its own.
     pub fn new(outbox: Outbox, heartbeat: Duration) -> Journal {
         let pulse = outbox.db().unflushed(1);
@@ -515,11 +522,24 @@ impl UploadTracker for Journal {
     }
 
     async fn ended(&self, upload_id: &str) {
-        let _w = self.inner.outbox.writing().await;
-        let res = on_pool!(self.bookkeeping(), p => sqlx::query("DELETE FROM live_uploads WHERE id = $1")
-            .bind(upload_id).execute(p).await.map(drop));
-        if let Err(e) = res {
-            tracing::warn!(upload_id, error = %e, "cannot forget a finished multipart upload");
+        if let Err(e) = self.forget(upload_id).await {
+            // The row must not outlive the upload (the reconciler only takes a dead
+            // instance's rows over): keep trying in the background, through an outage.
+            tracing::warn!(upload_id, error = %e, "cannot forget a finished multipart upload; retrying");
+            let (journal, id) = (self.clone(), upload_id.to_string());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let mut wait = Duration::from_secs(1);
+                    for _ in 0..40 {
+                        tokio::time::sleep(wait).await;
+                        if journal.forget(&id).await.is_ok() {
+                            return;
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                    tracing::error!(upload_id = %id, "gave up forgetting a finished multipart upload");
+                });
+            }
         }
     }
 }

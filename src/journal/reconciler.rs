@@ -19,7 +19,8 @@
 //!   shared with a pipeline's own uploads. Local temporary files (wharf's own reserved names)
 //!   older than `recovery.orphan_grace` are removed.
 //! - Events whose deliveries are all done, older than `events.retention`, are deleted, and
-//!   so are staged temp-name uploads older than `recovery.staged_ttl` and kept outcomes.
+//!   so are staged temp-name uploads older than `recovery.staged_ttl`, kept outcomes, and
+//!   arrivals' digests past their folder's duplicate window.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -595,6 +596,8 @@ impl Reconciler {
                 .bind(staged_age).execute(p).await?.rows_affected();
             sqlx::query("DELETE FROM intent_outcomes WHERE created_us < (SELECT now_us FROM wharf_clock) - $1")
                 .bind(staged_age).execute(p).await?;
+            sqlx::query("DELETE FROM arrived_digests WHERE expires_us < (SELECT now_us FROM wharf_clock)")
+                .execute(p).await?;
             Ok((events, staged))
         }.await);
         match res {

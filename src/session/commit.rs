@@ -179,7 +179,14 @@ impl Session {
                 metrics().upload_failed(self.info.protocol.name());
                 return Err(storage(e, &path));
             }
-            Err(e) => return Err(self.close_failed(&ended, e, Some(&intent)).await),
+            Err(e) => {
+                // Failed because another instance took the commit over (its multipart upload
+                // aborted by the taker) after finding it published: its outcome is the answer.
+                if self.taken_and_announced(&intent).await {
+                    return self.taken_over_success(&path, &intent, &sealed);
+                }
+                return Err(self.close_failed(&ended, e, Some(&intent)).await);
+            }
         };
         let rec = UploadRecord {
             event_id: intent.event_id.clone(),
@@ -269,6 +276,38 @@ impl Session {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Whether `intent` was taken over by another instance, which announced what it found
+    /// (so a storage error this instance got since is not the outcome).
+    async fn taken_and_announced(&self, intent: &Intent) -> bool {
+        match self.ctx.journal.settlement(intent, &intent.event_id).await {
+            Ok(Settlement::Announced | Settlement::Recorded) => {
+                tracing::warn!(parent: &self.span, path = %intent.client_path, "another server took this commit over and announced it");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The client's answer when the taker announced this upload: what was committed.
+    fn taken_over_success(
+        &self,
+        path: &VirtualPath,
+        intent: &Intent,
+        sealed: &Sealed,
+    ) -> Result<Stored, FsError> {
+        tracing::info!(parent: &self.span, activity = "CLOSE", path = %path, mode = "write", bytes = sealed.bytes, sha256 = %sealed.sha256, "announced by the server that took the commit over");
+        Ok(Stored {
+            bytes: sealed.bytes,
+            sha256: sealed.sha256.clone(),
+            etag: None,
+            location: crate::storage::Location {
+                uri: intent.location.clone(),
+                bucket: None,
+                key: intent.path.clone(),
+            },
+        })
     }
 
     /// One attempt at recording `a` under `intent`: whether it was recorded.
@@ -632,7 +671,12 @@ impl Session {
                 self.ctx.journal.hand_over(&intent).await;
                 return Err(storage(e, from));
             }
+            // The source may be gone because another instance took this rename over (this
+            // one was silent too long) and finished it: its outcome is the answer.
             Err(e) => {
+                if self.taken_and_announced(&intent).await {
+                    return Ok(());
+                }
                 self.ctx.journal.cancel(&intent).await;
                 return Err(storage(e, from));
             }

@@ -2,7 +2,9 @@
 //! components (SQLite, Postgres, the real `wharf` binary and real clients).
 
 mod accounts;
+mod assurance;
 mod bounds;
+mod chaos;
 mod cli;
 mod clients;
 mod cluster;
