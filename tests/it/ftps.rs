@@ -2,7 +2,8 @@
 //! wharf -> garage: byte-exact objects, arrival events with `protocol: "ftps"`, plain FTP and
 //! bad logins refused, the jail, and a transfer cut mid-way leaving nothing behind.
 
-use std::path::Path;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -502,4 +503,356 @@ async fn a_passive_port_taken_by_another_client_gets_no_transfer() {
         g.s3.get(&key).await.as_deref(),
         Some(&b"forged settlement data\n"[..])
     );
+}
+
+/// A port no one listens on now: the single passive port of a gateway under test.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// vsftpd's `require_ssl_reuse` compares the data connection's TLS session with the control
+/// connection's: resuming *a* session is not enough. An intruder with the partner's address
+/// (behind a balancer, everyone's) who wins the race for the partner's passive port with a
+/// full handshake is refused, but must not come away with a session it can resume on the
+/// partner's next passive port and so pass for the partner's data connection: it gets no
+/// byte of the partner's RETR and cannot supply its STOR, whether it tries tickets or session
+/// IDs, or the session of a control connection of its own. The partner's own transfers, on
+/// data connections resuming its control connection's session (Python's ftplib with
+/// `session=`), go through. One passive port, so the intruder always knows where to go.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_intruder_cannot_resume_its_way_into_a_partners_data_connection() {
+    let hook = Receiver::start().await;
+    let passive = free_port();
+    let range = format!("{passive}-{passive}");
+    let g = ftps_gateway_with(&hook, false, &[("WHARF_FTPS__PASSIVE_PORTS", &range)]).await;
+    g.grant_acme_everything();
+    let cases = [
+        ("tls12-tickets", "race"),
+        ("tls12-ids", "race"),
+        ("tls12-tickets", "control"),
+        ("tls12-ids", "control"),
+    ];
+    for (tls, source) in cases {
+        let name = format!("statement-{tls}-{source}.bin");
+        let seen = session_theft(port(&g), "acme", PW, &name, tls, source);
+        let key = format!("{}acme/{name}", g.prefix);
+        let stored = g.s3.get(&key).await.expect("the partner's upload");
+        assert_eq!(
+            hex::encode(Sha256::digest(&stored)),
+            seen["partner_sha256"].as_str().unwrap(),
+            "{tls}/{source}: the intruder's bytes were stored"
+        );
+    }
+    // curl and lftp still resume the control session on the single passive port.
+    g.write_file("r.csv", b"id,amount\n1,5\n");
+    let out = curl_put(&g, "acme", PW, "r.csv", "curl.csv");
+    assert!(out.status.success(), "{out:?}");
+    let out = lftp(
+        &g,
+        "acme",
+        PW,
+        "put r.csv -o lftp.csv; get lftp.csv -o back.csv",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(g.w.file("back.csv")).unwrap(),
+        b"id,amount\n1,5\n"
+    );
+}
+
+/// Runs `ftps_session_theft.py` (a partner, and an intruder racing it for its passive port)
+/// against the FTPS server on `port`, checks that the intruder got nowhere and the partner's
+/// transfers went through, and returns what the script saw.
+fn session_theft(
+    port: u16,
+    user: &str,
+    password: &str,
+    name: &str,
+    tls: &str,
+    source: &str,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/ftps_session_theft.py");
+    let case = format!("{tls}/{source}");
+    let out = Command::new("python3")
+        .env("WHARF_TEST_PASSWORD", password)
+        .arg(&script)
+        .args([&port.to_string(), user, name, tls, source])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{case}: {out:?}");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = |round: &str| {
+        let replies = seen[round]["replies"].as_array().unwrap();
+        replies.last().unwrap().as_str().unwrap().to_string()
+    };
+    // A passive port nobody connected to is closed by the next PASV, which can open it again.
+    let pasv = seen["pasv_twice"].as_array().unwrap();
+    assert!(
+        pasv[0].as_str().unwrap().starts_with("227 "),
+        "{case}: {seen:#}"
+    );
+    assert_eq!(pasv[0], pasv[1], "{case}: {seen:#}");
+    // The race: the intruder's full handshake is refused, and leaves it nothing to resume.
+    assert!(last("race").starts_with("425 "), "{case}: {seen:#}");
+    if source == "control" {
+        assert_eq!(
+            seen["intruder_control_session_resumable"], true,
+            "{case}: {seen:#}"
+        );
+    }
+    // Its session is not the partner's on the next passive port: no resumption, no byte of
+    // the partner's download, no upload in the partner's name.
+    assert_eq!(seen["retr"]["resumed"], false, "{case}: {seen:#}");
+    assert_eq!(seen["retr"]["bytes"], 0, "{case}: {seen:#}");
+    assert!(last("retr").starts_with("425 "), "{case}: {seen:#}");
+    assert_eq!(seen["stor"]["resumed"], false, "{case}: {seen:#}");
+    assert!(last("stor").starts_with("425 "), "{case}: {seen:#}");
+    // The partner's own data connections resume its control session and work: its file is
+    // still its own.
+    assert_eq!(seen["partner_download_intact"], true, "{case}: {seen:#}");
+    assert_eq!(
+        seen["partner_session_reused"],
+        serde_json::json!([true, true]),
+        "{case}: {seen:#}"
+    );
+    seen
+}
+
+/// The same binding in libunftp itself, as upstream uses it: one server (`listen`) whose
+/// connections all share one TLS configuration, with TLS 1.3 on (wharf's FTPS speaks TLS 1.2).
+/// A TLS 1.3 intruder's full handshake on the partner's passive port, or its own control
+/// connection, yields tickets the partner's data connections do not take; curl and lftp still
+/// resume over TLS 1.3.
+#[tokio::test(flavor = "multi_thread")]
+async fn libunftp_binds_data_connections_to_their_control_session_over_tls13_too() {
+    use libunftp::options::{FtpsRequired, TlsFlags};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = make_cert(dir.path());
+    let files = Memory::default();
+    let (control, passive) = (free_port(), free_port());
+    let storage = files.clone();
+    let server = libunftp::ServerBuilder::new(Box::new(move || storage.clone()))
+        .ftps(crt, key)
+        .ftps_tls_flags(
+            TlsFlags::LATEST_VERSIONS | TlsFlags::RESUMPTION_SESS_ID | TlsFlags::RESUMPTION_TICKETS,
+        )
+        .ftps_required(FtpsRequired::All, FtpsRequired::All)
+        .ftps_require_data_session_resumption(true)
+        .passive_ports(passive..=passive)
+        .build()
+        .unwrap();
+    tokio::spawn(server.listen(format!("127.0.0.1:{control}")));
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", control))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (tls, source) in [
+        ("tls13", "race"),
+        ("tls13", "control"),
+        ("tls12-tickets", "race"),
+        ("tls12-ids", "control"),
+    ] {
+        let name = format!("{tls}-{source}.bin");
+        let seen = tokio::task::spawn_blocking(move || {
+            session_theft(control, "partner", "any", &name, tls, source)
+        })
+        .await
+        .unwrap();
+        if tls == "tls13" {
+            assert_eq!(seen["race"]["version"], "TLSv1.3", "{seen:#}");
+            assert_eq!(seen["partner_tls"], "TLSv1.3", "{seen:#}");
+        }
+    }
+
+    // curl and lftp over TLS 1.3: their data connections resume the control connection's.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("r.csv"), b"id,amount\n1,5\n").unwrap();
+    let out = tokio::task::spawn_blocking({
+        let cwd = work.path().to_path_buf();
+        move || {
+            let url = format!("ftp://127.0.0.1:{control}/curl.csv");
+            Command::new("curl")
+                .current_dir(&cwd)
+                .args([
+                    "-sS",
+                    "--insecure",
+                    "--max-time",
+                    "60",
+                    "--tlsv1.3",
+                    "--ssl-reqd",
+                ])
+                .args(["--user", "partner:any", "-T", "r.csv", &url])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = tokio::task::spawn_blocking({
+        let cwd = work.path().to_path_buf();
+        move || {
+            let open = format!(
+                "set ssl:verify-certificate no; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
+                 set ssl:priority NORMAL:-VERS-ALL:+VERS-TLS1.3; set net:max-retries 1; set net:timeout 10; \
+                 open -u partner,any -p {control} 127.0.0.1; put r.csv -o lftp.csv; get curl.csv -o back.csv"
+            );
+            Command::new("lftp")
+                .current_dir(&cwd)
+                .args(["-c", &open])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(work.path().join("back.csv")).unwrap(),
+        b"id,amount\n1,5\n"
+    );
+    let lftp_file = files.0.lock().unwrap().get(Path::new("/lftp.csv")).cloned();
+    assert_eq!(lftp_file.as_deref(), Some(&b"id,amount\n1,5\n"[..]));
+}
+
+/// Files in memory, for the libunftp server above: enough for STOR and RETR.
+#[derive(Debug, Clone, Default)]
+struct Memory(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, Vec<u8>>>>);
+
+#[derive(Debug)]
+struct MemoryFile(u64);
+
+impl unftp_core::storage::Metadata for MemoryFile {
+    fn len(&self) -> u64 {
+        self.0
+    }
+    fn is_dir(&self) -> bool {
+        false
+    }
+    fn is_file(&self) -> bool {
+        true
+    }
+    fn is_symlink(&self) -> bool {
+        false
+    }
+    fn modified(&self) -> unftp_core::storage::Result<std::time::SystemTime> {
+        Ok(std::time::SystemTime::now())
+    }
+    fn gid(&self) -> u32 {
+        0
+    }
+    fn uid(&self) -> u32 {
+        0
+    }
+}
+
+#[async_trait::async_trait]
+impl unftp_core::storage::StorageBackend<unftp_core::auth::DefaultUser> for Memory {
+    type Metadata = MemoryFile;
+
+    async fn metadata<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _: &unftp_core::auth::DefaultUser,
+        path: P,
+    ) -> unftp_core::storage::Result<MemoryFile> {
+        let files = self.0.lock().unwrap();
+        match files.get(path.as_ref()) {
+            Some(data) => Ok(MemoryFile(data.len() as u64)),
+            None => Err(unftp_core::storage::ErrorKind::PermanentFileNotAvailable.into()),
+        }
+    }
+
+    async fn list<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _: &unftp_core::auth::DefaultUser,
+        _: P,
+    ) -> unftp_core::storage::Result<Vec<unftp_core::storage::Fileinfo<PathBuf, MemoryFile>>> {
+        Ok(vec![])
+    }
+
+    async fn get<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _: &unftp_core::auth::DefaultUser,
+        path: P,
+        _: u64,
+    ) -> unftp_core::storage::Result<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>> {
+        let files = self.0.lock().unwrap();
+        match files.get(path.as_ref()) {
+            Some(data) => Ok(Box::new(std::io::Cursor::new(data.clone()))),
+            None => Err(unftp_core::storage::ErrorKind::PermanentFileNotAvailable.into()),
+        }
+    }
+
+    async fn put<
+        P: AsRef<Path> + Send + Debug,
+        R: tokio::io::AsyncRead + Send + Sync + Unpin + 'static,
+    >(
+        &self,
+        _: &unftp_core::auth::DefaultUser,
+        mut input: R,
+        path: P,
+        _: u64,
+    ) -> unftp_core::storage::Result<u64> {
+        use tokio::io::AsyncReadExt;
+        let mut data = Vec::new();
+        input.read_to_end(&mut data).await?;
+        let n = data.len() as u64;
+        self.0
+            .lock()
+            .unwrap()
+            .insert(path.as_ref().to_path_buf(), data);
+        Ok(n)
+    }
+
+    async fn del<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _: &unftp_core::auth::DefaultUser,
+        path: P,
+    ) -> unftp_core::storage::Result<()> {
+        self.0.lock().unwrap().remove(path.as_ref());
+        Ok(())
+    }
+
+    async fn mkd<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _: &unftp_core::auth::DefaultUser,
+        _: P,
+    ) -> unftp_core::storage::Result<()> {
+        Err(unftp_core::storage::ErrorKind::CommandNotImplemented.into())
+    }
+
+    async fn rename<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _: &unftp_core::auth::DefaultUser,
+        _: P,
+        _: P,
+    ) -> unftp_core::storage::Result<()> {
+        Err(unftp_core::storage::ErrorKind::CommandNotImplemented.into())
+    }
+
+    async fn rmd<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _: &unftp_core::auth::DefaultUser,
+        _: P,
+    ) -> unftp_core::storage::Result<()> {
+        Err(unftp_core::storage::ErrorKind::CommandNotImplemented.into())
+    }
+
+    async fn cwd<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _: &unftp_core::auth::DefaultUser,
+        _: P,
+    ) -> unftp_core::storage::Result<()> {
+        Ok(())
+    }
 }

@@ -698,6 +698,8 @@ where
             Ok(Err(e)) => return Err(format!("TLS handshake on the data connection failed: {e}")),
             Err(_) => return Err("TLS handshake on the data connection timed out".to_string()),
         };
+        // With the data connections' configuration (`tls::bound_session_configs`), the only
+        // sessions a handshake can resume are those issued on this control connection.
         if self.require_resumption && tls.get_ref().1.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
             return Err("the data connection must resume the TLS session of the control connection".to_string());
         }
@@ -790,7 +792,12 @@ where
                 return;
             }
         };
-        let ftps_mode = if session.data_tls { session.ftps_config.clone() } else { FtpsConfig::Off };
+        // wharf patch: the data connections' own TLS configuration (see `tls::bound_session_configs`).
+        let ftps_mode = if session.data_tls {
+            session.ftps_data_config.clone()
+        } else {
+            FtpsConfig::Off
+        };
         let command_executor = DataCommandExecutor {
             user: session.user.clone(),
             socket: Some(socket),

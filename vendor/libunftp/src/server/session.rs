@@ -96,6 +96,9 @@ where
     // Tells if FTPS/TLS security is available to the session or not. The variables cmd_tls and
     // data_tls tells if the channels are actually encrypted or not.
     pub ftps_config: FtpsConfig,
+    // wharf patch: the TLS configuration of the data connections (the control connection's,
+    // unless they are bound to its TLS session, see `tls::bound_session_configs`).
+    pub ftps_data_config: FtpsConfig,
     // True if the command channel is in secure mode at the moment. Changed by AUTH and CCC commands.
     pub cmd_tls: bool,
     // True if the data channel is in secure mode at the moment. Changed by the PROT command.
@@ -116,6 +119,28 @@ where
     pub failed_logins: Option<Arc<FailedLoginsCache>>,
     // An optional functor that can bind a socket
     pub binder: Option<Box<dyn crate::options::Binder>>,
+    // wharf patch: the task listening on the port of the last PASV/EPSV, until a client
+    // connects to it (or it times out). The next PASV/EPSV, and the end of the session, close it.
+    pub(crate) passive_listener: PassiveListener,
+}
+
+/// wharf patch: the task listening on a passive port, shared with the control loop so that it
+/// can be closed when the loop ends (the task itself holds the session).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PassiveListener(Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>);
+
+impl PassiveListener {
+    /// Sets the task listening now and returns the previous one, if any.
+    pub(crate) fn replace(&self, task: Option<tokio::task::JoinHandle<()>>) -> Option<tokio::task::JoinHandle<()>> {
+        std::mem::replace(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), task)
+    }
+
+    /// Stops listening (the port closes once the task is dropped, at its next poll).
+    pub(crate) fn close(&self) {
+        if let Some(task) = self.replace(None) {
+            task.abort();
+        }
+    }
 }
 
 impl<Storage, User> Session<Storage, User>
@@ -142,6 +167,7 @@ where
             rename_from: None,
             state: SessionState::New,
             ftps_config: FtpsConfig::Off,
+            ftps_data_config: FtpsConfig::Off,
             cmd_tls: false,
             data_tls: false,
             data_tls_resumption: false,
@@ -151,10 +177,12 @@ where
             cert_chain: None,
             failed_logins: None,
             binder: None,
+            passive_listener: PassiveListener::default(),
         }
     }
 
     pub fn ftps(mut self, mode: FtpsConfig) -> Self {
+        self.ftps_data_config = mode.clone();
         self.ftps_config = mode;
         self
     }

@@ -5,7 +5,7 @@ use rustls::{
         CertificateDer, PrivateKeyDer,
         pem::{self, PemObject},
     },
-    server::{ClientCertVerifierBuilder, NoServerSessionStorage, StoresServerSessions, WebPkiClientVerifier},
+    server::{ClientCertVerifierBuilder, NoServerSessionStorage, ProducesTickets, StoresServerSessions, WebPkiClientVerifier},
     version::{TLS12, TLS13},
 };
 
@@ -17,11 +17,12 @@ use rustls::crypto::{aws_lc_rs as crypto_impl, aws_lc_rs::Ticketer};
 use rustls::crypto::{ring as crypto_impl, ring::Ticketer};
 
 use std::{
+    collections::VecDeque,
     fmt::{self, Formatter},
     fs::File,
     io::{self, BufReader},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 use thiserror::Error;
@@ -196,5 +197,128 @@ impl StoresServerSessions for TlsSessionCache {
 
     fn can_cache(&self) -> bool {
         true
+    }
+}
+
+/// wharf patch: the TLS configurations of one control connection and of its data connections,
+/// such that a data connection's handshake can only resume a session that was issued on that
+/// control connection's handshake (what vsftpd's `require_ssl_reuse` checks by comparing
+/// `SSL_SESSION`s; rustls has no session object to compare).
+///
+/// The control connection gets a session store and, if the server issues tickets, a ticket key
+/// of its own, used by no other connection: so only sessions issued on this control connection
+/// are found in that store or decrypt under that key. Its data connections may resume from
+/// both but add nothing to them: they store no session (TLS 1.2 session IDs, TLS 1.3 stateful
+/// tickets), encrypt no ticket (TLS 1.2 tickets are sent empty, TLS 1.3 ones not at all) and
+/// advertise no session ID. Whatever a full handshake on a data connection creates (an
+/// intruder who connected first to a passive port, say) can therefore never be resumed, and a
+/// data connection whose handshake is `Resumed` resumed this control connection's session.
+pub(crate) fn bound_session_configs(shared: &Arc<ServerConfig>) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), rustls::Error> {
+    let mut control = ServerConfig::clone(shared);
+    control.session_storage = if shared.session_storage.can_cache() {
+        Arc::new(ConnectionSessions::default())
+    } else {
+        Arc::new(NoServerSessionStorage {})
+    };
+    if shared.ticketer.enabled() {
+        control.ticketer = Ticketer::new()?;
+    }
+    let mut data = control.clone();
+    data.session_storage = Arc::new(ResumeOnlySessions(control.session_storage.clone()));
+    data.ticketer = Arc::new(DecryptOnlyTickets(control.ticketer.clone()));
+    data.send_tls13_tickets = 0;
+    data.max_tls13_tickets = 0;
+    // No 0-RTT data on data connections (rustls accepts it only with stateful tickets, which
+    // are not single-use here).
+    data.max_early_data_size = 0;
+    Ok((Arc::new(control), Arc::new(data)))
+}
+
+/// wharf patch: the sessions issued on one control connection (a handful: one per handshake in
+/// TLS 1.2, `send_tls13_tickets` in TLS 1.3 without a ticketer). Like [`TlsSessionCache`],
+/// `take` leaves the session in place: clients resume the same one on every data connection.
+#[derive(Debug, Default)]
+struct ConnectionSessions {
+    sessions: Mutex<VecDeque<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl ConnectionSessions {
+    const MAX: usize = 16;
+}
+
+impl StoresServerSessions for ConnectionSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|(k, _)| *k != key);
+        if sessions.len() == Self::MAX {
+            sessions.pop_front();
+        }
+        sessions.push_back((key, value));
+        true
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.get(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// wharf patch: a data connection's view of its control connection's sessions: it resumes
+/// them and stores none. `can_cache` is false so that a full handshake advertises no session
+/// ID.
+#[derive(Debug)]
+struct ResumeOnlySessions(Arc<dyn StoresServerSessions>);
+
+impl StoresServerSessions for ResumeOnlySessions {
+    fn put(&self, _key: Vec<u8>, _value: Vec<u8>) -> bool {
+        false
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        false
+    }
+}
+
+/// wharf patch: a data connection's view of its control connection's ticket key: it decrypts
+/// the tickets issued there and issues none (rustls then sends an empty TLS 1.2 ticket, which
+/// clients ignore, and no TLS 1.3 ticket).
+#[derive(Debug)]
+struct DecryptOnlyTickets(Arc<dyn ProducesTickets>);
+
+impl ProducesTickets for DecryptOnlyTickets {
+    fn enabled(&self) -> bool {
+        // As the control connection's: rustls looks TLS 1.3 tickets up with the ticketer when
+        // it is enabled, in the session store otherwise.
+        self.0.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.0.lifetime()
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        // A disabled ticketer is shared by all connections: nothing of it is taken (rustls
+        // tries TLS 1.2 tickets whether or not the ticketer is enabled).
+        if self.0.enabled() { self.0.decrypt(cipher) } else { None }
     }
 }

@@ -157,6 +157,19 @@ where
     } = config;
 
     let tls_configured = matches!(ftps_config, FtpsConfig::On { .. });
+    // wharf patch: when data connections must resume the control connection's TLS session, this
+    // connection gets TLS configurations of its own, so that they can only resume a session
+    // issued on this control connection (see `tls::bound_session_configs`).
+    let (ftps_config, ftps_data_config) = match ftps_config {
+        FtpsConfig::On { tls_config } if ftps_data_resumption => match crate::server::tls::bound_session_configs(&tls_config) {
+            Ok((control, data)) => (FtpsConfig::On { tls_config: control }, FtpsConfig::On { tls_config: data }),
+            Err(err) => {
+                slog::error!(logger, "Could not set up the TLS session binding of a connection: {}", err);
+                return Err(ControlChanError::new(ControlChanErrorKind::InternalServerError));
+            }
+        },
+        other => (other.clone(), other),
+    };
     let storage_features = storage.supported_features();
     let (control_msg_tx, mut control_msg_rx): (Sender<ControlChanMsg>, Receiver<ControlChanMsg>) = channel(1);
     let local_addr = tcp_stream.local_addr()?;
@@ -170,6 +183,9 @@ where
         session = session.binder(b);
     }
     session.data_tls_resumption = ftps_data_resumption;
+    session.ftps_data_config = ftps_data_config;
+    // wharf patch: a passive port still open when the control loop ends is closed.
+    let passive_listener = ClosePassiveListener(session.passive_listener.clone());
 
     let mut logger = logger.new(
         slog::o!("trace-id" => format!("{}", session.trace_id), "source" => format!("{}", session.control_connection.map(|p| p.source).unwrap_or(session.source))),
@@ -251,10 +267,16 @@ where
     reply_sink.flush().await?;
 
     let jh = tokio::spawn(async move {
+        let _passive_listener = passive_listener;
         // The control channel event loop
         slog::info!(logger, "Starting control loop");
+        // wharf patch: an event to handle before reading anything else (the TLS upgrade after
+        // `234` to AUTH TLS).
+        let mut next_event: Option<Event> = None;
         loop {
-            let incoming = {
+            let incoming = if let Some(event) = next_event.take() {
+                Some(Ok(event))
+            } else {
                 #[allow(unused_assignments)]
                 let mut incoming = None;
                 let mut timeout_delay = Box::pin(tokio::time::sleep(idle_session_timeout));
@@ -350,9 +372,24 @@ where
 
                     // TODO: Handle Event::InternalMsg(InternalMsg::PlaintextControlChannel)
 
+                    let auth = matches!(event, Event::Command(Command::Auth { .. }));
                     let handle_result = match event_chain.handle(event).await {
                         Err(e) => Err(e),
-                        Ok(reply) => reply_sink.send(reply).await,
+                        Ok(reply) => {
+                            // wharf patch: AUTH TLS accepted: the handshake comes next.
+                            if auth
+                                && matches!(
+                                    reply,
+                                    Reply::CodeAndMsg {
+                                        code: ReplyCode::AuthOkayNoDataNeeded,
+                                        ..
+                                    }
+                                )
+                            {
+                                next_event = Some(Event::InternalMsg(ControlChanMsg::SecureControlChannel));
+                            }
+                            reply_sink.send(reply).await
+                        }
                     };
 
                     if let Err(chan_err) = handle_result {
@@ -376,6 +413,16 @@ where
     });
 
     Ok(jh)
+}
+
+/// wharf patch: closes the session's passive port, if still open, when dropped (at the end of
+/// the control loop).
+struct ClosePassiveListener(crate::server::session::PassiveListener);
+
+impl Drop for ClosePassiveListener {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 // gets the reply to be sent to the client and tells if the connection should be closed.

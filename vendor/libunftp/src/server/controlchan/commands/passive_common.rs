@@ -89,6 +89,14 @@ where
     S::Metadata: Metadata,
     T: LegacyReplyProducer<S, U>,
 {
+    // wharf patch: the port of the previous PASV/EPSV, if nobody connected to it, closes before a
+    // new one opens: a connection waiting there is never taken for the next transfer, and a
+    // one-port range can open its port again.
+    let previous = args.session.lock().await.passive_listener.replace(None);
+    if let Some(previous) = previous {
+        previous.abort();
+        let _ = previous.await;
+    }
     let listener = match args.session.lock().await.binder {
         Some(ref mut binder) => binder.bind(args.local_addr.ip(), args.passive_ports.clone()).await,
         _ => try_port_range(args.local_addr, args.passive_ports.clone()),
@@ -104,9 +112,10 @@ where
     let reply = cmd.build_reply(&args, port).await?;
     if reply.is_positive() {
         setup_inter_loop_comms(args.session.clone(), args.tx_control_chan.clone()).await;
+        let session = args.session.clone();
         // Open the data connection in a new task and process it.
         // We cannot await this since we first need to let the client know where to connect :-)
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // Timeout if the client doesn't connect to the socket in a while, to avoid leaving the socket hanging open permanently.
             let r = tokio::time::timeout(Duration::from_secs(15), listener.accept()).await;
             match r {
@@ -115,6 +124,7 @@ where
                 Err(_) => slog::warn!(args.logger, "Client did not connect to data port in time"),
             }
         });
+        session.lock().await.passive_listener.replace(Some(task));
     }
 
     Ok(reply)
