@@ -41,6 +41,7 @@ pub struct App {
     ftps: Option<(Arc<FtpsServer>, TcpListener, Option<TcpListener>)>,
     uploads: Arc<UploadRegistry>,
     dispatcher: Dispatcher,
+    expectations: crate::events::expectations::Evaluator,
     journal: Journal,
     reconciler: Reconciler,
     /// Set at the start of a shutdown (`/readyz` then answers 503 `draining`).
@@ -116,6 +117,11 @@ impl App {
             max_age: None,
         });
         let dispatcher = Dispatcher::new(outbox.clone(), workers, config.events.lease.0);
+        let expectations = crate::events::expectations::Evaluator {
+            outbox: outbox.clone(),
+            source: source.clone(),
+            interval: config.expectations.interval.0,
+        };
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ops = if config.metrics.listen.is_empty() {
             None
@@ -225,6 +231,7 @@ impl App {
             ftps,
             uploads,
             dispatcher,
+            expectations,
             journal,
             reconciler,
             draining,
@@ -259,6 +266,7 @@ impl App {
         let force = CancellationToken::new();
         let stop_events = CancellationToken::new();
         let events = tokio::spawn(self.dispatcher.run(stop_events.clone()));
+        let expectations = tokio::spawn(self.expectations.run(stop_events.clone()));
         // Alive first, then settle what dead instances left (this one's previous life too).
         let stop_journal = CancellationToken::new();
         if let Err(e) = self.journal.beat().await {
@@ -341,6 +349,7 @@ impl App {
         // instance list.
         stop_events.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), events).await;
+        let _ = expectations.await;
         stop_journal.cancel();
         let _ = reconciler.await;
         let _ = heartbeat.await;
@@ -390,7 +399,10 @@ fn operations_endpoint(
     ];
     let refresh = Box::new(move || {
         let outbox = outbox.clone();
-        Box::pin(async move { outbox.export_pending().await }) as http::BoxFuture<()>
+        Box::pin(async move {
+            outbox.export_pending().await;
+            outbox.export_expectations().await;
+        }) as http::BoxFuture<()>
     });
     Endpoint {
         checks,

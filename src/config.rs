@@ -40,6 +40,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub security: SecurityConfig,
     pub recovery: RecoveryConfig,
+    pub expectations: ExpectationsConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub pgp: PgpConfig,
@@ -74,6 +75,23 @@ impl Default for PgpConfig {
             max_concurrent: 2,
             max_expansion: 100,
             worker_memory: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// Expected arrivals (`wharf expect`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpectationsConfig {
+    /// How often every instance evaluates the windows (a window's events come at most this
+    /// long after the arrival or deadline that makes them).
+    pub interval: HumanDuration,
+}
+
+impl Default for ExpectationsConfig {
+    fn default() -> Self {
+        Self {
+            interval: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod ban;
 mod events;
+mod expect;
 mod hostkey;
 mod migrate;
 mod pgp;
@@ -46,6 +47,9 @@ pub enum Command {
     /// The server's SSH host keys
     #[command(subcommand)]
     Hostkey(HostkeyCommand),
+    /// Expected arrivals: files a partner should send by a deadline, on a schedule
+    #[command(subcommand)]
+    Expect(expect::ExpectCommand),
     /// Addresses banned for repeated failed logins
     #[command(subcommand)]
     Ban(ban::BanCommand),
@@ -118,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => migrate::run(&config).await,
         Command::User(cmd) => user::run(&config, cmd).await,
         Command::Ban(cmd) => ban::run(&config, cmd).await,
+        Command::Expect(cmd) => expect::run(&config, cmd).await,
         Command::Pgp(cmd) => pgp::run(&config, cmd).await,
         Command::PgpDecryptWorker => Ok(()),
     }

@@ -6,6 +6,7 @@
 
 pub mod arrivals;
 pub mod dispatcher;
+pub mod expectations;
 pub mod outbox;
 pub mod sinks;
 
@@ -94,7 +95,7 @@ pub struct Arrival<'a> {
     pub duplicate_of: Option<&'a crate::session::DuplicateOf>,
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -107,6 +108,38 @@ impl Event {
             COMPLETED
         };
         Event::build_as(source, kind, a)
+    }
+
+    /// An event of type `kind` about `subject` for `username`'s pipelines, with `data` as it
+    /// is (expected arrivals).
+    pub fn other(
+        source: &str,
+        kind: &str,
+        username: &str,
+        subject: &str,
+        time: DateTime<Utc>,
+        data: serde_json::Value,
+    ) -> Event {
+        let id = uuid::Uuid::now_v7().to_string();
+        let ce = CloudEvent {
+            specversion: "1.0",
+            id: &id,
+            source,
+            kind,
+            subject,
+            time: rfc3339(time),
+            datacontenttype: "application/json",
+            data,
+        };
+        Event {
+            body: serde_json::to_string(&ce).expect("event serialises"),
+            id,
+            kind: kind.into(),
+            username: username.into(),
+            subject: subject.into(),
+            time,
+            location: None,
+        }
     }
 
     /// An event of type `kind` with the data of `a`.

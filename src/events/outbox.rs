@@ -647,6 +647,50 @@ impl Outbox {
         Ok(done)
     }
 
+    /// Records `e` with the move of expectation window `(name, opens_us)` from state `from`
+    /// (`any`: open or late) to `to`, in one transaction: nothing (false) when the window is
+    /// no longer in `from` (another instance moved it first).
+    pub async fn record_window(
+        &self,
+        e: &Event,
+        (name, opens_us): (&str, i64),
+        from: &str,
+        to: &str,
+        met_by: Option<&str>,
+        late: bool,
+    ) -> std::result::Result<bool, sqlx::Error> {
+        let _writing = self.writing().await;
+        let moved = on_pool!(&self.db, pool => {
+            let mut tx = pool.begin_with(begin(&self.db)).await?;
+            let n = sqlx::query("UPDATE expectation_windows SET state = $3, met_by = COALESCE($4, met_by), late = $5, settled_us = (SELECT now_us FROM wharf_clock) \
+                WHERE expectation = $1 AND opens_us = $2 AND (state = $6 OR ($6 = 'any' AND state IN ('open', 'late')))")
+                .bind(name).bind(opens_us).bind(to).bind(met_by).bind(late).bind(from)
+                .execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                tx.rollback().await?;
+                false
+            } else {
+                if let Some(seq) = sqlx::query_scalar::<_, i64>(INSERT_EVENT)
+                    .bind(&e.id).bind(&e.kind).bind(&e.username).bind(&e.subject).bind(&e.body).bind(&e.location)
+                    .fetch_optional(&mut *tx).await?
+                {
+                    for sink in self.sinks.iter() {
+                        sqlx::query(INSERT_DELIVERY).bind(seq).bind(sink).bind(&e.username).execute(&mut *tx).await?;
+                    }
+                }
+                if matches!(self.db, Db::Postgres(_)) {
+                    sqlx::query("SELECT pg_notify('wharf_events', '')").execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                true
+            }
+        });
+        if moved {
+            self.wake.notify_waiters();
+        }
+        Ok(moved)
+    }
+
     /// Claims, for `sink`, up to `accounts` accounts whose oldest pending delivery is due and
     /// unclaimed, and for each the first `run` pending deliveries in commit order, under a
     /// lease of `lease` (by the database's clock). Returns them in commit order. A claim always
@@ -814,6 +858,23 @@ impl Outbox {
                 Err(e) => {
                     tracing::warn!(sink = %sink, error = %e, "cannot read the outbox for metrics")
                 }
+            }
+        }
+    }
+
+    /// Sets the expected-arrival gauges (windows of the last 7 days by state).
+    pub async fn export_expectations(&self) {
+        let rows: std::result::Result<Vec<(String, i64)>, sqlx::Error> = on_pool!(&self.db, pool => {
+            sqlx::query_as("SELECT state, COUNT(*) FROM expectation_windows WHERE opens_us > (SELECT now_us FROM wharf_clock) - 7 * 86400000000 GROUP BY state")
+                .fetch_all(pool).await
+        });
+        if let Ok(rows) = rows {
+            let m = crate::telemetry::metrics::metrics();
+            for state in ["open", "met", "late", "missed"] {
+                let n = rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+                m.expectation_windows
+                    .get_or_create(&crate::telemetry::metrics::StateLabels { state })
+                    .set(n);
             }
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod bans;
+pub mod expectations;
 pub mod folders;
 pub mod keys;
 pub mod password;

@@ -73,6 +73,12 @@ pub struct Metrics {
     pub bans_active: Gauge,
     pub sessions_cut_at_shutdown: Family<ProtocolLabels, Counter>,
     pub outbox_oldest_age: Family<SinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub expectation_windows: Family<StateLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
 }
 
 impl Metrics {
@@ -92,6 +98,7 @@ impl Metrics {
             bans_active: Gauge::default(),
             sessions_cut_at_shutdown: Family::default(),
             outbox_oldest_age: Family::default(),
+            expectation_windows: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -159,6 +166,15 @@ impl Metrics {
             "Age of the oldest event not yet delivered to the sink (0 when none)",
             m.outbox_oldest_age.clone(),
         );
+        r.register(
+            "wharf_expectation_windows",
+            "Expected-arrival windows of the last 7 days by state (open, met, late, missed; all instances)",
+            m.expectation_windows.clone(),
+        );
+        for state in ["open", "met", "late", "missed"] {
+            m.expectation_windows
+                .get_or_create_owned(&StateLabels { state });
+        }
         Metrics { registry: r, ..m }
     }
 

@@ -221,6 +221,26 @@ impl Gateway {
         }
     }
 
+    /// Waits for the `jsonl` sink's event of `type_` whose subject is `subject`.
+    pub async fn wait_jsonl_event_of(&self, type_: &str, subject: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(e) = self
+                .jsonl_events()
+                .into_iter()
+                .find(|e| e["type"] == type_ && e["subject"] == subject)
+            {
+                return e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {type_} event for {subject}: {:#?}",
+                self.jsonl_events()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn sftp(&self, user: &str, auth: &Auth, batch: &str) -> SftpRun {
         sftp(self.server.port(), user, auth, self.w.path(), batch)
     }
