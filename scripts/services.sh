@@ -44,6 +44,8 @@ ensure_client_tools() {
   need_cmd lftp lftp
   need_cmd curl curl
   need_cmd openssl openssl
+  # libfaketime moves one instance's clock in the cluster tests (tests/it/exactly_once.rs).
+  need_cmd faketime faketime
   # GnuPG plays the partner in the PGP tests (tests/it/pgp.rs); HAProxy balances the
   # clusters scripts/cluster.sh starts (tests/it/cluster.rs).
   need_cmd gpg gnupg
@@ -170,6 +172,48 @@ ensure_nats() {
 stop_nats() {
   if [ -n "${WHARF_NATS_PID:-}" ]; then kill "$WHARF_NATS_PID" 2>/dev/null || true; wait "$WHARF_NATS_PID" 2>/dev/null || true; fi
   if [ -n "${WHARF_NATS_DIR:-}" ]; then rm -rf "$WHARF_NATS_DIR"; fi
+}
+
+# The EICAR test string: what every scanner is built to detect, harmless.
+EICAR='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'
+
+# Exports WHARF_TEST_CLAMD: a clamd of this run's own (Debian's clamav-daemon) on a free
+# port, whose signature database is generated here from the EICAR test string with sigtool
+# (a whole-file MD5 signature, as `sigtool --md5` writes it, and a body signature so the
+# string is found inside a larger file); nothing is downloaded.
+ensure_clamd() {
+  if [ -n "${WHARF_TEST_CLAMD:-}" ]; then return 0; fi
+  need_cmd clamd clamav-daemon
+  need_cmd sigtool clamav
+  local dir port
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/wharf-clamd.XXXXXX")
+  mkdir -p "$dir/db"
+  printf '%s' "$EICAR" > "$dir/eicar.com"
+  (cd "$dir" && sigtool --md5 eicar.com) | sed 's/:eicar.com$/:Wharf-Test-EICAR/' > "$dir/db/wharf-test.hdb"
+  printf 'Wharf-Test-EICAR-Body:0:*:%s\n' "$(printf '%s' "$EICAR" | sigtool --hex-dump)" > "$dir/db/wharf-test.ndb"
+  port=$(free_port)
+  cat > "$dir/clamd.conf" <<CONF
+DatabaseDirectory $dir/db
+TCPSocket $port
+TCPAddr 127.0.0.1
+Foreground yes
+StreamMaxLength 200M
+MaxScanSize 200M
+MaxFileSize 200M
+LogFile $dir/clamd.log
+User $(id -un)
+CONF
+  clamd -c "$dir/clamd.conf" > "$dir/clamd.out" 2>&1 &
+  WHARF_CLAMD_PID=$!
+  WHARF_CLAMD_DIR=$dir
+  wait_port 127.0.0.1 "$port" 120 || { log "clamd did not start:"; cat "$dir/clamd.out" "$dir/clamd.log" >&2; return 1; }
+  export WHARF_TEST_CLAMD="tcp://127.0.0.1:$port"
+  log "clamd on $WHARF_TEST_CLAMD (signatures: Wharf-Test-EICAR)"
+}
+
+stop_clamd() {
+  if [ -n "${WHARF_CLAMD_PID:-}" ]; then kill "$WHARF_CLAMD_PID" 2>/dev/null || true; wait "$WHARF_CLAMD_PID" 2>/dev/null || true; fi
+  if [ -n "${WHARF_CLAMD_DIR:-}" ]; then rm -rf "$WHARF_CLAMD_DIR"; fi
 }
 
 # Starts `rclone serve sftp` on the garage bucket (under PREFIX), accepting KEYFILE.pub; sets

@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 ensure_client_tools
 ensure_postgres
-trap 'stop_garage; stop_nats' EXIT
+trap 'stop_garage; stop_nats; stop_clamd' EXIT
 ensure_garage
 ensure_nats
+ensure_clamd
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"

@@ -79,6 +79,20 @@ impl App {
             config.events.source.clone()
         };
         let journal = Journal::new(outbox.clone(), config.recovery.heartbeat.0);
+        // Malware scanning before commit, when clamd is configured.
+        let scanner: Option<Arc<dyn crate::scan::Scanner>> = match config.scan.clamd.as_str() {
+            "" => None,
+            url => {
+                let endpoint = crate::scan::clamd::Endpoint::parse(url)
+                    .map_err(|e| anyhow::anyhow!("scan.clamd: {e}"))?;
+                Some(Arc::new(crate::scan::clamd::ClamdScanner::new(
+                    endpoint,
+                    config.scan.max_bytes.0,
+                    config.scan.timeout.0,
+                    config.scan.max_concurrent,
+                )))
+            }
+        };
         // PGP decryption of arrivals in folders with --decrypt-to: a delivery only for
         // arrivals that ask for one.
         let (keyring, key_infos) = crate::pgp::Keyring::load(
@@ -104,6 +118,8 @@ impl App {
                 source: source.clone(),
                 max_expansion: config.pgp.max_expansion,
                 worker_memory: config.pgp.worker_memory.0,
+                scanner: scanner.clone(),
+                scan: config.scan.clone(),
             }),
             max_age: None,
         });
@@ -174,6 +190,8 @@ impl App {
             setstat: config.security.setstat,
             pgp_suffixes: config.pgp.suffixes.clone(),
             settle_wait: config.recovery.settle_wait.0,
+            scanner: scanner.clone(),
+            scan: config.scan.clone(),
         });
         let gate = Gate::new(
             ConnectionLimits::new(config.sftp.max_sessions, config.sftp.max_sessions_per_ip),

@@ -41,6 +41,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub recovery: RecoveryConfig,
     pub expectations: ExpectationsConfig,
+    pub scan: ScanConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub pgp: PgpConfig,
@@ -75,6 +76,50 @@ impl Default for PgpConfig {
             max_concurrent: 2,
             max_expansion: 100,
             worker_memory: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// Malware scanning before commit (`scan/`): off while `clamd` is empty.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanConfig {
+    /// ClamAV's daemon: `tcp://HOST:PORT` or `unix:///PATH`; empty: no scanning.
+    pub clamd: String,
+    /// Files larger than this are not scanned (clamd's StreamMaxLength) and follow `oversize`.
+    pub max_bytes: ByteSize,
+    /// A file over `max_bytes`: refused, or let through with `scan: skipped`.
+    pub oversize: ScanPolicy,
+    /// clamd down or not answering in `timeout`: refused (fail closed), or let through with
+    /// `scan: unavailable`.
+    pub unavailable: ScanPolicy,
+    /// Bound on each exchange with clamd (connecting, taking a chunk, the verdict).
+    pub timeout: HumanDuration,
+    /// Scans at once per instance; past it, uploads that need one wait.
+    pub max_concurrent: usize,
+    /// Whether folders (and accounts without folders) are scanned unless they say
+    /// `--no-scan`; with false, only those that say `--scan` are.
+    pub by_default: bool,
+}
+
+/// What happens to a file a scan could not judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanPolicy {
+    Refuse,
+    Allow,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        Self {
+            clamd: String::new(),
+            max_bytes: ByteSize(100 << 20),
+            oversize: ScanPolicy::Refuse,
+            unavailable: ScanPolicy::Refuse,
+            timeout: HumanDuration(Duration::from_secs(60)),
+            max_concurrent: 16,
+            by_default: true,
         }
     }
 }

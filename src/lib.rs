@@ -10,6 +10,7 @@ pub mod ftps;
 pub mod identity;
 pub mod journal;
 pub mod pgp;
+pub mod scan;
 pub mod session;
 pub mod sftp;
 pub mod storage;

@@ -85,6 +85,13 @@ pub enum UserCommand {
         /// How far back an earlier arrival counts for --duplicates (default 31d)
         #[arg(long, value_name = "DURATION")]
         duplicate_window: Option<crate::config::HumanDuration>,
+        /// For an account without folders: scan its uploads for malware (scan.clamd) even
+        /// when scan.by_default is false
+        #[arg(long, conflicts_with = "no_scan")]
+        scan: bool,
+        /// For an account without folders: do not scan its uploads
+        #[arg(long)]
+        no_scan: bool,
     },
     /// Set a new password
     Passwd {
@@ -154,6 +161,12 @@ pub enum DirCommand {
         /// How far back an earlier arrival counts for --duplicates (default 31d)
         #[arg(long, value_name = "DURATION")]
         duplicate_window: Option<crate::config::HumanDuration>,
+        /// Scan uploads here for malware (scan.clamd) even when scan.by_default is false
+        #[arg(long, conflicts_with = "no_scan")]
+        scan: bool,
+        /// Do not scan uploads here
+        #[arg(long)]
+        no_scan: bool,
     },
     /// List the account's folders
     List {
@@ -297,6 +310,8 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             no_decrypt,
             duplicates,
             duplicate_window,
+            scan,
+            no_scan,
         } => {
             if home.is_none()
                 && permissions.is_none()
@@ -307,6 +322,8 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
                 && !no_decrypt
                 && duplicates.is_none()
                 && duplicate_window.is_none()
+                && !scan
+                && !no_scan
             {
                 bail!(
                     "nothing to change: give --home, --permissions, --allow-ip, --clear-allow-ip, --decrypt-to, --no-decrypt, --duplicates or --duplicate-window"
@@ -365,6 +382,12 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
                     );
                 }
                 account.pgp.decrypt_to = Some(to);
+            }
+            if scan || no_scan {
+                if !account.folders.is_empty() {
+                    bail!("{name} has folders: set --scan or --no-scan on each folder (wharf user dir add)");
+                }
+                account.rules.scan = Some(scan);
             }
             if duplicates.is_some() || duplicate_window.is_some() {
                 if !account.folders.is_empty() {
@@ -563,6 +586,8 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
             require_signature,
             duplicates,
             duplicate_window,
+            scan,
+            no_scan,
         } => {
             let mut account = get(&*store, &name).await?;
             let cwd = std::env::current_dir().context("current directory")?;
@@ -592,6 +617,7 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
                     .transpose()?
                     .unwrap_or_default(),
                 duplicate_window_s: duplicate_window.map(|w| w.0.as_secs()),
+                scan: (scan || no_scan).then_some(scan),
             };
             let folder = Folder {
                 path: folders::parse_path(&vpath)?,
@@ -655,6 +681,7 @@ fn folder_json(f: &Folder) -> serde_json::Value {
         "decrypt_to": f.rules.decrypt_to,
         "require_signature": f.rules.require_signature,
         "duplicates": f.rules.duplicates.name(),
+        "scan": f.rules.scan,
         "duplicate_window_s": f.rules.duplicate_window().as_secs(),
     })
 }
@@ -682,6 +709,11 @@ fn rules_text(r: &folders::Rules) -> String {
         if r.require_signature {
             out.push_str(" (signed only)");
         }
+    }
+    match r.scan {
+        Some(true) => out.push_str("; scanned"),
+        Some(false) => out.push_str("; not scanned"),
+        None => {}
     }
     if !r.duplicates.is_allow() {
         out.push_str(&format!(

@@ -83,6 +83,7 @@ impl OutboxObserver {
                 finished_at: crate::identity::now(),
                 failure: None,
                 duplicate_of,
+                scan: facts.scan.as_ref(),
             },
             from,
         )
@@ -198,6 +199,7 @@ impl UploadObserver for OutboxObserver {
             sha256: stored.sha256.clone(),
             etag: stored.etag.clone(),
             started_at: r.started_at,
+            scan: r.scan.clone(),
         };
         match intent {
             Some(i) => {
@@ -356,6 +358,7 @@ impl UploadObserver for OutboxObserver {
                 finished_at: now,
                 failure: None,
                 duplicate_of: None,
+                scan: None,
             },
         );
         if let Err(e) = self.outbox.record(&event, None, None).await {

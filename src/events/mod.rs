@@ -50,6 +50,8 @@ pub struct Decryption<'a> {
     pub finished_at: DateTime<Utc>,
     /// The earlier arrival the plaintext repeats, in a folder that flags duplicates.
     pub duplicate_of: Option<&'a crate::session::DuplicateOf>,
+    /// What the plaintext's content scan found, when it was scanned.
+    pub scan: Option<&'a serde_json::Value>,
 }
 
 /// An event as stored in the outbox and delivered: `body` is the exact CloudEvent JSON that
@@ -93,6 +95,8 @@ pub struct Arrival<'a> {
     /// The earlier arrival this one's content repeats (a folder that flags or refuses
     /// duplicates).
     pub duplicate_of: Option<&'a crate::session::DuplicateOf>,
+    /// What the content scan found (`scan`), when the file was scanned.
+    pub scan: Option<&'a serde_json::Value>,
 }
 
 pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
@@ -173,6 +177,9 @@ impl Event {
             "failure_code": a.failure.map(|f| f.0),
             "failure_message": a.failure.map(|f| f.1),
         });
+        if let Some(scan) = a.scan {
+            data["scan"] = scan.clone();
+        }
         if let Some(d) = a.duplicate_of {
             data["duplicate_of"] = json!({
                 "event_id": d.event_id,
@@ -241,6 +248,9 @@ impl Event {
             "failure_message": failure.map(|f| f.1),
         });
         let mut data = data;
+        if let Some(scan) = d.scan {
+            data["scan"] = scan.clone();
+        }
         if let Some(dup) = d.duplicate_of {
             data["duplicate_of"] = json!({
                 "event_id": dup.event_id,
@@ -302,6 +312,7 @@ impl Event {
                     finished_at: r.finished_at,
                     failure: None,
                     duplicate_of: r.duplicate_of.as_ref(),
+                    scan: r.scan.as_ref(),
                 },
                 None,
             ),
@@ -325,6 +336,7 @@ impl Event {
                     finished_at: r.finished_at,
                     failure: Some((code, message)),
                     duplicate_of: r.duplicate_of.as_ref(),
+                    scan: r.scan.as_ref(),
                 },
                 None,
             ),

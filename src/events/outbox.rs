@@ -268,6 +268,9 @@ struct ClaimedRow {
     age_us: i64,
 }
 
+/// `bytes, sha256, etag, started_us, scan` of a staged temp-name upload.
+type StagedRow = (i64, String, Option<String>, i64, Option<String>);
+
 /// `sink, state, attempts, last_error, delivered_us`
 type DeliveryRow = (String, String, i32, Option<String>, Option<i64>);
 
@@ -969,8 +972,9 @@ impl Outbox {
                 }
             }
             if owned {
-                sqlx::query("INSERT INTO staged_uploads (location, bytes, sha256, etag, started_us, created_us) VALUES ($1, $2, $3, $4, $5, (SELECT now_us FROM wharf_clock)) ON CONFLICT (location) DO UPDATE SET bytes = excluded.bytes, sha256 = excluded.sha256, etag = excluded.etag, started_us = excluded.started_us, created_us = excluded.created_us")
+                sqlx::query("INSERT INTO staged_uploads (location, bytes, sha256, etag, started_us, created_us, scan) VALUES ($1, $2, $3, $4, $5, (SELECT now_us FROM wharf_clock), $6) ON CONFLICT (location) DO UPDATE SET bytes = excluded.bytes, sha256 = excluded.sha256, etag = excluded.etag, started_us = excluded.started_us, created_us = excluded.created_us, scan = excluded.scan")
                     .bind(location).bind(s.bytes as i64).bind(&s.sha256).bind(&s.etag).bind(micros(s.started_at))
+                    .bind(s.scan.as_ref().map(|v| v.to_string()))
                     .execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -1003,19 +1007,21 @@ impl Outbox {
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc))
                 .unwrap_or_else(Utc::now),
+            scan: Some(d["scan"].clone()).filter(|v| !v.is_null()),
         }))
     }
 
     pub async fn staged(&self, location: &str) -> Result<Option<Staged>> {
-        let row: Option<(i64, String, Option<String>, i64)> = on_pool!(&self.db, pool => {
-            sqlx::query_as("SELECT bytes, sha256, etag, started_us FROM staged_uploads WHERE location = $1")
+        let row: Option<StagedRow> = on_pool!(&self.db, pool => {
+            sqlx::query_as("SELECT bytes, sha256, etag, started_us, scan FROM staged_uploads WHERE location = $1")
                 .bind(location).fetch_optional(pool).await?
         });
-        Ok(row.map(|(bytes, sha256, etag, started)| Staged {
+        Ok(row.map(|(bytes, sha256, etag, started, scan)| Staged {
             bytes: bytes.max(0) as u64,
             sha256,
             etag,
             started_at: from_micros(started),
+            scan: scan.and_then(|s| serde_json::from_str(&s).ok()),
         }))
     }
 

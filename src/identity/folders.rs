@@ -52,6 +52,10 @@ pub struct Rules {
     /// How far back an arrival counts for `duplicates`, in seconds (default 31 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_window_s: Option<u64>,
+    /// Whether uploads here are scanned for malware (`--scan`, `--no-scan`); none: as
+    /// `scan.by_default` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<bool>,
 }
 
 /// What a folder does with a file whose content already arrived there.

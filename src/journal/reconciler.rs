@@ -248,6 +248,7 @@ impl Reconciler {
                 sha256: i.sha256.clone(),
                 etag: found.as_ref().and_then(|f| f.etag.clone()),
                 started_at: i.started_at,
+                scan: i.scan.clone(),
             };
             let etag = facts.etag.clone();
             match i.kind {
@@ -638,6 +639,7 @@ fn failed_event(
                 "the server handling the upload stopped before the file was published",
             )),
             duplicate_of: None,
+            scan: None,
         },
         None,
     )

@@ -48,6 +48,10 @@ pub enum Failure {
     /// The plaintext is not accepted where it goes (the target folder's rules).
     #[error("{0}")]
     Refused(String),
+    /// The plaintext's content scan refused it (`infected`), or could not judge it where
+    /// the policy refuses that (`too_large_to_scan`, `scan_unavailable`).
+    #[error("{1}")]
+    Scan(&'static str, String),
 }
 
 impl Failure {
@@ -60,6 +64,7 @@ impl Failure {
             Failure::Storage(_) => "storage_error",
             Failure::Superseded(_) => "superseded",
             Failure::Refused(_) => "refused",
+            Failure::Scan(code, _) => code,
         }
     }
 }
@@ -87,6 +92,8 @@ pub struct Plain {
     pub sealed: Sealed,
     /// The fingerprint of the account key that signed it, if signed.
     pub signer: Option<String>,
+    /// What the plaintext's content scan found, when it was scanned.
+    pub verdict: Option<crate::scan::Verdict>,
 }
 
 /// Plaintext below this is always allowed, whatever the expansion.
@@ -100,6 +107,7 @@ pub async fn decrypt(
     (source, source_path): (Arc<dyn Backend>, &str),
     (target, target_path): (Arc<dyn Backend>, &str),
     ctx: UploadContext,
+    mut scan: Option<Box<dyn crate::scan::ScanStream>>,
 ) -> Result<Plain, Failure> {
     let storage = |what: &str, e: StorageError| Failure::Storage(format!("{what}: {e}"));
     let meta = source.stat(source_path).await.map_err(|e| {
@@ -199,7 +207,11 @@ pub async fn decrypt(
             write_err = Some(limit.exceeded());
             break;
         }
-        if let Err(e) = up.write(Bytes::copy_from_slice(&buf[..n])).await {
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        if let Some(s) = scan.as_mut() {
+            s.write(&chunk).await;
+        }
+        if let Err(e) = up.write(chunk).await {
             write_err = Some(storage("writing the plaintext", e));
             break;
         }
@@ -231,6 +243,10 @@ pub async fn decrypt(
                 upload: up,
                 sealed,
                 signer,
+                verdict: match scan {
+                    Some(s) => Some(s.finish().await),
+                    None => None,
+                },
             }),
             Err(e) => {
                 up.abort().await;

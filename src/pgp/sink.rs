@@ -44,6 +44,9 @@ pub struct DecryptSink {
     pub max_expansion: u64,
     /// The worker's address space (`pgp.worker_memory`).
     pub worker_memory: u64,
+    /// Malware scanning of plaintexts bound for a scanned folder.
+    pub scanner: Option<Arc<dyn crate::scan::Scanner>>,
+    pub scan: crate::config::ScanConfig,
 }
 
 fn retriable(e: impl std::fmt::Display) -> DeliveryError {
@@ -118,10 +121,20 @@ impl DecryptSink {
             tracker: self.journal.tracker(),
             note: json!({ "kind": "decrypt", "decrypt": event.id, "username": event.username }),
         };
+        // A plaintext bound for a scanned folder is scanned before it is published (the
+        // ciphertext cannot be).
+        let scan = match (
+            &self.scanner,
+            folder.rules.scan.unwrap_or(self.scan.by_default),
+        ) {
+            (Some(s), true) => Some(s.start().await),
+            _ => None,
+        };
         let Plain {
             upload,
             sealed,
             signer,
+            verdict,
         } = decrypt(
             self.keyring.clone(),
             Checks {
@@ -135,8 +148,42 @@ impl DecryptSink {
             (source, &job.source_path),
             (target.clone(), &job.target_path),
             ctx,
+            scan,
         )
         .await?;
+        let scan_field = match verdict {
+            None => None,
+            Some(v) => {
+                use crate::config::ScanPolicy;
+                use crate::scan::Verdict;
+                let refuse = |code: &'static str, why: String| Failure::Scan(code, why);
+                let refusal = match &v {
+                    Verdict::Clean { .. } => None,
+                    Verdict::Infected { signature, .. } => Some(refuse(
+                        "infected",
+                        format!("the plaintext was rejected by the content scan ({signature})"),
+                    )),
+                    Verdict::Oversize { limit } if self.scan.oversize == ScanPolicy::Refuse => {
+                        Some(refuse(
+                            "too_large_to_scan",
+                            format!("the plaintext is larger than the content scanner takes ({limit} bytes)"),
+                        ))
+                    }
+                    Verdict::Unavailable(why) if self.scan.unavailable == ScanPolicy::Refuse => {
+                        Some(refuse(
+                            "scan_unavailable",
+                            format!("the content scanner is unavailable: {why}"),
+                        ))
+                    }
+                    _ => None,
+                };
+                if let Some(f) = refusal {
+                    upload.abort().await;
+                    return Err(f);
+                }
+                Some(v.event_field())
+            }
+        };
         // Published like an arrival: intent (the lock), the folder's rules under it, publish,
         // then the outcome with the job's deletion and the intent's clearing.
         let target_loc = target.location(&job.target_path);
@@ -175,6 +222,7 @@ impl DecryptSink {
                 window_s: folder.rules.duplicate_window().as_secs(),
             }),
             duplicate_of: None,
+            scan: scan_field,
         };
         let mut intent = intent;
         let mut held = match self.journal.begin(&intent).await {
@@ -320,6 +368,7 @@ pub fn completed_event(
             started_at: job.map_or(intent.started_at, |j| j.started_at),
             finished_at: crate::identity::now(),
             duplicate_of: intent.duplicate_of.as_ref(),
+            scan: intent.scan.as_ref(),
         },
     )
 }
@@ -409,6 +458,7 @@ impl EventSink for DecryptSink {
                 started_at,
                 finished_at: crate::identity::now(),
                 duplicate_of: None,
+                scan: None,
             },
         );
         // Recorded only while no commit of a plaintext of this job is under way (a

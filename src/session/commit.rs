@@ -34,8 +34,10 @@ use super::intent::{DigestCheck, DuplicateOf, Intent, IntentKind, JournalError, 
 use super::path::VirtualPath;
 use super::upload::{UploadError, UploadPipeline};
 use super::{Mount, Session, StagedFacts, UploadOutcome, UploadRecord};
+use crate::config::ScanPolicy;
 use crate::identity::folders::Duplicates;
 use crate::identity::Permission;
+use crate::scan::Verdict;
 use crate::storage::{ErrorKind, Location, Meta, RenameContext, Sealed, Stored};
 use crate::telemetry::metrics::metrics;
 
@@ -61,6 +63,8 @@ struct Ended<'a> {
     received: u64,
     /// Shared with whoever else may announce the same failure.
     event_id: &'a str,
+    /// What the content scan found, when it is why.
+    scan: Option<serde_json::Value>,
 }
 
 impl Session {
@@ -90,6 +94,7 @@ impl Session {
             started_at,
             received,
             event_id: &failed_event_id,
+            scan: None,
         };
         let (m, rel) = match self.folder(&path, "uploading") {
             Ok(found) => found,
@@ -98,11 +103,27 @@ impl Session {
                 return Err(e);
             }
         };
-        let sealed = match pipeline.seal().await {
+        let (sealed, verdict) = match pipeline.seal().await {
             Ok(s) => s,
             Err(e) => return Err(self.close_failed(&ended, e, None).await),
         };
+        // Scanned: nothing is published that the scan refuses (or could not judge, unless
+        // the policy lets it through).
+        let mut ended = ended;
+        let scan = match verdict {
+            None => None,
+            Some(v) => match self.scan_refusal(&path, &v) {
+                None => Some(v.event_field()),
+                Some((code, err)) => {
+                    ended.scan = Some(v.event_field());
+                    pipeline.abort().await;
+                    self.record_failure(&ended, code, &err.message, None).await;
+                    return Err(err);
+                }
+            },
+        };
         let mut intent = self.upload_intent(m, &rel, &path, &ended, &sealed);
+        intent.scan = scan;
         let mut held = match self.ctx.journal.begin(&intent).await {
             Ok(h) => h,
             Err(e) => {
@@ -191,6 +212,7 @@ impl Session {
         let rec = UploadRecord {
             event_id: intent.event_id.clone(),
             duplicate_of: intent.duplicate_of.clone(),
+            scan: intent.scan.clone(),
             session: self.info.clone(),
             path: path.to_string(),
             started_at,
@@ -275,6 +297,36 @@ impl Session {
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Why a scanned file may not be published, with the client's message: infected, or not
+    /// judged (too large, the scanner unavailable) where the policy refuses that.
+    fn scan_refusal(&self, path: &VirtualPath, v: &Verdict) -> Option<(&'static str, FsError)> {
+        let failure = |m: String| FsError::new(FsErrorKind::Failure, format!("{path}: {m}"));
+        match v {
+            Verdict::Clean { .. } => None,
+            Verdict::Infected { signature, .. } => {
+                tracing::warn!(parent: &self.span, activity = "REFUSED", reason = "infected", path = %path, signature = %signature);
+                // Nothing a partner could probe signatures with: the name goes to the event.
+                Some(("infected", failure("rejected by content scan".into())))
+            }
+            Verdict::Oversize { limit } => (self.ctx.scan.oversize == ScanPolicy::Refuse).then(|| {
+                tracing::warn!(parent: &self.span, activity = "REFUSED", reason = "too_large_to_scan", path = %path, limit);
+                (
+                    "too_large_to_scan",
+                    failure(format!(
+                        "larger than the content scanner takes ({limit} bytes); not accepted"
+                    )),
+                )
+            }),
+            Verdict::Unavailable(why) => (self.ctx.scan.unavailable == ScanPolicy::Refuse).then(|| {
+                tracing::error!(parent: &self.span, activity = "REFUSED", reason = "scan_unavailable", path = %path, error = %why);
+                (
+                    "scan_unavailable",
+                    failure("the content scanner is unavailable; try again later".into()),
+                )
+            }),
         }
     }
 
@@ -417,6 +469,7 @@ impl Session {
             // A temp name is no arrival: its content is checked when it is renamed to one.
             digest: digest_check(m).filter(|_| !self.ctx.observer.is_temp(&path.to_string())),
             duplicate_of: None,
+            scan: None,
         }
     }
 
@@ -468,6 +521,7 @@ impl Session {
         let rec = UploadRecord {
             event_id: u.event_id.to_string(),
             duplicate_of: intent.and_then(|i| i.duplicate_of.clone()),
+            scan: u.scan.clone(),
             session: self.info.clone(),
             path: u.path.to_string(),
             started_at: u.started_at,
@@ -507,6 +561,7 @@ impl Session {
                 started_at: u.started_at,
                 received,
                 event_id: &u.failed_event_id,
+                scan: None,
             },
             code,
             reason,
@@ -609,6 +664,7 @@ impl Session {
             job: None,
             digest: digest_check(m),
             duplicate_of: None,
+            scan: facts.scan.clone(),
         };
         let mut intent = intent;
         let mut held = self
@@ -632,6 +688,7 @@ impl Session {
                     started_at: facts.started_at,
                     received: facts.bytes,
                     event_id: &intent.failed_event_id,
+                    scan: None,
                 };
                 self.record_failure(&ended, "duplicate", &err.message, Some(&intent))
                     .await;
@@ -750,6 +807,7 @@ impl Session {
                     sha256,
                     etag: fp.etag,
                     started_at: crate::identity::now(),
+                    scan: None,
                 });
             }
             let f = self.hash_stored(m, rel, path).await?;
@@ -788,6 +846,7 @@ impl Session {
             sha256: hash.hex(),
             etag: None,
             started_at: crate::identity::now(),
+            scan: None,
         })
     }
 }

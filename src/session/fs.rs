@@ -538,6 +538,14 @@ impl Session {
             .begin_upload(&rel, ctx)
             .await
             .map_err(|e| storage(e, path))?;
+        // Scanned as the bytes arrive (waiting here while scan.max_concurrent run).
+        let scan = match (
+            &self.ctx.scanner,
+            m.rules.scan.unwrap_or(self.ctx.scan.by_default),
+        ) {
+            (Some(s), true) => Some(s.start().await),
+            _ => None,
+        };
         tracing::info!(parent: &self.span,activity = "OPEN", path = %path, mode = "write");
         Ok(WriteFile {
             path: path.clone(),
@@ -547,6 +555,7 @@ impl Session {
                     location.uri.clone(),
                     &self.ctx.uploads,
                     self.quota.reorder.clone(),
+                    scan,
                 ),
                 location,
                 started_at,

@@ -80,6 +80,9 @@ pub struct Intent {
     /// event names.
     #[serde(default)]
     pub duplicate_of: Option<DuplicateOf>,
+    /// What the content scan found (its event's `scan` field).
+    #[serde(default)]
+    pub scan: Option<serde_json::Value>,
 }
 
 /// A folder that flags or refuses duplicates: where its arrivals' digests are kept

@@ -65,6 +65,8 @@ pub struct UploadRecord {
     /// The id its event gets: decided before it is recorded, so a retry after a lost answer
     /// finds it.
     pub event_id: String,
+    /// What the content scan found (the event's `scan` field), when the file was scanned.
+    pub scan: Option<serde_json::Value>,
     /// The earlier arrival whose content this one repeats (a folder that flags or refuses
     /// duplicates), for its event.
     pub duplicate_of: Option<intent::DuplicateOf>,
@@ -105,6 +107,8 @@ pub struct StagedFacts {
     pub sha256: String,
     pub etag: Option<String>,
     pub started_at: DateTime<Utc>,
+    /// What the content scan found when it was uploaded (its arrival's `scan` field).
+    pub scan: Option<serde_json::Value>,
 }
 
 /// Told about every upload's end. `completed` runs before the client's close is answered and
@@ -220,6 +224,10 @@ pub struct SessionContext {
     /// How long a close waits for an outcome that was not definite to be settled
     /// (`recovery.settle_wait`).
     pub settle_wait: std::time::Duration,
+    /// Malware scanning before commit, when `scan.clamd` is set.
+    pub scanner: Option<Arc<dyn crate::scan::Scanner>>,
+    /// `[scan]`: what a file that could not be judged meets, and who is scanned by default.
+    pub scan: crate::config::ScanConfig,
 }
 
 /// Open files (handles) one connection may hold, over all its SFTP channels.

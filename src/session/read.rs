@@ -177,6 +177,7 @@ impl Session {
         let record = UploadRecord {
             event_id: uuid::Uuid::now_v7().to_string(),
             duplicate_of: None,
+            scan: None,
             session: self.info.clone(),
             path,
             started_at,

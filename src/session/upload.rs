@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use crate::scan::{ScanStream, Verdict};
 use crate::storage::{ErrorKind, Sealed, StorageError, Stored, Upload};
 
 /// How far past the next expected offset pipelined writes may arrive.
@@ -35,8 +36,9 @@ enum Msg {
     Data(Bytes),
     /// fsync: answered once every byte queued before it is in storage.
     Sync(oneshot::Sender<Result<(), StorageError>>),
-    /// Everything in storage, nothing visible: the facts the commit will publish.
-    Seal(oneshot::Sender<Result<Sealed, StorageError>>),
+    /// Everything in storage, nothing visible: the facts the commit will publish, and the
+    /// scan's verdict (when the file is scanned).
+    Seal(oneshot::Sender<Result<(Sealed, Option<Verdict>), StorageError>>),
     Commit(oneshot::Sender<Result<Stored, StorageError>>),
 }
 
@@ -173,14 +175,17 @@ pub struct UploadPipeline {
 impl UploadPipeline {
     /// `connection_reorder`: the budget the connection's out-of-order writes share
     /// (`UploadRegistry::connection_reorder_budget`).
+    /// `scan`: where the bytes are also sent, in order as they go to storage, when the file
+    /// is scanned; its verdict comes with `seal`.
     pub fn start(
         upload: Box<dyn Upload>,
         location: String,
         registry: &Arc<UploadRegistry>,
         connection_reorder: Arc<Semaphore>,
+        scan: Option<Box<dyn ScanStream>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let result = registry.tasks.spawn(feed(upload, rx));
+        let result = registry.tasks.spawn(feed(upload, scan, rx));
         UploadPipeline {
             tx: Some(tx),
             next_offset: 0,
@@ -298,8 +303,9 @@ impl UploadPipeline {
     }
 
     /// Puts everything received into storage, not yet visible (`Upload::seal`): everything
-    /// received must be contiguous. `commit` then publishes it.
-    pub async fn seal(&mut self) -> Result<Sealed, UploadError> {
+    /// received must be contiguous. `commit` then publishes it. With the scan's verdict, when
+    /// the file is scanned.
+    pub async fn seal(&mut self) -> Result<(Sealed, Option<Verdict>), UploadError> {
         if let Some(f) = &self.failed {
             return Err(UploadError::Unsupported(f.clone()));
         }
@@ -391,11 +397,20 @@ impl UploadPipeline {
     }
 }
 
-/// Feeds queued bytes into storage; aborts if the queue closes before a commit.
-async fn feed(mut upload: Box<dyn Upload>, mut rx: mpsc::Receiver<Msg>) -> Option<StorageError> {
+/// Feeds queued bytes into storage (and the scanner, when the file is scanned: the same
+/// buffers, no copy; a scanner that falls behind slows the upload down); aborts if the queue
+/// closes before a commit.
+async fn feed(
+    mut upload: Box<dyn Upload>,
+    mut scan: Option<Box<dyn ScanStream>>,
+    mut rx: mpsc::Receiver<Msg>,
+) -> Option<StorageError> {
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Data(b) => {
+                if let Some(s) = scan.as_mut() {
+                    s.write(&b).await;
+                }
                 if let Err(e) = upload.write(b).await {
                     // The storage upload aborts itself on a failed write.
                     return Some(e);
@@ -411,7 +426,11 @@ async fn feed(mut upload: Box<dyn Upload>, mut rx: mpsc::Receiver<Msg>) -> Optio
             }
             Msg::Seal(reply) => match upload.seal().await {
                 Ok(sealed) => {
-                    let _ = reply.send(Ok(sealed));
+                    let verdict = match scan.take() {
+                        Some(s) => Some(s.finish().await),
+                        None => None,
+                    };
+                    let _ = reply.send(Ok((sealed, verdict)));
                 }
                 Err(e) => {
                     // The storage upload aborted itself.

@@ -74,6 +74,15 @@ pub struct Metrics {
     pub sessions_cut_at_shutdown: Family<ProtocolLabels, Counter>,
     pub outbox_oldest_age: Family<SinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub expectation_windows: Family<StateLabels, Gauge>,
+    pub scans: Family<ResultLabels, Counter>,
+    pub scan_duration: Histogram,
+    pub scanned_bytes: Counter,
+    pub clamd_reachable: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +108,10 @@ impl Metrics {
             sessions_cut_at_shutdown: Family::default(),
             outbox_oldest_age: Family::default(),
             expectation_windows: Family::default(),
+            scans: Family::default(),
+            scan_duration: duration_histogram(),
+            scanned_bytes: Counter::default(),
+            clamd_reachable: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -175,6 +188,26 @@ impl Metrics {
             m.expectation_windows
                 .get_or_create_owned(&StateLabels { state });
         }
+        r.register(
+            "wharf_scans",
+            "Content scans by result (clean, infected, skipped: too large, unavailable)",
+            m.scans.clone(),
+        );
+        r.register(
+            "wharf_scan_duration_seconds",
+            "Time from a scan's start to its verdict",
+            m.scan_duration.clone(),
+        );
+        r.register(
+            "wharf_scanned_bytes",
+            "Bytes sent to the content scanner",
+            m.scanned_bytes.clone(),
+        );
+        r.register(
+            "wharf_clamd_reachable",
+            "Whether clamd answered the last attempt (1) or not (0); /readyz does not depend on it",
+            m.clamd_reachable.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 

@@ -148,6 +148,7 @@ async fn contract(store: Arc<dyn AccountStore>) {
                 require_signature: true,
                 duplicates: wharf::identity::folders::Duplicates::Refuse,
                 duplicate_window_s: Some(86400),
+                scan: Some(false),
             },
         },
     )

@@ -491,6 +491,7 @@ fn intent(id: &str, location: &str) -> wharf::session::Intent {
         job: None,
         digest: None,
         duplicate_of: None,
+        scan: None,
     }
 }
 

@@ -17,5 +17,6 @@ mod hardening;
 mod harness;
 mod observability;
 mod pgp;
+mod scan;
 mod sftp;
 mod storage;

@@ -708,3 +708,32 @@ async fn plaintext_lands_only_in_a_folder_the_partner_can_only_read() {
     assert_ne!(run.code, Some(0), "{run:?}");
     assert_eq!(g.object("acme/clear/pay.csv").await.unwrap(), plain);
 }
+
+/// A decrypted plaintext bound for a scanned folder is scanned before it is published (the
+/// ciphertext cannot be): an encrypted EICAR file fails with `infected` and leaves no
+/// plaintext; a clean one lands with its `scan` field.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plaintext_is_scanned_before_it_is_published() {
+    let clamd = std::env::var("WHARF_TEST_CLAMD")
+        .expect("WHARF_TEST_CLAMD: run the tests with scripts/test.sh, which starts a clamd");
+    let k = keys();
+    let mut env = k.env();
+    env.push(("WHARF_SCAN__CLAMD".into(), clamd));
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let g = Gateway::start(false, &env).await;
+    set_up(&g, &k);
+    let eicar = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    k.encrypt(&g, "bad.csv.pgp", eicar, WHARF, Some(PARTNER));
+    let clean = random_bytes(100_000);
+    k.encrypt(&g, "good.csv.pgp", &clean, WHARF, Some(PARTNER));
+    // The ciphertext itself passes the scan (it is ciphertext).
+    g.acme("put bad.csv.pgp /inbound/\nput good.csv.pgp /inbound/\n")
+        .ok();
+    let e = wait_event(&g, "wharf.decrypt.failed", "/inbound/bad.csv.pgp").await;
+    assert_eq!(e["data"]["failure_code"], "infected", "{e}");
+    assert!(g.object("acme/plain/bad.csv").await.is_none());
+    let ok = wait_event(&g, "wharf.decrypt.completed", "/plain/good.csv").await;
+    assert_eq!(ok["data"]["scan"]["result"], "clean", "{ok}");
+    assert_eq!(g.object("acme/plain/good.csv").await.unwrap(), clean);
+    assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
+}
