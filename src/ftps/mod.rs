@@ -27,6 +27,7 @@ use unftp_core::auth::{
 use crate::config::FtpsConfig;
 use crate::identity::auth::Authenticator;
 use crate::identity::Account;
+use crate::session::checksum::HashStreams;
 use crate::session::limits::Gate;
 use crate::session::listener::{self, Conn, FrontEnd, Running};
 use crate::session::{ConnectionQuota, Mount, Protocol, Session, SessionContext, SessionInfo};
@@ -45,6 +46,8 @@ pub struct FtpsUser {
     pub session: Arc<Session>,
     /// Cancelled when wharf ends the connection (shutdown): running transfers abort.
     pub cut: CancellationToken,
+    /// The connection's turns at reading files back for checksums (`HASH`, `XSHA256`).
+    pub streams: Arc<HashStreams>,
 }
 
 impl fmt::Debug for FtpsUser {
@@ -144,6 +147,7 @@ impl FtpAuthenticator for Connection {
                 let user = FtpsUser {
                     session: self.logins.session(&self.id, account, ip),
                     cut: self.cut.clone(),
+                    streams: HashStreams::per_connection(),
                 };
                 if let Ok(mut p) = self.logins.pending.lock() {
                     p.insert(ticket.clone(), user);

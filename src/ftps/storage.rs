@@ -1,5 +1,6 @@
 //! libunftp's storage interface onto a wharf session: every FTP file operation goes through
-//! the same jail, permissions, streaming upload pipeline and arrival events as SFTP.
+//! the same jail, permissions, streaming upload pipeline and arrival events as SFTP, and the
+//! `HASH`/`XSHA256` checksums through the session's (`session::checksum`).
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -8,9 +9,12 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use unftp_core::storage::{Error, ErrorKind, Fileinfo, ListKind, Metadata, Result, StorageBackend};
+use unftp_core::storage::{
+    Error, ErrorKind, FileHash, Fileinfo, ListKind, Metadata, Result, StorageBackend,
+};
 
 use super::FtpsUser;
+use crate::session::checksum::{Algo, ChecksumError, ChecksumErrorKind, Part};
 use crate::session::fs::{FsError, FsErrorKind};
 use crate::session::path::VirtualPath;
 use crate::session::Session;
@@ -58,6 +62,22 @@ fn ftp_err(e: FsError) -> Error {
     Error::new(kind, e)
 }
 
+/// A checksum refusal in the HASH draft's terms (see `StorageBackend::hash`).
+fn hash_err(e: ChecksumError) -> Error {
+    let kind = match e.kind {
+        ChecksumErrorKind::NotFound => ErrorKind::PermanentFileNotAvailable,
+        ChecksumErrorKind::Denied => ErrorKind::PermissionDenied,
+        ChecksumErrorKind::IsDirectory => ErrorKind::FileNameNotAllowedError,
+        ChecksumErrorKind::Busy => ErrorKind::TransientFileNotAvailable,
+        ChecksumErrorKind::TooLarge => ErrorKind::RefusedByPolicy,
+        ChecksumErrorKind::Failure => ErrorKind::LocalError,
+    };
+    Error::new(kind, e)
+}
+
+/// What `HASH` offers, SHA-256 (recorded at arrival) first.
+const HASH_ALGORITHMS: [&str; 2] = ["SHA-256", "SHA-1"];
+
 fn path_of(s: &Session, p: &Path) -> Result<VirtualPath> {
     let text = p.to_str().ok_or_else(|| {
         Error::new(
@@ -103,6 +123,32 @@ fn listing_lines(page: &[crate::storage::DirEntry], kind: ListKind) -> bytes::By
 #[async_trait]
 impl StorageBackend<FtpsUser> for SessionStorage {
     type Metadata = Meta;
+
+    fn hash_algorithms(&self) -> &'static [&'static str] {
+        &HASH_ALGORITHMS
+    }
+
+    /// `HASH` and `XSHA256`: the session's checksum of the whole file (ended early when wharf
+    /// ends the connection).
+    async fn hash<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpsUser,
+        path: P,
+        algorithm: &str,
+    ) -> Result<FileHash> {
+        let s = &user.session;
+        let p = path_of(s, path.as_ref())?;
+        let algo = Algo::from_iana(algorithm)
+            .ok_or_else(|| Error::from(ErrorKind::CommandNotImplemented))?;
+        let sum = tokio::select! {
+            r = s.checksum(&p, algo, Part::whole(), &user.streams) => r.map_err(hash_err)?,
+            _ = user.cut.cancelled() => return Err(Error::from(ErrorKind::ConnectionClosed)),
+        };
+        Ok(FileHash {
+            hex: sum.hex(),
+            size: sum.end,
+        })
+    }
 
     async fn metadata<P: AsRef<Path> + Send + Debug>(
         &self,

@@ -4,6 +4,7 @@
 //! admission every listener shares (`limits.rs`: connection limits, and the PROXY protocol
 //! header of `proxy.rs`).
 
+pub mod checksum;
 pub mod commit;
 pub mod fs;
 pub mod intent;

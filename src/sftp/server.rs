@@ -1,6 +1,6 @@
 //! The SSH side of the SFTP front-end (russh): the algorithm policy, password,
-//! keyboard-interactive and public-key login, and the SFTP subsystem's channel, started by
-//! the shared connection lifecycle (`session::listener`).
+//! keyboard-interactive and public-key login, the SFTP subsystem's channel and the checksum
+//! commands of `exec.rs`, started by the shared connection lifecycle (`session::listener`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,11 +20,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch;
+use super::exec::{self, Exec};
 use super::subsystem::{SftpHandler, MAX_PACKET_LEN};
 use crate::config::SftpConfig;
 use crate::identity::auth::{Authenticator, Refusal};
 use crate::identity::keys::fingerprint;
 use crate::identity::Account;
+use crate::session::checksum::HashStreams;
 use crate::session::limits::Gate;
 use crate::session::listener::{self, Conn, FrontEnd, Running};
 use crate::session::{ConnectionQuota, Mount, Protocol, Session, SessionContext, SessionInfo};
@@ -165,6 +167,7 @@ impl FrontEnd for SftpServer {
             channels: HashMap::new(),
             running_channels: Arc::new(AtomicUsize::new(0)),
             quota: ConnectionQuota::new(),
+            streams: HashStreams::per_connection(),
             span: conn.span.clone(),
         };
         let running = russh::server::run_stream(self.config.clone(), sock, handler)
@@ -205,6 +208,8 @@ struct SshHandler {
     running_channels: Arc<AtomicUsize>,
     /// Open files and out-of-order bytes, over all the connection's channels.
     quota: Arc<ConnectionQuota>,
+    /// Files read back for checksums, over all the connection's channels and exec requests.
+    streams: Arc<HashStreams>,
     span: tracing::Span,
 }
 
@@ -256,6 +261,24 @@ impl SshHandler {
             )
         });
         reject()
+    }
+
+    /// A session for one channel of the logged-in account.
+    fn session(&self, account: Account) -> Arc<Session> {
+        let info = SessionInfo {
+            id: self.session_id.clone(),
+            protocol: Protocol::Sftp,
+            client_ip: self.peer.ip(),
+            username: account.username.clone(),
+        };
+        let mounts = Mount::of(&account, &self.ctx.storage);
+        Arc::new(Session::new(
+            info,
+            account,
+            mounts,
+            self.ctx.sessions.clone(),
+            self.quota.clone(),
+        ))
     }
 
     fn accepted(&mut self, account: Account, method: &str, key: Option<&PublicKey>) -> Auth {
@@ -402,23 +425,10 @@ impl russh::server::Handler for SshHandler {
             return Ok(());
         };
         session.channel_success(id)?;
-        let info = SessionInfo {
-            id: self.session_id.clone(),
-            protocol: Protocol::Sftp,
-            client_ip: self.peer.ip(),
-            username: account.username.clone(),
-        };
-        let mounts = Mount::of(&account, &self.ctx.storage);
-        let fs = Arc::new(Session::new(
-            info,
-            account,
-            mounts,
-            self.ctx.sessions.clone(),
-            self.quota.clone(),
-        ));
+        let fs = self.session(account);
         let handle = session.handle();
         let span = self.span.clone();
-        let handler = SftpHandler::new(fs);
+        let handler = SftpHandler::new(fs, self.streams.clone());
         let running = self.running_channels.clone();
         running.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
@@ -450,14 +460,44 @@ impl russh::server::Handler for SshHandler {
         Ok(())
     }
 
+    /// Only the checksum commands of `exec.rs` (`sha256sum PATH`, `sha1sum PATH`) are
+    /// answered, by wharf itself: nothing is executed. Anything else is refused (scp from
+    /// OpenSSH 9 speaks SFTP; `scp -O` needs a shell and is refused).
     async fn exec_request(
         &mut self,
         id: ChannelId,
-        _data: &[u8],
+        data: &[u8],
         session: &mut russh::server::Session,
     ) -> Result<(), Self::Error> {
-        // Only the SFTP subsystem is offered (scp from OpenSSH 9 speaks SFTP; `scp -O` does not).
-        session.channel_failure(id)?;
+        let command = exec::parse(data);
+        let (Some(account), false) = (self.account.clone(), matches!(command, Exec::Refused(_)))
+        else {
+            if let Exec::Refused(why) = &command {
+                self.span.in_scope(|| {
+                    tracing::info!(
+                        activity = "EXEC",
+                        outcome = "refused",
+                        command = %String::from_utf8_lossy(&data[..data.len().min(200)]).escape_debug(),
+                        reason = %why,
+                    )
+                });
+            }
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        let Some(channel) = self.channels.remove(&id) else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        session.channel_success(id)?;
+        let fs = self.session(account);
+        let streams = self.streams.clone();
+        let running = self.running_channels.clone();
+        running.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            exec::run(channel, fs, command, streams).await;
+            running.fetch_sub(1, Ordering::AcqRel);
+        });
         Ok(())
     }
 

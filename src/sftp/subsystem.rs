@@ -1,5 +1,6 @@
 //! The SFTP subsystem: SFTP requests turned into `session::fs` calls, handles, status
-//! codes and the OpenSSH extensions wharf offers (limits, posix-rename, fsync, statvfs).
+//! codes, the OpenSSH extensions wharf offers (limits, posix-rename, fsync, statvfs) and
+//! `check-file-name`/`check-file-handle` (checksums, `session::checksum`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 
+use crate::session::checksum::{Algo, ChecksumError, ChecksumErrorKind, HashStreams, Part};
 use crate::session::{
     DirListing, FileSlot, FsError, FsErrorKind, ReadFile, Session, WriteFile, MAX_OPEN_FILES,
 };
@@ -32,6 +34,10 @@ const FSTATVFS: &str = "fstatvfs@openssh.com";
 /// pipeline would not mistake for an arrival.
 const HARDLINK: &str = "hardlink@openssh.com";
 const COPY_DATA: &str = "copy-data";
+/// Checksums (draft-ietf-secsh-filexfer-extensions-00, section 3), answered with
+/// `check-file` replies.
+const CHECK_FILE_NAME: &str = "check-file-name";
+const CHECK_FILE_HANDLE: &str = "check-file-handle";
 
 /// statvfs flags (as in OpenSSH's sftp-server).
 const ST_RDONLY: u64 = 1;
@@ -52,15 +58,18 @@ pub struct SftpHandler {
     /// Each handle's place in the connection's `MAX_OPEN_FILES`, shared by its channels.
     slots: HashMap<String, FileSlot>,
     next_handle: u64,
+    /// The connection's turns at reading files back for checksums.
+    streams: Arc<HashStreams>,
 }
 
 impl SftpHandler {
-    pub fn new(session: Arc<Session>) -> Self {
+    pub fn new(session: Arc<Session>, streams: Arc<HashStreams>) -> Self {
         SftpHandler {
             session,
             handles: HashMap::new(),
             slots: HashMap::new(),
             next_handle: 1,
+            streams,
         }
     }
 
@@ -175,9 +184,70 @@ fn statvfs_reply(cap: Option<Capacity>, writable: bool) -> Vec<u8> {
 /// Reads one SSH string from an extended request's payload.
 fn take_string(data: &mut &[u8]) -> Option<String> {
     let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
-    let s = data.get(4..4 + len)?;
+    let s = data.get(4..4usize.checked_add(len)?)?;
     *data = &data[4 + len..];
     String::from_utf8(s.to_vec()).ok()
+}
+
+fn take_u64(data: &mut &[u8]) -> Option<u64> {
+    let v = u64::from_be_bytes(data.get(..8)?.try_into().ok()?);
+    *data = &data[8..];
+    Some(v)
+}
+
+fn take_u32(data: &mut &[u8]) -> Option<u32> {
+    let v = u32::from_be_bytes(data.get(..4)?.try_into().ok()?);
+    *data = &data[4..];
+    Some(v)
+}
+
+fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+fn checksum_reply(e: ChecksumError) -> StatusReply {
+    let code = match e.kind {
+        ChecksumErrorKind::NotFound => StatusCode::NoSuchFile,
+        ChecksumErrorKind::Denied => StatusCode::PermissionDenied,
+        ChecksumErrorKind::IsDirectory
+        | ChecksumErrorKind::Busy
+        | ChecksumErrorKind::TooLarge
+        | ChecksumErrorKind::Failure => StatusCode::Failure,
+    };
+    code.with_message(e.message)
+}
+
+/// A `check-file-name`/`check-file-handle` request after its name.
+struct CheckFile {
+    target: String,
+    algorithms: String,
+    part: Part,
+}
+
+fn parse_check_file(data: &[u8]) -> Result<CheckFile, StatusReply> {
+    let malformed = || StatusCode::BadMessage.with_message("malformed check-file request");
+    let mut rest = data;
+    let target = take_string(&mut rest).ok_or_else(malformed)?;
+    let algorithms = take_string(&mut rest).ok_or_else(malformed)?;
+    let offset = take_u64(&mut rest).ok_or_else(malformed)?;
+    let len = take_u64(&mut rest).ok_or_else(malformed)?;
+    let block = take_u32(&mut rest).ok_or_else(malformed)?;
+    if block != 0 && u64::from(block) < crate::session::checksum::MIN_BLOCK_SIZE {
+        return Err(StatusCode::BadMessage.with_message(format!(
+            "block-size {block} is invalid: 0 (one checksum) or at least {}",
+            crate::session::checksum::MIN_BLOCK_SIZE
+        )));
+    }
+    Ok(CheckFile {
+        target,
+        algorithms,
+        part: Part {
+            offset,
+            len: (len != 0).then_some(len),
+            block: (block != 0).then_some(u64::from(block)),
+        },
+    })
 }
 
 impl russh_sftp::server::Handler for SftpHandler {
@@ -199,6 +269,8 @@ impl russh_sftp::server::Handler for SftpHandler {
         v.extensions.insert(FSYNC.into(), "1".into());
         v.extensions.insert(STATVFS.into(), "2".into());
         v.extensions.insert(FSTATVFS.into(), "2".into());
+        v.extensions.insert(CHECK_FILE_NAME.into(), "1".into());
+        v.extensions.insert(CHECK_FILE_HANDLE.into(), "1".into());
         Ok(v)
     }
 
@@ -478,6 +550,7 @@ impl russh_sftp::server::Handler for SftpHandler {
                     data: statvfs_reply(cap, self.session.can_upload()),
                 }))
             }
+            CHECK_FILE_NAME | CHECK_FILE_HANDLE => self.check_file(id, &request, &data).await,
             HARDLINK => Err(StatusCode::OpUnsupported
                 .with_message("hard links are not supported: upload the file under each name")),
             COPY_DATA => Err(StatusCode::OpUnsupported
@@ -485,5 +558,92 @@ impl russh_sftp::server::Handler for SftpHandler {
             other => Err(StatusCode::OpUnsupported
                 .with_message(format!("extension {other} is not supported"))),
         }
+    }
+}
+
+impl SftpHandler {
+    /// `check-file-name`/`check-file-handle`: the first algorithm of the client's list that
+    /// wharf computes, over the range (and blocks) asked for, in a `check-file` reply: its
+    /// name, then the digests back to back.
+    async fn check_file(
+        &mut self,
+        id: u32,
+        request: &str,
+        data: &[u8],
+    ) -> Result<Packet, StatusReply> {
+        let req = parse_check_file(data)?;
+        let path = if request == CHECK_FILE_NAME {
+            self.session.resolve(&req.target).map_err(reply)?
+        } else {
+            match self.handles.get(&req.target) {
+                Some(Open::Read(f)) => f.path.clone(),
+                Some(_) => {
+                    return Err(StatusCode::PermissionDenied
+                        .with_message("check-file-handle needs a file opened for reading"))
+                }
+                None => return Err(bad_handle()),
+            }
+        };
+        let Some(algo) = req.algorithms.split(',').find_map(Algo::from_sftp) else {
+            let offered: Vec<&str> = Algo::ALL.iter().map(|a| a.sftp()).collect();
+            return Err(StatusCode::OpUnsupported.with_message(format!(
+                "none of the hash algorithms {:?} is offered: wharf computes {}",
+                req.algorithms,
+                offered.join(",")
+            )));
+        };
+        let sum = self
+            .session
+            .checksum(&path, algo, req.part, &self.streams)
+            .await
+            .map_err(checksum_reply)?;
+        let mut out = Vec::with_capacity(64 + sum.digests.len() * 32);
+        put_string(&mut out, b"check-file");
+        put_string(&mut out, algo.sftp().as_bytes());
+        for d in &sum.digests {
+            out.extend_from_slice(d);
+        }
+        Ok(Packet::ExtendedReply(ExtendedReply { id, data: out }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(target: &[u8], algos: &[u8], offset: u64, len: u64, block: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_string(&mut v, target);
+        put_string(&mut v, algos);
+        v.extend_from_slice(&offset.to_be_bytes());
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(&block.to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn check_file_requests_are_parsed() {
+        let r = parse_check_file(&request(b"/in/a.csv", b"md5,sha256", 0, 0, 0)).unwrap();
+        assert_eq!(
+            (r.target.as_str(), r.algorithms.as_str()),
+            ("/in/a.csv", "md5,sha256")
+        );
+        assert_eq!(r.part, Part::whole());
+        let r = parse_check_file(&request(b"x", b"sha1", 10, 20, 256)).unwrap();
+        assert_eq!(
+            r.part,
+            Part {
+                offset: 10,
+                len: Some(20),
+                block: Some(256)
+            }
+        );
+        assert!(parse_check_file(&request(b"x", b"sha1", 0, 0, 255)).is_err());
+        let good = request(b"x", b"sha1", 0, 0, 0);
+        for cut in 0..good.len() {
+            assert!(parse_check_file(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        // A string length running past the packet (or past usize) is malformed, not a panic.
+        assert!(parse_check_file(&[0xff, 0xff, 0xff, 0xff, 0]).is_err());
     }
 }

@@ -5,6 +5,7 @@ mod accounts;
 mod assurance;
 mod bounds;
 mod chaos;
+mod checksums;
 mod cli;
 mod clients;
 mod cluster;

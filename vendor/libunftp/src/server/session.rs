@@ -122,6 +122,9 @@ where
     // wharf patch: the task listening on the port of the last PASV/EPSV, until a client
     // connects to it (or it times out). The next PASV/EPSV, and the end of the session, close it.
     pub(crate) passive_listener: PassiveListener,
+    // wharf patch: the algorithm `HASH` uses, selected with `OPTS HASH` (None: the storage
+    // back-end's first).
+    pub hash_algorithm: Option<&'static str>,
 }
 
 /// wharf patch: the task listening on a passive port, shared with the control loop so that it
@@ -178,6 +181,7 @@ where
             failed_logins: None,
             binder: None,
             passive_listener: PassiveListener::default(),
+            hash_algorithm: None,
         }
     }
 

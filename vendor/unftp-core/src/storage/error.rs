@@ -101,4 +101,8 @@ pub enum ErrorKind {
     /// return this from its `StorageBackend::rmd` implementation.
     #[display("502 Command not implemented")]
     CommandNotImplemented,
+    /// wharf patch: error that causes FTP reply code 556 (the HASH draft's code for a request
+    /// refused by the server's policy, such as a file too large to hash).
+    #[display("556 Refused by policy")]
+    RefusedByPolicy,
 }

@@ -163,4 +163,4 @@ mod error;
 pub use error::{Error, ErrorKind};
 
 mod storage_backend;
-pub use storage_backend::{FEATURE_RESTART, FEATURE_SITEMD5, Fileinfo, ListKind, Metadata, Permissions, Result, StorageBackend};
+pub use storage_backend::{FEATURE_RESTART, FEATURE_SITEMD5, FileHash, Fileinfo, ListKind, Metadata, Permissions, Result, StorageBackend};

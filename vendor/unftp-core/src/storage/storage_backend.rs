@@ -27,6 +27,15 @@ pub const FEATURE_SITEMD5: u32 = 0b0000_0010;
 /// Result type returned by storage backend operations.
 pub type Result<T> = result::Result<T, Error>;
 
+/// wharf patch: a file's digest, as [`StorageBackend::hash`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHash {
+    /// The digest in lower-case hexadecimal.
+    pub hex: String,
+    /// The size of the file hashed, in bytes (the `HASH` reply's range ends there).
+    pub size: u64,
+}
+
 /// Represents the metadata of a _FTP File_
 pub trait Metadata {
     /// Returns the length (size) of the file in bytes.
@@ -234,6 +243,25 @@ pub trait StorageBackend<User: UserDetail>: Send + Sync + Debug {
         }
 
         Ok(md5sum.finalize().iter().map(|byte| format!("{byte:02x}")).collect())
+    }
+
+    /// wharf patch: the hash algorithms [`hash`](StorageBackend::hash) computes, by their IANA
+    /// "Hash Function Textual Names" (`"SHA-256"`, `"SHA-1"`). The first is what the `HASH`
+    /// command (draft-bryan-ftpext-hash) uses until the client selects another with
+    /// `OPTS HASH`. The default, none, offers neither `HASH` nor `XSHA256`.
+    fn hash_algorithms(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// wharf patch: the digest with `algorithm` (one of
+    /// [`hash_algorithms`](StorageBackend::hash_algorithms)) of the whole file at `path`, for the
+    /// `HASH` and `XSHA256` commands. The message of the error's source is shown to the client;
+    /// its kind chooses the reply code: `PermanentFileNotAvailable` and `PermissionDenied` 550,
+    /// `FileNameNotAllowedError` 553 (a directory), `TransientFileNotAvailable` 450 (busy),
+    /// `RefusedByPolicy` 556 (too large to hash), anything else 451.
+    async fn hash<P: AsRef<Path> + Send + Debug>(&self, user: &User, path: P, algorithm: &str) -> Result<FileHash> {
+        let _ = (user, path, algorithm);
+        Err(Error::from(ErrorKind::CommandNotImplemented))
     }
 
     /// Returns the entries in the directory at `path`.

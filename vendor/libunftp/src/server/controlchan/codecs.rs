@@ -29,13 +29,20 @@ impl FtpCodec {
     }
 }
 
+/// wharf patch: a line that does not parse is an item (`Err`), not an error of the stream.
+/// tokio-util's `Framed` ends the stream after the decoder's first error, so upstream closed
+/// the control connection after every command it could not parse (`OPTS` with an option it
+/// does not know, `NOOP x`), whatever `handle_control_channel_error` said; the client got its
+/// `501` and then EOF. Errors of the stream itself (an over-long line) still end it.
+pub type Decoded = Result<Command, ControlChanError>;
+
 impl Decoder for FtpCodec {
-    type Item = Command;
+    type Item = Decoded;
     type Error = ControlChanError;
 
     // Here we decode the incoming bytes into a meaningful command. We'll split on newlines, and
     // parse the resulting line using `Command::parse()`. This method will be called by tokio.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Command>, Self::Error> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, Self::Error> {
         if let Some(newline_offset) = buf[self.next_index..].iter().position(|b| *b == b'\n') {
             let newline_index = newline_offset + self.next_index;
             if newline_index >= MAX_LINE_LEN {
@@ -44,7 +51,7 @@ impl Decoder for FtpCodec {
             }
             let line = buf.split_to(newline_index + 1);
             self.next_index = 0;
-            Ok(Some(line_parser::parse(line)?))
+            Ok(Some(line_parser::parse(line).map_err(ControlChanError::from)))
         } else if buf.len() > MAX_LINE_LEN {
             // wharf patch: an endless line must not grow the buffer without bound.
             Err(ControlChanError::new(ControlChanErrorKind::LineTooLong))

@@ -136,6 +136,15 @@ pub enum Command {
     Md5 {
         file: PathBuf,
     },
+    /// wharf patch: `HASH path` (draft-bryan-ftpext-hash), with the algorithm `OPTS HASH` selected.
+    Hash {
+        path: String,
+    },
+    /// wharf patch: `XSHA256 path`: the file's digest with `algorithm` (an IANA name).
+    XHash {
+        algorithm: &'static str,
+        path: String,
+    },
     /// A SITE subcommand that is not built-in (i.e. not SITE MD5). When a developer registers a
     /// handler via [`ServerBuilder::site_command`](crate::ServerBuilder::site_command) the
     /// `command` field will match the registered name.

@@ -283,7 +283,9 @@ where
                 tokio::select! {
                     cmd = command_source.next() => {
                         match cmd {
-                            Some(cmd_result) => incoming = Some(cmd_result.map(Event::Command)),
+                            // wharf patch: a line that did not parse (`Ok(Err(_))`) is answered
+                            // like any error, and the stream goes on (see `codecs::Decoded`).
+                            Some(cmd_result) => incoming = Some(cmd_result.and_then(|parsed| parsed.map(Event::Command))),
                             None => {
                                 slog::info!(logger, "Control connection was closed.");
                                 incoming = Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop)))
@@ -530,6 +532,7 @@ where
                 ErrorKind::PermanentDirectoryNotEmpty => Ok(Reply::new(ReplyCode::FileError, "Directory not empty")),
                 ErrorKind::PermissionDenied => Ok(Reply::new(ReplyCode::FileError, "Permission denied")),
                 ErrorKind::CommandNotImplemented => Ok(Reply::new(ReplyCode::CommandNotImplemented, "Command not implemented")),
+                ErrorKind::RefusedByPolicy => Ok(Reply::new(ReplyCode::RefusedByPolicy, "Refused by policy")),
                 ErrorKind::ConnectionClosed => Ok(Reply::new(ReplyCode::ConnectionClosed, "Connection closed")),
             },
             CommandChannelReply(reply) => Ok(reply),
@@ -594,6 +597,8 @@ where
             Command::Rest { offset } => Box::new(commands::Rest::new(offset)),
             Command::Mdtm { file } => Box::new(commands::Mdtm::new(file)),
             Command::Md5 { file } => Box::new(commands::Md5::new(file)),
+            Command::Hash { path } => Box::new(commands::Hash::selected(path)),
+            Command::XHash { algorithm, path } => Box::new(commands::Hash::with(algorithm, path)),
             Command::Mlst { path } => Box::new(commands::Mlst::new(path)),
             Command::Mlsd { .. } => Box::new(commands::Mlsd),
             Command::Appe { .. } => Box::new(commands::Appe),

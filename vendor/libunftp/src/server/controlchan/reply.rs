@@ -178,6 +178,9 @@ pub enum ReplyCode {
     ExceededStorageAllocation = 552,
     /// 553 Requested action not taken. File name not allowed.
     BadFileName = 553,
+    /// wharf patch: 556 Refused by the server's policy (draft-bryan-ftpext-hash: a file too large
+    /// to hash).
+    RefusedByPolicy = 556,
 }
 
 impl Reply {

@@ -41,6 +41,27 @@ where
         if args.sitemd5 != SiteMd5::None && args.storage_features & FEATURE_SITEMD5 > 0 {
             feat_text.push(" SITE MD5");
         }
+        // wharf patch: HASH (draft-bryan-ftpext-hash, section 3.1: every algorithm, the selected
+        // one marked with `*`) and XSHA256.
+        let mut hash_line = String::new();
+        {
+            let session = args.session.lock().await;
+            let offered = session.storage.hash_algorithms();
+            let selected = session.hash_algorithm.or_else(|| offered.first().copied());
+            if !offered.is_empty() {
+                let list: Vec<String> = offered
+                    .iter()
+                    .map(|a| if Some(*a) == selected { format!("{a}*") } else { a.to_string() })
+                    .collect();
+                hash_line = format!(" HASH {}", list.join(";"));
+            }
+            if offered.contains(&"SHA-256") {
+                feat_text.push(" XSHA256");
+            }
+        }
+        if !hash_line.is_empty() {
+            feat_text.push(&hash_line);
+        }
 
         // Show them in alphabetical order.
         feat_text.sort_unstable();

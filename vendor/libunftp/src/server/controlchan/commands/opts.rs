@@ -17,6 +17,7 @@ use crate::{
     storage::{Metadata, StorageBackend},
 };
 use async_trait::async_trait;
+use std::sync::Arc;
 
 /// The parameters that can be given to the `OPTS` command, specifying the option the client wants
 /// to set.
@@ -24,6 +25,8 @@ use async_trait::async_trait;
 pub enum Opt {
     /// The client wants us to enable UTF-8 encoding for file paths and such.
     Utf8 { on: bool },
+    /// wharf patch: `OPTS HASH [algorithm]`: the algorithm `HASH` uses, asked for or selected.
+    Hash { algorithm: Option<String> },
 }
 
 #[derive(Debug)]
@@ -45,10 +48,29 @@ where
     Storage::Metadata: Metadata,
 {
     #[tracing_attributes::instrument]
-    async fn handle(&self, _args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
+    async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         match &self.option {
             Opt::Utf8 { on: true } => Ok(Reply::new(ReplyCode::CommandOkay, "Always in UTF-8 mode.")),
             Opt::Utf8 { on: false } => Ok(Reply::new(ReplyCode::CommandNotImplementedForParameter, "Non UTF-8 mode not supported")),
+            // wharf patch: draft-bryan-ftpext-hash, section 3.2.
+            Opt::Hash { algorithm } => {
+                let mut session = args.session.lock().await;
+                let storage = Arc::clone(&session.storage);
+                let offered = storage.hash_algorithms();
+                let Some(current) = session.hash_algorithm.or_else(|| offered.first().copied()) else {
+                    return Ok(Reply::new(ReplyCode::ParameterSyntaxError, "Unknown option HASH"));
+                };
+                match algorithm {
+                    None => Ok(Reply::new(ReplyCode::CommandOkay, current)),
+                    Some(name) => match offered.iter().find(|a| a.eq_ignore_ascii_case(name)) {
+                        Some(a) => {
+                            session.hash_algorithm = Some(a);
+                            Ok(Reply::new(ReplyCode::CommandOkay, a))
+                        }
+                        None => Ok(Reply::new(ReplyCode::ParameterSyntaxError, "Unknown algorithm, current selection not changed")),
+                    },
+                }
+            }
         }
     }
 }

@@ -219,7 +219,29 @@ where
                 b"UTF8 OFF" | b"utf8 off" => Command::Opts {
                     option: Opt::Utf8 { on: false },
                 },
+                // wharf patch: `OPTS HASH [algorithm]` (draft-bryan-ftpext-hash, section 3.2).
+                p if p.len() >= 4 && p[..4].eq_ignore_ascii_case(b"HASH") && (p.len() == 4 || p[4] == b' ') => {
+                    let algorithm = String::from_utf8_lossy(&p[4..]).trim().to_string();
+                    Command::Opts {
+                        option: Opt::Hash {
+                            algorithm: (!algorithm.is_empty()).then_some(algorithm),
+                        },
+                    }
+                }
                 _ => return Err(ParseErrorKind::InvalidCommand.into()),
+            }
+        }
+        // wharf patch: checksums (draft-bryan-ftpext-hash's HASH, and XSHA256).
+        "HASH" | "XSHA256" => {
+            let path = parse_to_eol(cmd_params)?;
+            if path.is_empty() {
+                return Err(ParseErrorKind::InvalidCommand.into());
+            }
+            let path = String::from_utf8_lossy(&path).to_string();
+            if cmd_token == "HASH" {
+                Command::Hash { path }
+            } else {
+                Command::XHash { algorithm: "SHA-256", path }
             }
         }
         "DELE" => {
