@@ -179,6 +179,8 @@ pub struct Checksum {
     pub streams_running: usize,
     /// How long the request waited for its turn to read the file back.
     pub waited_ms: u64,
+    /// How long it held that turn, reading and hashing (0 when nothing was read back).
+    pub read_ms: u64,
 }
 
 impl Checksum {
@@ -310,6 +312,7 @@ impl Session {
                 blocks = c.digests.len(),
                 streams_running = c.streams_running,
                 waited_ms = c.waited_ms,
+                read_ms = c.read_ms,
                 duration_ms,
             ),
             Err(e) => tracing::info!(parent: &self.span,
@@ -499,6 +502,7 @@ impl Session {
         };
         let running = streams_running();
         let waited_ms = waiting.elapsed().as_millis() as u64;
+        let reading = Instant::now();
         let mut digests = Vec::new();
         let mut hash = algo.hasher();
         let mut pos = offset;
@@ -541,6 +545,7 @@ impl Session {
             source: Source::Stream,
             streams_running: running,
             waited_ms,
+            read_ms: reading.elapsed().as_millis() as u64,
         })
     }
 }
@@ -554,6 +559,7 @@ fn whole(algo: Algo, hex_digest: &str, size: u64, source: Source) -> Checksum {
         source,
         streams_running: 0,
         waited_ms: 0,
+        read_ms: 0,
     }
 }
 

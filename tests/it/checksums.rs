@@ -830,13 +830,17 @@ async fn many_hashes_of_a_large_file_do_not_stop_an_honest_upload() {
         Some(&4),
         "the instance's turns were all taken"
     );
-    // One file read back at a time per connection: its reads never overlap.
+    // One file read back at a time per connection: its reads never overlap. Each read's
+    // start is derived from its log line's time and how long it held its turn (`read_ms`);
+    // the line is written a little after the turn was given back, so a busy machine shifts
+    // them by milliseconds; two reads at once would overlap by most of a read (hundreds of
+    // milliseconds for 24 MiB).
     let mut by_connection: std::collections::HashMap<String, Vec<(i64, i64)>> = Default::default();
     for l in lines.iter().filter(|l| l["source"] == "stream") {
         let end = chrono::DateTime::parse_from_rfc3339(l["timestamp"].as_str().unwrap())
             .unwrap()
             .timestamp_millis();
-        let read = l["duration_ms"].as_i64().unwrap() - l["waited_ms"].as_i64().unwrap();
+        let read = l["read_ms"].as_i64().unwrap();
         by_connection
             .entry(l["span"]["session_id"].to_string())
             .or_default()
@@ -847,7 +851,7 @@ async fn many_hashes_of_a_large_file_do_not_stop_an_honest_upload() {
         reads.sort();
         for w in reads.windows(2) {
             assert!(
-                w[1].0 + 2 >= w[0].1,
+                w[1].0 + 100 >= w[0].1,
                 "overlapping reads on one connection: {reads:?}"
             );
         }
