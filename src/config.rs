@@ -45,6 +45,46 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub pgp: PgpConfig,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
+}
+
+/// The admin API (`admin/`): off unless enabled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub listen: String,
+    /// PEM certificate chain and key: HTTPS (rustls) when both are set, plain HTTP otherwise.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:9465".into(),
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+/// The audit trail of administrative changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Rows older than this are pruned from the oldest end (the chain re-anchored).
+    pub retention: HumanDuration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention: HumanDuration(Duration::from_secs(400 * 86400)),
+        }
+    }
 }
 
 /// PGP on arrival (`pgp/`): the deployment's decryption keys and what names are decrypted.
@@ -713,6 +753,18 @@ impl Config {
             return Err(bad(
                 "security.argon2_memory_kib",
                 "argon2 costs must be positive (memory at least 8 KiB per lane)".into(),
+            ));
+        }
+        if self.admin.cert.is_some() != self.admin.key.is_some() {
+            return Err(bad(
+                "admin.cert",
+                "admin.cert and admin.key go together: set both for HTTPS, or neither".into(),
+            ));
+        }
+        if self.audit.retention.0.is_zero() {
+            return Err(bad(
+                "audit.retention",
+                "must be longer than 0s (PCI DSS 10.7 asks for at least a year)".into(),
             ));
         }
         if self.pgp.max_expansion == 0 {

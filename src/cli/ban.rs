@@ -3,8 +3,8 @@
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::db::Db;
-use crate::identity::bans;
+use crate::identity::audit::Actor;
+use crate::identity::manage::Manager;
 
 #[derive(Debug, Subcommand)]
 pub enum BanCommand {
@@ -22,15 +22,11 @@ pub enum BanCommand {
 }
 
 pub async fn run(config: &Config, cmd: BanCommand) -> anyhow::Result<()> {
-    let db = Db::open(&config.database).await?;
+    let m = Manager::new(config);
+    m.db().await?;
     match cmd {
         BanCommand::List { json } => {
-            let now = chrono::Utc::now();
-            let active: Vec<_> = bans::list(&db)
-                .await?
-                .into_iter()
-                .filter(|b| b.until > now)
-                .collect();
+            let active = m.bans().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&active)?);
             } else if active.is_empty() {
@@ -48,16 +44,10 @@ pub async fn run(config: &Config, cmd: BanCommand) -> anyhow::Result<()> {
             }
         }
         BanCommand::Rm { address } => {
-            let ip: std::net::IpAddr = address
-                .parse()
-                .map_err(|_| anyhow::anyhow!("{address:?} is not an IP address"))?;
-            if bans::remove(&db, &ip.to_string()).await? {
-                println!("ban on {ip} lifted");
-            } else {
-                anyhow::bail!("{ip} is not banned");
-            }
+            let ip = m.lift_ban(&address, &Actor::cli()).await?;
+            println!("ban on {ip} lifted");
         }
     }
-    db.close().await;
+    m.close().await;
     Ok(())
 }

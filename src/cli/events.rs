@@ -1,15 +1,12 @@
-//! `wharf events list` and `wharf events replay`: what the outbox holds, and delivering
-//! events again.
+//! `wharf events list`, `wharf events arrivals` and `wharf events replay`: what the outbox
+//! holds, the files that arrived, and delivering events again.
 
-use anyhow::{bail, Context as _};
-use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use serde_json::json;
 
 use crate::config::Config;
-use crate::db::Db;
-use crate::events::outbox::Outbox;
-use crate::events::sinks;
+use crate::events::query::{ArrivalFilter, EventFilter};
+use crate::identity::audit::Actor;
+use crate::identity::manage::{parse_time, Manager, ReplayRequest};
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
@@ -21,6 +18,37 @@ pub enum EventsCommand {
         /// Only events at or after this time (RFC 3339)
         #[arg(long, value_name = "RFC3339")]
         since: Option<String>,
+        /// Only events before this time (RFC 3339)
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<String>,
+        /// Only this account's events
+        #[arg(long = "user", value_name = "ACCOUNT")]
+        user: Option<String>,
+        /// Only events of this type (e.g. wharf.upload.completed)
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Files that arrived (uploads completed, renames onto final names, decrypted
+    /// plaintexts), newest first, while their events are kept (events.retention)
+    Arrivals {
+        #[arg(long = "user", value_name = "ACCOUNT")]
+        user: Option<String>,
+        /// Only files in this folder (client path) or below
+        #[arg(long, value_name = "VPATH")]
+        folder: Option<String>,
+        /// Glob on the file name, matched whatever the case (e.g. 'settlement_*.csv')
+        #[arg(long, value_name = "GLOB")]
+        pattern: Option<String>,
+        /// Arrived at or after this time (RFC 3339)
+        #[arg(long, value_name = "RFC3339")]
+        since: Option<String>,
+        /// Arrived before this time (RFC 3339)
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<String>,
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: i64,
         #[arg(long)]
@@ -45,52 +73,31 @@ pub enum EventsCommand {
     },
 }
 
-fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .with_context(|| {
-            format!("invalid time {s:?}: expected RFC 3339, e.g. 2026-11-26T09:00:00Z")
-        })
-}
-
 pub async fn run(config: &Config, cmd: EventsCommand) -> anyhow::Result<()> {
-    let sink_names: Vec<String> = sinks::configured(config.events.sinks.as_deref())
-        .iter()
-        .map(sinks::sink_name)
-        .collect();
+    let m = Manager::new(config);
     match cmd {
         EventsCommand::List {
             pending,
             since,
+            until,
+            user,
+            kind,
             limit,
             json,
         } => {
-            let since = since.as_deref().map(parse_time).transpose()?;
-            if limit < 1 {
-                bail!("--limit must be at least 1");
-            }
-            let outbox = Outbox::new(Db::open(&config.database).await?, sink_names);
-            let events = outbox.list(pending, since, limit).await?;
+            let filter = EventFilter {
+                pending,
+                since: since.as_deref().map(parse_time).transpose()?,
+                until: until.as_deref().map(parse_time).transpose()?,
+                username: user,
+                kind,
+                before: None,
+            };
+            let events = m.events(&filter, limit).await?;
             if json {
                 let v: Vec<_> = events
                     .iter()
-                    .map(|l| {
-                        json!({
-                            "id": l.event.id,
-                            "type": l.event.kind,
-                            "subject": l.event.subject,
-                            "username": l.event.username,
-                            "time": l.event.time,
-                            "deliveries": l.deliveries.iter().map(|d| json!({
-                                "sink": d.sink,
-                                "state": d.state,
-                                "attempts": d.attempts,
-                                "last_error": d.last_error,
-                                "delivered_at": d.delivered_at,
-                            })).collect::<Vec<_>>(),
-                            "event": serde_json::from_str::<serde_json::Value>(&l.event.body).unwrap_or_default(),
-                        })
-                    })
+                    .map(|(_, e)| serde_json::to_value(e).unwrap_or_default())
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if events.is_empty() {
@@ -100,47 +107,76 @@ pub async fn run(config: &Config, cmd: EventsCommand) -> anyhow::Result<()> {
                     "{:<24} {:<36} {:<23} {:<16} {:<30} DELIVERIES",
                     "TIME", "ID", "TYPE", "USER", "SUBJECT"
                 );
-                for l in &events {
-                    let d: Vec<String> = l
+                for (_, e) in &events {
+                    let d: Vec<String> = e
                         .deliveries
                         .iter()
                         .map(|d| format!("{}:{}", d.sink, d.state))
                         .collect();
                     println!(
                         "{:<24} {:<36} {:<23} {:<16} {:<30} {}",
-                        l.event.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                        l.event.id,
-                        l.event.kind,
-                        l.event.username,
-                        l.event.subject,
+                        e.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                        e.id,
+                        e.kind,
+                        e.username,
+                        e.subject,
                         d.join(" ")
                     );
                 }
             }
         }
-        EventsCommand::Replay { id, since, sink } => {
-            let since = since.as_deref().map(parse_time).transpose()?;
-            let targets = match sink {
-                Some(s) if !sink_names.contains(&s) => {
-                    bail!(
-                        "unknown sink {s:?}; configured sinks: {}",
-                        sink_names.join(", ")
-                    )
-                }
-                Some(s) => vec![s],
-                None => sink_names.clone(),
+        EventsCommand::Arrivals {
+            user,
+            folder,
+            pattern,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let filter = ArrivalFilter {
+                username: user,
+                folder,
+                pattern,
+                since: since.as_deref().map(parse_time).transpose()?,
+                until: until.as_deref().map(parse_time).transpose()?,
+                before: None,
             };
-            let outbox = Outbox::new(Db::open(&config.database).await?, sink_names);
-            let n = outbox.replay(id.as_deref(), since, &targets).await?;
-            if n == 0 {
-                match id {
-                    Some(id) => bail!("no event with id {id:?}"),
-                    None => eprintln!("no events since then"),
+            let (found, more) = m.arrivals(&filter, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else if found.is_empty() {
+                eprintln!("no arrivals");
+            } else {
+                println!(
+                    "{:<24} {:<16} {:<40} {:>12} SHA256",
+                    "TIME", "USER", "PATH", "BYTES"
+                );
+                for a in &found {
+                    println!(
+                        "{:<24} {:<16} {:<40} {:>12} {}",
+                        a.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                        a.username,
+                        a.path,
+                        a.bytes.map(|b| b.to_string()).unwrap_or_default(),
+                        a.sha256.as_deref().unwrap_or("")
+                    );
                 }
+            }
+            if more.is_some() {
+                eprintln!("(more may match: narrow --since/--until or raise --limit)");
+            }
+        }
+        EventsCommand::Replay { id, since, sink } => {
+            let req = ReplayRequest { id, since, sink };
+            let (n, targets) = m.replay(&req, &Actor::cli()).await?;
+            if n == 0 {
+                eprintln!("no events since then");
             } else {
                 eprintln!("queued {n} deliveries again ({})", targets.join(", "));
             }
         }
     }
+    m.close().await;
     Ok(())
 }

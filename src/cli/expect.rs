@@ -4,8 +4,9 @@
 use clap::Subcommand;
 
 use crate::config::{ByteSize, Config, HumanDuration};
-use crate::db::Db;
-use crate::identity::expectations::{self, Expectation};
+use crate::identity::audit::Actor;
+use crate::identity::expectations::Expectation;
+use crate::identity::manage::Manager;
 
 #[derive(Debug, Subcommand)]
 pub enum ExpectCommand {
@@ -66,7 +67,9 @@ pub enum ExpectCommand {
 }
 
 pub async fn run(config: &Config, cmd: ExpectCommand) -> anyhow::Result<()> {
-    let db = Db::open(&config.database).await?;
+    let m = Manager::new(config);
+    // The database first, as always.
+    m.db().await?;
     match cmd {
         ExpectCommand::Add {
             name,
@@ -94,7 +97,7 @@ pub async fn run(config: &Config, cmd: ExpectCommand) -> anyhow::Result<()> {
                 created_us: 0,
                 windows_until_us: 0,
             };
-            expectations::add(&db, &e).await?;
+            m.add_expectation(&e, &Actor::cli()).await?;
             eprintln!(
                 "added expectation {name}: {} of {} by {} after {} ({}), grace {}",
                 e.pattern,
@@ -106,7 +109,7 @@ pub async fn run(config: &Config, cmd: ExpectCommand) -> anyhow::Result<()> {
             );
         }
         ExpectCommand::List { user, json } => {
-            let all = expectations::list(&db, user.as_deref()).await?;
+            let all = m.expectations(user.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else if all.is_empty() {
@@ -130,7 +133,7 @@ pub async fn run(config: &Config, cmd: ExpectCommand) -> anyhow::Result<()> {
             }
         }
         ExpectCommand::Status { name, limit, json } => {
-            let windows = expectations::status(&db, name.as_deref(), limit.max(1)).await?;
+            let windows = m.expectation_status(name.as_deref(), limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&windows)?);
             } else if windows.is_empty() {
@@ -161,9 +164,10 @@ pub async fn run(config: &Config, cmd: ExpectCommand) -> anyhow::Result<()> {
             }
         }
         ExpectCommand::Rm { name } => {
-            expectations::remove(&db, &name).await?;
+            m.remove_expectation(&name, &Actor::cli()).await?;
             eprintln!("removed expectation {name}");
         }
     }
+    m.close().await;
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The `wharf` command line: argument definitions, config loading, and dispatch to one
 //! module per command group.
 
+mod admin;
+mod audit;
 mod ban;
 mod events;
 mod expect;
@@ -56,6 +58,12 @@ pub enum Command {
     /// PGP decryption keys of this deployment
     #[command(subcommand)]
     Pgp(pgp::PgpCommand),
+    /// The admin API's tokens
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// The audit trail of every administrative change (CLI, admin API, bans)
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// (internal) decrypts one file under hard limits, for `serve`: see src/pgp/worker.rs
     #[command(name = "pgp-decrypt-worker", hide = true)]
     PgpDecryptWorker,
@@ -124,6 +132,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ban(cmd) => ban::run(&config, cmd).await,
         Command::Expect(cmd) => expect::run(&config, cmd).await,
         Command::Pgp(cmd) => pgp::run(&config, cmd).await,
+        Command::Admin(cmd) => admin::run(&config, cmd).await,
+        Command::Audit(cmd) => audit::run(&config, cmd).await,
         Command::PgpDecryptWorker => Ok(()),
     }
 }

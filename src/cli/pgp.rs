@@ -3,10 +3,11 @@
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use serde_json::json;
 
 use crate::config::Config;
-use crate::identity::pgp::AccountPgp;
+use crate::identity::audit::Actor;
+use crate::identity::manage::views::PgpKeyView;
+use crate::identity::manage::{KeyInput, Manager};
 
 #[derive(Debug, Subcommand)]
 pub enum PgpCommand {
@@ -55,60 +56,40 @@ pub async fn run(config: &Config, cmd: PgpCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run_user(config: &Config, cmd: UserPgpCommand) -> anyhow::Result<()> {
-    let store = super::user::open_store(config).await?;
+pub async fn run_user(m: &Manager, actor: &Actor, cmd: UserPgpCommand) -> anyhow::Result<()> {
+    // The database first, as always.
+    m.db().await?;
     match cmd {
         UserPgpCommand::Add { name, file } => {
-            let text = super::user::read_input(&file)?;
-            let key = crate::pgp::parse_partner_key(text.as_bytes())
-                .with_context(|| format!("{file}: cannot use this key"))?;
-            let mut account = super::user::get(&*store, &name).await?;
-            if account
-                .pgp
-                .keys
-                .iter()
-                .any(|k| k.fingerprint == key.fingerprint)
-            {
-                anyhow::bail!("{name} already has the key {}", key.fingerprint);
+            let input = KeyInput {
+                label: file.clone(),
+                text: super::user::read_input(&file).map_err(|e| super::one_line(&e)),
+            };
+            if let Err(why) = &input.text {
+                anyhow::bail!("{why}");
             }
+            let key = m.add_pgp_key(&name, &input, actor).await?;
             println!("{} {}", key.fingerprint, key.user_ids.join(", "));
-            account.pgp.keys.push(key);
-            store.update(&account).await?;
             eprintln!("added PGP key to {name}");
         }
         UserPgpCommand::List { name, json } => {
-            let account = super::user::get(&*store, &name).await?;
+            let keys = m.pgp_keys(&name).await?;
             if json {
-                let v: Vec<_> = account
-                    .pgp
-                    .keys
+                let v: Vec<_> = keys
                     .iter()
-                    .map(|k| {
-                        json!({
-                            "fingerprint": k.fingerprint,
-                            "user_ids": k.user_ids,
-                            "added_at": k.added_at,
-                        })
-                    })
+                    .map(|k| serde_json::to_value(PgpKeyView::new(k)).unwrap_or_default())
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
-            } else if account.pgp.keys.is_empty() {
+            } else if keys.is_empty() {
                 eprintln!("{name} has no PGP keys");
             } else {
-                for k in &account.pgp.keys {
+                for k in &keys {
                     println!("{} {}", k.fingerprint, k.user_ids.join(", "));
                 }
             }
         }
         UserPgpCommand::Rm { name, fingerprint } => {
-            let fpr = AccountPgp::normalise_fingerprint(&fingerprint);
-            let mut account = super::user::get(&*store, &name).await?;
-            let before = account.pgp.keys.len();
-            account.pgp.keys.retain(|k| k.fingerprint != fpr);
-            if account.pgp.keys.len() == before {
-                anyhow::bail!("{name} has no PGP key {fpr}");
-            }
-            store.update(&account).await?;
+            let fpr = m.remove_pgp_key(&name, &fingerprint, actor).await?;
             eprintln!("removed PGP key {fpr} from {name}");
         }
     }

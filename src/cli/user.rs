@@ -1,23 +1,21 @@
 //! `wharf user …`, `wharf user key …` and `wharf user dir …`: partner account administration
-//! (`wharf user pgp …` is in `pgp.rs`).
+//! (`wharf user pgp …` is in `pgp.rs`), printing what `identity::manage` does.
 
 use std::io::Read as _;
 use std::path::Path;
-use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use secrecy::SecretString;
-use serde_json::json;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::config::Config;
-use crate::db::Db;
-use crate::identity::keys::{parse_authorized_keys, AccountKey};
-use crate::identity::password::generate_password;
-use crate::identity::{
-    folders, parse_cidr, validate_username, Account, AccountStore, Folder, Hasher, Permissions,
+use crate::identity::audit::Actor;
+use crate::identity::keys::AccountKey;
+use crate::identity::manage::views::{AccountView, FolderView, KeyView};
+use crate::identity::manage::{
+    AccountChanges, FolderSpec, KeyInput, Manager, NewAccount, PasswordChoice,
 };
-use crate::storage::Home;
+use crate::identity::{folders, Account, Folder};
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -215,6 +213,8 @@ pub struct RequiredPasswordSource {
 }
 
 pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
+    let m = Manager::new(config);
+    let actor = Actor::cli();
     match cmd {
         UserCommand::Add {
             name,
@@ -225,46 +225,37 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             permissions,
             disabled,
         } => {
-            validate_username(&name)?;
-            let cwd = std::env::current_dir().context("current directory")?;
-            let home =
-                Home::for_account(home.as_deref(), &config.storage.default_home, &name, &cwd)?;
-            let mut account = Account::new(name, home);
-            account.enabled = !disabled;
-            if let Some(p) = permissions {
-                account.permissions = parse_permissions(&p)?;
-            }
-            account.allowed_cidrs = allow_ip
-                .iter()
-                .map(|c| parse_cidr(c))
-                .collect::<Result<_, _>>()?;
             if password.password_stdin && ssh_keys.iter().any(|k| k == "-") {
                 bail!("--password-stdin and --ssh-key - cannot both read standard input");
             }
-            let mut keys = Vec::new();
-            for file in &ssh_keys {
-                keys.extend(read_keys(file)?);
-            }
-            let generated =
-                password_from(config, password.password_stdin, password.generate_password)?;
-            if let Some((hash, _)) = &generated {
-                account.password_hash = Some(hash.clone());
-            }
-            let store = open_store(config).await?;
-            store.create(&account, &keys).await?;
-            if let Some((_, Some(pw))) = generated {
-                println!("{pw}");
+            let keys = ssh_keys.iter().map(|f| key_input(f)).collect();
+            let password = password_choice(password.password_stdin, password.generate_password);
+            let created = m
+                .create_account(
+                    NewAccount {
+                        username: name,
+                        home,
+                        password,
+                        keys,
+                        allow_ip,
+                        permissions,
+                        disabled,
+                    },
+                    &actor,
+                )
+                .await?;
+            if let Some(pw) = &created.password {
+                println!("{}", pw.expose_secret());
             }
             eprintln!(
                 "created user {} (home {}, {} key(s))",
-                account.username,
-                account.home,
-                keys.len()
+                created.account.username,
+                created.account.home,
+                created.keys.len()
             );
         }
         UserCommand::List { json } => {
-            let store = open_store(config).await?;
-            let accounts = store.list().await?;
+            let accounts = m.accounts().await?;
             if json {
                 let v: Vec<_> = accounts.iter().map(|a| account_json(a, None)).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -287,9 +278,7 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::Show { name, json } => {
-            let store = open_store(config).await?;
-            let account = get(&*store, &name).await?;
-            let keys = store.list_keys(&name).await?;
+            let (account, keys) = m.account(&name).await?;
             if json {
                 println!(
                     "{}",
@@ -313,150 +302,65 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             scan,
             no_scan,
         } => {
-            if home.is_none()
-                && permissions.is_none()
-                && allow_ip.is_empty()
-                && !clear_allow_ip
-                && decrypt_to.is_none()
-                && !require_signature
-                && !no_decrypt
-                && duplicates.is_none()
-                && duplicate_window.is_none()
-                && !scan
-                && !no_scan
-            {
-                bail!(
-                    "nothing to change: give --home, --permissions, --allow-ip, --clear-allow-ip, --decrypt-to, --no-decrypt, --duplicates or --duplicate-window"
-                );
-            }
-            let duplicates = duplicates
-                .as_deref()
-                .map(str::parse::<folders::Duplicates>)
-                .transpose()?;
-            let decrypt_to = decrypt_to
-                .as_deref()
-                .map(|p| folders::parse_path(p).map(|p| p.to_string()))
-                .transpose()?;
-            let permissions = permissions.as_deref().map(parse_permissions).transpose()?;
-            let cidrs: Vec<_> = allow_ip
-                .iter()
-                .map(|c| parse_cidr(c))
-                .collect::<Result<_, _>>()?;
-            let new_home = match &home {
-                Some(h) => {
-                    let cwd = std::env::current_dir().context("current directory")?;
-                    Some(Home::for_account(
-                        Some(h),
-                        &config.storage.default_home,
-                        &name,
-                        &cwd,
-                    )?)
-                }
-                None => None,
+            let changes = AccountChanges {
+                home,
+                permissions,
+                allow_ip,
+                clear_allow_ip,
+                decrypt_to,
+                require_signature,
+                no_decrypt,
+                duplicates,
+                duplicate_window: duplicate_window.map(|w| w.0),
+                scan: (scan || no_scan).then_some(scan),
             };
-            let store = open_store(config).await?;
-            let mut account = get(&*store, &name).await?;
-            if let Some(h) = new_home {
-                account.home = h;
-            }
-            if let Some(p) = permissions {
-                account.permissions = p;
-            }
-            if clear_allow_ip {
-                account.allowed_cidrs.clear();
-            }
-            for c in cidrs {
-                if !account.allowed_cidrs.contains(&c) {
-                    account.allowed_cidrs.push(c);
-                }
-            }
-            if no_decrypt {
-                account.pgp.decrypt_to = None;
-                account.pgp.require_signature = false;
-            }
-            if let Some(to) = decrypt_to {
-                // The plaintext would land in the partner's own writable home.
-                if account.folders.is_empty() {
-                    bail!(
-                        "--decrypt-to {to}: verified plaintext must go to a folder the partner can only read, and {name} has no folders; set up folders (wharf user dir add {name} /inbound LOCATION --decrypt-to /clear, after wharf user dir add {name} /clear LOCATION --permissions list,download)"
-                    );
-                }
-                account.pgp.decrypt_to = Some(to);
-            }
-            if scan || no_scan {
-                if !account.folders.is_empty() {
-                    bail!("{name} has folders: set --scan or --no-scan on each folder (wharf user dir add)");
-                }
-                account.rules.scan = Some(scan);
-            }
-            if duplicates.is_some() || duplicate_window.is_some() {
-                if !account.folders.is_empty() {
-                    bail!(
-                        "{name} has folders: set --duplicates on each folder (wharf user dir add)"
-                    );
-                }
-                if let Some(d) = duplicates {
-                    account.rules.duplicates = d;
-                }
-                if let Some(w) = duplicate_window {
-                    account.rules.duplicate_window_s = Some(w.0.as_secs());
-                }
-            }
-            if require_signature {
-                if account.pgp.decrypt_to.is_none() {
-                    bail!("--require-signature needs --decrypt-to (where files are decrypted)");
-                }
-                account.pgp.require_signature = true;
-            }
-            if account.pgp.decrypt_to.is_some() && !account.folders.is_empty() {
-                bail!(
-                    "{name} has folders: set --decrypt-to on the folder the files arrive in (wharf user dir add)"
-                );
-            }
-            store.update(&account).await?;
+            m.update_account(&name, changes, &actor).await?;
             eprintln!("updated user {name}");
         }
         UserCommand::Passwd { name, password } => {
-            let store = open_store(config).await?;
-            let mut account = get(&*store, &name).await?;
-            let (hash, generated) =
-                password_from(config, password.password_stdin, password.generate_password)?
-                    .ok_or_else(|| anyhow!("give --password-stdin or --generate-password"))?;
-            account.password_hash = Some(hash);
-            store.update(&account).await?;
-            if let Some(pw) = generated {
-                println!("{pw}");
+            // The account first, as always: an unknown user is said before stdin is read.
+            m.account(&name).await?;
+            let choice = password_choice(password.password_stdin, password.generate_password);
+            if let Some(pw) = m.set_password(&name, choice, &actor).await? {
+                println!("{}", pw.expose_secret());
             }
             eprintln!("password of {name} changed");
         }
-        UserCommand::Enable { name } => set_enabled(config, &name, true).await?,
-        UserCommand::Disable { name } => set_enabled(config, &name, false).await?,
+        UserCommand::Enable { name } => {
+            m.set_enabled(&name, true, &actor).await?;
+            eprintln!("user {name} enabled");
+        }
+        UserCommand::Disable { name } => {
+            m.set_enabled(&name, false, &actor).await?;
+            eprintln!("user {name} disabled");
+        }
         UserCommand::Rm { name } => {
-            let store = open_store(config).await?;
-            store.delete(&name).await?;
+            m.delete_account(&name, &actor).await?;
             eprintln!("removed user {name} (files in storage were kept)");
         }
-        UserCommand::Dir(cmd) => dir(config, cmd).await?,
-        UserCommand::Key(cmd) => run_key(config, cmd).await?,
-        UserCommand::Pgp(cmd) => super::pgp::run_user(config, cmd).await?,
+        UserCommand::Dir(cmd) => dir(&m, &actor, cmd).await?,
+        UserCommand::Key(cmd) => run_key(&m, &actor, cmd).await?,
+        UserCommand::Pgp(cmd) => super::pgp::run_user(&m, &actor, cmd).await?,
     }
+    m.close().await;
     Ok(())
 }
 
-async fn run_key(config: &Config, cmd: KeyCommand) -> anyhow::Result<()> {
+async fn run_key(m: &Manager, actor: &Actor, cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Add { name, file } => {
-            let keys = read_keys(&file)?;
-            let store = open_store(config).await?;
-            store.add_keys(&name, &keys).await?;
+            let input = key_input(&file);
+            if let Err(why) = &input.text {
+                bail!("{why}");
+            }
+            let keys = m.add_keys(&name, &input, actor).await?;
             for k in &keys {
                 println!("{} {}", k.fingerprint, k.algorithm);
             }
             eprintln!("added {} key(s) to {name}", keys.len());
         }
         KeyCommand::List { name, json } => {
-            let store = open_store(config).await?;
-            let keys = store.list_keys(&name).await?;
+            let keys = m.keys(&name).await?;
             if json {
                 let v: Vec<_> = keys.iter().map(key_json).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -470,57 +374,26 @@ async fn run_key(config: &Config, cmd: KeyCommand) -> anyhow::Result<()> {
             }
         }
         KeyCommand::Rm { name, fingerprint } => {
-            let store = open_store(config).await?;
-            store.remove_key(&name, &fingerprint).await?;
+            m.remove_key(&name, &fingerprint, actor).await?;
             eprintln!("removed key {fingerprint} from {name}");
         }
     }
     Ok(())
 }
 
-pub(super) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn AccountStore>> {
-    Ok(Db::open(&config.database).await?.account_store())
-}
-
-pub(super) async fn get(store: &dyn AccountStore, name: &str) -> anyhow::Result<Account> {
-    store
-        .get(name)
-        .await?
-        .ok_or_else(|| crate::identity::StoreError::UnknownUser(name.into()).into())
-}
-
-async fn set_enabled(config: &Config, name: &str, enabled: bool) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
-    let mut account = get(&*store, name).await?;
-    account.enabled = enabled;
-    store.update(&account).await?;
-    eprintln!(
-        "user {name} {}",
-        if enabled { "enabled" } else { "disabled" }
-    );
-    Ok(())
-}
-
-fn parse_permissions(s: &str) -> anyhow::Result<Permissions> {
-    Ok(s.parse::<Permissions>()?)
-}
-
-/// The new hash, and the plaintext when it was generated (to print once).
-fn password_from(
-    config: &Config,
-    stdin: bool,
-    generate: bool,
-) -> anyhow::Result<Option<(crate::identity::PasswordHash, Option<String>)>> {
-    let (pw, generated) = if stdin {
-        (read_password_stdin()?, None)
+/// What `--password-stdin` or `--generate-password` ask for (stdin read now, its problems
+/// said where `user add` has always said them).
+fn password_choice(stdin: bool, generate: bool) -> PasswordChoice {
+    if stdin {
+        match read_password_stdin() {
+            Ok(pw) => PasswordChoice::Given(pw),
+            Err(e) => PasswordChoice::Unreadable(super::one_line(&e)),
+        }
     } else if generate {
-        let pw = generate_password();
-        (SecretString::from(pw.clone()), Some(pw))
+        PasswordChoice::Generate
     } else {
-        return Ok(None);
-    };
-    let hasher = Hasher::from_config(&config.security)?;
-    Ok(Some((hasher.hash(&pw)?, generated)))
+        PasswordChoice::None
+    }
 }
 
 fn read_password_stdin() -> anyhow::Result<SecretString> {
@@ -558,19 +431,22 @@ pub(super) fn read_input(file: &str) -> anyhow::Result<String> {
     Ok(s)
 }
 
-fn read_keys(file: &str) -> anyhow::Result<Vec<AccountKey>> {
-    let text = read_input(file)?;
-    parse_authorized_keys(&text).with_context(|| {
-        if file == "-" {
+/// A key file (or stdin) as the shared functions take it: its text, or why it could not be
+/// read, labelled as errors name it.
+pub(super) fn key_input(file: &str) -> KeyInput {
+    KeyInput {
+        label: if file == "-" {
             "standard input".to_string()
         } else {
             file.to_string()
-        }
-    })
+        },
+        text: read_input(file).map_err(|e| super::one_line(&e)),
+    }
 }
 
-async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+async fn dir(m: &Manager, actor: &Actor, cmd: DirCommand) -> anyhow::Result<()> {
+    // The database first, as always (a folder is checked against its account).
+    m.db().await?;
     match cmd {
         DirCommand::Add {
             name,
@@ -589,42 +465,22 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
             scan,
             no_scan,
         } => {
-            let mut account = get(&*store, &name).await?;
-            let cwd = std::env::current_dir().context("current directory")?;
-            let home =
-                Home::for_account(Some(&location), &config.storage.default_home, &name, &cwd)?;
-            let permissions = match permissions {
-                Some(p) => parse_permissions(&p)?,
-                None => account.permissions,
-            };
-            let rules = folders::Rules {
-                allow: folders::Rules::patterns(allow.as_deref().unwrap_or(""))?,
-                deny: folders::Rules::patterns(deny.as_deref().unwrap_or(""))?,
+            let spec = FolderSpec {
+                path: vpath,
+                location,
+                permissions,
+                allow,
+                deny,
                 max_size: max_size.map(|s| s.0),
                 no_reuse_names,
-                receipt: receipt
-                    .as_deref()
-                    .map(folders::Rules::receipt)
-                    .transpose()?,
-                decrypt_to: decrypt_to
-                    .as_deref()
-                    .map(|p| folders::parse_path(p).map(|p| p.to_string()))
-                    .transpose()?,
+                receipt,
+                decrypt_to,
                 require_signature,
-                duplicates: duplicates
-                    .as_deref()
-                    .map(str::parse)
-                    .transpose()?
-                    .unwrap_or_default(),
-                duplicate_window_s: duplicate_window.map(|w| w.0.as_secs()),
+                duplicates,
+                duplicate_window: duplicate_window.map(|w| w.0),
                 scan: (scan || no_scan).then_some(scan),
             };
-            let folder = Folder {
-                path: folders::parse_path(&vpath)?,
-                home,
-                permissions,
-                rules,
-            };
+            let folder = m.add_folder(&name, spec, actor).await?;
             let shown = format!(
                 "{} -> {} ({}{})",
                 folder.path,
@@ -632,13 +488,10 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
                 folder.permissions,
                 rules_text(&folder.rules)
             );
-            folders::add(&mut account.folders, folder)?;
-            folders::check_decrypt_targets(&account.folders)?;
-            store.update(&account).await?;
             eprintln!("added folder {shown} to user {name}");
         }
         DirCommand::List { name, json } => {
-            let account = get(&*store, &name).await?;
+            let account = m.folders(&name).await?;
             if json {
                 let v: Vec<_> = account.folders.iter().map(folder_json).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -658,10 +511,7 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
             }
         }
         DirCommand::Rm { name, vpath } => {
-            let mut account = get(&*store, &name).await?;
-            folders::remove(&mut account.folders, &folders::parse_path(&vpath)?)?;
-            folders::check_decrypt_targets(&account.folders)?;
-            store.update(&account).await?;
+            m.remove_folder(&name, &vpath, actor).await?;
             eprintln!("removed folder {vpath} from user {name}");
         }
     }
@@ -669,21 +519,7 @@ async fn dir(config: &Config, cmd: DirCommand) -> anyhow::Result<()> {
 }
 
 fn folder_json(f: &Folder) -> serde_json::Value {
-    json!({
-        "path": f.path.to_string(),
-        "location": f.home.to_uri(),
-        "permissions": f.permissions.iter().map(|p| p.name()).collect::<Vec<_>>(),
-        "allow": f.rules.allow,
-        "deny": f.rules.deny,
-        "max_size": f.rules.max_size,
-        "no_reuse_names": f.rules.no_reuse_names,
-        "receipt": f.rules.receipt,
-        "decrypt_to": f.rules.decrypt_to,
-        "require_signature": f.rules.require_signature,
-        "duplicates": f.rules.duplicates.name(),
-        "scan": f.rules.scan,
-        "duplicate_window_s": f.rules.duplicate_window().as_secs(),
-    })
+    serde_json::to_value(FolderView::new(f)).unwrap_or_default()
 }
 
 /// `; allow *.csv; deny tmp-*; max 10485760 bytes`, or nothing.
@@ -726,36 +562,11 @@ fn rules_text(r: &folders::Rules) -> String {
 }
 
 fn account_json(a: &Account, keys: Option<&[AccountKey]>) -> serde_json::Value {
-    let mut v = json!({
-        "username": a.username,
-        "enabled": a.enabled,
-        "home": a.home.to_uri(),
-        "permissions": a.permissions.iter().map(|p| p.name()).collect::<Vec<_>>(),
-        "allowed_ips": a.allowed_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "has_password": a.password_hash.is_some(),
-        "created_at": a.created_at,
-        "updated_at": a.updated_at,
-        "last_login_at": a.last_login_at,
-        "folders": a.folders.iter().map(folder_json).collect::<Vec<_>>(),
-        "pgp_keys": a.pgp.keys.iter().map(|k| &k.fingerprint).collect::<Vec<_>>(),
-        "decrypt_to": a.pgp.decrypt_to,
-        "require_signature": a.pgp.require_signature,
-        "duplicates": a.rules.duplicates.name(),
-        "duplicate_window_s": a.rules.duplicate_window().as_secs(),
-    });
-    if let Some(keys) = keys {
-        v["keys"] = keys.iter().map(key_json).collect();
-    }
-    v
+    serde_json::to_value(AccountView::new(a, keys)).unwrap_or_default()
 }
 
 fn key_json(k: &AccountKey) -> serde_json::Value {
-    json!({
-        "fingerprint": k.fingerprint,
-        "algorithm": k.algorithm,
-        "comment": k.comment,
-        "created_at": k.created_at,
-    })
+    serde_json::to_value(KeyView::new(k)).unwrap_or_default()
 }
 
 fn print_account(a: &Account, keys: &[AccountKey]) {

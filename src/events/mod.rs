@@ -2,12 +2,13 @@
 //! and from decryptions (`pgp/`), written to the database outbox before the client is
 //! answered (`outbox.rs`), and delivered
 //! at least once, in commit order per account, to every configured sink (`dispatcher.rs`,
-//! `sinks/`).
+//! `sinks/`); what admins list and replay (`query.rs`).
 
 pub mod arrivals;
 pub mod dispatcher;
 pub mod expectations;
 pub mod outbox;
+pub mod query;
 pub mod sinks;
 
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -1099,29 +1099,6 @@ impl Outbox {
         since: Option<DateTime<Utc>>,
         sinks: &[String],
     ) -> Result<u64> {
-        let (filter, arg) = match (id, since) {
-            (Some(id), _) => ("e.id = $2", id.to_string()),
-            (None, Some(t)) => ("e.created_us >= CAST($2 AS BIGINT)", micros(t).to_string()),
-            (None, None) => return Ok(0),
-        };
-        let mut n = 0;
-        for sink in sinks {
-            let q = format!(
-                "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) \
-                 SELECT e.seq, $1, e.username, (SELECT now_us FROM wharf_clock) FROM events e WHERE {filter} \
-                 ON CONFLICT (event_seq, sink) DO UPDATE SET state = 'pending', attempts = 0, \
-                 next_at_us = excluded.next_at_us, last_error = NULL, lease_owner = NULL, lease_until_us = 0, delivered_us = NULL"
-            );
-            let done = on_pool!(&self.db, pool => {
-                sqlx::query(&q).bind(sink).bind(&arg).execute(pool).await?.rows_affected()
-            });
-            n += done;
-        }
-        if let Db::Postgres(pool) = &self.db {
-            let _ = sqlx::query("SELECT pg_notify('wharf_events', '')")
-                .execute(pool)
-                .await;
-        }
-        Ok(n)
+        Ok(super::query::replay(&self.db, id, since, sinks, None).await?)
     }
 }

@@ -1,7 +1,8 @@
 //! Brute-force bans shared by every protocol: `security.ban_after_failures` failed logins
 //! from one address within `ban_window` ban it for `ban_duration`. Bans live in the database
-//! (all instances on it share them) and are cached here. Failures per username slow further
-//! attempts on that name without ever locking its owner out.
+//! (all instances on it share them) and are cached here; each one set, lifted or pruned is in
+//! the audit trail. Failures per username slow further attempts on that name without ever
+//! locking its owner out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
+use super::audit::{self, Actor, AppendAudit as _, Entry};
 use crate::config::SecurityConfig;
 use crate::db::{on_pool, Db};
 
@@ -27,7 +29,7 @@ const KEEP_EXPIRED: chrono::Duration = chrono::Duration::days(1);
 /// How often an instance deletes long-expired bans.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Ban {
     pub address: String,
     pub until: DateTime<Utc>,
@@ -187,14 +189,26 @@ impl Bans {
         }
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(self.duration).unwrap_or_default();
-        let res = on_pool!(&self.db, p => sqlx::query(UPSERT)
-            .bind(ip.to_string())
-            .bind(micros(until))
-            .bind(count as i64)
-            .bind(micros(now))
-            .execute(p)
-            .await
-            .map(drop));
+        let audit = Entry::new(
+            &Actor::server(),
+            "ban.set",
+            format!("address:{ip}"),
+            serde_json::json!({ "until": until, "failures": count }),
+        );
+        let begin = audit::begin(&self.db);
+        let res: Result<(), sqlx::Error> = on_pool!(&self.db, p => async {
+            let mut tx = p.begin_with(begin).await?;
+            sqlx::query(UPSERT)
+                .bind(ip.to_string())
+                .bind(micros(until))
+                .bind(count as i64)
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await?;
+            tx.append_audit(&audit).await?;
+            tx.commit().await
+        }
+        .await);
         if let Err(e) = res {
             tracing::error!(error = %e, client_ip = %ip, "cannot record a ban; banning on this instance only");
         }
@@ -218,11 +232,26 @@ impl Bans {
             }
             s.pruned = Some(Instant::now());
         }
-        const Q: &str = "DELETE FROM bans WHERE until_us < $1";
+        const Q: &str = "DELETE FROM bans WHERE until_us < $1 RETURNING address";
         let cutoff = micros(Utc::now() - KEEP_EXPIRED);
-        if let Err(e) =
-            on_pool!(&self.db, p => sqlx::query(Q).bind(cutoff).execute(p).await.map(drop))
-        {
+        let begin = audit::begin(&self.db);
+        let res: Result<(), sqlx::Error> = on_pool!(&self.db, p => async {
+            let mut tx = p.begin_with(begin).await?;
+            let gone: Vec<String> = sqlx::query_scalar(Q).bind(cutoff).fetch_all(&mut *tx).await?;
+            if gone.is_empty() {
+                return Ok(());
+            }
+            tx.append_audit(&Entry::new(
+                &Actor::server(),
+                "ban.prune",
+                "bans",
+                serde_json::json!({ "expired_before": from_micros(cutoff), "addresses": gone }),
+            ))
+            .await?;
+            tx.commit().await
+        }
+        .await);
+        if let Err(e) = res {
             tracing::warn!(error = %e, "cannot delete expired bans");
         }
     }
@@ -264,22 +293,26 @@ pub async fn list(db: &Db) -> Result<Vec<Ban>, sqlx::Error> {
         .collect())
 }
 
-/// Lifts a ban; false when there was none for `address`.
-pub async fn remove(db: &Db, address: &str) -> Result<bool, sqlx::Error> {
-    const Q: &str = "DELETE FROM bans WHERE address = $1";
-    let n = match db {
-        Db::Sqlite(p) => sqlx::query(Q)
-            .bind(address)
-            .execute(p)
-            .await?
-            .rows_affected(),
-        Db::Postgres(p) => sqlx::query(Q)
-            .bind(address)
-            .execute(p)
-            .await?
-            .rows_affected(),
-    };
-    Ok(n > 0)
+/// Lifts a ban, recording who did; false when there was none for `address`.
+pub async fn remove(db: &Db, address: &str, actor: &Actor) -> Result<bool, sqlx::Error> {
+    const Q: &str = "DELETE FROM bans WHERE address = $1 RETURNING until_us";
+    let begin = audit::begin(db);
+    on_pool!(db, p => {
+        let mut tx = p.begin_with(begin).await?;
+        let until: Option<i64> = sqlx::query_scalar(Q).bind(address).fetch_optional(&mut *tx).await?;
+        let Some(until) = until else {
+            return Ok(false);
+        };
+        tx.append_audit(&Entry::new(
+            actor,
+            "ban.lift",
+            format!("address:{address}"),
+            serde_json::json!({ "until": from_micros(until) }),
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    })
 }
 
 #[cfg(test)]

@@ -11,10 +11,11 @@ use chrono::{DateTime, NaiveDateTime, TimeZone as _, Timelike as _, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
+use super::audit::{self, Actor, AppendAudit as _, Entry};
 use crate::db::{on_pool, Db};
 
 /// An expectation as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Expectation {
     pub name: String,
     pub username: String,
@@ -24,15 +25,21 @@ pub struct Expectation {
     pub pattern: String,
     pub schedule: String,
     pub timezone: String,
+    /// How long after a window opens the file is due (`6h`).
     #[serde(with = "secs")]
+    #[schema(value_type = String)]
     pub deadline: Duration,
+    /// How long after the deadline a late file still meets the window (`2h`).
     #[serde(with = "secs")]
+    #[schema(value_type = String)]
     pub grace: Duration,
     pub min_files: u32,
     pub min_bytes: u64,
     #[serde(skip)]
+    #[schema(ignore)]
     pub created_us: i64,
     #[serde(skip)]
+    #[schema(ignore)]
     pub windows_until_us: i64,
 }
 
@@ -235,8 +242,8 @@ fn from_row(r: Row) -> Expectation {
 }
 
 /// Adds `e` (validated), for an existing account; its windows start with the first that
-/// opens after now (by the database's clock).
-pub async fn add(db: &Db, e: &Expectation) -> Result<(), ExpectError> {
+/// opens after now (by the database's clock). Recorded in the audit trail as `actor`'s.
+pub async fn add(db: &Db, e: &Expectation, actor: &Actor) -> Result<(), ExpectError> {
     e.validate()?;
     let exists: i64 = on_pool!(db, p => sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE username = $1")
         .bind(&e.username).fetch_one(p).await?);
@@ -244,14 +251,26 @@ pub async fn add(db: &Db, e: &Expectation) -> Result<(), ExpectError> {
         return Err(ExpectError::UnknownUser(e.username.clone()));
     }
     let q = format!("INSERT INTO expectations ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, (SELECT now_us FROM wharf_clock), (SELECT now_us FROM wharf_clock)) ON CONFLICT (name) DO NOTHING");
-    let n = on_pool!(db, p => sqlx::query(&q)
-        .bind(&e.name).bind(&e.username).bind(&e.folder).bind(&e.pattern).bind(&e.schedule)
-        .bind(&e.timezone).bind(e.deadline.as_secs() as i64).bind(e.grace.as_secs() as i64)
-        .bind(e.min_files as i32).bind(e.min_bytes as i64)
-        .execute(p).await?.rows_affected());
-    if n == 0 {
-        return Err(ExpectError::Exists(e.name.clone()));
-    }
+    let entry = Entry::new(
+        actor,
+        "expectation.add",
+        format!("expectation:{}", e.name),
+        serde_json::to_value(e).unwrap_or_default(),
+    );
+    let begin = audit::begin(db);
+    on_pool!(db, p => {
+        let mut tx = p.begin_with(begin).await?;
+        let n = sqlx::query(&q)
+            .bind(&e.name).bind(&e.username).bind(&e.folder).bind(&e.pattern).bind(&e.schedule)
+            .bind(&e.timezone).bind(e.deadline.as_secs() as i64).bind(e.grace.as_secs() as i64)
+            .bind(e.min_files as i32).bind(e.min_bytes as i64)
+            .execute(&mut *tx).await?.rows_affected();
+        if n == 0 {
+            return Err(ExpectError::Exists(e.name.clone()));
+        }
+        tx.append_audit(&entry).await?;
+        tx.commit().await?;
+    });
     Ok(())
 }
 
@@ -264,17 +283,25 @@ pub async fn list(db: &Db, user: Option<&str>) -> Result<Vec<Expectation>, Expec
     Ok(rows.into_iter().map(from_row).collect())
 }
 
-pub async fn remove(db: &Db, name: &str) -> Result<(), ExpectError> {
-    let n = on_pool!(db, p => sqlx::query("DELETE FROM expectations WHERE name = $1")
-        .bind(name).execute(p).await?.rows_affected());
-    if n == 0 {
-        return Err(ExpectError::Unknown(name.into()));
-    }
+/// Removes an expectation and its windows, recorded as `actor`'s.
+pub async fn remove(db: &Db, name: &str, actor: &Actor) -> Result<(), ExpectError> {
+    let begin = audit::begin(db);
+    on_pool!(db, p => {
+        let mut tx = p.begin_with(begin).await?;
+        let n = sqlx::query("DELETE FROM expectations WHERE name = $1")
+            .bind(name).execute(&mut *tx).await?.rows_affected();
+        if n == 0 {
+            return Err(ExpectError::Unknown(name.into()));
+        }
+        tx.append_audit(&Entry::new(actor, "expectation.remove", format!("expectation:{name}"), serde_json::json!({})))
+            .await?;
+        tx.commit().await?;
+    });
     Ok(())
 }
 
 /// A window as `wharf expect status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WindowStatus {
     pub expectation: String,
     pub opens_at: DateTime<Utc>,

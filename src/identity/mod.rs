@@ -1,18 +1,22 @@
 //! Partner accounts: the `Account` model, usernames, permissions, allowed addresses, public
 //! keys, password hashes, folders (`folders.rs`) and PGP signing keys (`pgp.rs`), and the `AccountStore` seam with its
-//! SQLite and Postgres stores.
+//! SQLite and Postgres stores; the administration both front-ends (CLI, admin API) call
+//! (`manage/`), its audit trail (`audit.rs`) and the admin API's tokens (`tokens.rs`).
 
+pub mod audit;
 pub mod auth;
 pub mod bans;
 pub mod expectations;
 pub mod folders;
 pub mod keys;
+pub mod manage;
 pub mod password;
 pub mod permissions;
 pub mod pgp;
 mod postgres;
 mod sql;
 mod sqlite;
+pub mod tokens;
 
 use std::net::IpAddr;
 
@@ -149,19 +153,61 @@ pub enum StoreError {
 }
 
 /// Where accounts live. One contract (tests/it/accounts.rs) runs against every implementation.
+/// Every write has an `_audited` form that appends an audit record (`audit.rs`) in the
+/// transaction of the change; the plain forms write without one.
 #[async_trait]
 pub trait AccountStore: Send + Sync {
     /// Creates the account and its keys together; nothing is written if any part fails.
-    async fn create(&self, account: &Account, keys: &[AccountKey]) -> Result<(), StoreError>;
+    async fn create(&self, account: &Account, keys: &[AccountKey]) -> Result<(), StoreError> {
+        self.create_audited(account, keys, None).await
+    }
+    async fn create_audited(
+        &self,
+        account: &Account,
+        keys: &[AccountKey],
+        audit: Option<&audit::Entry>,
+    ) -> Result<(), StoreError>;
     async fn get(&self, username: &str) -> Result<Option<Account>, StoreError>;
     async fn list(&self) -> Result<Vec<Account>, StoreError>;
+    /// At most `limit` accounts whose usernames sort after `after`, by username.
+    async fn list_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<Account>, StoreError>;
     /// Writes every mutable field of `account` (found by username) and bumps `updated_at`.
-    async fn update(&self, account: &Account) -> Result<(), StoreError>;
-    async fn delete(&self, username: &str) -> Result<(), StoreError>;
+    async fn update(&self, account: &Account) -> Result<(), StoreError> {
+        self.update_audited(account, None).await
+    }
+    async fn update_audited(
+        &self,
+        account: &Account,
+        audit: Option<&audit::Entry>,
+    ) -> Result<(), StoreError>;
+    async fn delete(&self, username: &str) -> Result<(), StoreError> {
+        self.delete_audited(username, None).await
+    }
+    async fn delete_audited(
+        &self,
+        username: &str,
+        audit: Option<&audit::Entry>,
+    ) -> Result<(), StoreError>;
     /// Adds all keys or none.
-    async fn add_keys(&self, username: &str, keys: &[AccountKey]) -> Result<(), StoreError>;
+    async fn add_keys(&self, username: &str, keys: &[AccountKey]) -> Result<(), StoreError> {
+        self.add_keys_audited(username, keys, None).await
+    }
+    async fn add_keys_audited(
+        &self,
+        username: &str,
+        keys: &[AccountKey],
+        audit: Option<&audit::Entry>,
+    ) -> Result<(), StoreError>;
     async fn list_keys(&self, username: &str) -> Result<Vec<AccountKey>, StoreError>;
-    async fn remove_key(&self, username: &str, fingerprint: &str) -> Result<(), StoreError>;
+    async fn remove_key(&self, username: &str, fingerprint: &str) -> Result<(), StoreError> {
+        self.remove_key_audited(username, fingerprint, None).await
+    }
+    async fn remove_key_audited(
+        &self,
+        username: &str,
+        fingerprint: &str,
+        audit: Option<&audit::Entry>,
+    ) -> Result<(), StoreError>;
     async fn find_key(
         &self,
         username: &str,

@@ -1,5 +1,6 @@
 //! The SQL behind both account stores. SQLite and Postgres take the same statements here
-//! (`$n` placeholders, `RETURNING`), so one macro writes both `AccountStore` impls.
+//! (`$n` placeholders, `RETURNING`), so one macro writes both `AccountStore` impls; every
+//! write appends its audit record (when given) in its own transaction.
 
 use chrono::{DateTime, Utc};
 
@@ -103,6 +104,20 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// Appends `audit` (when given) in the store's transaction.
+pub(super) async fn append_audit<C>(
+    conn: &mut C,
+    audit: Option<&super::audit::Entry>,
+) -> Result<(), StoreError>
+where
+    C: super::audit::AppendAudit + Send,
+{
+    if let Some(e) = audit {
+        conn.append_audit(e).await.map_err(map_err)?;
+    }
+    Ok(())
+}
+
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -165,10 +180,11 @@ macro_rules! sql_account_store {
 
         #[async_trait::async_trait]
         impl $crate::identity::AccountStore for $store {
-            async fn create(
+            async fn create_audited(
                 &self,
                 a: &$crate::identity::Account,
                 keys: &[$crate::identity::AccountKey],
+                audit: Option<&$crate::identity::audit::Entry>,
             ) -> Result<(), $crate::identity::StoreError> {
                 use $crate::identity::{sql, StoreError};
                 let mut tx = self.pool.begin_with($begin).await.map_err(sql::map_err)?;
@@ -194,6 +210,7 @@ macro_rules! sql_account_store {
                         }
                     })?;
                 Self::insert_keys(&mut tx, id, &a.username, keys).await?;
+                sql::append_audit(&mut *tx, audit).await?;
                 tx.commit().await.map_err(sql::map_err)
             }
 
@@ -226,11 +243,34 @@ macro_rules! sql_account_store {
                     .collect()
             }
 
-            async fn update(
+            async fn list_page(
+                &self,
+                after: Option<&str>,
+                limit: i64,
+            ) -> Result<Vec<$crate::identity::Account>, $crate::identity::StoreError> {
+                use $crate::identity::sql;
+                let q = format!(
+                    "{} WHERE ($1 IS NULL OR username > $1) ORDER BY username LIMIT $2",
+                    sql::SELECT_ACCOUNT
+                );
+                sqlx::query_as::<_, sql::AccountRow>(&q)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(sql::map_err)?
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect()
+            }
+
+            async fn update_audited(
                 &self,
                 a: &$crate::identity::Account,
+                audit: Option<&$crate::identity::audit::Entry>,
             ) -> Result<(), $crate::identity::StoreError> {
                 use $crate::identity::{sql, StoreError};
+                let mut tx = self.pool.begin_with($begin).await.map_err(sql::map_err)?;
                 let done = sqlx::query(sql::UPDATE_ACCOUNT)
                     .bind(&a.username)
                     .bind(a.password_hash.as_ref().map(|h| h.as_phc()))
@@ -242,37 +282,46 @@ macro_rules! sql_account_store {
                     .bind($crate::identity::folders::to_column(&a.folders))
                     .bind(a.pgp.to_column())
                     .bind(serde_json::to_string(&a.rules).unwrap_or_else(|_| "{}".into()))
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(sql::map_err)?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::UnknownUser(a.username.clone()));
                 }
-                Ok(())
+                sql::append_audit(&mut *tx, audit).await?;
+                tx.commit().await.map_err(sql::map_err)
             }
 
-            async fn delete(&self, username: &str) -> Result<(), $crate::identity::StoreError> {
+            async fn delete_audited(
+                &self,
+                username: &str,
+                audit: Option<&$crate::identity::audit::Entry>,
+            ) -> Result<(), $crate::identity::StoreError> {
                 use $crate::identity::{sql, StoreError};
+                let mut tx = self.pool.begin_with($begin).await.map_err(sql::map_err)?;
                 let done = sqlx::query("DELETE FROM accounts WHERE username = $1")
                     .bind(username)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(sql::map_err)?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::UnknownUser(username.into()));
                 }
-                Ok(())
+                sql::append_audit(&mut *tx, audit).await?;
+                tx.commit().await.map_err(sql::map_err)
             }
 
-            async fn add_keys(
+            async fn add_keys_audited(
                 &self,
                 username: &str,
                 keys: &[$crate::identity::AccountKey],
+                audit: Option<&$crate::identity::audit::Entry>,
             ) -> Result<(), $crate::identity::StoreError> {
                 use $crate::identity::sql;
                 let mut tx = self.pool.begin_with($begin).await.map_err(sql::map_err)?;
                 let id = Self::account_id(&mut tx, username).await?;
                 Self::insert_keys(&mut tx, id, username, keys).await?;
+                sql::append_audit(&mut *tx, audit).await?;
                 tx.commit().await.map_err(sql::map_err)
             }
 
@@ -294,20 +343,21 @@ macro_rules! sql_account_store {
                     .collect())
             }
 
-            async fn remove_key(
+            async fn remove_key_audited(
                 &self,
                 username: &str,
                 fingerprint: &str,
+                audit: Option<&$crate::identity::audit::Entry>,
             ) -> Result<(), $crate::identity::StoreError> {
                 use $crate::identity::{sql, StoreError};
-                let mut conn = self.pool.acquire().await.map_err(sql::map_err)?;
-                let id = Self::account_id(&mut conn, username).await?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(sql::map_err)?;
+                let id = Self::account_id(&mut tx, username).await?;
                 let done = sqlx::query(
                     "DELETE FROM account_keys WHERE account_id = $1 AND fingerprint = $2",
                 )
                 .bind(id)
                 .bind(fingerprint)
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await
                 .map_err(sql::map_err)?;
                 if done.rows_affected() == 0 {
@@ -316,7 +366,8 @@ macro_rules! sql_account_store {
                         fingerprint: fingerprint.into(),
                     });
                 }
-                Ok(())
+                sql::append_audit(&mut *tx, audit).await?;
+                tx.commit().await.map_err(sql::map_err)
             }
 
             async fn find_key(
