@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{AdminServer, AdminState};
 use crate::config::Config;
 use crate::db::Db;
 use crate::events::arrivals::OutboxObserver;
@@ -17,8 +18,10 @@ use crate::events::dispatcher::{Dispatcher, SinkWorker};
 use crate::events::outbox::Outbox;
 use crate::events::sinks;
 use crate::ftps::{FtpsContext, FtpsServer};
+use crate::identity::audit::Actor;
 use crate::identity::auth::Authenticator;
 use crate::identity::bans::Bans;
+use crate::identity::manage::Manager;
 use crate::identity::Hasher;
 use crate::journal::reconciler::Reconciler;
 use crate::journal::Journal;
@@ -35,6 +38,10 @@ const ABORT_DRAIN: Duration = Duration::from_secs(15);
 pub struct App {
     config: Config,
     db: Db,
+    /// The admin API's and the audit pruning's own pool.
+    admin_db: Db,
+    admin: Option<AdminServer>,
+    manager: Arc<Manager>,
     ops: Option<(TcpListener, Arc<Endpoint>)>,
     sftp: Arc<SftpServer>,
     sftp_listener: TcpListener,
@@ -53,11 +60,26 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let db = Db::open(&config.database).await?;
         let hasher = Hasher::from_config(&config.security)?;
-        let auth = Authenticator::new(db.account_store(), hasher)
-            .with_bans(Bans::new(db.clone(), &config.security));
+        let bans = Bans::new(db.clone(), &config.security);
+        let auth = Authenticator::new(db.account_store(), hasher.clone()).with_bans(bans.clone());
         let storage =
             Storage::new(S3Storage::new(&config.storage.s3, config.storage.upload_memory.0).await);
         let keys = hostkeys::load_or_generate(&config.sftp.host_key_dir)?;
+        // The admin API and the audit trail's pruning work on a pool of their own: a burst
+        // of admin requests never takes a connection a partner's session needs.
+        let admin_db = db.own_pool(crate::admin::POOL_CONNECTIONS);
+        let manager = Arc::new(Manager::with_db(&config, admin_db.clone(), hasher.clone()));
+        let admin = if config.admin.enabled {
+            let state = Arc::new(AdminState::new(
+                manager.clone(),
+                admin_db.clone(),
+                bans.clone(),
+                hostkeys::fingerprints(&keys),
+            ));
+            Some(AdminServer::bind(&config.admin, state).await?)
+        } else {
+            None
+        };
         let uploads = Arc::new(UploadRegistry::default());
         let sink_configs = sinks::configured(config.events.sinks.as_deref());
         let outbox = Outbox::new(
@@ -243,6 +265,9 @@ impl App {
         Ok(App {
             config,
             db,
+            admin_db,
+            admin,
+            manager,
             ops,
             sftp,
             sftp_listener,
@@ -272,6 +297,16 @@ impl App {
             .and_then(|(_, _, l)| l.as_ref().map(|l| l.local_addr()))
     }
 
+    /// The admin API's address, when `admin.enabled`.
+    pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// Whether the admin API speaks HTTPS.
+    pub fn admin_tls(&self) -> bool {
+        self.admin.as_ref().is_some_and(AdminServer::is_tls)
+    }
+
     /// The `/metrics`, `/healthz` and `/readyz` address, unless `metrics.listen` is empty.
     pub fn metrics_addr(&self) -> Option<std::io::Result<SocketAddr>> {
         self.ops.as_ref().map(|(l, _)| l.local_addr())
@@ -292,6 +327,11 @@ impl App {
         }
         let heartbeat = tokio::spawn(self.journal.clone().run_heartbeat(stop_journal.clone()));
         let reconciler = tokio::spawn(self.reconciler.run(stop_journal.clone()));
+        let pruning = tokio::spawn(prune_audit(self.manager.clone(), stop_journal.clone()));
+        // Stops with the partners' listeners: no admin change lands while the instance drains.
+        let admin = self
+            .admin
+            .map(|server| tokio::spawn(server.run(stop.clone())));
         // Stays up through the drain, so probes see the instance until it is gone.
         let stop_ops = CancellationToken::new();
         if let Some((listener, endpoint)) = self.ops {
@@ -354,6 +394,9 @@ impl App {
             force.cancel();
             let _ = sftp.await;
         }
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         self.uploads.tasks.close();
         if tokio::time::timeout(ABORT_DRAIN, self.uploads.tasks.wait())
             .await
@@ -371,10 +414,35 @@ impl App {
         stop_journal.cancel();
         let _ = reconciler.await;
         let _ = heartbeat.await;
+        let _ = pruning.await;
         self.journal.leave().await;
         stop_ops.cancel();
+        self.admin_db.close().await;
         self.db.close().await;
         Ok(())
+    }
+}
+
+/// How often an instance prunes audit records older than `audit.retention`.
+const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes the audit trail now and then every hour until `stop` (every instance does; the
+/// head's lock makes one of them do the work, the others find nothing left).
+async fn prune_audit(manager: Arc<Manager>, stop: CancellationToken) {
+    loop {
+        match manager.prune_audit(&Actor::server()).await {
+            Ok(Some(p)) => tracing::info!(
+                rows = p.rows,
+                through_seq = p.through_seq,
+                "audit records past audit.retention pruned; the chain is re-anchored"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e.message, "cannot prune the audit trail"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(AUDIT_PRUNE_EVERY) => {}
+        }
     }
 }
 

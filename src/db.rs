@@ -157,6 +157,32 @@ impl Db {
         }
     }
 
+    /// A pool of its own on the same database, as durable as this one, of at most
+    /// `connections`, opened when first used: for a front-end whose load must never take
+    /// connections from partners' sessions (the admin API) and for the audit trail's pruning.
+    pub fn own_pool(&self, connections: u32) -> Db {
+        match self {
+            Db::Sqlite(p) => {
+                let opts = (*p.connect_options()).clone();
+                Db::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(connections.max(1))
+                        .acquire_timeout(p.options().get_acquire_timeout())
+                        .connect_lazy_with(opts),
+                )
+            }
+            Db::Postgres(p) => {
+                let opts = (*p.connect_options()).clone();
+                Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(connections.max(1))
+                        .acquire_timeout(p.options().get_acquire_timeout())
+                        .connect_lazy_with(opts),
+                )
+            }
+        }
+    }
+
     /// One round trip to the database (readiness).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         on_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(drop))

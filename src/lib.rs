@@ -1,6 +1,7 @@
 //! wharf: an SFTP/FTPS ingestion gateway that streams partner uploads into S3 and emits
 //! arrival events. The binary in `main.rs` is a thin shell over [`cli::main`].
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -35,6 +35,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(protocol = "ftps", %addr, "listening (implicit TLS)");
         announce("ftps-implicit", addr);
     }
+    if let Some(addr) = app.admin_addr() {
+        let addr = addr?;
+        let scheme = if app.admin_tls() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "admin API listening");
+        announce("admin", addr);
+    }
     let addr = app.sftp_addr()?;
     tracing::info!(protocol = "sftp", %addr, "listening");
     announce("sftp", addr);
