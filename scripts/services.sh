@@ -62,6 +62,13 @@ ensure_client_tools() {
       || python3 -m pip install --quiet --break-system-packages paramiko >&2 2>/dev/null \
       || apt_install python3-paramiko
   fi
+  # Schemathesis checks the admin API against its OpenAPI document (tests/it/admin.rs).
+  if ! command -v schemathesis >/dev/null 2>&1; then
+    log "installing schemathesis"
+    python3 -m pip install --quiet schemathesis >&2 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages schemathesis >&2 2>/dev/null \
+      || true
+  fi
 }
 
 # Exports WHARF_TEST_POSTGRES_URL: an admin URL that may create and drop databases.

@@ -2,6 +2,7 @@
 //! components (SQLite, Postgres, the real `wharf` binary and real clients).
 
 mod accounts;
+mod admin;
 mod assurance;
 mod bounds;
 mod chaos;

@@ -31,6 +31,8 @@ pub struct Server {
     pub ftps_addr: Option<SocketAddr>,
     /// FTPS with implicit TLS, when `ftps.implicit_listen` is set.
     pub ftps_implicit_addr: Option<SocketAddr>,
+    /// The admin API, when `admin.enabled`.
+    pub admin_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -125,6 +127,7 @@ impl Server {
             metrics_addr: others.get("metrics").copied(),
             ftps_addr: others.get("ftps").copied(),
             ftps_implicit_addr: others.get("ftps-implicit").copied(),
+            admin_addr: others.get("admin").copied(),
             log,
         }
     }
