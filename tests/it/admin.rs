@@ -762,3 +762,88 @@ async fn admin_api_holds_to_its_openapi_document_under_schemathesis() {
         "schemathesis changed nothing: was its token refused?"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_speaks_https_when_given_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = crate::ftps::make_cert(dir.path());
+    let g = gateway(
+        false,
+        &[("WHARF_ADMIN__CERT", &crt), ("WHARF_ADMIN__KEY", &key)],
+    )
+    .await;
+    let tok = token(&g.w, "viewer", "read", &[]);
+    let addr = g.server.admin_addr.unwrap();
+    let curl = |url: String| {
+        std::process::Command::new("curl")
+            .args([
+                "-sk",
+                "-m",
+                "10",
+                "-H",
+                &format!("Authorization: Bearer {tok}"),
+            ])
+            .arg(url)
+            .output()
+            .expect("curl (package curl) must be installed")
+    };
+    let out = curl(format!("https://{addr}/v1/host-keys"));
+    assert!(out.status.success(), "{out:?}");
+    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        keys[0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("SHA256:"),
+        "{keys}"
+    );
+    // No plain HTTP on it.
+    let out = curl(format!("http://{addr}/v1/host-keys"));
+    assert!(
+        !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("SHA256:"),
+        "{out:?}"
+    );
+}
+
+async fn sqlite_execute(w: &Wharf, sql: &str) {
+    use sqlx::Connection as _;
+    let url = format!("sqlite://{}", w.file("wharf.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(sql).execute(&mut c).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_prune_past_retention_reanchors_the_chain_and_verify_still_checks_it() {
+    let w = Wharf::embedded().with_env("WHARF_AUDIT__RETENTION", "2s");
+    w.run(&["user", "add", "first"]).ok();
+    w.run(&["user", "add", "second"]).ok();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    w.run(&["user", "add", "third"]).ok();
+    let out = w.run(&["audit", "prune"]);
+    out.ok();
+    assert!(
+        out.stderr.contains("pruned 2 row(s) through row 2"),
+        "{out:?}"
+    );
+    let rows = audit_list(&w);
+    let kept: Vec<(&str, &str)> = rows.iter().map(|r| (r.1.as_str(), r.2.as_str())).collect();
+    assert_eq!(
+        kept,
+        [
+            ("account.create", "account:third"),
+            ("audit.prune", "audit_log")
+        ],
+        "{rows:#?}"
+    );
+    assert_eq!(rows[1].3["through_seq"], 2);
+    assert_eq!(rows[1].3["retention"], "2s");
+    let ok = w.run(&["audit", "verify"]);
+    ok.ok();
+    assert!(ok.stdout.contains("intact: 2 row(s) from row 3"), "{ok:?}");
+    // Nothing else is old enough.
+    assert!(w.run(&["audit", "prune"]).ok().stderr.contains("nothing"));
+    // The anchor is what lets the chain start at row 3: without it, rows are missing.
+    sqlite_execute(&w, "DELETE FROM audit_anchors").await;
+    w.run(&["audit", "verify"])
+        .fails_with(&["audit trail broken at row 1", "rows 1 to 2 were deleted"]);
+}
