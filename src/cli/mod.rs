@@ -101,6 +101,25 @@ pub fn main() -> ExitCode {
 }
 
 /// `a: b: c` on a single line, without repeating a cause already quoted in its context.
+/// A key file's content, or standard input's with `-` (at most 1 MiB either way): shared by
+/// `user key add` and `user pgp add`, so that neither command group imports the other.
+fn read_input(file: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    let mut s = String::new();
+    if file == "-" {
+        std::io::stdin()
+            .take(1 << 20)
+            .read_to_string(&mut s)
+            .context("reading keys from standard input")?;
+    } else {
+        std::fs::File::open(file)
+            .and_then(|f| f.take(1 << 20).read_to_string(&mut s))
+            .with_context(|| format!("cannot read key file {file}"))?;
+    }
+    Ok(s)
+}
+
 fn one_line(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {

@@ -63,7 +63,7 @@ pub async fn run_user(m: &Manager, actor: &Actor, cmd: UserPgpCommand) -> anyhow
         UserPgpCommand::Add { name, file } => {
             let input = KeyInput {
                 label: file.clone(),
-                text: super::user::read_input(&file).map_err(|e| super::one_line(&e)),
+                text: super::read_input(&file).map_err(|e| super::one_line(&e)),
             };
             if let Err(why) = &input.text {
                 anyhow::bail!("{why}");

@@ -2,7 +2,6 @@
 //! (`wharf user pgp …` is in `pgp.rs`), printing what `identity::manage` does.
 
 use std::io::Read as _;
-use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
@@ -415,22 +414,6 @@ fn read_password_stdin() -> anyhow::Result<SecretString> {
     Ok(SecretString::from(pw.to_owned()))
 }
 
-/// A key file's content, or standard input's with `-` (at most 1 MiB either way).
-pub(super) fn read_input(file: &str) -> anyhow::Result<String> {
-    let mut s = String::new();
-    if file == "-" {
-        std::io::stdin()
-            .take(1 << 20)
-            .read_to_string(&mut s)
-            .context("reading keys from standard input")?;
-    } else {
-        std::fs::File::open(Path::new(file))
-            .and_then(|f| f.take(1 << 20).read_to_string(&mut s))
-            .with_context(|| format!("cannot read key file {file}"))?;
-    }
-    Ok(s)
-}
-
 /// A key file (or stdin) as the shared functions take it: its text, or why it could not be
 /// read, labelled as errors name it.
 pub(super) fn key_input(file: &str) -> KeyInput {
@@ -440,7 +423,7 @@ pub(super) fn key_input(file: &str) -> KeyInput {
         } else {
             file.to_string()
         },
-        text: read_input(file).map_err(|e| super::one_line(&e)),
+        text: super::read_input(file).map_err(|e| super::one_line(&e)),
     }
 }
 
