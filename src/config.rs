@@ -438,6 +438,32 @@ pub fn redact_endpoint(raw: &str) -> String {
     }
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid address range {0:?}: expected a CIDR such as 203.0.113.0/24 or 2001:db8::/32, or a single address")]
+pub struct InvalidCidr(pub String);
+
+/// Parses a CIDR or a bare address (a /32 or /128), normalised to its network address.
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, InvalidCidr> {
+    let t = s.trim();
+    if let Ok(net) = t.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    t.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| InvalidCidr(s.into()))
+}
+
+impl SinkConfig {
+    /// Its name: `name`, or the type's (what `events replay --sink` takes).
+    pub fn sink_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| match self.kind {
+            SinkKind::Jsonl => "jsonl".into(),
+            SinkKind::Webhook => "webhook".into(),
+            SinkKind::Nats => "nats".into(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
@@ -489,7 +515,7 @@ fn cidrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D:
     let items = Vec::<String>::deserialize(d)?;
     items
         .iter()
-        .map(|s| crate::identity::parse_cidr(s).map_err(serde::de::Error::custom))
+        .map(|s| parse_cidr(s).map_err(serde::de::Error::custom))
         .collect()
 }
 
@@ -786,7 +812,7 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, sink) in self.events.sinks.iter().flatten().enumerate() {
-            let name = crate::events::sinks::sink_name(sink);
+            let name = sink.sink_name();
             if !names.insert(name.clone()) {
                 return Err(bad(
                     &format!("events.sinks[{i}].name"),

@@ -113,20 +113,8 @@ pub fn validate_username(name: &str) -> Result<(), InvalidUsername> {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid address range {0:?}: expected a CIDR such as 203.0.113.0/24 or 2001:db8::/32, or a single address")]
-pub struct InvalidCidr(pub String);
-
-/// Parses a CIDR or a bare address (a /32 or /128), normalised to its network address.
-pub fn parse_cidr(s: &str) -> Result<IpNet, InvalidCidr> {
-    let t = s.trim();
-    if let Ok(net) = t.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    t.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| InvalidCidr(s.into()))
-}
+// Parsed where settings are read too (`security.proxy_trusted`), so they live below both.
+pub use crate::config::{parse_cidr, InvalidCidr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -67,11 +67,7 @@ pub fn configured(sinks: Option<&[SinkConfig]>) -> Vec<SinkConfig> {
 
 /// A sink's name: its `name`, or its type.
 pub fn sink_name(c: &SinkConfig) -> String {
-    c.name.clone().unwrap_or_else(|| match c.kind {
-        SinkKind::Jsonl => "jsonl".into(),
-        SinkKind::Webhook => "webhook".into(),
-        SinkKind::Nats => "nats".into(),
-    })
+    c.sink_name()
 }
 
 pub fn build(c: &SinkConfig) -> anyhow::Result<Box<dyn EventSink>> {
