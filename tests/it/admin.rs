@@ -847,3 +847,55 @@ async fn audit_prune_past_retention_reanchors_the_chain_and_verify_still_checks_
     w.run(&["audit", "verify"])
         .fails_with(&["audit trail broken at row 1", "rows 1 to 2 were deleted"]);
 }
+
+/// The README's walk-through exactly as written there (its shell block, run with bash and curl
+/// against this server), so the README cannot drift from the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_readme_shell_block_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("TOKEN=$(wharf admin token add onboarding")
+        .expect("the walk-through in the README");
+    let block = &readme[start..];
+    let block = &block[..block.find("```").unwrap()];
+    assert!(block.contains("API=http://127.0.0.1:9465"), "{block}");
+    let g = gateway(false, &[]).await;
+    ssh_keygen(g.w.path(), "globex", "ed25519", None);
+    let script = format!(
+        "set -euo pipefail\nwharf() {{ '{}' \"$@\"; }}\n{}",
+        crate::harness::bin(),
+        block.replace(
+            "API=http://127.0.0.1:9465",
+            &format!("API=http://{}", g.server.admin_addr.unwrap())
+        )
+    );
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c").arg(&script).current_dir(g.w.path());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WHARF_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in &g.w.env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Four answers: the account (with its one-time password), two folders, the arrivals.
+    let answers: Vec<Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers.len(), 4, "{stdout}");
+    assert_eq!(answers[0]["account"]["username"], "globex");
+    assert!(answers[0]["password"].is_string());
+    assert_eq!(answers[1]["path"], "/inbound");
+    assert_eq!(answers[2]["path"], "/outbound");
+    assert_eq!(answers[3]["items"], json!([]), "nothing arrived yesterday");
+}
