@@ -34,6 +34,9 @@ pub struct Server {
     /// The admin API, when `admin.enabled`.
     pub admin_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
+    /// Started through a wrapper (`faketime`) in a process group of its own: the wrapper
+    /// forks wharf and waits, so killing the wrapper alone would leave wharf running.
+    group: bool,
 }
 
 impl Server {
@@ -77,6 +80,11 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let group = !wrap.is_empty();
+        if group {
+            use std::os::unix::process::CommandExt as _;
+            cmd.process_group(0);
+        }
         let mut child = cmd.spawn().expect("spawn wharf serve");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
@@ -116,6 +124,9 @@ impl Server {
         let (addr, others) = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok((a, others)) => (a.parse().expect("listen address"), others),
             Err(_) => {
+                if group {
+                    kill_group(child.id());
+                }
                 let _ = child.kill();
                 std::thread::sleep(Duration::from_millis(200));
                 panic!("wharf serve did not start:\n{}", log.lock().unwrap());
@@ -129,6 +140,7 @@ impl Server {
             ftps_implicit_addr: others.get("ftps-implicit").copied(),
             admin_addr: others.get("admin").copied(),
             log,
+            group,
         }
     }
 
@@ -210,8 +222,18 @@ impl Server {
     }
 }
 
+/// SIGKILL to every process of the group `leader` leads.
+fn kill_group(leader: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{leader}")])
+        .status();
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.group {
+            kill_group(self.child.id());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
