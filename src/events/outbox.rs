@@ -86,12 +86,12 @@ struct Record {
 }
 
 impl Record {
-    /// Asks only for its event, the event's deliveries, and the clearing of its intent.
+    /// Asks only for its event, the event's deliveries, the clearing of its intent and the
+    /// digest it puts in its folder's duplicate index.
     fn plain(&self) -> bool {
         self.staged_remove.is_none()
             && self.settles_job.is_none()
             && self.outcome.is_none()
-            && self.intent.as_ref().is_none_or(|i| i.digest.is_none())
             && !self
                 .intent
                 .as_ref()
@@ -279,18 +279,21 @@ const INSERT_EVENT: &str = "INSERT INTO events (id, type, username, subject, cre
 const INSERT_DELIVERY: &str =
     "INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) VALUES ($1, $2, $3, (SELECT now_us FROM wharf_clock))";
 /// `commit_plain`: a group of events (arrays in commit order, each with the intent it clears,
-/// `''` for none), a delivery of each to every sink (`$9`), and the NOTIFY that wakes other
-/// instances, in one statement (so one implicit transaction). An event with an intent is
-/// recorded only if its intent, held by this instance (`$10`), was deleted here (fencing); an
-/// event whose id is there already is not recorded again (a retry after a lost answer).
+/// `''` for none), a delivery of each to every sink (`$9`), the content digests of the
+/// arrivals among them in their folders' duplicate index (`$11`, `''` for none, counting for
+/// `$12` microseconds), and the NOTIFY that wakes other instances, in one statement (so one
+/// implicit transaction). An event with an intent is recorded (and its digest) only if its
+/// intent, held by this instance (`$10`), was deleted here (fencing); an event whose id is
+/// there already is not recorded again (a retry after a lost answer).
 /// Data-modifying `WITH` parts always run to completion; the sequence numbers follow the
 /// arrays' order, which keeps commit order per account. Returns, per input in order, whether
 /// it was recorded (or already was, for one without an intent).
-const RECORD_PLAIN: &str = "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY AS t(id, type, username, subject, body, location, loc, intent_id, ord)), \
+const RECORD_PLAIN: &str = "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $11::text[], $12::int8[]) WITH ORDINALITY AS t(id, type, username, subject, body, location, loc, intent_id, digest_key, digest_window, ord)), \
 clock AS (SELECT now_us FROM wharf_clock), \
 cleared AS (DELETE FROM commit_intents ci USING input WHERE input.loc <> '' AND ci.location = input.loc AND ci.id = input.intent_id AND ci.instance = $10 RETURNING input.ord), \
 ev AS (INSERT INTO events (id, type, username, subject, created_us, body, location) SELECT i.id, i.type, i.username, i.subject, (SELECT now_us FROM clock), i.body, NULLIF(i.location, '') FROM input i WHERE i.loc = '' OR i.ord IN (SELECT ord FROM cleared) ORDER BY i.ord ON CONFLICT (id) DO NOTHING RETURNING seq, username), \
-deliveries AS (INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT ev.seq, s.sink, ev.username, (SELECT now_us FROM clock) FROM ev CROSS JOIN unnest($9::text[]) AS s(sink)) \
+deliveries AS (INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT ev.seq, s.sink, ev.username, (SELECT now_us FROM clock) FROM ev CROSS JOIN unnest($9::text[]) AS s(sink)), \
+digests AS (INSERT INTO arrived_digests (digest_key, event_id, path, arrived_us, expires_us) SELECT i.digest_key, i.id, i.subject, (SELECT now_us FROM clock), (SELECT now_us FROM clock) + i.digest_window FROM input i WHERE i.digest_key <> '' AND i.ord IN (SELECT ord FROM cleared) ON CONFLICT DO NOTHING) \
 SELECT (i.loc = '' OR i.ord IN (SELECT ord FROM cleared)) AS recorded FROM input i CROSS JOIN (SELECT pg_notify('wharf_events', '')) n ORDER BY i.ord";
 /// The due, unclaimed heads (each account's oldest pending delivery) on SQLite, found one
 /// account at a time through the queue index, so a claim costs the number of accounts with
@@ -510,6 +513,9 @@ impl Outbox {
     async fn commit_plain(&self, pool: &sqlx::PgPool, records: &[Record]) -> Result<Vec<bool>> {
         let n = records.len();
         let mut cols: [Vec<&str>; 8] = std::array::from_fn(|_| Vec::with_capacity(n));
+        // The digest an announcing event puts in its folder's duplicate index.
+        let mut digest_keys = Vec::with_capacity(n);
+        let mut digest_windows = Vec::with_capacity(n);
         let mut owner = "";
         for r in records {
             let e = &r.event;
@@ -520,6 +526,13 @@ impl Outbox {
             if let Some(i) = &r.intent {
                 owner = i.owner.as_str();
             }
+            let digest = r
+                .intent
+                .as_ref()
+                .and_then(|i| i.digest.as_ref())
+                .filter(|_| super::announces(&e.kind));
+            digest_keys.push(digest.map_or("", |(k, _)| k.as_str()));
+            digest_windows.push(digest.map_or(0, |(_, w)| *w));
             let row = [
                 e.id.as_str(),
                 e.kind.as_str(),
@@ -540,6 +553,8 @@ impl Outbox {
         }
         Ok(q.bind(self.sinks.as_slice())
             .bind(owner)
+            .bind(digest_keys)
+            .bind(digest_windows)
             .fetch_all(pool)
             .await?)
     }
