@@ -398,8 +398,8 @@ impl UploadPipeline {
 }
 
 /// Feeds queued bytes into storage (and the scanner, when the file is scanned: the same
-/// buffers, no copy; a scanner that falls behind slows the upload down); aborts if the queue
-/// closes before a commit.
+/// buffers, no copy, sent to both at once; a scanner that falls behind slows the upload
+/// down); aborts if the queue closes before a commit.
 async fn feed(
     mut upload: Box<dyn Upload>,
     mut scan: Option<Box<dyn ScanStream>>,
@@ -408,10 +408,11 @@ async fn feed(
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Data(b) => {
-                if let Some(s) = scan.as_mut() {
-                    s.write(&b).await;
-                }
-                if let Err(e) = upload.write(b).await {
+                let stored = match scan.as_mut() {
+                    Some(s) => tokio::join!(s.write(&b), upload.write(b.clone())).1,
+                    None => upload.write(b).await,
+                };
+                if let Err(e) = stored {
                     // The storage upload aborts itself on a failed write.
                     return Some(e);
                 }
