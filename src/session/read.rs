@@ -1,12 +1,16 @@
-//! The read side of a session: a file open for download, read ahead in blocks, and the
-//! download event its end makes (completed with the SHA-256 of what was sent in order, or
-//! failed when the client stopped short).
+//! The read side of a session: a file open for download, read ahead in blocks (the next ones
+//! fetched while the current one is sent, within a process-wide budget), and the download
+//! event its end makes (completed with the SHA-256 of what was sent in order, or failed when
+//! the client stopped short).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 use super::fs::{storage, FsError, FsErrorKind};
 use super::path::VirtualPath;
@@ -21,6 +25,9 @@ pub struct ReadFile {
     pub size: u64,
     /// Read-ahead: the last block fetched, so small sequential reads cost one request per block.
     cache: Option<(u64, Bytes)>,
+    /// The blocks after it, being fetched while the client reads this one (a sequential read
+    /// only; each holds one of `PREFETCH`'s permits until it is taken).
+    ahead: VecDeque<Ahead>,
     /// Bytes handed to the client.
     sent: u64,
     /// SHA-256 of the bytes sent while the client reads in order from the start (every client
@@ -87,8 +94,22 @@ impl ReadFile {
     }
 }
 
+/// A block being fetched ahead of the client.
+struct Ahead {
+    start: u64,
+    task: JoinHandle<crate::storage::Result<Bytes>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Drop for ReadFile {
     fn drop(&mut self) {
+        self.ahead.clear();
         let Some(session) = self.session.take() else {
             return;
         };
@@ -118,6 +139,19 @@ impl Drop for ReadFile {
 }
 
 const READ_AHEAD: u32 = 4 << 20;
+/// Blocks fetched ahead of the one being sent, per download: a client reading in order gets
+/// its next bytes from memory while storage (S3's time to first byte) works on the ones after.
+const BLOCKS_AHEAD: usize = 2;
+/// Blocks fetched ahead over all downloads of the process (256 MiB): past it, downloads read
+/// block by block as they come, so no number of open files makes wharf hold more.
+const PREFETCH_BLOCKS: usize = 64;
+
+fn prefetch_budget() -> Arc<Semaphore> {
+    static BUDGET: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    BUDGET
+        .get_or_init(|| Arc::new(Semaphore::new(PREFETCH_BLOCKS)))
+        .clone()
+}
 
 impl Session {
     pub async fn open_read(self: &Arc<Self>, path: &VirtualPath) -> Result<ReadFile, FsError> {
@@ -139,6 +173,7 @@ impl Session {
             path: path.clone(),
             size: m.size,
             cache: None,
+            ahead: VecDeque::new(),
             sent: 0,
             hash: Some(Default::default()),
             next: 0,
@@ -226,7 +261,8 @@ impl Session {
     }
 
     /// What the read-ahead block holds of `pos..end`, fetching the block at `pos` first when
-    /// the cached one does not hold `pos`.
+    /// the cached one does not hold `pos` (from the blocks fetched ahead when one starts
+    /// there), then, when the read goes on in order, starting the fetch of the next ones.
     async fn read_block(&self, f: &mut ReadFile, pos: u64, end: u64) -> Result<Bytes, FsError> {
         if pos >= end {
             return Ok(Bytes::new());
@@ -234,12 +270,44 @@ impl Session {
         let cached = matches!(&f.cache, Some((start, block)) if pos >= *start && pos < start + block.len() as u64);
         if !cached {
             let (m, rel) = self.folder(&f.path, "downloading")?;
-            let block = m
-                .backend
-                .read(&rel, pos, READ_AHEAD)
-                .await
-                .map_err(|e| storage(e, &f.path))?;
+            let in_order =
+                matches!(&f.cache, Some((start, block)) if pos == start + block.len() as u64);
+            // Blocks fetched for another place than this one are of no use.
+            while f.ahead.front().is_some_and(|a| a.start != pos) {
+                f.ahead.pop_front();
+            }
+            let fetched = match f.ahead.pop_front() {
+                Some(mut a) => match (&mut a.task).await {
+                    Ok(res) => res,
+                    // Cancelled or panicked: read it here instead.
+                    Err(_) => m.backend.read(&rel, pos, READ_AHEAD).await,
+                },
+                None => m.backend.read(&rel, pos, READ_AHEAD).await,
+            };
+            let block = fetched.map_err(|e| storage(e, &f.path))?;
+            let full = block.len() == READ_AHEAD as usize;
             f.cache = Some((pos, block));
+            if in_order && full {
+                let mut next = f.ahead.back().map_or(pos + u64::from(READ_AHEAD), |a| {
+                    a.start + u64::from(READ_AHEAD)
+                });
+                while f.ahead.len() < BLOCKS_AHEAD && next < f.size {
+                    let Ok(permit) = prefetch_budget().try_acquire_owned() else {
+                        break;
+                    };
+                    let (backend, rel) = (m.backend.clone(), rel.clone());
+                    let task =
+                        tokio::spawn(async move { backend.read(&rel, next, READ_AHEAD).await });
+                    f.ahead.push_back(Ahead {
+                        start: next,
+                        task,
+                        _permit: permit,
+                    });
+                    next += u64::from(READ_AHEAD);
+                }
+            } else if !in_order {
+                f.ahead.clear();
+            }
         }
         let Some((start, block)) = &f.cache else {
             return Ok(Bytes::new());

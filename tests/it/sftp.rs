@@ -773,3 +773,82 @@ async fn sigterm_drains_readyz_first_and_keeps_accepting_for_the_drain_delay() {
         .is_none());
     assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
 }
+
+/// Downloads read ahead (the next 4 MiB blocks fetched while one is sent): a file read in
+/// order, one read back after a jump backwards and one read with a jump forwards past the
+/// blocks fetched ahead all get exactly the stored bytes, and a read past the end gets EOF.
+#[tokio::test(flavor = "multi_thread")]
+async fn downloads_read_ahead_and_seeks_return_the_stored_bytes() {
+    use russh_sftp::protocol::{FileAttributes, OpenFlags};
+    let g = Gateway::start(false, &[]).await;
+    g.w.run(&["user", "set", "acme", "--permissions", "list,download"])
+        .ok();
+    let data = random_bytes((5 << 22) + 12_345);
+    g.put_object("acme/big.bin", &data).await;
+    let (_ssh, ch) = raw_sftp_channel(g.server.addr, "acme", PW).await;
+    let sftp = russh_sftp::client::RawSftpSession::new(ch);
+    sftp.init().await.unwrap();
+    let open = || async {
+        sftp.open("/big.bin", OpenFlags::READ, FileAttributes::empty())
+            .await
+            .unwrap()
+            .handle
+    };
+    let read = |h: String, offset: u64, len: u32| {
+        let sftp = &sftp;
+        async move {
+            match sftp.read(&h, offset, len).await {
+                Ok(d) => d.data,
+                Err(russh_sftp::client::error::Error::Status(s))
+                    if s.status_code == russh_sftp::protocol::StatusCode::Eof =>
+                {
+                    Vec::new()
+                }
+                Err(e) => panic!("read at {offset}: {e:?}"),
+            }
+        }
+    };
+
+    // In order, 32 KiB at a time, as OpenSSH's get reads.
+    let h = open().await;
+    let mut got = Vec::with_capacity(data.len());
+    loop {
+        let d = read(h.clone(), got.len() as u64, 32 << 10).await;
+        if d.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&d);
+    }
+    assert_eq!(got.len(), data.len());
+    assert!(
+        got == data,
+        "the bytes read in order differ from the stored ones"
+    );
+    sftp.close(&h).await.unwrap();
+
+    // In order into the third block (two fetched ahead), then back, then far ahead.
+    let h = open().await;
+    let mut pos = 0u64;
+    while pos < (9 << 20) {
+        let d = read(h.clone(), pos, 255 << 10).await;
+        assert_eq!(
+            d[..],
+            data[pos as usize..pos as usize + d.len()],
+            "at {pos}"
+        );
+        pos += d.len() as u64;
+    }
+    for (offset, len) in [
+        (1 << 20, 64 << 10),
+        (17 << 20, 255 << 10),
+        ((4 << 20) - 100, 200),
+        ((5 << 22) - 10, 255 << 10),
+        (9 << 20, 100),
+    ] {
+        let d = read(h.clone(), offset, len).await;
+        let end = (offset as usize + len as usize).min(data.len());
+        assert_eq!(d[..], data[offset as usize..end], "at {offset}");
+    }
+    assert!(read(h.clone(), data.len() as u64, 100).await.is_empty());
+    sftp.close(&h).await.unwrap();
+}
