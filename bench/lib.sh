@@ -1,7 +1,8 @@
 # Sourced by the benchmarks after scripts/services.sh: building wharf, the settings every
 # bench instance shares, and waiting for an instance to listen.
 
-build_wharf() {  # -> WHARF, the release binary
+build_wharf() {  # -> WHARF, the release binary (WHARF_BENCH_BIN: that one, nothing built)
+  if [ -n "${WHARF_BENCH_BIN:-}" ]; then WHARF=$WHARF_BENCH_BIN; return; fi
   cargo build --release -q
   WHARF=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/wharf
 }

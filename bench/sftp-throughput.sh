@@ -7,6 +7,10 @@
 #   BENCH_BASELINE=/path/to/older/wharf bench/sftp-throughput.sh   adds that build as two more
 #                                       targets (->garage, ->/dev/shm) and prints this build's
 #                                       speed relative to it: an A/B of a change on a noisy machine
+#   SCAN=1 bench/sftp-throughput.sh     adds wharf+scan -> garage: the same account scanned for
+#                                       malware by a clamd of the run's own (scripts/services.sh),
+#                                       with clamd's CPU reported apart from wharf's (TCP on
+#                                       loopback; SCAN=unix: clamd's unix socket)
 #
 # Each round uploads the same file, interleaved (each round in a rotated order, the page
 # cache flushed and the CPUs quiet before every upload), with the OpenSSH sftp client to:
@@ -36,6 +40,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   stop_garage
+  stop_clamd
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -58,7 +63,14 @@ start_wharf() {  # name default_home [binary] -> sets PORT_<name>, PID_<name>
   (
     cd "$dir"
     bench_wharf_env "$home"
-    "$bin" user add bench --ssh-key "$WORK/client.pub" >/dev/null 2>&1
+    local scan=()
+    if [[ $name == scan ]]; then
+      export WHARF_SCAN__CLAMD=$WHARF_TEST_CLAMD
+      [[ $SCAN == unix ]] && WHARF_SCAN__CLAMD=$WHARF_TEST_CLAMD_UNIX
+      scan=(--scan)
+    fi
+    "$bin" user add bench --ssh-key "$WORK/client.pub" >/dev/null
+    if ((${#scan[@]})); then "$bin" user set bench "${scan[@]}" >/dev/null; fi
     "$bin" serve > "$dir/out" 2> "$dir/err" &
     echo $! > "$dir/pid"
   )
@@ -66,6 +78,11 @@ start_wharf() {  # name default_home [binary] -> sets PORT_<name>, PID_<name>
 }
 start_wharf s3 "s3://$WHARF_TEST_S3_BUCKET/wharf/"
 start_wharf shm "file://$WORK/wharf-shm/data/"
+if [[ -n ${SCAN:-} ]]; then
+  export WHARF_CLAMD_MAX=$((SIZE_MIB + 64))M WHARF_SCAN__MAX_BYTES="$((SIZE_MIB + 64))MiB"
+  ensure_clamd
+  start_wharf scan "s3://$WHARF_TEST_S3_BUCKET/wharf-scan/"
+fi
 if [[ -n ${BENCH_BASELINE:-} ]]; then
   start_wharf s3base "s3://$WHARF_TEST_S3_BUCKET/baseline/" "$BENCH_BASELINE"
   start_wharf shmbase "file://$WORK/wharf-shmbase/data/" "$BENCH_BASELINE"
@@ -123,17 +140,20 @@ TARGET["rclone->garage"]="$PORT_rclone bench upload.bin $RCLONE_PID -"
 TARGET["aws-s3-cp->garage"]="- - - - -"
 TARGET["wharf->/dev/shm"]="$PORT_shm bench upload.bin $PID_shm $WORK/wharf-shm/data/bench/upload.bin"
 TARGET["sshd->/dev/shm"]="$PORT_sshd root $WORK/sshd-target/upload.bin $(cat "$WORK/sshd/pid") $WORK/sshd-target/upload.bin"
+if [[ -n ${SCAN:-} ]]; then TARGET["wharf+scan->garage"]="$PORT_scan bench upload.bin $PID_scan -"; fi
 if [[ -n ${BENCH_BASELINE:-} ]]; then
   TARGET["baseline->garage"]="$PORT_s3base bench upload.bin $PID_s3base -"
   TARGET["baseline->/dev/shm"]="$PORT_shmbase bench upload.bin $PID_shmbase $WORK/wharf-shmbase/data/bench/upload.bin"
 fi
 
-declare -A T C
-measure() {  # target name: appends its wall time to T and its server's CPU time to C
-  local port user path pid copy c0=0 c1=0 start end
+declare -A T C A
+measure() {  # target name: appends its wall time to T and its server's CPU time to C (and
+  # clamd's to A for the scanned target)
+  local port user path pid copy c0=0 c1=0 a0=0 start end
   read -r port user path pid copy <<<"${TARGET[$1]}"
   settle
   [[ $pid != - ]] && c0=$(ticks "$pid")
+  [[ $1 == *scan* ]] && a0=$(ticks "$WHARF_CLAMD_PID")
   start=$(date +%s.%N)
   if [[ $port == - ]]; then
     aws --endpoint-url "$WHARF_TEST_S3_ENDPOINT" s3 cp --only-show-errors "$WORK/upload.bin" "s3://$WHARF_TEST_S3_BUCKET/aws/upload.bin"
@@ -146,12 +166,16 @@ measure() {  # target name: appends its wall time to T and its server's CPU time
     c1=$(ticks "$pid")
     C[$1]+="$(echo "($c1 - $c0) / $(getconf CLK_TCK)" | bc -l) "
   fi
+  if [[ $1 == *scan* ]]; then
+    A[$1]+="$(echo "($(ticks "$WHARF_CLAMD_PID") - $a0) / $(getconf CLK_TCK)" | bc -l) "
+  fi
   T[$1]+="$(echo "$end - $start" | bc -l) "
   [[ $copy != - ]] && rm -f "$copy"
   return 0
 }
 
 NAMES=("wharf->garage" "rclone->garage" "aws-s3-cp->garage" "wharf->/dev/shm" "sshd->/dev/shm")
+if [[ -n ${SCAN:-} ]]; then NAMES+=("wharf+scan->garage"); fi
 if [[ -n ${BENCH_BASELINE:-} ]]; then NAMES+=("baseline->garage" "baseline->/dev/shm"); fi
 for ((r = 1; r <= ROUNDS; r++)); do
   log "round $r/$ROUNDS"
@@ -176,6 +200,13 @@ for n in "${NAMES[@]}"; do
   printf '  %-20s %10.2f %10.1f %14s   %s\n' "$n" "$m" "${MBS[$n]}" "$cpu" "${T[$n]}"
 done
 echo "  (server CPU: median CPU seconds the receiving server spent per upload; aws s3 cp has none)"
+if [[ -n ${SCAN:-} ]]; then
+  sc=$(echo "${C[wharf+scan->garage]}" | median); nc=$(echo "${C[wharf->garage]}" | median)
+  ac=$(echo "${A[wharf+scan->garage]}" | median)
+  printf '  scanning: wharf %.2f CPU s/GiB with it, %.2f without (%.2fx); clamd %.2f CPU s/GiB; %.1f MB/s vs %.1f\n' \
+    "$(echo "$sc * 1024 / $SIZE_MIB" | bc -l)" "$(echo "$nc * 1024 / $SIZE_MIB" | bc -l)" "$(echo "$sc / $nc" | bc -l)" \
+    "$(echo "$ac * 1024 / $SIZE_MIB" | bc -l)" "${MBS[wharf+scan->garage]}" "${MBS[wharf->garage]}"
+fi
 ratio() { echo "${MBS[$1]} / ${MBS[$2]}" | bc -l; }
 echo
 printf '  wharf->garage / rclone->garage     = %.2fx  (target >= 2)\n' "$(ratio 'wharf->garage' 'rclone->garage')"

@@ -6,7 +6,10 @@
 # ONLY=wharf runs only the targets whose name contains it; MODES=sessions one mode; PERF=1
 # profiles wharf/pg with perf and prints where its CPU went; MACHINE=1 prints every process's
 # CPU seconds during each run (the clients, garage, Postgres and the webhook receiver share the
-# cores with the server).
+# cores with the server). ASSURANCE=1 adds two more wharf/pg targets in the same rounds: one
+# whose accounts have `--duplicates flag` (each round after the first re-sends the first
+# round's bytes under new names, so those arrivals are all flagged) and one whose accounts are
+# scanned by a clamd of the run's own (scripts/services.sh; its CPU is reported apart).
 #
 # Two modes, each in interleaved rounds (rotating order, page cache flushed before each run):
 #   sessions  10 concurrent `sftp -b` sessions x PER_SESSION files of 4 KiB
@@ -37,7 +40,10 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   stop_garage
-  [ -n "${DB:-}" ] && psql "$WHARF_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  stop_clamd
+  for d in "${DB:-}" "${DB:-}_dup" "${DB:-}_scan"; do
+    [ -n "${DB:-}" ] && psql "$WHARF_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true
+  done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -76,8 +82,9 @@ s3_count() {  # name -> the JSON value of the target's S3 answer count file
   if [ -z "${S3_DELAY_MS:-}" ]; then echo null; else echo "\"$WORK/s3-$1.count\""; fi
 }
 
-start_wharf() {  # name database-url -> PORT_<name>, PID_<name>, METRICS_<name>
+start_wharf() {  # name database-url [user-set options] -> PORT_<name>, PID_<name>, METRICS_<name>
   local name=$1 db=$2 dir="$WORK/wharf-$1"
+  shift 2
   mkdir -p "$dir"
   s3_endpoint "$name"
   (
@@ -85,7 +92,11 @@ start_wharf() {  # name database-url -> PORT_<name>, PID_<name>, METRICS_<name>
     bench_wharf_env "s3://$WHARF_TEST_S3_BUCKET/$name/" "$ENDPOINT"
     export WHARF_DATABASE__URL=$db \
       WHARF_EVENTS__SINKS="[{name = \"hook\", type = \"webhook\", url = \"http://127.0.0.1:$HOOK_PORT/\", secret = \"s\"}]"
-    for i in 0 1 2 3 4 5 6 7 8 9; do "$WHARF" user add "bench$i" --ssh-key "$KEY.pub" >/dev/null 2>&1; done
+    if [ "$name" = pgscan ]; then export WHARF_SCAN__CLAMD=$WHARF_TEST_CLAMD; fi
+    for i in 0 1 2 3 4 5 6 7 8 9; do
+      "$WHARF" user add "bench$i" --ssh-key "$KEY.pub" >/dev/null
+      if (($#)); then "$WHARF" user set "bench$i" "$@" >/dev/null; fi
+    done
     "$WHARF" serve > out 2> err &
     echo $! > pid
   )
@@ -93,6 +104,21 @@ start_wharf() {  # name database-url -> PORT_<name>, PID_<name>, METRICS_<name>
 }
 start_wharf pg "$PG_URL"
 start_wharf sqlite "sqlite://wharf.db"
+EXTRA=""
+if [ -n "${ASSURANCE:-}" ]; then
+  ensure_clamd
+  CLAMD_PID=$WHARF_CLAMD_PID
+  for v in dup scan; do
+    psql "$WHARF_TEST_POSTGRES_URL" -qc "CREATE DATABASE ${DB}_$v" >/dev/null
+  done
+  start_wharf pgdup "${PG_URL%/*}/${DB}_dup" --duplicates flag
+  start_wharf pgscan "${PG_URL%/*}/${DB}_scan" --scan
+  EXTRA=$(cat <<JSON
+ {"name": "wharf/pg+dup->garage", "port": $PORT_pgdup, "user": "bench{s}", "dir": ".", "pid": $PID_pgdup, "metrics": "$METRICS_pgdup", "s3_count": $(s3_count pgdup)},
+ {"name": "wharf/pg+scan->garage", "port": $PORT_pgscan, "user": "bench{s}", "dir": ".", "pid": $PID_pgscan, "aux_pid": $CLAMD_PID, "aux": "clamd", "metrics": "$METRICS_pgscan", "s3_count": $(s3_count pgscan)},
+JSON
+)
+fi
 
 s3_endpoint rclone
 WHARF_TEST_S3_ENDPOINT=$ENDPOINT start_rclone_sftp rclone "$KEY.pub" "$WORK/rclone.log"
@@ -120,7 +146,7 @@ wait_port 127.0.0.1 "$PORT_sshd" 20
 PIDS+=("$(cat "$WORK/sshd/pid")")
 
 export TARGETS=$(cat <<JSON
-[{"name": "wharf/pg->garage", "port": $PORT_pg, "user": "bench{s}", "dir": ".", "pid": $PID_pg, "metrics": "$METRICS_pg", "s3_count": $(s3_count pg)},
+[$EXTRA{"name": "wharf/pg->garage", "port": $PORT_pg, "user": "bench{s}", "dir": ".", "pid": $PID_pg, "metrics": "$METRICS_pg", "s3_count": $(s3_count pg)},
  {"name": "wharf/sqlite->garage", "port": $PORT_sqlite, "user": "bench{s}", "dir": ".", "pid": $PID_sqlite, "metrics": "$METRICS_sqlite", "s3_count": $(s3_count sqlite)},
  {"name": "rclone->garage", "port": $RCLONE_PORT, "user": "bench", "dir": ".", "pid": $RCLONE_PID, "metrics": null, "s3_count": $(s3_count rclone)},
  {"name": "sshd->/dev/shm", "port": $PORT_sshd, "user": "root", "dir": "$WORK/sshd-target", "pid": $(cat "$WORK/sshd/pid"), "metrics": null}]
@@ -142,7 +168,14 @@ for mode, label, n in (("sessions", f"{r['sessions']} sessions x {r['per_session
         if not k.startswith(mode + ":"):
             continue
         s3 = f"{v['median_s3_per_file']:.2f}" if "median_s3_per_file" in v else "-"
-        print(f"    {k.split(':',1)[1]:24} {v['median_files_per_s']:9.0f} {v['median_cpu_s']:13.2f} {1000*v['median_cpu_s']/n:12.2f} {s3:>12} {v['errors']}")
+        aux = f"   (+ {v['aux']} {1000*v['median_aux_cpu_s']/n:.2f} CPU ms/file)" if "median_aux_cpu_s" in v else ""
+        print(f"    {k.split(':',1)[1]:24} {v['median_files_per_s']:9.0f} {v['median_cpu_s']:13.2f} {1000*v['median_cpu_s']/n:12.2f} {s3:>12} {v['errors']}{aux}")
+    base = res.get(f"{mode}:wharf/pg->garage")
+    for variant in ("wharf/pg+dup->garage", "wharf/pg+scan->garage"):
+        v = res.get(f"{mode}:{variant}")
+        if base and v:
+            print(f"    {variant} / wharf/pg: files/s {v['median_files_per_s'] / base['median_files_per_s']:.2f}x, "
+                  f"wharf CPU per file {v['median_cpu_s'] / base['median_cpu_s']:.2f}x")
     rc = res.get(f"{mode}:rclone->garage", {}).get("median_files_per_s")
     for w in ("wharf/pg->garage", "wharf/sqlite->garage"):
         if rc and f"{mode}:{w}" in res:

@@ -215,6 +215,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
         for target in order:
             settle()
             c0 = cpu_ticks(target["pid"])
+            a0 = cpu_ticks(target["aux_pid"]) if target.get("aux_pid") else None
             q0 = s3_requests(target)
             prof = None
             if PERF and target["name"].startswith("wharf/pg"):
@@ -238,6 +239,9 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
                                                                             "s3_per_file": [], "errors": 0})
             r["files_per_s"].append(n / secs)
             r["cpu_s"].append(cpu)
+            if a0 is not None:
+                r["aux"] = target["aux"]
+                r.setdefault("aux_cpu_s", []).append((cpu_ticks(target["aux_pid"]) - a0) / os.sysconf("SC_CLK_TCK"))
             r["errors"] += len(errors)
             if errors:
                 r["last_error"] = errors[-1]
@@ -249,6 +253,8 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
 for r in report["results"].values():
     r["median_files_per_s"] = statistics.median(r["files_per_s"])
     r["median_cpu_s"] = statistics.median(r["cpu_s"])
+    if r.get("aux_cpu_s"):
+        r["median_aux_cpu_s"] = statistics.median(r["aux_cpu_s"])
     if r["s3_per_file"]:
         r["median_s3_per_file"] = statistics.median(r["s3_per_file"])
 

@@ -184,10 +184,11 @@ stop_nats() {
 # The EICAR test string: what every scanner is built to detect, harmless.
 EICAR='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'
 
-# Exports WHARF_TEST_CLAMD: a clamd of this run's own (Debian's clamav-daemon) on a free
-# port, whose signature database is generated here from the EICAR test string with sigtool
-# (a whole-file MD5 signature, as `sigtool --md5` writes it, and a body signature so the
-# string is found inside a larger file); nothing is downloaded.
+# Exports WHARF_TEST_CLAMD (and WHARF_TEST_CLAMD_UNIX, its unix socket): a clamd of this run's
+# own (Debian's clamav-daemon) on a free port, whose signature database is generated here from
+# the EICAR test string with sigtool (a whole-file MD5 signature, as `sigtool --md5` writes it,
+# and a body signature so the string is found inside a larger file); nothing is downloaded.
+# WHARF_CLAMD_MAX (default 200M) is its stream and scan size limit.
 ensure_clamd() {
   if [ -n "${WHARF_TEST_CLAMD:-}" ]; then return 0; fi
   need_cmd clamd clamav-daemon
@@ -203,10 +204,11 @@ ensure_clamd() {
 DatabaseDirectory $dir/db
 TCPSocket $port
 TCPAddr 127.0.0.1
+LocalSocket $dir/clamd.sock
 Foreground yes
-StreamMaxLength 200M
-MaxScanSize 200M
-MaxFileSize 200M
+StreamMaxLength ${WHARF_CLAMD_MAX:-200M}
+MaxScanSize ${WHARF_CLAMD_MAX:-200M}
+MaxFileSize ${WHARF_CLAMD_MAX:-200M}
 LogFile $dir/clamd.log
 User $(id -un)
 CONF
@@ -214,7 +216,7 @@ CONF
   WHARF_CLAMD_PID=$!
   WHARF_CLAMD_DIR=$dir
   wait_port 127.0.0.1 "$port" 120 || { log "clamd did not start:"; cat "$dir/clamd.out" "$dir/clamd.log" >&2; return 1; }
-  export WHARF_TEST_CLAMD="tcp://127.0.0.1:$port"
+  export WHARF_TEST_CLAMD="tcp://127.0.0.1:$port" WHARF_TEST_CLAMD_UNIX="unix://$dir/clamd.sock"
   log "clamd on $WHARF_TEST_CLAMD (signatures: Wharf-Test-EICAR)"
 }
 
