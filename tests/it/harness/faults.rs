@@ -199,8 +199,9 @@ impl PgOutage {
         self.down.store(false, Ordering::SeqCst);
     }
 
-    /// Loses the answers to the next `n` statements whose text (as sent when the statement
-    /// is first prepared on a connection) contains `text`.
+    /// Loses the answers to the next `n` executions of statements whose text contains `text`
+    /// (the statement runs, and commits when it is a transaction of its own; the client
+    /// hears nothing and its connection is cut).
     pub fn lose_reply(&self, text: &str, n: usize) {
         self.lose.lock().unwrap().push((text.to_string(), n));
     }
@@ -223,21 +224,65 @@ async fn pg_relay(
     let flag = lose_next.clone();
     let up = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 << 10];
+        // The client's messages, parsed as they go by (they are forwarded untouched): the
+        // text of each prepared statement by name, so that its executions are recognised
+        // however long after its preparation (sqlx prepares a statement once per connection
+        // and then sends only its name).
+        let mut pending: Vec<u8> = Vec::new();
+        let mut started = false;
+        let mut statements: std::collections::HashMap<Vec<u8>, String> = Default::default();
         while let Ok(n) = cr.read(&mut buf).await {
             if n == 0 {
                 break;
             }
-            {
-                let text = String::from_utf8_lossy(&buf[..n]);
-                let mut rules = rules.lock().unwrap();
-                if let Some(r) = rules
-                    .iter_mut()
-                    .find(|(t, left)| *left > 0 && text.contains(t.as_str()))
-                {
-                    r.1 -= 1;
-                    flag.store(true, Ordering::SeqCst);
+            pending.extend_from_slice(&buf[..n]);
+            let mut off = 0;
+            loop {
+                let rest = &pending[off..];
+                // The startup message has no type byte.
+                let head = usize::from(started);
+                if rest.len() < head + 4 {
+                    break;
+                }
+                let len = u32::from_be_bytes(rest[head..head + 4].try_into().unwrap()) as usize;
+                if rest.len() < head + len {
+                    break;
+                }
+                let body = &rest[head + 4..head + len];
+                let executes = match (started, rest[0]) {
+                    (false, _) => None,
+                    // Parse: statement name, query text.
+                    (true, b'P') => {
+                        let mut parts = body.split(|&b| b == 0);
+                        let name = parts.next().unwrap_or_default().to_vec();
+                        let query = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                        statements.insert(name, query.into_owned());
+                        None
+                    }
+                    // Bind: portal name, statement name.
+                    (true, b'B') => {
+                        let mut parts = body.split(|&b| b == 0);
+                        let _portal = parts.next();
+                        parts.next().and_then(|name| statements.get(name)).cloned()
+                    }
+                    // A simple query.
+                    (true, b'Q') => Some(String::from_utf8_lossy(body).into_owned()),
+                    _ => None,
+                };
+                started = true;
+                off += head + len;
+                if let Some(text) = executes {
+                    let mut rules = rules.lock().unwrap();
+                    if let Some(r) = rules
+                        .iter_mut()
+                        .find(|(t, left)| *left > 0 && text.contains(t.as_str()))
+                    {
+                        r.1 -= 1;
+                        flag.store(true, Ordering::SeqCst);
+                    }
                 }
             }
+            pending.drain(..off);
             if sw.write_all(&buf[..n]).await.is_err() {
                 break;
             }
