@@ -229,10 +229,11 @@ const JOB_THERE: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $1";
 const JOB_IDLE: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $1 AND NOT EXISTS (SELECT 1 FROM commit_intents WHERE job = $1)";
 const SETTLED: &str = "INSERT INTO intent_outcomes (intent_id, outcome, created_us) VALUES ($1, $2, (SELECT now_us FROM wharf_clock)) ON CONFLICT (intent_id) DO NOTHING";
 
-/// An `events` row; both databases decode it the same way.
+/// An `events` row; both databases decode it the same way (the outbox's claims, and the
+/// lists of `query.rs`).
 #[derive(sqlx::FromRow)]
-struct EventRow {
-    seq: i64,
+pub(super) struct EventRow {
+    pub(super) seq: i64,
     id: String,
     #[sqlx(rename = "type")]
     kind: String,
@@ -244,7 +245,7 @@ struct EventRow {
 }
 
 impl EventRow {
-    fn into_event(self) -> (i64, Event) {
+    pub(super) fn into_event(self) -> (i64, Event) {
         (
             self.seq,
             Event {

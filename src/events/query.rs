@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::outbox::from_micros;
+use super::outbox::{from_micros, EventRow};
 use super::Event;
 use crate::db::{on_pool, Db};
 use crate::identity::audit::{self, Actor, AppendAudit as _, Entry};
@@ -59,36 +59,6 @@ pub struct DeliveryView {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    seq: i64,
-    id: String,
-    #[sqlx(rename = "type")]
-    kind: String,
-    username: String,
-    subject: String,
-    created_us: i64,
-    body: String,
-    location: Option<String>,
-}
-
-impl EventRow {
-    fn event(self) -> (i64, Event) {
-        (
-            self.seq,
-            Event {
-                id: self.id,
-                kind: self.kind,
-                username: self.username,
-                subject: self.subject,
-                time: from_micros(self.created_us),
-                body: self.body,
-                location: self.location,
-            },
-        )
-    }
-}
-
 const EVENT_COLUMNS: &str =
     "e.seq, e.id, e.type, e.username, e.subject, e.created_us, e.body, e.location";
 
@@ -116,7 +86,7 @@ pub async fn list(
         .bind(limit)
         .fetch_all(p)
         .await?);
-    let events: Vec<(i64, Event)> = rows.into_iter().map(EventRow::event).collect();
+    let events: Vec<(i64, Event)> = rows.into_iter().map(EventRow::into_event).collect();
     let mut deliveries = deliveries_of(db, events.iter().map(|(s, _)| *s).collect()).await?;
     Ok(events
         .into_iter()
@@ -249,7 +219,7 @@ pub async fn arrivals(
         for row in rows {
             scanned += 1;
             before = row.seq;
-            let (_, e) = row.event();
+            let (_, e) = row.into_event();
             let inside = folder.as_deref().is_none_or(|f| {
                 f.is_empty()
                     || e.subject
