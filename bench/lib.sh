@@ -1,5 +1,6 @@
 # Sourced by the benchmarks after scripts/services.sh: building wharf, the settings every
-# bench instance shares, and waiting for an instance to listen.
+# bench instance shares, waiting for an instance to listen, and measuring (CPU ticks, a quiet
+# machine before each run, medians).
 
 build_wharf() {  # -> WHARF, the release binary (WHARF_BENCH_BIN: that one, nothing built)
   if [ -n "${WHARF_BENCH_BIN:-}" ]; then WHARF=$WHARF_BENCH_BIN; return; fi
@@ -23,3 +24,23 @@ wharf_started() {  # name dir: waits for the instance started in DIR (its out, p
   eval "METRICS_$name=$(sed -n 's/^metrics.* listening on \(.*\)$/\1/p' "$dir/out")"
   eval "PID_$name=$(cat "$dir/pid")"
 }
+
+ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }  # own + reaped children's CPU
+
+cpu_idle_pct() {  # idle share of all CPUs over 0.5 s
+  local a b
+  a=($(head -1 /proc/stat)); sleep 0.5; b=($(head -1 /proc/stat))
+  local idle=$(( (b[4] + b[5]) - (a[4] + a[5]) )) total=0 i
+  for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
+  echo $((total > 0 ? 100 * idle / total : 100))
+}
+
+# Before every run: flush what the previous one left in the page cache and wait (up to 10 s)
+# for the CPUs to go quiet, so no target pays for its predecessor's background work.
+settle() {
+  sync
+  local i
+  for ((i = 0; i < 20; i++)); do (( $(cpu_idle_pct) >= 90 )) && return 0; done
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -63,15 +63,6 @@ start_wharf wharf
 start_rclone_sftp dl "$WORK/client.pub" "$WORK/rclone.log"
 PIDS+=("$RCLONE_PID")
 
-ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
-cpu_idle_pct() {
-  local a b
-  a=($(head -1 /proc/stat)); sleep 0.5; b=($(head -1 /proc/stat))
-  local idle=$(( (b[4] + b[5]) - (a[4] + a[5]) )) total=0 i
-  for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
-  echo $((total > 0 ? 100 * idle / total : 100))
-}
-settle() { local i; for ((i = 0; i < 20; i++)); do (( $(cpu_idle_pct) >= 90 )) && return 0; done; }
 
 declare -A TARGET T C
 TARGET[wharf]="$PORT_wharf bench object.bin $PID_wharf"
@@ -102,7 +93,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for ((k = 0; k < ${#NAMES[@]}; k++)); do measure "${NAMES[$(((k + r - 1) % ${#NAMES[@]}))]}"; done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -A MBS
 echo
 echo "Download of ${SIZE_MIB} MiB from S3 (garage) with OpenSSH sftp get, median of $ROUNDS interleaved rounds:"

@@ -115,22 +115,6 @@ wait_port 127.0.0.1 "$PORT_sshd" 20
 PIDS+=("$(cat "$WORK/sshd/pid")")
 mkdir -p "$WORK/sshd-target"
 
-# Before every upload: flush what the previous one left in the page cache (garage's data
-# directory is on disk) and wait for the CPUs to go quiet, so no target pays for its
-# predecessor's background work.
-cpu_idle_pct() {  # idle share of all CPUs over 0.5 s
-  local a b
-  a=($(head -1 /proc/stat)); sleep 0.5; b=($(head -1 /proc/stat))
-  local idle=$(( (b[4] + b[5]) - (a[4] + a[5]) )) total=0 i
-  for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
-  echo $((total > 0 ? 100 * idle / total : 100))
-}
-settle() {
-  sync
-  local i
-  for ((i = 0; i < 20; i++)); do (( $(cpu_idle_pct) >= 90 )) && return 0; done
-}
-ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }  # own + reaped children's CPU
 need_cmd bc bc
 
 # name -> "port user remote-path server-pid local-copy-to-remove"
@@ -185,7 +169,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -A MBS
 if ((ROUNDS > 0)); then
 echo
