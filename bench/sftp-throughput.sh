@@ -11,6 +11,11 @@
 #                                       malware by a clamd of the run's own (scripts/services.sh),
 #                                       with clamd's CPU reported apart from wharf's (TCP on
 #                                       loopback; SCAN=unix: clamd's unix socket)
+#   RTT_MS=50 bench/sftp-throughput.sh 3 256   a long link: every SSH target is reached through
+#                                       its own bench/delay_proxy.py holding each byte RTT_MS/2
+#                                       each way (nothing throttled), so the window and the
+#                                       requests kept in flight decide; aws s3 cp and the memory
+#                                       figures are left out
 #
 # Each round uploads the same file, interleaved (each round in a rotated order, the page
 # cache flushed and the CPUs quiet before every upload), with the OpenSSH sftp client to:
@@ -130,6 +135,19 @@ if [[ -n ${BENCH_BASELINE:-} ]]; then
   TARGET["baseline->/dev/shm"]="$PORT_shmbase bench upload.bin $PID_shmbase $WORK/wharf-shmbase/data/bench/upload.bin"
 fi
 
+if [[ -n ${RTT_MS:-} ]]; then
+  # Each SSH target behind its own delay proxy: the port the client dials is the proxy's.
+  unset 'TARGET[aws-s3-cp->garage]'
+  for n in "${!TARGET[@]}"; do
+    read -r port rest <<<"${TARGET[$n]}"
+    pf="$WORK/proxy-$(echo "$n" | tr -c 'a-z0-9\n' _)"
+    python3 bench/delay_proxy.py 0 "127.0.0.1:$port" "$(echo "$RTT_MS / 2" | bc -l)" "$pf" &
+    PIDS+=($!)
+    for ((i = 0; i < 50; i++)); do [[ -s $pf ]] && break; sleep 0.1; done
+    TARGET[$n]="$(cat "$pf") $rest"
+  done
+fi
+
 declare -A T C A
 measure() {  # target name: appends its wall time to T and its server's CPU time to C (and
   # clamd's to A for the scanned target)
@@ -159,6 +177,7 @@ measure() {  # target name: appends its wall time to T and its server's CPU time
 }
 
 NAMES=("wharf->garage" "rclone->garage" "aws-s3-cp->garage" "wharf->/dev/shm" "sshd->/dev/shm")
+if [[ -n ${RTT_MS:-} ]]; then NAMES=("wharf->garage" "rclone->garage" "wharf->/dev/shm" "sshd->/dev/shm"); fi
 if [[ -n ${SCAN:-} ]]; then NAMES+=("wharf+scan->garage"); fi
 if [[ -n ${BENCH_BASELINE:-} ]]; then NAMES+=("baseline->garage" "baseline->/dev/shm"); fi
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -173,6 +192,7 @@ declare -A MBS
 if ((ROUNDS > 0)); then
 echo
 echo "Upload of ${SIZE_MIB} MiB with OpenSSH sftp (cipher: ${BENCH_CIPHER:-client default}), median of $ROUNDS rounds"
+if [[ -n ${RTT_MS:-} ]]; then echo "through a delay proxy: round trip ${RTT_MS} ms, nothing throttled"; fi
 echo "(interleaved, rotating order, page cache flushed and CPUs quiet before each upload):"
 printf '  %-20s %10s %10s %14s   %s\n' target "median s" "MB/s" "server CPU s" "all rounds (s)"
 for n in "${NAMES[@]}"; do
@@ -193,8 +213,14 @@ fi
 ratio() { echo "${MBS[$1]} / ${MBS[$2]}" | bc -l; }
 echo
 printf '  wharf->garage / rclone->garage     = %.2fx  (target >= 2)\n' "$(ratio 'wharf->garage' 'rclone->garage')"
+if [[ -z ${RTT_MS:-} ]]; then
 printf '  wharf->garage / aws s3 cp->garage  = %.2fx  (target >= 0.9)\n' "$(ratio 'wharf->garage' 'aws-s3-cp->garage')"
+fi
 printf '  wharf->/dev/shm / sshd->/dev/shm   = %.2fx  (target >= 1.5)\n' "$(ratio 'wharf->/dev/shm' 'sshd->/dev/shm')"
+if [[ -n ${RTT_MS:-} ]]; then
+  printf '  wharf->garage: %.2f MiB per round trip; sshd: %.2f\n' \
+    "$(echo "${MBS[wharf->garage]} / 1.048576 * $RTT_MS / 1000" | bc -l)" "$(echo "${MBS[sshd->/dev/shm]} / 1.048576 * $RTT_MS / 1000" | bc -l)"
+fi
 if [[ -n ${BENCH_BASELINE:-} ]]; then
   printf '  this build / baseline, ->garage    = %.2fx\n' "$(ratio 'wharf->garage' 'baseline->garage')"
   printf '  this build / baseline, ->/dev/shm  = %.2fx\n' "$(ratio 'wharf->/dev/shm' 'baseline->/dev/shm')"
@@ -202,6 +228,7 @@ fi
 fi
 
 rss() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status"; }
+if [[ -n ${RTT_MS:-} ]]; then exit 0; fi
 
 # --- memory: 100 idle sessions, on a fresh instance -----------------------------------------
 echo

@@ -93,6 +93,26 @@ fn preferred() -> Preferred {
     }
 }
 
+/// The SSH window a channel starts with. It also bounds what russh holds for a connection
+/// while a key exchange it started is under way (twice this).
+pub const INITIAL_WINDOW: u32 = 8 << 20;
+/// The largest window a channel grows to: half of it is what a client can send per round
+/// trip (russh credits the window back once half of it has been used), so 64 MiB lets a
+/// stock OpenSSH `put` (at most 64 writes of 255 KiB, 16 MiB, in flight) run at its own
+/// limit up to a 150 ms round trip.
+///
+/// The window is credited as russh reads the connection, and russh stops reading it as soon
+/// as the SFTP loop's request queue is full (`dispatch::REQUEST_QUEUE_BYTES`): what a larger
+/// window lets a client send past that waits in the network and the kernel's socket buffer,
+/// not in wharf's memory.
+pub const MAX_WINDOW: u32 = 64 << 20;
+
+/// The next window target after one is credited back: doubled each time the client has
+/// used half of it, which happens only while the connection is read as fast as it arrives.
+pub fn next_window(current: u32) -> u32 {
+    current.saturating_mul(2).clamp(INITIAL_WINDOW, MAX_WINDOW)
+}
+
 pub fn russh_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::Config {
     russh::server::Config {
         server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-wharf")),
@@ -105,7 +125,9 @@ pub fn russh_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::C
         inactivity_timeout: Some(cfg.idle_timeout.0),
         keepalive_interval: None,
         nodelay: true,
-        window_size: 8 << 20,
+        // The window a channel starts with; `SshHandler::adjust_window` grows it while the
+        // client fills it (a long link), up to `MAX_WINDOW`.
+        window_size: INITIAL_WINDOW,
         maximum_packet_size: 65535,
         // Messages russh holds for a channel before it stops reading the connection; the SFTP
         // loop's own read-ahead queue (bounded in bytes) takes them off at once.
@@ -301,6 +323,12 @@ impl SshHandler {
 
 impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
+
+    /// HPN-SSH style: a client that keeps the window full is on a link longer than the window
+    /// covers, so the window grows (the target is the connection's, for all its channels).
+    fn adjust_window(&mut self, _channel: ChannelId, current: u32) -> u32 {
+        next_window(current)
+    }
 
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
         Ok(self.ctx.banner.clone())

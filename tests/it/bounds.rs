@@ -552,3 +552,159 @@ fn name_entries(rest: &[u8]) -> Vec<String> {
     }
     out
 }
+
+/// Complete SFTP packets out of a channel's data messages: (type, request id, rest).
+fn sftp_packets(buf: &mut Vec<u8>) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    while buf.len() >= 4 {
+        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+        if buf.len() < 4 + len {
+            break;
+        }
+        let body: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
+        let id = if body[0] == 2 {
+            0 // VERSION has no request id
+        } else {
+            u32::from_be_bytes(body[1..5].try_into().unwrap())
+        };
+        out.push((body[0], id, body[5.min(body.len())..].to_vec()));
+    }
+    out
+}
+
+/// A client on a long link keeps the SSH window full: the window grows while wharf takes the
+/// data off as it comes (HPN-SSH style), and never past its cap (64 MiB). A client that sends
+/// everything at once (256 writes of 255 KiB in flight, four times OpenSSH's 64) gains nothing
+/// in wharf's memory from the larger window: russh stops reading the connection as soon as the
+/// SFTP request queue is full. Its upload lands byte for byte, and so does an honest one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ssh_window_grows_while_it_is_filled_and_never_past_its_cap() {
+    use russh::ChannelMsg;
+    const INITIAL: u32 = 8 << 20;
+    const CAP: u32 = 64 << 20;
+    const CHUNK: usize = 255 * 1024;
+    const WRITES: usize = 256;
+
+    let g = Gateway::start(false, &[]).await;
+    let honest = Honest::start(&g, "honest.bin", 3 << 20);
+    let rss_before = g.server.rss_kib();
+    let data = Arc::new(random_bytes(CHUNK * WRITES));
+
+    let config = Arc::new(russh::client::Config::default());
+    let mut ssh = russh::client::connect(config, g.server.addr, TrustAll)
+        .await
+        .unwrap();
+    assert!(ssh
+        .authenticate_password("acme", PW)
+        .await
+        .unwrap()
+        .success());
+    let ch = ssh.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "sftp").await.unwrap();
+    let (mut rd, wr) = ch.split();
+    let mut buf = Vec::new();
+    let mut windows: Vec<u32> = Vec::new();
+    // Reads until `n` SFTP packets have come, noting every window adjustment.
+    macro_rules! replies {
+        ($n:expr) => {{
+            let mut got = Vec::new();
+            while got.len() < $n {
+                match tokio::time::timeout(Duration::from_secs(60), rd.wait()).await {
+                    Ok(Some(ChannelMsg::Data { data })) => {
+                        buf.extend_from_slice(&data);
+                        got.extend(sftp_packets(&mut buf));
+                    }
+                    Ok(Some(ChannelMsg::WindowAdjusted { new_size })) => windows.push(new_size),
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("the channel closed"),
+                    Err(_) => panic!("no reply within 60 s"),
+                }
+            }
+            got
+        }};
+    }
+
+    wr.data(&[0u8, 0, 0, 5, 1, 0, 0, 0, 3][..]).await.unwrap();
+    assert_eq!(replies!(1)[0].0, 2, "expected SSH_FXP_VERSION");
+    let mut open = string(b"deep.bin");
+    open.extend_from_slice(&0x1au32.to_be_bytes());
+    open.extend_from_slice(&0u32.to_be_bytes());
+    wr.data(&packet(FXP_OPEN, 1, &open)[..]).await.unwrap();
+    let (t, _, rest) = replies!(1).remove(0);
+    assert_eq!(t, FXP_HANDLE);
+    let handle = rest[4..4 + u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize].to_vec();
+
+    // Every write sent without waiting for a reply; only the SSH window holds the sender.
+    let sender = {
+        let (data, handle) = (data.clone(), handle.clone());
+        tokio::spawn(async move {
+            for i in 0..WRITES {
+                let chunk = &data[i * CHUNK..(i + 1) * CHUNK];
+                let p = packet(
+                    FXP_WRITE,
+                    10 + i as u32,
+                    &write_body(&handle, (i * CHUNK) as u64, chunk),
+                );
+                wr.data(&p[..]).await.unwrap();
+            }
+            wr
+        })
+    };
+    let mut peak_rss = rss_before;
+    let mut acked = 0;
+    while acked < WRITES {
+        for (t, id, rest) in replies!(1) {
+            assert_eq!((t, id), (FXP_STATUS, 10 + acked as u32));
+            assert_eq!(
+                status(&rest).0,
+                0,
+                "write {acked} refused: {:?}",
+                status(&rest)
+            );
+            acked += 1;
+        }
+        peak_rss = peak_rss.max(g.server.rss_kib());
+    }
+    let wr = sender.await.unwrap();
+    wr.data(&packet(FXP_CLOSE, 9, &string(&handle))[..])
+        .await
+        .unwrap();
+    let (t, _, rest) = replies!(1).remove(0);
+    assert_eq!(
+        (t, status(&rest).0),
+        (FXP_STATUS, 0),
+        "close: {:?}",
+        status(&rest)
+    );
+
+    let widest = windows.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "window adjustments: {} (widest {} MiB); server RSS {} KiB before, peak {} KiB",
+        windows.len(),
+        widest >> 20,
+        rss_before,
+        peak_rss
+    );
+    assert!(
+        widest > INITIAL,
+        "the window never grew past {INITIAL}: {windows:?}"
+    );
+    assert!(
+        windows.iter().all(|w| *w <= CAP),
+        "past the cap: {windows:?}"
+    );
+    // The deep client's upload and the honest one each hold S3 part buffers (8 MiB parts, up to
+    // 4 in flight and 1 filling): what the larger window adds is nothing on top of that.
+    assert!(
+        peak_rss < rss_before + 100 * 1024,
+        "RSS grew from {rss_before} KiB to {peak_rss} KiB"
+    );
+    assert_eq!(
+        g.stored("deep.bin")
+            .await
+            .map(|d| Sha256::digest(d).to_vec()),
+        Some(Sha256::digest(&data[..]).to_vec()),
+        "deep.bin not stored byte for byte"
+    );
+    honest.check(&g).await;
+}
