@@ -22,6 +22,9 @@ const ACCOUNTS: i64 = 32;
 const RUN: i64 = 64;
 /// Shortest time between two claims while runs are in flight.
 const CLAIM_GAP: Duration = Duration::from_millis(10);
+/// How long a NOTIFY waits for the ones after it before it wakes the workers: one claim per
+/// instance per burst of other instances' events, not one per event.
+const NOTIFY_COALESCE: Duration = Duration::from_millis(50);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -78,7 +81,7 @@ impl Dispatcher {
 }
 
 /// Postgres LISTEN: other instances' new events wake this one's workers (the built-in sinks'
-/// only for events that may have work for them).
+/// only for events that may have work for them), once per `NOTIFY_COALESCE`.
 async fn listen(
     pool: sqlx::PgPool,
     (wake, wake_builtin): (Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>),
@@ -96,18 +99,35 @@ async fn listen(
             tokio::time::sleep(Duration::from_secs(5)).await;
             continue;
         }
-        loop {
-            tokio::select! {
+        'connection: loop {
+            let first = tokio::select! {
                 _ = stop.cancelled() => return,
                 n = listener.recv() => match n {
-                    Ok(n) => {
-                        wake.notify_waiters();
-                        if n.payload() == super::outbox::BUILTIN_WORK {
-                            wake_builtin.notify_waiters();
-                        }
-                    }
+                    Ok(n) => n,
                     Err(_) => break,
                 }
+            };
+            // A burst of commits (every instance's, this one's own included) wakes the
+            // workers once: the NOTIFYs that come within NOTIFY_COALESCE of the first are
+            // taken with it. This instance's own events woke its workers already, at once.
+            let mut builtin = first.payload() == super::outbox::BUILTIN_WORK;
+            let until = tokio::time::Instant::now() + NOTIFY_COALESCE;
+            let lost = loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(until) => break false,
+                    n = listener.recv() => match n {
+                        Ok(n) => builtin |= n.payload() == super::outbox::BUILTIN_WORK,
+                        Err(_) => break true,
+                    }
+                }
+            };
+            wake.notify_waiters();
+            if builtin {
+                wake_builtin.notify_waiters();
+            }
+            if lost {
+                break 'connection;
             }
         }
     }
