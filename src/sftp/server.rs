@@ -93,6 +93,13 @@ fn preferred() -> Preferred {
     }
 }
 
+/// SSH messages russh queues for a channel (see `russh_config`).
+pub const CHANNEL_BUFFER: usize = 64;
+/// The largest channel data message a client may send (announced as the channel's maximum
+/// packet size; RFC 4254 5.2). russh itself takes up to 256 KiB, so wharf ends a session that
+/// sends more: with `CHANNEL_BUFFER`, 4 MiB is what one channel can make russh hold.
+pub const MAX_CHANNEL_DATA: u32 = 65535;
+
 /// The SSH window a channel starts with. It also bounds what russh holds for a connection
 /// while a key exchange it started is under way (twice this).
 pub const INITIAL_WINDOW: u32 = 8 << 20;
@@ -128,10 +135,13 @@ pub fn russh_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::C
         // The window a channel starts with; `SshHandler::adjust_window` grows it while the
         // client fills it (a long link), up to `MAX_WINDOW`.
         window_size: INITIAL_WINDOW,
-        maximum_packet_size: 65535,
-        // Messages russh holds for a channel before it stops reading the connection; the SFTP
-        // loop's own read-ahead queue (bounded in bytes) takes them off at once.
-        channel_buffer_size: 4,
+        maximum_packet_size: MAX_CHANNEL_DATA,
+        // Messages russh holds for a channel before it stops reading the connection (each at
+        // most one SSH packet, 64 KiB); the SFTP loop's own read-ahead queue (bounded in bytes)
+        // takes them off as fast as it is scheduled. 64 (2 MiB of OpenSSH's 32 KiB packets)
+        // keeps russh reading while that task waits for a core: measured against 4, the same
+        // CPU per GiB and 1.2x the MB/s into S3, 1.3x into local storage.
+        channel_buffer_size: CHANNEL_BUFFER,
         preferred: preferred(),
         ..Default::default()
     }
@@ -323,6 +333,26 @@ impl SshHandler {
 
 impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
+
+    /// Channel data past the maximum packet size wharf announced ends the session.
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        data: &[u8],
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        if data.len() > MAX_CHANNEL_DATA as usize {
+            self.span.in_scope(|| {
+                tracing::warn!(
+                    activity = "PROTOCOL_VIOLATION",
+                    bytes = data.len(),
+                    "channel data larger than the announced maximum packet size; disconnecting"
+                )
+            });
+            return Err(russh::Error::PacketSize(data.len()));
+        }
+        Ok(())
+    }
 
     /// HPN-SSH style: a client that keeps the window full is on a link longer than the window
     /// covers, so the window grows (the target is the connection's, for all its channels).

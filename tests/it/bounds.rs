@@ -708,3 +708,38 @@ async fn the_ssh_window_grows_while_it_is_filled_and_never_past_its_cap() {
     );
     honest.check(&g).await;
 }
+
+/// russh takes channel data messages up to 256 KiB whatever maximum packet size the server
+/// announced; wharf ends a session that sends one larger than it announced (64 KiB), so the 64
+/// messages queued per channel hold at most 4 MiB. An honest upload lands meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn channel_data_past_the_announced_packet_size_ends_the_session() {
+    let g = Gateway::start(false, &[]).await;
+    let honest = Honest::start(&g, "honest.bin", 3 << 20);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/oversized_channel_data.py");
+    let out = tokio::process::Command::new("python3")
+        .env("WHARF_TEST_PASSWORD", PW)
+        .arg(&script)
+        .args([&g.server.port().to_string(), "acme", "200000"])
+        .output()
+        .await
+        .expect("python3 with paramiko");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "closed", "the session stayed open");
+    assert!(
+        g.server
+            .logs_within(
+                "larger than the announced maximum packet size",
+                Duration::from_secs(5)
+            )
+            .await,
+        "no protocol violation logged"
+    );
+    honest.check(&g).await;
+}
