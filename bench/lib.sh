@@ -25,6 +25,8 @@ wharf_started() {  # name dir: waits for the instance started in DIR (its out, p
   eval "PID_$name=$(cat "$dir/pid")"
 }
 
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }  # all CPUs' non-idle ticks
+
 ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }  # own + reaped children's CPU
 
 cpu_idle_pct() {  # idle share of all CPUs over 0.5 s

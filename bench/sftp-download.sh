@@ -96,7 +96,6 @@ if [[ -n ${RTT_MS:-} ]]; then
     TARGET[$n]="${PROXIED[$port]} $rest"
   done
 fi
-busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }  # all CPUs' non-idle ticks
 if [[ -n ${BENCH_BASELINE:-} ]]; then TARGET[baseline]="$PORT_base bench object.bin $PID_base"; NAMES+=(baseline); fi
 
 measure() {

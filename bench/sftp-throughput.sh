@@ -148,7 +148,7 @@ if [[ -n ${RTT_MS:-} ]]; then
   done
 fi
 
-declare -A T C A
+declare -A T C A M
 measure() {  # target name: appends its wall time to T and its server's CPU time to C (and
   # clamd's to A for the scanned target)
   local port user path pid copy c0=0 c1=0 a0=0 start end
@@ -156,6 +156,7 @@ measure() {  # target name: appends its wall time to T and its server's CPU time
   settle
   [[ $pid != - ]] && c0=$(ticks "$pid")
   [[ $1 == *scan* ]] && a0=$(ticks "$WHARF_CLAMD_PID")
+  m0=$(busy)
   start=$(date +%s.%N)
   if [[ $port == - ]]; then
     aws --endpoint-url "$WHARF_TEST_S3_ENDPOINT" s3 cp --only-show-errors "$WORK/upload.bin" "s3://$WHARF_TEST_S3_BUCKET/aws/upload.bin"
@@ -163,6 +164,7 @@ measure() {  # target name: appends its wall time to T and its server's CPU time
     sftp -q "${SSH_OPTS[@]}" -P "$port" -b - "$user@127.0.0.1" >/dev/null <<<"put $WORK/upload.bin $path"
   fi
   end=$(date +%s.%N)
+  M[$1]+="$(echo "($(busy) - $m0) / $(getconf CLK_TCK)" | bc -l) "
   if [[ $pid != - ]]; then
     sleep 0.3 # sshd adds a session's CPU to its own once it has reaped the session process
     c1=$(ticks "$pid")
@@ -194,15 +196,16 @@ echo
 echo "Upload of ${SIZE_MIB} MiB with OpenSSH sftp (cipher: ${BENCH_CIPHER:-client default}), median of $ROUNDS rounds"
 if [[ -n ${RTT_MS:-} ]]; then echo "through a delay proxy: round trip ${RTT_MS} ms, nothing throttled"; fi
 echo "(interleaved, rotating order, page cache flushed and CPUs quiet before each upload):"
-printf '  %-20s %10s %10s %14s   %s\n' target "median s" "MB/s" "server CPU s" "all rounds (s)"
+printf '  %-20s %10s %10s %14s %15s   %s\n' target "median s" "MB/s" "server CPU s" "machine CPU s" "all rounds (s)"
 for n in "${NAMES[@]}"; do
   m=$(echo "${T[$n]}" | median)
   MBS[$n]=$(echo "$SIZE_MIB * 1.048576 / $m" | bc -l)
   cpu=-
   [[ -n ${C[$n]:-} ]] && cpu=$(printf '%.2f' "$(echo "${C[$n]}" | median)")
-  printf '  %-20s %10.2f %10.1f %14s   %s\n' "$n" "$m" "${MBS[$n]}" "$cpu" "${T[$n]}"
+  printf '  %-20s %10.2f %10.1f %14s %15.2f   %s\n' "$n" "$m" "${MBS[$n]}" "$cpu" "$(echo "${M[$n]}" | median)" "${T[$n]}"
 done
-echo "  (server CPU: median CPU seconds the receiving server spent per upload; aws s3 cp has none)"
+echo "  (server CPU: median CPU seconds the receiving server spent per upload; aws s3 cp has none;"
+echo "   machine CPU: every process's, client, server and garage: with every core busy, it decides)"
 if [[ -n ${SCAN:-} ]]; then
   sc=$(echo "${C[wharf+scan->garage]}" | median); nc=$(echo "${C[wharf->garage]}" | median)
   ac=$(echo "${A[wharf+scan->garage]}" | median)

@@ -20,8 +20,8 @@ const POLL: Duration = Duration::from_secs(1);
 /// Accounts claimed at once (delivered concurrently), and events per account (in order).
 const ACCOUNTS: i64 = 32;
 const RUN: i64 = 64;
-/// Shortest time between two claims while runs are in flight.
-const CLAIM_GAP: Duration = Duration::from_millis(10);
+/// Shortest time between two claims of a worker (a burst of events is claimed together).
+const CLAIM_GAP: Duration = Duration::from_millis(20);
 /// How long a NOTIFY waits for the ones after it before it wakes the workers: one claim per
 /// instance per burst of other instances' events, not one per event.
 const NOTIFY_COALESCE: Duration = Duration::from_millis(50);
@@ -150,12 +150,13 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
         let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        // While runs are in flight, wake-ups are coalesced: at most one claim per CLAIM_GAP
-        // however many closes are recorded (a run ending still claims at once).
+        // Wake-ups are coalesced: at most one claim per CLAIM_GAP however many closes are
+        // recorded (a run ending still claims at once; an event after a quiet spell is
+        // claimed at once).
         let since = last_claim.elapsed();
-        if !inflight.is_empty() && since < CLAIM_GAP {
+        if since < CLAIM_GAP {
             tokio::select! {
-                _ = inflight.join_next() => {}
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                 _ = tokio::time::sleep(CLAIM_GAP - since) => {}
             }
         }
