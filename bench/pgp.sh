@@ -85,8 +85,9 @@ start_wharf() {  # name default_home
     export WHARF_PGP__KEYS="[\"$WORK/wharf.asc\"]" WHARF_PGP__PASSPHRASE_ENV=BENCH_PGP_PASS BENCH_PGP_PASS=bench-pass
     "$WHARF" user add bench --ssh-key "$WORK/client.pub" >/dev/null 2>&1
     "$WHARF" user pgp add bench "$WORK/partner.asc" >/dev/null 2>&1
-    "$WHARF" user dir add bench /inbound inbound --permissions list,upload --decrypt-to /plain --require-signature 2>/dev/null
-    "$WHARF" user dir add bench /plain plain --permissions list 2>/dev/null
+    # The plaintext's folder first: --decrypt-to must name one of the account's folders.
+    "$WHARF" user dir add bench /plain plain --permissions list >/dev/null
+    "$WHARF" user dir add bench /inbound inbound --permissions list,upload --decrypt-to /plain --require-signature >/dev/null
     "$WHARF" serve > "$dir/out" 2> "$dir/err" &
     echo $! > "$dir/pid"
   )

@@ -106,7 +106,7 @@ measure() {
   m0=$(busy)
   start=$(date +%s.%N)
   if [[ $1 == */lftp ]]; then
-    lftp -c "set sftp:auto-confirm yes; set sftp:max-packets-in-flight 256; set sftp:size-read 261120;
+    lftp -c "set sftp:auto-confirm yes; set xfer:clobber on; set sftp:max-packets-in-flight 256; set sftp:size-read 261120;
       set sftp:connect-program 'ssh -a -x ${SSH_OPTS[*]}';
       open -u bench, sftp://127.0.0.1:$port; get $path -o /dev/null" >/dev/null
   elif [[ $1 == */rclone-client ]]; then
