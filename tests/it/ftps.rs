@@ -399,9 +399,10 @@ async fn the_commands_partners_clients_send_work_over_ftps() {
         "REST was not refused:\n{stdout}\n{stderr}"
     );
     assert_eq!(std::fs::read(g.w.file("back.csv")).unwrap(), b"id,amount\n");
-    // The download (RETR) and the delete (DELE) are announced like the upload.
+    // The download (RETR), the rename of the arrived file (RNFR/RNTO) and the delete (DELE)
+    // are announced like the upload: four events.
     let events: Vec<serde_json::Value> = hook
-        .wait_accepted(3, Duration::from_secs(10))
+        .wait_accepted(4, Duration::from_secs(10))
         .await
         .iter()
         .map(|r| r.json())
@@ -421,6 +422,8 @@ async fn the_commands_partners_clients_send_work_over_ftps() {
         hex::encode(Sha256::digest(b"id,amount\n")),
         "{down}"
     );
+    let renamed = find("wharf.file.renamed", "/in/s.csv");
+    assert_eq!(renamed["data"]["from_path"], "/in/r.csv", "{renamed}");
     find("wharf.file.deleted", "/in/s.csv");
     // RNFR/RNTO, DELE and RMD really happened in storage.
     assert!(g.s3.keys(&g.prefix).await.is_empty(), "{stderr}");
