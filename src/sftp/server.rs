@@ -315,6 +315,24 @@ impl SshHandler {
     }
 }
 
+impl SshHandler {
+    /// Refuses a channel data message larger than the maximum packet size wharf announced
+    /// (russh has queued it already; the error ends the session and frees it).
+    fn within_packet_size(&self, len: usize) -> Result<(), russh::Error> {
+        if len > MAX_CHANNEL_DATA as usize {
+            self.span.in_scope(|| {
+                tracing::warn!(
+                    activity = "PROTOCOL_VIOLATION",
+                    bytes = len,
+                    "channel data larger than the announced maximum packet size; disconnecting"
+                )
+            });
+            return Err(russh::Error::PacketSize(len));
+        }
+        Ok(())
+    }
+}
+
 impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
 
@@ -325,17 +343,18 @@ impl russh::server::Handler for SshHandler {
         data: &[u8],
         _session: &mut russh::server::Session,
     ) -> Result<(), Self::Error> {
-        if data.len() > MAX_CHANNEL_DATA as usize {
-            self.span.in_scope(|| {
-                tracing::warn!(
-                    activity = "PROTOCOL_VIOLATION",
-                    bytes = data.len(),
-                    "channel data larger than the announced maximum packet size; disconnecting"
-                )
-            });
-            return Err(russh::Error::PacketSize(data.len()));
-        }
-        Ok(())
+        self.within_packet_size(data.len())
+    }
+
+    /// Extended data (stderr) is queued by russh like data: the same limit.
+    async fn extended_data(
+        &mut self,
+        _channel: ChannelId,
+        _code: u32,
+        data: &[u8],
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        self.within_packet_size(data.len())
     }
 
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {

@@ -554,28 +554,32 @@ fn name_entries(rest: &[u8]) -> Vec<String> {
 }
 
 /// russh takes channel data messages up to 256 KiB whatever maximum packet size the server
-/// announced; wharf ends a session that sends one larger than it announced (64 KiB), so the 64
-/// messages queued per channel hold at most 4 MiB. An honest upload lands meanwhile.
+/// announced; wharf ends a session that sends one larger than it announced (64 KiB), as data
+/// or as extended data, so the 64 messages queued per channel hold at most 4 MiB. An honest
+/// upload lands meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn channel_data_past_the_announced_packet_size_ends_the_session() {
     let g = Gateway::start(false, &[]).await;
     let honest = Honest::start(&g, "honest.bin", 3 << 20);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients/oversized_channel_data.py");
-    let out = tokio::process::Command::new("python3")
-        .env("WHARF_TEST_PASSWORD", PW)
-        .arg(&script)
-        .args([&g.server.port().to_string(), "acme", "200000"])
-        .output()
-        .await
-        .expect("python3 with paramiko");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout.trim(), "closed", "the session stayed open");
+    // As data, then as extended data (stderr), which russh queues the same way.
+    for kind in ["stdout", "stderr"] {
+        let out = tokio::process::Command::new("python3")
+            .env("WHARF_TEST_PASSWORD", PW)
+            .arg(&script)
+            .args([&g.server.port().to_string(), "acme", "200000", kind])
+            .output()
+            .await
+            .expect("python3 with paramiko");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the script failed ({kind}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.trim(), "closed", "the session stayed open ({kind})");
+    }
     assert!(
         g.server
             .logs_within(
