@@ -15,7 +15,8 @@
 #   big    8 concurrent `sftp` uploads of BIG_MIB each (8 accounts): aggregate MB/s, CPU
 #          seconds of the instances and of HAProxy per GiB
 #   small  10 concurrent `sftp -b` sessions x 100 files of 4 KiB (bench/small_files_bench.py):
-#          files/s, CPU ms per file, close-to-webhook latency over all rounds
+#          files/s, CPU ms per file, dispatcher claims per file (all sinks, all instances),
+#          close-to-webhook latency over all rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
@@ -126,12 +127,12 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 res = r["results"]
 print(f"\n{r['sessions']} sessions x {r['per_session']} files of {r['size']} B, events on, medians of {r['rounds']} rounds:")
-print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} errors")
+print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} {'claims/file':>12} errors")
 base = res["sessions:one-direct"]["median_files_per_s"]
 for k, v in res.items():
     n = r["sessions"] * r["per_session"]
     print(f"  {k.split(':', 1)[1]:16} {v['median_files_per_s']:9.0f} {v['median_cpu_s'] / n * 1000:12.2f} "
-          f"{v['median_files_per_s'] / base:7.2f}x {v['errors']}")
+          f"{v['median_files_per_s'] / base:7.2f}x {v.get('median_claims_per_file', float('nan')):12.3f} {v['errors']}")
 if "webhook_latency_ms" in r:
     w = r["webhook_latency_ms"]
     print(f"  close-to-webhook over all rounds: p50 {w['p50']} ms, p99 {w['p99']} ms (n={w['n']})")

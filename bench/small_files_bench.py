@@ -144,6 +144,11 @@ def delivery_retries(metrics):
     return metric_sum(metrics, r'^wharf_event_deliveries_total\{[^}]*outcome="retry"[^}]*\} (\S+)')
 
 
+def claims(metrics):
+    """Claims the dispatchers made so far (all sinks, all instances)."""
+    return metric_sum(metrics, r'^wharf_event_claims_total\{[^}]*\} (\S+)')
+
+
 def files(tag):
     os.makedirs(os.path.join(WORK, "src"), exist_ok=True)
     out = []
@@ -217,6 +222,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
             c0 = cpu_ticks(target["pid"])
             a0 = cpu_ticks(target["aux_pid"]) if target.get("aux_pid") else None
             q0 = s3_requests(target)
+            k0 = claims(target.get("metrics"))
             prof = None
             if PERF and target["name"].startswith("wharf/pg"):
                 data = os.path.join(WORK, f"perf-{mode}-{rnd}.data")
@@ -235,8 +241,11 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
             time.sleep(0.3)
             cpu = (cpu_ticks(target["pid"]) - c0) / os.sysconf("SC_CLK_TCK")
             q1 = s3_requests(target)
+            k1 = claims(target.get("metrics"))
             r = report["results"].setdefault(f"{mode}:{target['name']}", {"files_per_s": [], "cpu_s": [],
                                                                             "s3_per_file": [], "errors": 0})
+            if k0 is not None:
+                r.setdefault("claims_per_file", []).append((k1 - k0) / n)
             r["files_per_s"].append(n / secs)
             r["cpu_s"].append(cpu)
             if a0 is not None:
@@ -257,6 +266,8 @@ for r in report["results"].values():
         r["median_aux_cpu_s"] = statistics.median(r["aux_cpu_s"])
     if r["s3_per_file"]:
         r["median_s3_per_file"] = statistics.median(r["s3_per_file"])
+    if r.get("claims_per_file"):
+        r["median_claims_per_file"] = statistics.median(r["claims_per_file"])
 
 if HOOK_LOG and os.path.exists(HOOK_LOG):
     lat = []

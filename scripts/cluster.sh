@@ -131,6 +131,14 @@ down() {
   [ -f "$DIR/haproxy.pid" ] && kill "$(cat "$DIR/haproxy.pid")" 2>/dev/null || true
   for p in "$DIR"/wharf*/pid; do [ -f "$p" ] && kill -TERM "$(cat "$p")" 2>/dev/null || true; done
   [ -f "$DIR/garage.pid" ] && kill "$(cat "$DIR/garage.pid")" 2>/dev/null || true
+  # Until the instances are gone (their shutdown grace), so a cluster started next on the
+  # same addresses finds them free.
+  local p pid i
+  for p in "$DIR"/wharf*/pid; do
+    [ -f "$p" ] || continue
+    pid=$(cat "$p")
+    for ((i = 0; i < 300; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
 }
 
 DIR=""

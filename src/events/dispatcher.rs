@@ -141,29 +141,31 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
         outbox.wake.clone()
     };
     // Runs of different accounts in flight, each its own task. A run that ends lets its
-    // account (and any other) be claimed again at once: a slow account never holds back the
-    // others' new events.
+    // account (and any other) be claimed again at the next claim: a slow account never holds
+    // back the others' new events.
     let mut inflight = tokio::task::JoinSet::new();
     let mut last_claim = tokio::time::Instant::now() - CLAIM_GAP;
+    let claims = metrics().event_claim(&name);
     loop {
         // Register interest before looking, so an event recorded meanwhile still wakes us.
         let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         // Wake-ups are coalesced: at most one claim per CLAIM_GAP however many closes are
-        // recorded (a run ending still claims at once; an event after a quiet spell is
-        // claimed at once).
-        let since = last_claim.elapsed();
-        if since < CLAIM_GAP {
+        // recorded and runs end (an event after a quiet spell is claimed at once). Runs that
+        // end meanwhile are reaped, so their room counts at the claim.
+        let gap_end = last_claim + CLAIM_GAP;
+        loop {
             tokio::select! {
                 Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
-                _ = tokio::time::sleep(CLAIM_GAP - since) => {}
+                _ = tokio::time::sleep_until(gap_end) => break,
             }
         }
         let room = ACCOUNTS - inflight.len() as i64;
         let mut wait = POLL;
         if room > 0 && !stop.is_cancelled() {
             last_claim = tokio::time::Instant::now();
+            claims.inc();
             match outbox.claim(&name, lease, room, RUN).await {
                 Ok(batch) => {
                     // Each account's events one after another, in commit order.

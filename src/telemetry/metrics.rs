@@ -68,6 +68,8 @@ pub struct Metrics {
     pub auth_failures: Family<AuthLabels, Counter>,
     pub s3_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
     pub s3_errors: Family<OperationLabels, Counter>,
+    pub s3_attempt_failures: Family<OperationLabels, Counter>,
+    pub event_claims: Family<SinkLabels, Counter>,
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub outbox_pending: Family<SinkLabels, Gauge>,
     pub bans_active: Gauge,
@@ -102,6 +104,8 @@ impl Metrics {
             auth_failures: Family::default(),
             s3_duration: Family::new_with_constructor(duration_histogram),
             s3_errors: Family::default(),
+            s3_attempt_failures: Family::default(),
+            event_claims: Family::default(),
             deliveries: Family::default(),
             outbox_pending: Family::default(),
             bans_active: Gauge::default(),
@@ -153,6 +157,16 @@ impl Metrics {
             "wharf_s3_request_errors",
             "S3 calls that failed after retries, by operation",
             m.s3_errors.clone(),
+        );
+        r.register(
+            "wharf_s3_request_attempt_failures",
+            "S3 request attempts that timed out, lost their connection or got a 5xx answer (retried while attempts remain), by operation",
+            m.s3_attempt_failures.clone(),
+        );
+        r.register(
+            "wharf_event_claims",
+            "Claims of due deliveries this instance's dispatcher made in the outbox, by sink",
+            m.event_claims.clone(),
         );
         r.register(
             "wharf_event_deliveries",
@@ -228,11 +242,17 @@ impl Metrics {
         }
     }
 
-    /// Creates a sink's delivery series at zero.
+    /// Creates a sink's delivery and claim series at zero.
     pub fn register_sink(&self, sink: &str) {
         for outcome in ["delivered", "retry", "dead"] {
             self.delivery(sink, outcome);
         }
+        self.event_claim(sink);
+    }
+
+    pub fn event_claim(&self, sink: &str) -> Counter {
+        self.event_claims
+            .get_or_create_owned(&SinkLabels { sink: sink.into() })
     }
 
     /// The registry in Prometheus/OpenMetrics text format.

@@ -260,6 +260,101 @@ async fn two_instances_deliver_each_event_once() {
     }
 }
 
+/// Claims of due deliveries an instance's dispatcher made for sink `hook` (its metrics).
+async fn hook_claims(server: &Server) -> u64 {
+    let (_, body) = server.http_get("/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with("wharf_event_claims_total{sink=\"hook\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no claim counter for hook in {body}"))
+}
+
+/// Other instances' commits wake an instance's dispatcher through Postgres NOTIFY; a stream
+/// of them costs one claim per coalescing window (50 ms), not one per commit; and its own
+/// arrivals and ending runs at most one claim per 20 ms.
+#[tokio::test(flavor = "multi_thread")]
+async fn bursts_of_commits_cost_a_dispatcher_one_claim_per_window_not_one_per_event() {
+    use sqlx::Connection as _;
+    let hook = Receiver::start().await;
+    let g = Gateway::start(true, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    let url = g._pg.as_ref().unwrap().url.clone();
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    // Quiet first: the instance's start-up claims are over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = hook_claims(&g.server).await;
+    // 150 commits' NOTIFYs, one every ~4 ms, as other instances' arrivals would send them.
+    let started = std::time::Instant::now();
+    for _ in 0..150 {
+        sqlx::query("SELECT pg_notify('wharf_events', '')")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    let burst = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spent = started.elapsed();
+    let claims = hook_claims(&g.server).await - before;
+    // One per 50 ms window of the burst, the polls (one a second) and a window left over;
+    // one per commit, or one per 20 ms claim gap, would be well over this.
+    let windows = burst.as_millis() as u64 / 50 + 1;
+    let polls = spent.as_secs() + 1;
+    eprintln!("{claims} claims for 150 commits over {burst:?}");
+    assert!(
+        claims <= windows + polls + 1,
+        "{claims} claims for 150 commits over {burst:?} ({windows} windows, {polls} polls)"
+    );
+    // And the claim gap is no substitute: the burst is long enough for it to allow far more.
+    assert!(
+        burst.as_millis() as u64 / 20 > windows + polls + 1,
+        "burst too short to tell: {burst:?}"
+    );
+    // This instance's own arrivals: four partners' bursts at once, each file a commit that
+    // wakes the dispatcher, and every account's run ending in between. Still at most one
+    // claim per 20 ms (and the polls), and every event delivered.
+    g.write_file("f.csv", b"f\n");
+    for u in ["b1", "b2", "b3"] {
+        g.w.run_stdin(
+            &["user", "add", u, "--password-stdin"],
+            Some(&format!("{}\n", crate::harness::PW)),
+        )
+        .ok();
+    }
+    let before = hook_claims(&g.server).await;
+    let started = std::time::Instant::now();
+    let batch: String = (0..40).map(|i| format!("put f.csv f{i}.csv\n")).collect();
+    let sessions: Vec<_> = ["acme", "b1", "b2", "b3"]
+        .into_iter()
+        .map(|u| {
+            let (port, dir, batch) = (g.server.port(), g.w.path().to_path_buf(), batch.clone());
+            std::thread::spawn(move || {
+                crate::harness::sftp(
+                    port,
+                    u,
+                    &crate::harness::Auth::Password(crate::harness::PW.into()),
+                    &dir,
+                    &batch,
+                )
+            })
+        })
+        .collect();
+    for s in sessions {
+        s.join().unwrap().ok();
+    }
+    hook.wait_accepted(160, Duration::from_secs(30)).await;
+    let spent = started.elapsed();
+    let claims = hook_claims(&g.server).await - before;
+    let gaps = spent.as_millis() as u64 / 20 + 1;
+    let polls = spent.as_secs() + 1;
+    eprintln!("{claims} claims for 160 arrivals over {spent:?}");
+    assert!(
+        claims <= gaps + polls,
+        "{claims} claims for 160 arrivals over {spent:?} (at most {gaps} + {polls} polls)"
+    );
+    assert_eq!(hook.accepted().len(), 160);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn temp_name_upload_arrives_once_on_rename() {
     let hook = Receiver::start().await;
