@@ -179,12 +179,10 @@ async fn out_of_order_writes_are_held_within_their_bounds() {
     assert_eq!(g.stored_files().await, ["honest-settlement.bin"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn channels_and_open_files_are_capped_per_connection() {
-    let g = Gateway::start_on(true, false, &[]).await;
-    let honest = Honest::start(&g, "statement.bin", 3 << 20);
+/// An SSH connection (russh's client) logged in as `acme`.
+async fn login(addr: std::net::SocketAddr) -> russh::client::Handle<TrustAll> {
     let config = Arc::new(russh::client::Config::default());
-    let mut ssh = russh::client::connect(config, g.server.addr, TrustAll)
+    let mut ssh = russh::client::connect(config, addr, TrustAll)
         .await
         .unwrap();
     assert!(ssh
@@ -192,6 +190,14 @@ async fn channels_and_open_files_are_capped_per_connection() {
         .await
         .unwrap()
         .success());
+    ssh
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn channels_and_open_files_are_capped_per_connection() {
+    let g = Gateway::start_on(true, false, &[]).await;
+    let honest = Honest::start(&g, "statement.bin", 3 << 20);
+    let ssh = login(g.server.addr).await;
 
     // Twenty session channels asked for; ten granted.
     let mut channels = Vec::new();
@@ -588,6 +594,187 @@ async fn channel_data_past_the_announced_packet_size_ends_the_session() {
             )
             .await,
         "no protocol violation logged"
+    );
+    honest.check(&g).await;
+}
+
+/// Complete SFTP packets out of a channel's data messages: (type, request id, rest).
+fn sftp_packets(buf: &mut Vec<u8>) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    while buf.len() >= 4 {
+        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+        if buf.len() < 4 + len {
+            break;
+        }
+        let body: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
+        let id = if body[0] == 2 {
+            0 // VERSION has no request id
+        } else {
+            u32::from_be_bytes(body[1..5].try_into().unwrap())
+        };
+        out.push((body[0], id, body[5.min(body.len())..].to_vec()));
+    }
+    out
+}
+
+/// A TCP proxy holding every byte `one_way_ms` each way (`bench/delay_proxy.py`): a long link.
+struct DelayProxy {
+    _child: tokio::process::Child,
+    port: u16,
+}
+
+impl DelayProxy {
+    async fn start(upstream: std::net::SocketAddr, one_way_ms: u32) -> DelayProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let child = tokio::process::Command::new("python3")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/delay_proxy.py"))
+            .args(["0", &upstream.to_string(), &one_way_ms.to_string()])
+            .arg(&port_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3");
+        for _ in 0..100 {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                return DelayProxy {
+                    _child: child,
+                    port,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the delay proxy did not start");
+    }
+}
+
+/// Uploads 64 MiB as 256 writes of 255 KiB all sent at once (four times what OpenSSH keeps in
+/// flight) over `addr`, checks every reply, and returns every window size the server's
+/// adjustments gave the client and the server's peak RSS meanwhile.
+async fn deep_upload(g: &Gateway, addr: std::net::SocketAddr, name: &str) -> (Vec<u32>, u64) {
+    use russh::ChannelMsg;
+    const CHUNK: usize = 255 * 1024;
+    const WRITES: usize = 256;
+    let data = Arc::new(random_bytes(CHUNK * WRITES));
+    let ssh = login(addr).await;
+    let ch = ssh.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "sftp").await.unwrap();
+    let (mut rd, wr) = ch.split();
+    let mut buf = Vec::new();
+    let mut windows: Vec<u32> = Vec::new();
+    // Reads until `n` SFTP packets have come, noting every window adjustment.
+    macro_rules! replies {
+        ($n:expr) => {{
+            let mut got = Vec::new();
+            while got.len() < $n {
+                match tokio::time::timeout(Duration::from_secs(60), rd.wait()).await {
+                    Ok(Some(ChannelMsg::Data { data })) => {
+                        buf.extend_from_slice(&data);
+                        got.extend(sftp_packets(&mut buf));
+                    }
+                    Ok(Some(ChannelMsg::WindowAdjusted { new_size })) => windows.push(new_size),
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("the channel closed"),
+                    Err(_) => panic!("no reply within 60 s"),
+                }
+            }
+            got
+        }};
+    }
+    wr.data(&[0u8, 0, 0, 5, 1, 0, 0, 0, 3][..]).await.unwrap();
+    assert_eq!(replies!(1)[0].0, 2, "expected SSH_FXP_VERSION");
+    let mut open = string(name.as_bytes());
+    open.extend_from_slice(&0x1au32.to_be_bytes());
+    open.extend_from_slice(&0u32.to_be_bytes());
+    wr.data(&packet(FXP_OPEN, 1, &open)[..]).await.unwrap();
+    let (t, _, rest) = replies!(1).remove(0);
+    assert_eq!(t, FXP_HANDLE);
+    let handle = rest[4..4 + u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize].to_vec();
+    // Every write sent without waiting for a reply; only the SSH window holds the sender.
+    let sender = {
+        let (data, handle) = (data.clone(), handle.clone());
+        tokio::spawn(async move {
+            for i in 0..WRITES {
+                let chunk = &data[i * CHUNK..(i + 1) * CHUNK];
+                let p = packet(
+                    FXP_WRITE,
+                    10 + i as u32,
+                    &write_body(&handle, (i * CHUNK) as u64, chunk),
+                );
+                wr.data(&p[..]).await.unwrap();
+            }
+            wr
+        })
+    };
+    let mut peak_rss = g.server.rss_kib();
+    let mut acked = 0;
+    while acked < WRITES {
+        for (t, id, rest) in replies!(1) {
+            assert_eq!((t, id), (FXP_STATUS, 10 + acked as u32));
+            assert_eq!(status(&rest).0, 0, "write {acked}: {:?}", status(&rest));
+            acked += 1;
+        }
+        peak_rss = peak_rss.max(g.server.rss_kib());
+    }
+    let wr = sender.await.unwrap();
+    wr.data(&packet(FXP_CLOSE, 9, &string(&handle))[..])
+        .await
+        .unwrap();
+    let (t, _, rest) = replies!(1).remove(0);
+    assert_eq!(
+        (t, status(&rest).0),
+        (FXP_STATUS, 0),
+        "close: {:?}",
+        status(&rest)
+    );
+    assert_eq!(
+        g.stored(name).await.map(|d| Sha256::digest(d).to_vec()),
+        Some(Sha256::digest(&data[..]).to_vec()),
+        "{name} not stored byte for byte"
+    );
+    (windows, peak_rss)
+}
+
+/// On a long link (100 ms round trip through a delay proxy) the SSH window grows past the
+/// 8 MiB it starts with, so a client is not held to 4 MiB per round trip, and never past its
+/// 64 MiB cap; on a short link it stays at 8 MiB. Either way a client that sends everything at
+/// once gains nothing in wharf's memory from the wider window (russh stops reading the
+/// connection as soon as the SFTP request queue is full), and an honest upload still lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ssh_window_grows_on_a_long_link_only_and_never_past_its_cap() {
+    const INITIAL: u32 = 8 << 20;
+    const CAP: u32 = 64 << 20;
+    let g = Gateway::start(false, &[]).await;
+    let honest = Honest::start(&g, "honest.bin", 3 << 20);
+    let rss_before = g.server.rss_kib();
+
+    let proxy = DelayProxy::start(g.server.addr, 50).await;
+    let far: std::net::SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    let (windows, peak_far) = deep_upload(&g, far, "far.bin").await;
+    let widest = windows.iter().copied().max().unwrap_or(0);
+    eprintln!("long link: {} adjustments, widest {widest}", windows.len());
+    assert!(widest > INITIAL, "the window never grew: {windows:?}");
+    assert!(
+        windows.iter().all(|w| *w <= CAP),
+        "past the cap: {windows:?}"
+    );
+    drop(proxy);
+
+    let (windows, peak_near) = deep_upload(&g, g.server.addr, "near.bin").await;
+    eprintln!("short link: {} adjustments", windows.len());
+    assert!(!windows.is_empty(), "no window adjustment at all");
+    assert!(
+        windows.iter().all(|w| *w <= INITIAL),
+        "the window grew on a short link: {windows:?}"
+    );
+    // Each upload holds its S3 part buffers (5 MiB parts here, up to 4 in flight and 1
+    // filling); what the wider window adds is nothing on top of that.
+    let peak = peak_far.max(peak_near);
+    assert!(
+        peak < rss_before + 100 * 1024,
+        "RSS grew from {rss_before} KiB to {peak} KiB"
     );
     honest.check(&g).await;
 }
