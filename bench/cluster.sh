@@ -5,6 +5,9 @@
 # would give).
 #
 #   bench/cluster.sh [ROUNDS] [BIG_MIB]       (defaults: 3 rounds, 1024 MiB)
+#   PERF=one-haproxy,three-haproxy bench/cluster.sh   profiles those clusters' instances during
+#                                       the small-file rounds (`perf record`) and prints where
+#                                       each one's CPU per file goes
 #
 # Three clusters from scripts/cluster.sh (the recipe in deploy/), on one garage and one
 # Postgres server (a database each), events on (a webhook sink), all up at once:
@@ -127,12 +130,18 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 res = r["results"]
 print(f"\n{r['sessions']} sessions x {r['per_session']} files of {r['size']} B, events on, medians of {r['rounds']} rounds:")
-print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} {'claims/file':>12} errors")
+print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} {'claims/file':>12} {'S3 req/file':>12} errors")
 base = res["sessions:one-direct"]["median_files_per_s"]
 for k, v in res.items():
     n = r["sessions"] * r["per_session"]
     print(f"  {k.split(':', 1)[1]:16} {v['median_files_per_s']:9.0f} {v['median_cpu_s'] / n * 1000:12.2f} "
-          f"{v['median_files_per_s'] / base:7.2f}x {v.get('median_claims_per_file', float('nan')):12.3f} {v['errors']}")
+          f"{v['median_files_per_s'] / base:7.2f}x {v.get('median_claims_per_file', float('nan')):12.3f} "
+          f"{v.get('median_s3_per_file', float('nan')):12.3f} {v['errors']}")
+for key, profiles in r.get("perf", {}).items():
+    v = res[key]
+    per_file = v["median_cpu_s"] / (r["sessions"] * r["per_session"]) * 1000
+    print(f"  {key.split(':', 1)[1]} CPU profile (last round), as ms per file of its {per_file:.2f}:")
+    print("    " + ", ".join(f"{k} {s / 100 * per_file:.3f}" for k, s in profiles[-1]["categories"].items()))
 if "webhook_latency_ms" in r:
     w = r["webhook_latency_ms"]
     print(f"  close-to-webhook over all rounds: p50 {w['p50']} ms, p99 {w['p99']} ms (n={w['n']})")

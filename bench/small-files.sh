@@ -180,8 +180,8 @@ for mode, label, n in (("sessions", f"{r['sessions']} sessions x {r['per_session
     for w in ("wharf/pg->garage", "wharf/sqlite->garage"):
         if rc and f"{mode}:{w}" in res:
             print(f"    {w} / rclone = {res[f'{mode}:{w}']['median_files_per_s'] / rc:.2f}x")
-for mode, profiles in r.get("perf", {}).items():
-    print(f"  wharf/pg CPU profile ({mode}, last round; self time by part):")
+for key, profiles in r.get("perf", {}).items():
+    print(f"  {key} CPU profile (last round; self time by part):")
     for k, v in profiles[-1]["categories"].items():
         print(f"    {v:5.1f}%  {k}")
     print("    top symbols:")

@@ -33,8 +33,9 @@ PERCONN = int(os.environ.get("PERCONN", "20"))
 SIZE = int(os.environ.get("SIZE", "4096"))
 HOOK_LOG = os.environ.get("HOOK_LOG")
 # PERF=1: profile wharf/pg with `perf record` during its rounds and report where its CPU goes
-# (the SSH algorithms, the database driver, the S3 client, ...).
-PERF = os.environ.get("PERF") == "1"
+# (the SSH algorithms, the database driver, the S3 client, ...); PERF=name,name: the targets
+# whose names start with one of these.
+PERF = ["wharf/pg"] if os.environ.get("PERF") == "1" else [p for p in os.environ.get("PERF", "").split(",") if p]
 # MACHINE=1: CPU seconds of every process on the machine during each run, by command name
 # (clients, the S3 server, Postgres, the webhook receiver: what shares the cores).
 MACHINE = os.environ.get("MACHINE") == "1"
@@ -224,7 +225,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
             q0 = s3_requests(target)
             k0 = claims(target.get("metrics"))
             prof = None
-            if PERF and target["name"].startswith("wharf/pg"):
+            if any(target["name"].startswith(p) for p in PERF):
                 data = os.path.join(WORK, f"perf-{mode}-{rnd}.data")
                 pids = target["pid"] if isinstance(target["pid"], list) else [target["pid"]]
                 prof = (subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", ",".join(map(str, pids)),
@@ -237,7 +238,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
             if prof:
                 prof[0].send_signal(2)
                 prof[0].wait()
-                report.setdefault("perf", {}).setdefault(mode, []).append(perf_categories(prof[1]))
+                report.setdefault("perf", {}).setdefault(f"{mode}:{target['name']}", []).append(perf_categories(prof[1]))
             time.sleep(0.3)
             cpu = (cpu_ticks(target["pid"]) - c0) / os.sysconf("SC_CLK_TCK")
             q1 = s3_requests(target)
