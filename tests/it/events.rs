@@ -197,6 +197,30 @@ async fn undelivered_events_survive_kill_9() {
     assert_eq!(subjects, ["/a.csv", "/b.csv"]);
 }
 
+/// Runs `sftp -b` sessions (port, user with password PW, batch) at once from the gateway's
+/// directory, and checks that each succeeded.
+fn at_once(g: &Gateway, sessions: &[(u16, &str, &str)]) {
+    let dir = g.w.path().to_path_buf();
+    let threads: Vec<_> = sessions
+        .iter()
+        .map(|&(port, user, batch)| {
+            let (dir, user, batch) = (dir.clone(), user.to_string(), batch.to_string());
+            std::thread::spawn(move || {
+                crate::harness::sftp(
+                    port,
+                    &user,
+                    &crate::harness::Auth::Password(crate::harness::PW.into()),
+                    &dir,
+                    &batch,
+                )
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().ok();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_deliver_each_event_once() {
     let hook = Receiver::start().await;
@@ -210,31 +234,11 @@ async fn two_instances_deliver_each_event_once() {
         Some(&format!("{}\n", crate::harness::PW)),
     )
     .ok();
-    let dir = g.w.path().to_path_buf();
     let batch: String = (0..10).map(|i| format!("put x.csv x{i}.csv\n")).collect();
-    let (b1, b2) = (batch.clone(), batch.clone());
-    let port1 = g.server.port();
-    let (d1, d2) = (dir.clone(), dir.clone());
-    let t1 = std::thread::spawn(move || {
-        crate::harness::sftp(
-            port1,
-            "acme",
-            &crate::harness::Auth::Password(crate::harness::PW.into()),
-            &d1,
-            &b1,
-        )
-    });
-    let t2 = std::thread::spawn(move || {
-        crate::harness::sftp(
-            g2_port,
-            "beta",
-            &crate::harness::Auth::Password(crate::harness::PW.into()),
-            &d2,
-            &b2,
-        )
-    });
-    t1.join().unwrap().ok();
-    t2.join().unwrap().ok();
+    at_once(
+        &g,
+        &[(g.server.port(), "acme", &batch), (g2_port, "beta", &batch)],
+    );
     let got = hook.wait_accepted(20, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let got_after = hook.accepted();
@@ -324,24 +328,11 @@ async fn bursts_of_commits_cost_a_dispatcher_one_claim_per_window_not_one_per_ev
     let before = hook_claims(&g.server).await;
     let started = std::time::Instant::now();
     let batch: String = (0..40).map(|i| format!("put f.csv f{i}.csv\n")).collect();
-    let sessions: Vec<_> = ["acme", "b1", "b2", "b3"]
-        .into_iter()
-        .map(|u| {
-            let (port, dir, batch) = (g.server.port(), g.w.path().to_path_buf(), batch.clone());
-            std::thread::spawn(move || {
-                crate::harness::sftp(
-                    port,
-                    u,
-                    &crate::harness::Auth::Password(crate::harness::PW.into()),
-                    &dir,
-                    &batch,
-                )
-            })
-        })
-        .collect();
-    for s in sessions {
-        s.join().unwrap().ok();
-    }
+    let port = g.server.port();
+    at_once(
+        &g,
+        &["acme", "b1", "b2", "b3"].map(|u| (port, u, batch.as_str())),
+    );
     hook.wait_accepted(160, Duration::from_secs(30)).await;
     let spent = started.elapsed();
     let claims = hook_claims(&g.server).await - before;

@@ -419,6 +419,16 @@ async fn a_commit_paused_past_its_takeover_stays_true() {
     }
 }
 
+/// S3 request attempts of `op` that failed so far (the gateway's metrics).
+async fn attempt_failures(g: &Gateway, op: &str) -> u64 {
+    let (_, body) = g.server.http_get("/metrics").await;
+    let series = format!("wharf_s3_request_attempt_failures_total{{operation=\"{op}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// S3 stores a PutObject, a CompleteMultipartUpload, a rename's copy or its delete, and
 /// the answer is lost, again and again (beyond the SDK's own retries): the client's answer,
 /// the object and the events agree.
@@ -442,11 +452,27 @@ async fn lost_s3_answers_agree_with_the_client_and_the_events() {
         let data = random_bytes(size);
         g.write_file(name, &data);
         let before = faults.lost();
+        let failed_before = attempt_failures(&g, op).await;
         faults.lose(op, 5);
         let run = g.acme(&format!("put {name}\n"));
         assert!(faults.lost() > before, "{op}: no answer was lost");
         uploads.insert(format!("/{name}"), (run.code == Some(0), data));
         assert_eq!(run.code, Some(0), "{op}: {run:?}\n{}", g.server.log());
+        // Every attempt whose answer was lost is counted, and logged with its operation.
+        assert_eq!(
+            attempt_failures(&g, op).await - failed_before,
+            (faults.lost() - before) as u64,
+            "{op}"
+        );
+        assert!(
+            g.server
+                .log()
+                .lines()
+                .any(|l| l.contains("S3 request attempt failed")
+                    && l.contains(&format!("\"operation\":\"{op}\""))),
+            "{op}: no attempt failure logged\n{}",
+            g.server.log()
+        );
     }
     // A temp-name upload whose rename's copy answer is lost, then one whose delete's is.
     for (op, name) in [
