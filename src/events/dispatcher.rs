@@ -62,8 +62,9 @@ impl Dispatcher {
         if let Db::Postgres(pool) = self.outbox.db() {
             let pool = pool.clone();
             let wake = (self.outbox.wake.clone(), self.outbox.wake_builtin.clone());
+            let origin = self.outbox.origin().to_string();
             let stop = stop.clone();
-            tokio::spawn(async move { listen(pool, wake, stop).await });
+            tokio::spawn(async move { listen(pool, wake, origin, stop).await });
         }
         let mut tasks = Vec::new();
         for w in &self.workers {
@@ -81,12 +82,15 @@ impl Dispatcher {
 }
 
 /// Postgres LISTEN: other instances' new events wake this one's workers (the built-in sinks'
-/// only for events that may have work for them), once per `NOTIFY_COALESCE`.
+/// only for events that may have work for them), once per `NOTIFY_COALESCE`. This
+/// instance's own NOTIFYs (`origin`) are skipped: its workers were woken in process.
 async fn listen(
     pool: sqlx::PgPool,
     (wake, wake_builtin): (Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>),
+    origin: String,
     stop: CancellationToken,
 ) {
+    use super::outbox::notified;
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -100,24 +104,25 @@ async fn listen(
             continue;
         }
         'connection: loop {
-            let first = tokio::select! {
+            let mut builtin = tokio::select! {
                 _ = stop.cancelled() => return,
                 n = listener.recv() => match n {
-                    Ok(n) => n,
+                    Ok(n) => match notified(n.payload(), &origin) {
+                        Some(builtin) => builtin,
+                        None => continue 'connection,
+                    },
                     Err(_) => break,
                 }
             };
-            // A burst of commits (every instance's, this one's own included) wakes the
-            // workers once: the NOTIFYs that come within NOTIFY_COALESCE of the first are
-            // taken with it. This instance's own events woke its workers already, at once.
-            let mut builtin = first.payload() == super::outbox::BUILTIN_WORK;
+            // A burst of other instances' commits wakes the workers once: the NOTIFYs that
+            // come within NOTIFY_COALESCE of the first are taken with it.
             let until = tokio::time::Instant::now() + NOTIFY_COALESCE;
             let lost = loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep_until(until) => break false,
                     n = listener.recv() => match n {
-                        Ok(n) => builtin |= n.payload() == super::outbox::BUILTIN_WORK,
+                        Ok(n) => builtin |= notified(n.payload(), &origin).unwrap_or(false),
                         Err(_) => break true,
                     }
                 }
@@ -146,6 +151,13 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
     let mut inflight = tokio::task::JoinSet::new();
     let mut last_claim = tokio::time::Instant::now() - CLAIM_GAP;
     let claims = metrics().event_claim(&name);
+    // When the earliest retry this worker's runs scheduled is due.
+    let mut retry: Option<tokio::time::Instant> = None;
+    // Whether the last claim passed over accounts whose runs were in flight: events of
+    // theirs recorded meanwhile wait for a claim when those runs end. Otherwise a run that
+    // ends without leaving work behind (see `RunEnd`) claims nothing: a lone arrival costs
+    // one claim, not two.
+    let mut passed_over = false;
     loop {
         // Register interest before looking, so an event recorded meanwhile still wakes us.
         let woken = wake.notified();
@@ -157,14 +169,24 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
         let gap_end = last_claim + CLAIM_GAP;
         loop {
             tokio::select! {
-                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                Some(r) = inflight.join_next(), if !inflight.is_empty() => {
+                    run_ended(&mut retry, r);
+                }
                 _ = tokio::time::sleep_until(gap_end) => break,
             }
         }
         let room = ACCOUNTS - inflight.len() as i64;
-        let mut wait = POLL;
+        // A retry this worker scheduled is claimed when it is due; one another instance
+        // scheduled is that instance's to claim, and a claim a crashed instance held lapses
+        // into the next poll: no query for the next due time after every claim.
+        let now = tokio::time::Instant::now();
+        if retry.is_some_and(|at| at <= now) {
+            retry = None;
+        }
+        let wait = retry.map_or(POLL, |at| (at - now).min(POLL));
         if room > 0 && !stop.is_cancelled() {
             last_claim = tokio::time::Instant::now();
+            passed_over = !inflight.is_empty();
             claims.inc();
             match outbox.claim(&name, lease, room, RUN).await {
                 Ok(batch) => {
@@ -184,11 +206,6 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
                         let outbox = outbox.clone();
                         inflight.spawn(async move { deliver_run(&outbox, &w, run, lease).await });
                     }
-                    if inflight.is_empty() {
-                        if let Ok(Some(due_in)) = outbox.next_due(&name).await {
-                            wait = due_in.min(POLL);
-                        }
-                    }
                 }
                 Err(e) => tracing::warn!(sink = %name, error = %e, "cannot claim events; retrying"),
             }
@@ -198,13 +215,46 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
             while inflight.join_next().await.is_some() {}
             return;
         }
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
-            _ = &mut woken => {}
-            _ = tokio::time::sleep(wait) => {}
+        let poll = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(r) = inflight.join_next(), if !inflight.is_empty() => {
+                    if run_ended(&mut retry, r) || passed_over {
+                        break;
+                    }
+                }
+                _ = &mut woken => break,
+                _ = tokio::time::sleep_until(poll) => break,
+            }
         }
     }
+}
+
+/// Keeps the earlier of `retry` and the retry an ended run scheduled; whether the run may
+/// have left its account's work unclaimed.
+fn run_ended(
+    retry: &mut Option<tokio::time::Instant>,
+    run: Result<RunEnd, tokio::task::JoinError>,
+) -> bool {
+    let Ok(run) = run else {
+        return true;
+    };
+    if let Some(delay) = run.retry {
+        let at = tokio::time::Instant::now() + delay;
+        *retry = Some(retry.map_or(at, |r| r.min(at)));
+    }
+    run.more
+}
+
+/// How a run ended.
+#[derive(Default)]
+struct RunEnd {
+    /// It stopped at a failed delivery, retried after this delay.
+    retry: Option<Duration>,
+    /// Its account may have deliveries due now: the run was full (`RUN`), or it gave its
+    /// claim back without scheduling a retry.
+    more: bool,
 }
 
 /// Deliveries recorded together (a crash redelivers at most these).
@@ -216,14 +266,20 @@ const RECORD_EVERY: usize = 32;
 /// lapse under a run and another instance never sends the same events meanwhile; deliveries
 /// are recorded every `RECORD_EVERY` events and at the end; and a worker that finds its claim
 /// gone stops. A delivery in progress renews the claim on the same schedule.
-async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_for: Duration) {
+async fn deliver_run(
+    outbox: &Outbox,
+    w: &SinkWorker,
+    run: Vec<Claimed>,
+    lease_for: Duration,
+) -> RunEnd {
     let name = w.sink.name();
     let (Some(lease), Some(user)) = (
         run.first().map(|c| c.lease.clone()),
         run.first().map(|c| c.event.username.clone()),
     ) else {
-        return;
+        return RunEnd::default();
     };
+    let full = run.len() as i64 >= RUN;
     // One attempt may take the sink's timeout: the claim must outlast it.
     let need = w.sink.timeout() + Duration::from_secs(5);
     let hold = lease_for.max(need);
@@ -232,18 +288,19 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
         tokio::time::Instant::now() + lease_for.saturating_sub(Duration::from_secs(1));
     let mut unrecorded: Option<i64> = None;
     let mut since_record = 0;
-    let mut stopped = false;
+    // Set when the run stops early: the retry's delay, if a delivery failed.
+    let mut stopped: Option<Option<Duration>> = None;
     for c in &run {
         if held_until.saturating_duration_since(tokio::time::Instant::now()) < need {
             match renew(outbox, name, &lease, hold).await {
                 Ok(Some(until)) => held_until = until,
                 Ok(None) => {
                     tracing::warn!(sink = name, username = %user, "claim lost to another instance; stopping this run");
-                    return;
+                    return RunEnd::default();
                 }
                 Err(e) => {
                     tracing::warn!(sink = name, error = %e, "cannot extend a claim; stopping this run");
-                    stopped = true;
+                    stopped = Some(None);
                     break;
                 }
             }
@@ -265,7 +322,7 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
                             Ok(Some(until)) => held_until = until,
                             Ok(None) => {
                                 tracing::warn!(sink = name, username = %user, "claim lost to another instance during a delivery; abandoning it");
-                                return;
+                                return RunEnd::default();
                             }
                             Err(e) => {
                                 tracing::warn!(sink = name, error = %e, "cannot extend a claim during a delivery; retrying");
@@ -284,25 +341,33 @@ async fn deliver_run(outbox: &Outbox, w: &SinkWorker, run: Vec<Claimed>, lease_f
                 if since_record >= RECORD_EVERY {
                     since_record = 0;
                     if !record_delivered(outbox, name, &lease, &user, unrecorded.take()).await {
-                        return;
+                        return RunEnd::default();
                     }
                 }
             }
             Attempt::Dead => {}
-            Attempt::Retry => {
-                stopped = true;
+            Attempt::Retry(delay) => {
+                stopped = Some(Some(delay));
                 break;
             }
-            Attempt::Lost => return,
+            Attempt::Lost => return RunEnd::default(),
         }
     }
     if !record_delivered(outbox, name, &lease, &user, unrecorded).await {
-        return;
+        return RunEnd::default();
     }
-    if stopped {
-        if let Err(e) = outbox.release(name, &lease, &user).await {
-            tracing::warn!(sink = name, error = %e, "could not release claims; they expire with the lease");
-        }
+    let Some(retry) = stopped else {
+        return RunEnd {
+            retry: None,
+            more: full,
+        };
+    };
+    if let Err(e) = outbox.release(name, &lease, &user).await {
+        tracing::warn!(sink = name, error = %e, "could not release claims; they expire with the lease");
+    }
+    RunEnd {
+        retry,
+        more: retry.is_none(),
     }
 }
 
@@ -353,7 +418,8 @@ enum Attempt {
     Delivered,
     /// Given up (older than `max_age`): it no longer holds the account's later events back.
     Dead,
-    Retry,
+    /// Failed; retried after this delay.
+    Retry(Duration),
     /// The claim was no longer this worker's: nothing was recorded.
     Lost,
 }
@@ -395,7 +461,7 @@ async fn deliver_one(outbox: &Outbox, w: &SinkWorker, c: &Claimed) -> Attempt {
             if dead {
                 Attempt::Dead
             } else {
-                Attempt::Retry
+                Attempt::Retry(delay)
             }
         }
     }

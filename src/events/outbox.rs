@@ -205,8 +205,21 @@ const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND i
 pub const RECEIPTS: &str = "receipts";
 const RECEIPT_TARGET: &str =
     "INSERT INTO receipts (event_id, target) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
-/// The NOTIFY payload of a transaction that may have queued work for a built-in sink.
+/// The NOTIFY payload of a transaction that may have queued work for a built-in sink (after
+/// the sender's origin and a space; alone from an older instance).
 pub const BUILTIN_WORK: &str = "builtin";
+
+/// What a NOTIFY on `wharf_events` says to the instance whose outbox has origin `own`:
+/// `None` when that instance sent it itself (its workers were woken in process already),
+/// else whether the events may have work for a built-in sink. A payload without an origin
+/// (the CLI's, an older instance's) is always someone else's.
+pub fn notified(payload: &str, own: &str) -> Option<bool> {
+    let (origin, rest) = payload.split_once(' ').unwrap_or((payload, ""));
+    if origin == own {
+        return None;
+    }
+    Some(payload == BUILTIN_WORK || rest == BUILTIN_WORK)
+}
 /// Whether `sink` is built in (its deliveries come only from arrivals that ask for them).
 pub fn is_builtin(sink: &str) -> bool {
     sink == RECEIPTS || sink == DECRYPT
@@ -282,7 +295,8 @@ const INSERT_DELIVERY: &str =
 /// `commit_plain`: a group of events (arrays in commit order, each with the intent it clears,
 /// `''` for none), a delivery of each to every sink (`$9`), the content digests of the
 /// arrivals among them in their folders' duplicate index (`$11`, `''` for none, counting for
-/// `$12` microseconds), and the NOTIFY that wakes other instances, in one statement (so one
+/// `$12` microseconds), and the NOTIFY that wakes other instances (`$13`: this outbox's
+/// origin), in one statement (so one
 /// implicit transaction). An event with an intent is recorded (and its digest) only if its
 /// intent, held by this instance (`$10`), was deleted here (fencing); an event whose id is
 /// there already is not recorded again (a retry after a lost answer).
@@ -295,7 +309,7 @@ cleared AS (DELETE FROM commit_intents ci USING input WHERE input.loc <> '' AND 
 ev AS (INSERT INTO events (id, type, username, subject, created_us, body, location) SELECT i.id, i.type, i.username, i.subject, (SELECT now_us FROM clock), i.body, NULLIF(i.location, '') FROM input i WHERE i.loc = '' OR i.ord IN (SELECT ord FROM cleared) ORDER BY i.ord ON CONFLICT (id) DO NOTHING RETURNING seq, username), \
 deliveries AS (INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT ev.seq, s.sink, ev.username, (SELECT now_us FROM clock) FROM ev CROSS JOIN unnest($9::text[]) AS s(sink)), \
 digests AS (INSERT INTO arrived_digests (digest_key, event_id, path, arrived_us, expires_us) SELECT i.digest_key, i.id, i.subject, (SELECT now_us FROM clock), (SELECT now_us FROM clock) + i.digest_window FROM input i WHERE i.digest_key <> '' AND i.ord IN (SELECT ord FROM cleared) ON CONFLICT DO NOTHING) \
-SELECT (i.loc = '' OR i.ord IN (SELECT ord FROM cleared)) AS recorded FROM input i CROSS JOIN (SELECT pg_notify('wharf_events', '')) n ORDER BY i.ord";
+SELECT (i.loc = '' OR i.ord IN (SELECT ord FROM cleared)) AS recorded FROM input i CROSS JOIN (SELECT pg_notify('wharf_events', $13)) n ORDER BY i.ord";
 /// The due, unclaimed heads (each account's oldest pending delivery) on SQLite, found one
 /// account at a time through the queue index, so a claim costs the number of accounts with
 /// pending deliveries, not the backlog.
@@ -351,6 +365,8 @@ pub struct Outbox {
     pub wake_builtin: Arc<Notify>,
     /// Where `record` queues events for the group committer.
     committer: Arc<std::sync::OnceLock<mpsc::UnboundedSender<Queued>>>,
+    /// Names this process in its NOTIFYs, so its own listener skips them (`notified`).
+    origin: Arc<str>,
 }
 
 impl Outbox {
@@ -364,6 +380,21 @@ impl Outbox {
             wake: Arc::new(Notify::new()),
             wake_builtin: Arc::new(Notify::new()),
             committer: Arc::default(),
+            origin: uuid::Uuid::new_v4().simple().to_string().into(),
+        }
+    }
+
+    /// The origin this process's NOTIFYs carry (see `notified`).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The NOTIFY payload of a commit of this process.
+    fn notify_payload(&self, builtin: bool) -> String {
+        if builtin {
+            format!("{} {BUILTIN_WORK}", self.origin)
+        } else {
+            self.origin.to_string()
         }
     }
 
@@ -556,6 +587,7 @@ impl Outbox {
             .bind(owner)
             .bind(digest_keys)
             .bind(digest_windows)
+            .bind(self.origin.as_ref())
             .fetch_all(pool)
             .await?)
     }
@@ -657,7 +689,7 @@ impl Outbox {
             if matches!(self.db, Db::Postgres(_)) {
                 // Other instances LISTEN for this; it is sent when the transaction commits.
                 sqlx::query("SELECT pg_notify('wharf_events', $1)")
-                    .bind(if builtin { BUILTIN_WORK } else { "" })
+                    .bind(self.notify_payload(builtin))
                     .execute(&mut *tx)
                     .await?;
             }
@@ -698,7 +730,10 @@ impl Outbox {
                     }
                 }
                 if matches!(self.db, Db::Postgres(_)) {
-                    sqlx::query("SELECT pg_notify('wharf_events', '')").execute(&mut *tx).await?;
+                    sqlx::query("SELECT pg_notify('wharf_events', $1)")
+                        .bind(self.notify_payload(false))
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
                 true
@@ -896,16 +931,6 @@ impl Outbox {
                     .set(n);
             }
         }
-    }
-
-    /// How long until a pending delivery of `sink` becomes due (to sleep until then), by
-    /// the database's clock; `None` when none is pending.
-    pub async fn next_due(&self, sink: &str) -> Result<Option<std::time::Duration>> {
-        let next: Option<i64> = on_pool!(&self.bookkeeping, pool => {
-            sqlx::query_scalar("SELECT MIN(CASE WHEN lease_until_us > next_at_us THEN lease_until_us ELSE next_at_us END) - (SELECT now_us FROM wharf_clock) FROM event_deliveries WHERE sink = $1 AND state = 'pending'")
-                .bind(sink).fetch_one(pool).await?
-        });
-        Ok(next.map(|us| std::time::Duration::from_micros(us.max(0) as u64)))
     }
 
     /// Where the receipt of event `event_id` goes (JSON of a `ReceiptTarget`), until written.
@@ -1116,5 +1141,21 @@ impl Outbox {
         sinks: &[String],
     ) -> Result<u64> {
         Ok(super::query::replay(&self.db, id, since, sinks, None).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::notified;
+
+    #[test]
+    fn an_instance_skips_its_own_notifies_only() {
+        assert_eq!(notified("abc", "abc"), None);
+        assert_eq!(notified("abc builtin", "abc"), None);
+        assert_eq!(notified("xyz", "abc"), Some(false));
+        assert_eq!(notified("xyz builtin", "abc"), Some(true));
+        // The CLI's, and an older instance's, carry no origin.
+        assert_eq!(notified("", "abc"), Some(false));
+        assert_eq!(notified("builtin", "abc"), Some(true));
     }
 }

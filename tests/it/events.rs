@@ -346,6 +346,39 @@ async fn bursts_of_commits_cost_a_dispatcher_one_claim_per_window_not_one_per_ev
     assert_eq!(hook.accepted().len(), 160);
 }
 
+/// A lone arrival costs its instance's dispatcher one claim: the one that takes it. Not a
+/// second when its run ends having left nothing behind, nor a third when the instance's own
+/// NOTIFY comes back through its LISTEN connection (it skips its own), nor a query for the
+/// next due time after each.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_arrival_costs_its_dispatcher_one_claim() {
+    let hook = Receiver::start().await;
+    let g = Gateway::start(true, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    g.write_file("f.csv", b"f\n");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = hook_claims(&g.server).await;
+    let started = std::time::Instant::now();
+    const N: usize = 10;
+    for i in 0..N {
+        g.acme(&format!("put f.csv lone{i}.csv\n")).ok();
+        hook.wait_accepted(i + 1, Duration::from_secs(10)).await;
+        // Past the NOTIFY coalescing window, so a wake-up by the instance's own NOTIFY
+        // would be a claim of its own.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let spent = started.elapsed();
+    let claims = hook_claims(&g.server).await - before;
+    // One per arrival, and the polls of a worker that waited a whole second (none while
+    // arrivals keep coming, a few on a slow machine).
+    let polls = spent.as_secs() + 1;
+    eprintln!("{claims} claims for {N} lone arrivals over {spent:?}");
+    assert!(
+        claims <= N as u64 + polls,
+        "{claims} claims for {N} lone arrivals over {spent:?} (at most {N} + {polls} polls)"
+    );
+    assert_eq!(hook.accepted().len(), N);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn temp_name_upload_arrives_once_on_rename() {
     let hook = Receiver::start().await;
