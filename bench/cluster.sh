@@ -4,7 +4,12 @@
 # and the clients, so this shows overhead, not scaling; the CPU figures say what more cores
 # would give).
 #
-#   bench/cluster.sh [ROUNDS] [BIG_MIB]       (defaults: 3 rounds, 1024 MiB)
+#   bench/cluster.sh [ROUNDS] [BIG_MIB]       (defaults: 3 rounds, 1024 MiB; 0 skips the big rounds)
+#   SCALED=1 bench/cluster.sh          adds two small-file targets in the same rounds:
+#                                       three-haproxy@30 (three times the sessions: each instance
+#                                       under the load one instance has at 10, i.e. instances that
+#                                       add capacity) and one-haproxy@3 (one instance under the
+#                                       load each of three has at 10)
 #   PERF=one-haproxy,three-haproxy bench/cluster.sh   profiles those clusters' instances during
 #                                       the small-file rounds (`perf record`) and prints where
 #                                       each one's CPU per file goes
@@ -68,7 +73,7 @@ for c in "${CONFIGS[@]}"; do
     scripts/cluster.sh up "$n" "$WORK/$c" > /dev/null
   (
     set -a; . "$WORK/$c/shared.env"; set +a
-    for u in 0 1 2 3 4 5 6 7 8 9; do "$WHARF" user add "bench$u" --ssh-key "$KEY.pub" > /dev/null 2>&1; done
+    for ((u = 0; u < 30; u++)); do "$WHARF" user add "bench$u" --ssh-key "$KEY.pub" > /dev/null 2>&1; done
   )
 done
 
@@ -85,11 +90,13 @@ target() {
 }
 cpu_ticks() { local t=0 p; for p in ${1//,/ }; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 
-log "creating a ${BIG_MIB} MiB file"
-head -c "$((BIG_MIB << 20))" /dev/urandom > "$WORK/big.bin"
+if [ "$BIG_MIB" -gt 0 ]; then
+  log "creating a ${BIG_MIB} MiB file"
+  head -c "$((BIG_MIB << 20))" /dev/urandom > "$WORK/big.bin"
+fi
 SSH=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o IdentitiesOnly=yes -i "$KEY")
 declare -A MBS CPU
-for ((r = 0; r < ROUNDS; r++)); do
+for ((r = 0; r < ROUNDS && BIG_MIB > 0; r++)); do
   for ((j = 0; j < ${#CONFIGS[@]}; j++)); do
     c=${CONFIGS[$(((j + r) % ${#CONFIGS[@]}))]}
     read -r host port pids _ <<<"$(target "$c")"
@@ -112,12 +119,20 @@ done
 TARGETS="["
 for c in "${CONFIGS[@]}"; do
   read -r host port pids metrics <<<"$(target "$c")"
-  TARGETS+="{\"name\": \"$c\", \"host\": \"$host\", \"port\": $port, \"user\": \"bench{s}\", \"dir\": \".\", \"pid\": [${pids}], \"metrics\": [\"${metrics//,/\", \"}\"]},"
+  t="\"host\": \"$host\", \"port\": $port, \"user\": \"bench{s}\", \"dir\": \".\", \"pid\": [${pids}], \"metrics\": [\"${metrics//,/\", \"}\"]"
+  TARGETS+="{\"name\": \"$c\", $t},"
+  if [ "${SCALED:-}" = 1 ]; then
+    case $c in
+      three-haproxy) TARGETS+="{\"name\": \"$c@30\", \"sessions\": 30, $t}," ;;
+      one-haproxy) TARGETS+="{\"name\": \"$c@3\", \"sessions\": 3, $t}," ;;
+    esac
+  fi
 done
 export TARGETS="${TARGETS%,}]" MODES=sessions ROUNDS
 python3 bench/small_files_bench.py > "$WORK/small.json"
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+if [ "$BIG_MIB" -gt 0 ]; then
 printf '\n8 concurrent uploads of %s MiB (aggregate), medians of %d interleaved rounds:\n' "$BIG_MIB" "$ROUNDS"
 printf '  %-16s %10s %16s %10s\n' target "MB/s" "CPU s/GiB (all)" "vs one"
 base=$(median <<<"${MBS[one-direct]}")
@@ -125,21 +140,24 @@ for c in "${CONFIGS[@]}"; do
   m=$(median <<<"${MBS[$c]}"); p=$(median <<<"${CPU[$c]}")
   printf '  %-16s %10.0f %16.2f %9.2fx\n' "$c" "$m" "$p" "$(python3 -c "print($m / $base)")"
 done
+fi
 python3 - "$WORK/small.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 res = r["results"]
-print(f"\n{r['sessions']} sessions x {r['per_session']} files of {r['size']} B, events on, medians of {r['rounds']} rounds:")
-print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} {'claims/file':>12} {'S3 req/file':>12} errors")
+print(f"\n{r['sessions']} sessions (@N: N sessions) x {r['per_session']} files of {r['size']} B, events on, medians of {r['rounds']} rounds:")
+print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} {'CPU vs one-haproxy':>19} {'claims/file':>12} {'S3 req/file':>12} errors")
 base = res["sessions:one-direct"]["median_files_per_s"]
+one = res["sessions:one-haproxy"]
+base_cpu = one["median_cpu_s"] / one["files"]
 for k, v in res.items():
-    n = r["sessions"] * r["per_session"]
+    n = v["files"]
     print(f"  {k.split(':', 1)[1]:16} {v['median_files_per_s']:9.0f} {v['median_cpu_s'] / n * 1000:12.2f} "
-          f"{v['median_files_per_s'] / base:7.2f}x {v.get('median_claims_per_file', float('nan')):12.3f} "
+          f"{v['median_files_per_s'] / base:7.2f}x {v['median_cpu_s'] / n / base_cpu:18.2f}x {v.get('median_claims_per_file', float('nan')):12.3f} "
           f"{v.get('median_s3_per_file', float('nan')):12.3f} {v['errors']}")
 for key, profiles in r.get("perf", {}).items():
     v = res[key]
-    per_file = v["median_cpu_s"] / (r["sessions"] * r["per_session"]) * 1000
+    per_file = v["median_cpu_s"] / v["files"] * 1000
     print(f"  {key.split(':', 1)[1]} CPU profile (last round), as ms per file of its {per_file:.2f}:")
     print("    " + ", ".join(f"{k} {s / 100 * per_file:.3f}" for k, s in profiles[-1]["categories"].items()))
 if "webhook_latency_ms" in r:

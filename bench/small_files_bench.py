@@ -6,7 +6,7 @@ Modes:
   perconn   SESSIONS parallel loops, each running `sftp -b` with one put, PERCONN times
 
 Targets come as JSON in TARGETS: [{"name", "port", "user", "dir", "pid", "metrics"}] (and
-optionally "host", default 127.0.0.1), where
+optionally "host", default 127.0.0.1, and "sessions", default SESSIONS), where
 `dir` is the remote directory to put into, `pid` the server process (for its CPU time) and
 `metrics` the wharf metrics address (for S3 requests and the webhook latency), or null, and
 `s3_count` (optional) a file where the bench's S3 proxy counts the target's requests. For a
@@ -65,7 +65,9 @@ def machine_diff(a, b):
         d = ticks - (prev[1] if prev and prev[0] == comm else 0)
         if d > 0:
             by[comm] = by.get(comm, 0) + d / tck
-    return {k: round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:8]}
+    top = {k: round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:8]}
+    top["all processes"] = round(sum(by.values()), 2)
+    return top
 
 # Symbol substrings -> what they are part of. First match wins.
 CATEGORIES = [
@@ -150,10 +152,14 @@ def claims(metrics):
     return metric_sum(metrics, r'^wharf_event_claims_total\{[^}]*\} (\S+)')
 
 
+def sessions(target):
+    return target.get("sessions", SESSIONS)
+
+
 def files(tag):
     os.makedirs(os.path.join(WORK, "src"), exist_ok=True)
     out = []
-    for s in range(SESSIONS):
+    for s in range(max([SESSIONS] + [sessions(t) for t in TARGETS])):
         for i in range(max(PER, PERCONN)):
             p = os.path.join(WORK, "src", f"{tag}-{s}-{i}.csv")
             if not os.path.exists(p):
@@ -180,13 +186,13 @@ def run_sessions(target, rnd):
         if not ok:
             errors.append(err)
     errors = []
-    threads = [threading.Thread(target=one, args=(s,)) for s in range(SESSIONS)]
+    threads = [threading.Thread(target=one, args=(s,)) for s in range(sessions(target))]
     t0 = time.time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.time() - t0, SESSIONS * PER, errors
+    return time.time() - t0, sessions(target) * PER, errors
 
 
 def run_perconn(target, rnd):
@@ -196,13 +202,13 @@ def run_perconn(target, rnd):
             if not ok:
                 errors.append(err)
     errors = []
-    threads = [threading.Thread(target=loop, args=(s,)) for s in range(SESSIONS)]
+    threads = [threading.Thread(target=loop, args=(s,)) for s in range(sessions(target))]
     t0 = time.time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.time() - t0, SESSIONS * PERCONN, errors
+    return time.time() - t0, sessions(target) * PERCONN, errors
 
 
 def settle():
@@ -234,7 +240,13 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
             m0 = machine_cpu() if MACHINE else None
             secs, n, errors = runner(target, rnd)
             if MACHINE:
-                report.setdefault("machine", {})[f"{mode}:{target['name']}"] = machine_diff(m0, machine_cpu())
+                used = machine_diff(m0, machine_cpu())
+                # How busy the cores were: a run that kept them all busy is bound by CPU, not
+                # by round trips (its time per file is the machine's CPU per file x sessions
+                # / cores).
+                used["busy %"] = round(100 * used["all processes"] / secs / os.cpu_count())
+                used["machine CPU ms/file"] = round(1000 * used["all processes"] / n, 2)
+                report.setdefault("machine", {})[f"{mode}:{target['name']}"] = used
             if prof:
                 prof[0].send_signal(2)
                 prof[0].wait()
@@ -244,7 +256,8 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
             q1 = s3_requests(target)
             k1 = claims(target.get("metrics"))
             r = report["results"].setdefault(f"{mode}:{target['name']}", {"files_per_s": [], "cpu_s": [],
-                                                                            "s3_per_file": [], "errors": 0})
+                                                                            "s3_per_file": [], "errors": 0,
+                                                                            "files": n})
             if k0 is not None:
                 r.setdefault("claims_per_file", []).append((k1 - k0) / n)
             r["files_per_s"].append(n / secs)
