@@ -176,6 +176,20 @@ for mode, label, n in (("sessions", f"{r['sessions']} sessions x {r['per_session
         if base and v:
             print(f"    {variant} / wharf/pg: files/s {v['median_files_per_s'] / base['median_files_per_s']:.2f}x, "
                   f"wharf CPU per file {v['median_cpu_s'] / base['median_cpu_s']:.2f}x")
+    # Where a file's time goes, per session: the SFTP ceiling's time per file (sshd, same
+    # sessions) plus one S3 round trip is the floor; wharf's upload time (open to close
+    # answered) holds its PutObject call and the rest of its own work.
+    sshd = res.get(f"{mode}:sshd->/dev/shm")
+    for k, v in res.items():
+        if not k.startswith(mode + ":") or "median_upload_ms" not in v or not sshd:
+            continue
+        per_file = 1000 * r["sessions"] / v["median_files_per_s"]
+        floor = 1000 * r["sessions"] / sshd["median_files_per_s"]
+        put = v.get("median_put_object_ms", 0)
+        print(f"    {k.split(':',1)[1]}: {per_file:.1f} ms per file per session; SFTP ceiling {floor:.1f}"
+              f" + its PutObject call {put:.1f} (round trip and S3's own time) = {floor + put:.1f},"
+              f" {per_file - floor - put:+.1f} over; an upload (open to close answered) took {v['median_upload_ms']:.1f},"
+              f" {v['median_upload_ms'] - put:.1f} of it besides PutObject")
     rc = res.get(f"{mode}:rclone->garage", {}).get("median_files_per_s")
     for w in ("wharf/pg->garage", "wharf/sqlite->garage"):
         if rc and f"{mode}:{w}" in res:

@@ -62,7 +62,8 @@ def machine_diff(a, b):
     by = {}
     for p, (comm, ticks) in b.items():
         prev = a.get(p)
-        d = ticks - (prev[1] if prev and prev[0] == comm else 0)
+        # By pid: a kernel worker renames itself after the work it does.
+        d = ticks - (prev[1] if prev and prev[1] <= ticks else 0)
         if d > 0:
             by[comm] = by.get(comm, 0) + d / tck
     top = {k: round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:8]}
@@ -141,6 +142,21 @@ def s3_requests(target):
         except FileNotFoundError:
             return 0.0
     return metric_sum(target.get("metrics"), r'^wharf_s3_request_duration_seconds_count\{[^}]*\} (\S+)')
+
+
+def means(metrics):
+    """Sums and counts so far of wharf's upload time (open to close answered) and of its S3
+    PutObject calls, to tell where a small file's time goes."""
+    if not metrics:
+        return None
+    return {k: (metric_sum(metrics, rf'^{name}_sum{sel} (\S+)'), metric_sum(metrics, rf'^{name}_count{sel} (\S+)'))
+            for k, name, sel in (("upload_ms", "wharf_upload_duration_seconds", r"(?:\{[^}]*\})?"),
+                                 ("put_object_ms", "wharf_s3_request_duration_seconds", r'\{[^}]*operation="PutObject"[^}]*\}'))}
+
+
+def mean_ms(before, after, k):
+    (s0, n0), (s1, n1) = before[k], after[k]
+    return 1000 * (s1 - s0) / (n1 - n0) if n1 > n0 else None
 
 
 def delivery_retries(metrics):
@@ -230,6 +246,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
             a0 = cpu_ticks(target["aux_pid"]) if target.get("aux_pid") else None
             q0 = s3_requests(target)
             k0 = claims(target.get("metrics"))
+            t0 = means(target.get("metrics"))
             prof = None
             if any(target["name"].startswith(p) for p in PERF):
                 data = os.path.join(WORK, f"perf-{mode}-{rnd}.data")
@@ -260,6 +277,12 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
                                                                             "files": n})
             if k0 is not None:
                 r.setdefault("claims_per_file", []).append((k1 - k0) / n)
+            if t0 is not None:
+                t1 = means(target.get("metrics"))
+                for k in t0:
+                    m = mean_ms(t0, t1, k)
+                    if m is not None:
+                        r.setdefault(k, []).append(m)
             r["files_per_s"].append(n / secs)
             r["cpu_s"].append(cpu)
             if a0 is not None:
@@ -282,6 +305,9 @@ for r in report["results"].values():
         r["median_s3_per_file"] = statistics.median(r["s3_per_file"])
     if r.get("claims_per_file"):
         r["median_claims_per_file"] = statistics.median(r["claims_per_file"])
+    for k in ("upload_ms", "put_object_ms"):
+        if r.get(k):
+            r["median_" + k] = round(statistics.median(r[k]), 2)
 
 if HOOK_LOG and os.path.exists(HOOK_LOG):
     lat = []
