@@ -153,11 +153,12 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
     let claims = metrics().event_claim(&name);
     // When the earliest retry this worker's runs scheduled is due.
     let mut retry: Option<tokio::time::Instant> = None;
-    // Whether the last claim passed over accounts whose runs were in flight: events of
-    // theirs recorded meanwhile wait for a claim when those runs end. Otherwise a run that
+    // Whether the last claim passed over accounts whose runs were in flight (or was not made
+    // for lack of room): events recorded meanwhile wait for a claim when a run ends. Set at
+    // every pass, before it is read. Otherwise a run that
     // ends without leaving work behind (see `RunEnd`) claims nothing: a lone arrival costs
     // one claim, not two.
-    let mut passed_over = false;
+    let mut passed_over: bool;
     loop {
         // Register interest before looking, so an event recorded meanwhile still wakes us.
         let woken = wake.notified();
@@ -209,6 +210,9 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
                 }
                 Err(e) => tracing::warn!(sink = %name, error = %e, "cannot claim events; retrying"),
             }
+        } else {
+            // No room: whatever woke this claim waits for a run to end.
+            passed_over = true;
         }
         if stop.is_cancelled() {
             // Deliveries in flight finish first.
