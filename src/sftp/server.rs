@@ -112,18 +112,23 @@ pub const WINDOW: u32 = 8 << 20;
 pub const MAX_WINDOW: u32 = 64 << 20;
 /// The rate one upload's window is sized for on a long link: the window grows to twice what
 /// this rate carries in one round trip (half of it is credited per round trip), within
-/// `WINDOW..=MAX_WINDOW`: 8 MiB up to a 7.8 ms round trip, 51 MiB at 50 ms, 64 MiB from
+/// `WINDOW..=MAX_WINDOW`: 8 MiB below a 20 ms round trip (`SHORT_LINK`), 51 MiB at 50 ms, 64 MiB from
 /// 62.5 ms. (A stock OpenSSH put of 256 MiB over 50 ms reached 145 MB/s with 256 MiB/s here,
 /// 156 MB/s with this rate.)
 pub const LINK_RATE: u64 = 512 << 20;
 
+/// Round trips shorter than this are a short link, whatever `LINK_RATE` would ask: `WINDOW`
+/// carries 400 MiB/s there, and a ping on a LAN through a busy host can take several ms (8.2
+/// ms was measured with two test suites on one 2-core machine), which must not widen it.
+pub const SHORT_LINK: Duration = Duration::from_millis(20);
+
 /// The window target after russh credits a channel's window back: doubled while the
 /// connection's round trip says the link needs more than `WINDOW` (HPN-SSH style), up to what
-/// `LINK_RATE` needs over that round trip. Without a measured round trip, or on a short link,
-/// it stays `WINDOW`: a wider window there gains nothing, and it doubled the CPU a stock
-/// OpenSSH client spent per byte it sent (measured on one machine, 512 MiB puts).
+/// `LINK_RATE` needs over that round trip. Without a measured round trip, or on a short link
+/// (`SHORT_LINK`), it stays `WINDOW`: a wider window there gains nothing, and it doubled the
+/// CPU a stock OpenSSH client spent per byte it sent (measured on one machine, 512 MiB puts).
 pub fn next_window(current: u32, rtt: Option<Duration>) -> u32 {
-    let need = rtt.map_or(0, |rtt| {
+    let need = rtt.filter(|rtt| *rtt >= SHORT_LINK).map_or(0, |rtt| {
         (2 * u128::from(LINK_RATE) * rtt.as_micros() / 1_000_000).min(u128::from(MAX_WINDOW)) as u32
     });
     current.saturating_mul(2).min(need).max(WINDOW)
@@ -658,6 +663,10 @@ mod tests {
         assert_eq!(next_window(WINDOW, None), WINDOW);
         assert_eq!(next_window(WINDOW, Some(ms(1))), WINDOW);
         assert_eq!(next_window(WINDOW, Some(ms(7))), WINDOW);
+        // A LAN ping slowed by a busy host is still a short link.
+        assert_eq!(next_window(WINDOW, Some(ms(9))), WINDOW);
+        assert_eq!(next_window(WINDOW, Some(ms(19))), WINDOW);
+        assert_eq!(next_window(WINDOW, Some(ms(20))), 2 * WINDOW);
         // 50 ms: doubling, up to twice what LINK_RATE carries in a round trip.
         let at_50 = (2 * LINK_RATE * 50 / 1000) as u32;
         assert!(at_50 > 4 * WINDOW && at_50 < MAX_WINDOW);
