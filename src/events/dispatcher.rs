@@ -155,9 +155,8 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
     let mut retry: Option<tokio::time::Instant> = None;
     // Whether the last claim passed over accounts whose runs were in flight (or was not made
     // for lack of room): events recorded meanwhile wait for a claim when a run ends. Set at
-    // every pass, before it is read. Otherwise a run that
-    // ends without leaving work behind (see `RunEnd`) claims nothing: a lone arrival costs
-    // one claim, not two.
+    // every pass, before it is read. Otherwise a run that ends without leaving work behind
+    // (see `RunEnd`) claims nothing: a lone arrival costs one claim, not two.
     let mut passed_over: bool;
     loop {
         // Register interest before looking, so an event recorded meanwhile still wakes us.
@@ -219,7 +218,7 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
             while inflight.join_next().await.is_some() {}
             return;
         }
-        let poll = tokio::time::Instant::now() + wait;
+        let mut poll = tokio::time::Instant::now() + wait;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -227,6 +226,8 @@ async fn worker(outbox: Outbox, w: Arc<SinkWorker>, lease: Duration, stop: Cance
                     if run_ended(&mut retry, r) || passed_over {
                         break;
                     }
+                    // A retry the run scheduled is claimed when it is due.
+                    poll = retry.map_or(poll, |at| poll.min(at));
                 }
                 _ = &mut woken => break,
                 _ = tokio::time::sleep_until(poll) => break,

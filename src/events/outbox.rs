@@ -220,6 +220,7 @@ pub fn notified(payload: &str, own: &str) -> Option<bool> {
     }
     Some(payload == BUILTIN_WORK || rest == BUILTIN_WORK)
 }
+
 /// Whether `sink` is built in (its deliveries come only from arrivals that ask for them).
 pub fn is_builtin(sink: &str) -> bool {
     sink == RECEIPTS || sink == DECRYPT
@@ -296,8 +297,7 @@ const INSERT_DELIVERY: &str =
 /// `''` for none), a delivery of each to every sink (`$9`), the content digests of the
 /// arrivals among them in their folders' duplicate index (`$11`, `''` for none, counting for
 /// `$12` microseconds), and the NOTIFY that wakes other instances (`$13`: this outbox's
-/// origin), in one statement (so one
-/// implicit transaction). An event with an intent is recorded (and its digest) only if its
+/// origin), in one statement (so one implicit transaction). An event with an intent is recorded (and its digest) only if its
 /// intent, held by this instance (`$10`), was deleted here (fencing); an event whose id is
 /// there already is not recorded again (a retry after a lost answer).
 /// Data-modifying `WITH` parts always run to completion; the sequence numbers follow the

@@ -379,6 +379,65 @@ async fn a_lone_arrival_costs_its_dispatcher_one_claim() {
     assert_eq!(hook.accepted().len(), N);
 }
 
+/// What a run leaves behind is claimed when the run ends, and a failed delivery's retry when
+/// its backoff is over: neither waits for the next poll (1 s), though no run ending claims
+/// again without cause (see the test above).
+#[tokio::test(flavor = "multi_thread")]
+async fn leftovers_of_a_run_and_a_retry_are_claimed_when_due_not_at_the_next_poll() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let hook = Receiver::start().await;
+    let g = Gateway::start(true, &[("WHARF_EVENTS__SINKS", &webhook_sink(&hook))]).await;
+    g.write_file("f.csv", b"f\n");
+    // A slow pipeline: b.csv arrives while a.csv's delivery is in flight, so the claim it
+    // wakes passes its account over.
+    hook.delay_ms.store(500, SeqCst);
+    g.acme("put f.csv a.csv\nput f.csv b.csv\n").ok();
+    let got = hook.wait_accepted(2, Duration::from_secs(10)).await;
+    let subject = |r: &crate::harness::Received| r.json()["subject"].as_str().unwrap().to_string();
+    assert_eq!(
+        got.iter().map(subject).collect::<Vec<_>>(),
+        ["/a.csv", "/b.csv"]
+    );
+    let after_a = got[1]
+        .at
+        .duration_since(got[0].at + Duration::from_millis(500));
+    eprintln!("b.csv sent {after_a:?} after a.csv was answered");
+    assert!(
+        after_a < Duration::from_millis(300),
+        "b.csv waited {after_a:?} after a.csv's run ended"
+    );
+
+    // A delivery that fails is tried again after its backoff (0.4-0.6 s), not at a poll.
+    hook.delay_ms.store(0, SeqCst);
+    hook.status.store(503, SeqCst);
+    g.acme("put f.csv c.csv\n").ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let tries = loop {
+        let tries: Vec<_> = hook
+            .all()
+            .into_iter()
+            .filter(|r| subject(r) == "/c.csv")
+            .collect();
+        if tries.len() >= 2 || std::time::Instant::now() > deadline {
+            break tries;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        tries.len() >= 2,
+        "c.csv was not tried again: {}",
+        tries.len()
+    );
+    let gap = tries[1].at.duration_since(tries[0].at);
+    eprintln!("c.csv tried again after {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(350) && gap < Duration::from_millis(850),
+        "c.csv tried again after {gap:?}"
+    );
+    hook.status.store(200, SeqCst);
+    hook.wait_accepted(3, Duration::from_secs(10)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn temp_name_upload_arrives_once_on_rename() {
     let hook = Receiver::start().await;

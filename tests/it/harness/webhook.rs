@@ -15,6 +15,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     pub body: String,
     pub status: u16,
+    /// When the request had arrived (before any `delay_ms`).
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -81,6 +83,7 @@ impl Receiver {
                         if rd.read_exact(&mut body).await.is_err() {
                             return;
                         }
+                        let at = std::time::Instant::now();
                         let delay = dl.load(Ordering::SeqCst);
                         if delay > 0 {
                             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -90,6 +93,7 @@ impl Receiver {
                             headers,
                             body: String::from_utf8_lossy(&body).into_owned(),
                             status,
+                            at,
                         });
                         let extra = rh.lock().unwrap().clone();
                         let reply =
