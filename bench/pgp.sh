@@ -6,7 +6,7 @@
 #
 # A SIZE_MIB file of random bytes is encrypted to a fresh RSA-3072 deployment key and signed
 # with a partner's Ed25519 key by GnuPG (its defaults: AES-256, ZLIB, SEIPD v1 with MDC).
-# Each round, interleaved:
+# Each round, interleaved (TARGETS="shm gpg" runs a subset; gpg must be among them):
 #   wharf -> /dev/shm   the file uploaded over SFTP into a folder with --decrypt-to (local
 #                       storage): decryption time from the wharf.decrypt.completed event
 #                       (started_at .. finished_at), wharf's CPU seconds over the decryption
@@ -94,10 +94,11 @@ start_wharf() {  # name default_home
   wharf_started "$name" "$dir"
 }
 start_wharf shm "file://$WORK/wharf-shm/data/"
-start_wharf s3 "s3://$WHARF_TEST_S3_BUCKET/pgp-bench/"
+start_wharf s3 "s3://$WHARF_TEST_S3_BUCKET/$(basename "$WORK")/"  # a prefix of its own: objects of an earlier run stay in a shared S3
 
-cpu_s() {  # pid -> utime+stime in seconds
-  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
+cpu_s() {  # pid -> utime+stime in seconds, its own and its reaped children's (the decryption
+  # workers)
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15 + $16 + $17) / hz}' "/proc/$1/stat"
 }
 
 # Prints "seconds cpu_seconds" for one decryption by wharf instance $1 of upload round $2.
@@ -132,7 +133,11 @@ EOF
   after=$(cpu_s "$pid")
   # CPU over the wait includes the tail of the upload's own work; small next to the decryption.
   echo "$(python3 -c "print($after - $before)")"
-  rm -f "$WORK/r$round.bin.pgp" "$WORK/wharf-shm/data/bench/plain/r$round.bin"
+  # The encrypted upload goes too: files piling up in /dev/shm make each later write touch
+  # memory this VM never used before (the host faults it in), which slowed the later rounds'
+  # plaintext writes by half while gpg's output, deleted each round, reused its memory.
+  rm -f "$WORK/r$round.bin.pgp" "$WORK/wharf-shm/data/plain/r$round.bin" \
+    "$WORK/wharf-shm/data/inbound/r$round.bin.pgp"
 }
 
 run_gpg() {
@@ -147,7 +152,7 @@ need_cmd /usr/bin/time time
 
 declare -A T C
 for ((r = 1; r <= ROUNDS; r++)); do
-  for target in shm s3 gpg; do
+  for target in ${TARGETS:-shm s3 gpg}; do
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
     if [[ $target == gpg ]]; then
       read -r t c < <(run_gpg)
@@ -164,7 +169,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[i
 printf '\n%s MiB encrypted+signed by gpg, %d rounds (medians)\n' "$SIZE_MIB" "$ROUNDS"
 printf '%-22s %10s %10s %14s %10s\n' target seconds "MB/s" "CPU s/GiB" "vs gpg"
 GPG_T=$(median <<<"${T[gpg]}")
-for target in shm s3 gpg; do
+for target in ${TARGETS:-shm s3 gpg}; do
   t=$(median <<<"${T[$target]}"); c=$(median <<<"${C[$target]}")
   python3 - "$target" "$t" "$c" "$SIZE_MIB" "$GPG_T" <<'EOF'
 import sys
