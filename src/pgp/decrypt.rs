@@ -7,10 +7,10 @@
 //! the one that arrived; otherwise it is aborted, and no plaintext exists. Publishing it is
 //! the caller's (`sink.rs`), under a commit intent. Nothing touches the local disk.
 
+use std::os::fd::AsFd as _;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -23,7 +23,10 @@ use crate::storage::{Backend, Sealed, StorageError, Upload, UploadContext};
 /// Encrypted bytes read from storage at a time (and one such read ahead).
 const READ_CHUNK: u32 = 4 << 20;
 /// Plaintext read from the worker at a time.
-const WRITE_CHUNK: usize = 256 << 10;
+const WRITE_CHUNK: usize = 1 << 20;
+/// The pipes to and from the worker (Linux's default most a user may set,
+/// /proc/sys/fs/pipe-max-size).
+const PIPE_SIZE: i32 = 1 << 20;
 /// What the worker may say on stderr (its reply is the last line).
 const REPLY_MAX: usize = 64 << 10;
 
@@ -129,13 +132,10 @@ pub async fn decrypt(
         .begin_upload(target_path, ctx)
         .await
         .map_err(|e| storage("writing the plaintext", e))?;
-    let request = Request {
-        secret_keys: keyring
-            .keys()
-            .iter()
-            .filter_map(|k| k.to_armored_string(Default::default()).ok())
-            .collect(),
-        passphrase: base64::engine::general_purpose::STANDARD.encode(&*keyring.passphrase().read()),
+    let mut request = Request {
+        secret_keys: keyring.unlocked().iter().map(|k| k.to_string()).collect(),
+        // The keys come unlocked (`Keyring::unlocked`).
+        passphrase: String::new(),
         signers: checks.signers,
         require_signature: checks.require_signature,
         limit: expansion,
@@ -160,6 +160,11 @@ pub async fn decrypt(
         ));
     };
 
+    // Pipes of PIPE_SIZE instead of Linux's 64 KiB: each side wakes once per PIPE_SIZE, not
+    // per 64 KiB. Where the size cannot be raised, the default still works.
+    for fd in [stdin.as_fd(), stdout.as_fd()] {
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
     // Encrypted bytes in: read ahead one chunk, hashed as they go, behind the request.
     let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(1);
     let feeder = tokio::spawn(feed(
@@ -169,7 +174,8 @@ pub async fn decrypt(
         checks.source_sha256.clone(),
         in_tx,
     ));
-    let header = serde_json::to_vec(&request).unwrap_or_default();
+    let header = zeroize::Zeroizing::new(serde_json::to_vec(&request).unwrap_or_default());
+    zeroize::Zeroize::zeroize(&mut request.secret_keys);
     drop(request);
     let pipe_in = tokio::spawn(async move {
         stdin

@@ -10,7 +10,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use pgp::composed::{Deserializable, SignedPublicKey, SignedSecretKey};
+use pgp::packet::{SecretKey, SecretSubkey};
 use pgp::types::{KeyDetails as _, Password};
+
+use zeroize::Zeroizing;
 
 use crate::config::PgpConfig;
 use crate::identity::pgp::PartnerKey;
@@ -18,7 +21,10 @@ use crate::identity::pgp::PartnerKey;
 /// The deployment's secret keys, unlocked by one passphrase.
 pub struct Keyring {
     keys: Vec<SignedSecretKey>,
-    passphrase: Password,
+    /// The same keys with their secret material unlocked, armored: what a decryption worker
+    /// is given. The passphrase's S2K (65 million bytes of SHA-1 by GnuPG's defaults, 0.1 s
+    /// or more per key) runs once here, not in every decryption.
+    unlocked: Vec<Zeroizing<String>>,
 }
 
 /// A key as `wharf pgp keys` lists it.
@@ -48,7 +54,7 @@ impl Keyring {
     pub fn empty() -> Keyring {
         Keyring {
             keys: Vec::new(),
-            passphrase: Password::empty(),
+            unlocked: Vec::new(),
         }
     }
 
@@ -66,6 +72,7 @@ impl Keyring {
             None => Password::empty(),
         };
         let mut keys = Vec::new();
+        let mut unlocked = Vec::new();
         let mut infos = Vec::new();
         for pattern in &cfg.keys {
             let full = if Path::new(pattern).is_absolute() {
@@ -99,7 +106,7 @@ impl Keyring {
                     key.verify_bindings().with_context(|| {
                         format!("pgp.keys: {} has invalid self-signatures", file.display())
                     })?;
-                    unlocks(&key, &passphrase).with_context(|| {
+                    let open = unlock(&key, &passphrase).with_context(|| {
                         format!(
                             "pgp.keys: the passphrase does not unlock {} (key {}){}",
                             file.display(),
@@ -122,38 +129,47 @@ impl Keyring {
                         file: file.display().to_string(),
                     });
                     keys.push(key);
+                    unlocked.push(open);
                 }
             }
         }
-        Ok((Keyring { keys, passphrase }, infos))
+        Ok((Keyring { keys, unlocked }, infos))
     }
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
-    pub(crate) fn keys(&self) -> &[SignedSecretKey] {
-        &self.keys
-    }
-
-    pub(crate) fn passphrase(&self) -> &Password {
-        &self.passphrase
+    /// The keys, unlocked and armored, for a decryption worker.
+    pub(crate) fn unlocked(&self) -> &[Zeroizing<String>] {
+        &self.unlocked
     }
 }
 
-/// Whether `pw` unlocks the key's secret material (the primary and every subkey).
-fn unlocks(key: &SignedSecretKey, pw: &Password) -> anyhow::Result<()> {
-    key.primary_key
-        .unlock(pw, |_, _| Ok(()))
-        .and_then(|r| r)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for sub in &key.secret_subkeys {
-        sub.key
-            .unlock(pw, |_, _| Ok(()))
-            .and_then(|r| r)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+/// The key with its secret material (the primary's and every subkey's) unlocked by `pw`,
+/// armored; an error if `pw` does not unlock all of it.
+fn unlock(key: &SignedSecretKey, pw: &Password) -> anyhow::Result<Zeroizing<String>> {
+    let err = |e: pgp::errors::Error| anyhow::anyhow!("{e}");
+    let mut open = key.clone();
+    open.primary_key.remove_password(pw).map_err(err)?;
+    // New packets, so their headers give the unlocked material's length.
+    open.primary_key = SecretKey::new(
+        open.primary_key.public_key().clone(),
+        open.primary_key.secret_params().clone(),
+    )
+    .map_err(err)?;
+    for sub in &mut open.secret_subkeys {
+        sub.key.remove_password(pw).map_err(err)?;
+        sub.key = SecretSubkey::new(
+            sub.key.public_key().clone(),
+            sub.key.secret_params().clone(),
+        )
+        .map_err(err)?;
     }
-    Ok(())
+    Ok(Zeroizing::new(
+        open.to_armored_string(Default::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    ))
 }
 
 /// Parses a partner's public key as an admin gives it (armored, as `gpg --export --armor`
