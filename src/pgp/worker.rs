@@ -153,7 +153,7 @@ fn serve() -> Result<Option<String>, Failure> {
         .name("pgp-decrypt".into())
         .stack_size(STACK)
         .spawn(move || {
-            let mut out = std::io::stdout().lock();
+            let mut out = RawStdout(std::io::stdout());
             let res = run(
                 input,
                 &keys,
@@ -173,6 +173,20 @@ fn serve() -> Result<Option<String>, Failure> {
                 "the decryption failed unexpectedly".into(),
             ))
         })
+}
+
+/// Standard output written straight to its descriptor: std's line buffering would split
+/// each binary write at its last newline into two writes and a copy.
+struct RawStdout(std::io::Stdout);
+
+impl Write for RawStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        nix::unistd::write(&self.0, buf).map_err(std::io::Error::from)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The address space this process may use: past it allocations fail and it ends, which the
@@ -287,12 +301,10 @@ fn outer_packets<R: BufRead>(input: &mut R) -> Result<Vec<u8>, Failure> {
 }
 
 /// Opens the layers inside the decrypted message (compression, signing), at most
-/// `MAX_LAYERS` deep and with at most `MAX_SIGNATURES` signatures, down to its literal data.
-fn open_layers(mut msg: Message<'_>) -> Result<Message<'_>, Failure> {
+/// `MAX_LAYERS` deep and with at most `MAX_SIGNATURES` signatures, down to its literal data;
+/// `opened` compression layers were opened above it.
+fn open_layers(mut msg: Message<'_>, mut opened: usize) -> Result<Message<'_>, Failure> {
     let hostile = |why: String| Failure::Corrupt(format!("{why}: refused as hostile"));
-    // Compression layers opened so far: each stays in the chain of readers every read goes
-    // through.
-    let mut opened = 0usize;
     loop {
         // Walk the signed layers down to the innermost message not opened yet.
         let (mut depth, mut signatures) = (0usize, 0usize);
@@ -417,7 +429,170 @@ pub fn run<R: BufRead + std::fmt::Debug + Send, W: Write>(
         }
         Err(e) => return Err(corrupt("cannot decrypt", &e)),
     };
-    let mut msg = open_layers(msg)?;
+    // A compressed message (GnuPG's default) is read on two threads: one decrypts (checking
+    // the MDC or AEAD tags at the end) and decompresses, the other hashes for the signature
+    // and writes the plaintext, so neither waits for the other's work.
+    if matches!(msg, Message::Compressed { .. }) {
+        return split(msg, signers, require_signature, limit, out);
+    }
+    let msg = open_layers(msg, 0)?;
+    literal(msg, signers, require_signature, limit, out)
+}
+
+/// The decompressed packets handed from the decrypting thread to the one that reads them, at
+/// most this much at a time and `HANDOFF_DEPTH` such pieces waiting.
+const HANDOFF_CHUNK: usize = 256 << 10;
+const HANDOFF_DEPTH: usize = 4;
+
+/// Reads a decrypted message whose top layer is a compressed packet on two threads: a
+/// spawned one decrypts and decompresses (and reads on to the end of the encrypted data, so
+/// the integrity check runs there), this one reads the layers inside the compressed packet
+/// (signatures, literal data). The outcome is
+/// the decryption's failure if it failed (the layers inside then saw the data cut short),
+/// else that of the layers inside.
+fn split<W: Write>(
+    mut msg: Message<'_>,
+    signers: &[(String, SignedPublicKey)],
+    require_signature: bool,
+    limit: Limit,
+    out: &mut W,
+) -> Result<Option<String>, Failure> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(HANDOFF_DEPTH);
+    // Pieces the inner side is done with go back to be filled again (no allocation, no
+    // zeroing, per piece).
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    // Set by the inner side when it no longer needs the rest: the decrypting side then stops
+    // unless the inner side succeeded (the integrity check must still run to the end).
+    let inner_failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let outer = std::thread::Builder::new()
+            .name("pgp-decrypt-outer".into())
+            .stack_size(STACK)
+            .spawn_scoped(scope, || {
+                let (mut tx, free_rx) = (Some(tx), free_rx);
+                let damaged = |e: std::io::Error| {
+                    corrupt(
+                        "the encrypted file is damaged, cut short or cannot be decompressed",
+                        &e,
+                    )
+                };
+                let mut body = pgp::packet::Decompressor::from_reader(&mut msg).map_err(damaged)?;
+                loop {
+                    let mut chunk = free_rx
+                        .try_recv()
+                        .unwrap_or_else(|_| vec![0u8; HANDOFF_CHUNK]);
+                    chunk.resize(HANDOFF_CHUNK, 0);
+                    let n = fill(&mut body, &mut chunk).map_err(damaged)?;
+                    if n == 0 {
+                        break;
+                    }
+                    chunk.truncate(n);
+                    if let Some(t) = &tx {
+                        if t.send(chunk).is_err() {
+                            tx = None;
+                        }
+                    }
+                    if tx.is_none() && inner_failed.load(std::sync::atomic::Ordering::Acquire) {
+                        return Ok(());
+                    }
+                }
+                drop((body, tx));
+                // What follows the compressed stream in the packet, and the rest of the
+                // encrypted data, to its end, where the integrity check runs.
+                std::io::copy(&mut msg, &mut std::io::sink()).map_err(damaged)?;
+                Ok(())
+            })
+            .map_err(|e| Failure::Storage(format!("decryption worker: {e}")));
+        let inner = (|| {
+            let input = Handoff {
+                rx,
+                free: free_tx,
+                chunk: Vec::new(),
+                pos: 0,
+            };
+            let inner = Message::from_bytes(input)
+                .map_err(|e| corrupt("cannot read the compressed message", &e))?;
+            let inner = open_layers(inner, 1)?;
+            literal(inner, signers, require_signature, limit, out)
+        })();
+        if inner.is_err() {
+            inner_failed.store(true, std::sync::atomic::Ordering::Release);
+        }
+        // Ends the hand-off whatever happened, so the decrypting side cannot wait on it.
+        let outer = outer?.join().unwrap_or_else(|_| {
+            Err(Failure::Corrupt(
+                "the decryption failed unexpectedly".into(),
+            ))
+        });
+        outer.and(inner)
+    })
+}
+
+/// Reads from `r` until `buf` is full or the end; returns how much it read.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The receiving end of the hand-off, as the reader the layers inside are parsed from; the
+/// sender gone is its end. Pieces read go back through `free`.
+#[derive(Debug)]
+struct Handoff {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    free: std::sync::mpsc::Sender<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Handoff {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let have = self.fill_buf()?;
+        let n = have.len().min(buf.len());
+        buf[..n].copy_from_slice(&have[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Handoff {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    let done = std::mem::replace(&mut self.chunk, c);
+                    self.pos = 0;
+                    if done.capacity() > 0 {
+                        let _ = self.free.send(done);
+                    }
+                }
+                Err(_) => return Ok(&[]),
+            }
+        }
+        Ok(&self.chunk[self.pos..])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.chunk.len());
+    }
+}
+
+/// Reads an opened message's literal data into `out` (at most `limit`), then checks its
+/// signatures against the partner's keys. Returns the signer's fingerprint, if signed.
+fn literal<W: Write>(
+    mut msg: Message<'_>,
+    signers: &[(String, SignedPublicKey)],
+    require_signature: bool,
+    limit: Limit,
+    out: &mut W,
+) -> Result<Option<String>, Failure> {
     let mut total = 0u64;
     let mut buf = vec![0u8; WRITE_CHUNK];
     loop {

@@ -86,9 +86,11 @@ impl Gpg {
         std::fs::write(to, out.stdout).unwrap();
     }
 
-    /// Encrypts `input` to `to`, signed by `signer` when given; armored for `.asc`.
-    fn encrypt(&self, input: &Path, output: &Path, to: &str, signer: Option<&str>) {
-        let mut args = vec!["--passphrase", "", "--recipient", to, "--output"];
+    /// Encrypts `input` to `to`, signed by `signer` when given; armored for `.asc`; with
+    /// `extra` options.
+    fn encrypt(&self, input: &Path, output: &Path, to: &str, signer: Option<&str>, extra: &[&str]) {
+        let mut args = extra.to_vec();
+        args.extend(["--passphrase", "", "--recipient", to, "--output"]);
         let out = output.to_str().unwrap();
         args.push(out);
         if output.extension().is_some_and(|e| e == "asc") {
@@ -156,11 +158,24 @@ impl Keys {
     /// Encrypts `plain` (written in the gateway's directory as `name` without its suffix)
     /// into `name` there.
     fn encrypt(&self, g: &Gateway, name: &str, plain: &[u8], to: &str, signer: Option<&str>) {
+        self.encrypt_with(g, name, plain, to, signer, &[]);
+    }
+
+    /// `encrypt` with more options for gpg.
+    fn encrypt_with(
+        &self,
+        g: &Gateway,
+        name: &str,
+        plain: &[u8],
+        to: &str,
+        signer: Option<&str>,
+        extra: &[&str],
+    ) {
         let clear = self.dir.join(format!("{name}.clear"));
         std::fs::write(&clear, plain).unwrap();
         let out = g.w.file(name);
         let _ = std::fs::remove_file(&out);
-        self.gpg.encrypt(&clear, &out, to, signer);
+        self.gpg.encrypt(&clear, &out, to, signer, extra);
     }
 }
 
@@ -318,6 +333,18 @@ async fn files_that_fail_a_check_get_a_failed_event_and_leave_no_plaintext() {
     k.encrypt(&g, "other.csv.pgp", &plain, OTHER, Some(PARTNER));
     k.encrypt(&g, "truncated.csv.pgp", &plain, WHARF, Some(PARTNER));
     k.encrypt(&g, "tampered.csv.pgp", &plain, WHARF, Some(PARTNER));
+    // Without compression (`--compress-algo none`) the message is read on one thread, with
+    // it (GnuPG's default) on two: both paths are checked, tampered and whole.
+    let none = ["--compress-algo", "none"];
+    k.encrypt_with(
+        &g,
+        "flat-tampered.csv.pgp",
+        &plain,
+        WHARF,
+        Some(PARTNER),
+        &none,
+    );
+    k.encrypt_with(&g, "flat.csv.pgp", &plain, WHARF, Some(PARTNER), &none);
     k.encrypt(&g, "optional.csv.gpg", &plain, WHARF, None);
     // Compresses a thousandfold: more plaintext than pgp.max_expansion allows.
     k.encrypt(
@@ -329,16 +356,19 @@ async fn files_that_fail_a_check_get_a_failed_event_and_leave_no_plaintext() {
     );
     let full = std::fs::read(g.w.file("truncated.csv.pgp")).unwrap();
     std::fs::write(g.w.file("truncated.csv.pgp"), &full[..full.len() * 2 / 3]).unwrap();
-    let mut bad = std::fs::read(g.w.file("tampered.csv.pgp")).unwrap();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0x5a;
-    std::fs::write(g.w.file("tampered.csv.pgp"), &bad).unwrap();
+    for name in ["tampered.csv.pgp", "flat-tampered.csv.pgp"] {
+        let mut bad = std::fs::read(g.w.file(name)).unwrap();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x5a;
+        std::fs::write(g.w.file(name), &bad).unwrap();
+    }
     std::fs::write(g.w.file("junk.csv.pgp"), b"not pgp at all\n").unwrap();
 
     g.acme(
         "put unsigned.csv.pgp /inbound/\nput stranger.csv.pgp /inbound/\n\
          put other.csv.pgp /inbound/\nput truncated.csv.pgp /inbound/\n\
          put tampered.csv.pgp /inbound/\nput junk.csv.pgp /inbound/\n\
+         put flat-tampered.csv.pgp /inbound/\nput flat.csv.pgp /inbound/\n\
          put optional.csv.gpg /loose/\nput bomb.csv.pgp /loose/\n",
     )
     .ok();
@@ -349,6 +379,7 @@ async fn files_that_fail_a_check_get_a_failed_event_and_leave_no_plaintext() {
         ("other.csv", "no_key", "inbound"),
         ("truncated.csv", "corrupt", "inbound"),
         ("tampered.csv", "corrupt", "inbound"),
+        ("flat-tampered.csv", "corrupt", "inbound"),
         ("junk.csv", "corrupt", "inbound"),
         ("bomb.csv", "corrupt", "loose"),
     ] {
@@ -369,6 +400,9 @@ async fn files_that_fail_a_check_get_a_failed_event_and_leave_no_plaintext() {
     assert_eq!(ok["data"]["signature"], "none", "{ok}");
     assert!(ok["data"]["signer_fingerprint"].is_null(), "{ok}");
     assert_eq!(g.object("acme/plain/optional.csv").await.unwrap(), plain);
+    let flat = wait_event(&g, "wharf.decrypt.completed", "/plain/flat.csv").await;
+    assert_eq!(flat["data"]["signature"], "valid", "{flat}");
+    assert_eq!(g.object("acme/plain/flat.csv").await.unwrap(), plain);
     // The failed plaintext uploads (multipart: 12 MiB in 5 MiB parts) were aborted.
     assert!(g.s3.open_multipart_uploads(&g.prefix).await.is_empty());
     assert_eq!(g.count_rows("decrypt_jobs").await, 0);
