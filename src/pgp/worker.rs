@@ -10,11 +10,11 @@
 //!   every read goes through), and at most `MAX_SIGNATURES` signatures (each hashes the whole
 //!   plaintext);
 //! - the plaintext at most `limit` bytes (`pgp.max_expansion` times the encrypted file);
-//! - the parsing on a thread of `STACK` bytes, in an address space of `pgp.worker_memory`.
+//! - the parsing on threads of `STACK` bytes, in an address space of `pgp.worker_memory`.
 //!
 //! Protocol: on stdin a 4-byte big-endian length and that much JSON (`Request`), then the
 //! encrypted file until EOF; on stdout the plaintext; on stderr, last, one JSON line
-//! (`Reply`). Secrets (the deployment's keys and passphrase) go through the pipe only.
+//! (`Reply`). Secrets (the deployment's keys, unlocked) go through the pipe only.
 
 use std::io::{BufRead, BufReader, Read, Write};
 
