@@ -153,7 +153,8 @@ fn serve() -> Result<Option<String>, Failure> {
         .name("pgp-decrypt".into())
         .stack_size(STACK)
         .spawn(move || {
-            let mut out = RawStdout(std::io::stdout());
+            let mut out =
+                Writer::start().map_err(|e| Failure::Storage(format!("decryption worker: {e}")))?;
             let res = run(
                 input,
                 &keys,
@@ -163,8 +164,11 @@ fn serve() -> Result<Option<String>, Failure> {
                 limit,
                 &mut out,
             );
-            let _ = out.flush();
-            res
+            let written = out.finish();
+            match (res, written) {
+                (Ok(_), Err(_)) => Err(Failure::Storage("writing the plaintext stopped".into())),
+                (res, _) => res,
+            }
         })
         .map_err(|e| Failure::Storage(format!("decryption worker: {e}")))?
         .join()
@@ -173,6 +177,86 @@ fn serve() -> Result<Option<String>, Failure> {
                 "the decryption failed unexpectedly".into(),
             ))
         })
+}
+
+/// The plaintext, written to standard output by a thread of its own, so the kernel's copy
+/// into the pipe is not on the thread that hashes for the signature (the slowest of the
+/// worker's). Pieces of `WRITE_CHUNK`, at most `HANDOFF_DEPTH` waiting, buffers reused.
+struct Writer {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Writer {
+    fn start() -> std::io::Result<Writer> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(HANDOFF_DEPTH);
+        let (free_tx, free) = std::sync::mpsc::channel::<Vec<u8>>();
+        let thread = std::thread::Builder::new()
+            .name("pgp-write".into())
+            .spawn(move || {
+                let mut out = RawStdout(std::io::stdout());
+                for mut piece in rx {
+                    out.write_all(&piece)?;
+                    piece.clear();
+                    let _ = free_tx.send(piece);
+                }
+                Ok(())
+            })?;
+        Ok(Writer {
+            tx: Some(tx),
+            free,
+            buf: Vec::with_capacity(WRITE_CHUNK),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        let next = self
+            .free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(WRITE_CHUNK));
+        let full = std::mem::replace(&mut self.buf, next);
+        let stopped = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the writer stopped");
+        self.tx
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(full)
+            .map_err(|_| stopped())
+    }
+
+    /// Writes what is left and waits for the writing thread: whether everything was written.
+    fn finish(mut self) -> std::io::Result<()> {
+        let sent = if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        };
+        drop(self.tx.take());
+        let written = match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the writer failed"))),
+            None => Ok(()),
+        };
+        sent.and(written)
+    }
+}
+
+impl Write for Writer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() == WRITE_CHUNK {
+            self.send()?;
+        }
+        let n = data.len().min(WRITE_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Standard output written straight to its descriptor: std's line buffering would split
