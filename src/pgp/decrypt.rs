@@ -134,8 +134,6 @@ pub async fn decrypt(
         .map_err(|e| storage("writing the plaintext", e))?;
     let mut request = Request {
         secret_keys: keyring.unlocked().iter().map(|k| k.to_string()).collect(),
-        // The keys come unlocked (`Keyring::unlocked`).
-        passphrase: String::new(),
         signers: checks.signers,
         require_signature: checks.require_signature,
         limit: expansion,

@@ -18,7 +18,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 
-use base64::Engine as _;
 use pgp::composed::{
     DecryptionOptions, Deserializable as _, Message, SignedPublicKey, SignedSecretKey, TheRing,
 };
@@ -44,10 +43,8 @@ pub const SUBCOMMAND: &str = "pgp-decrypt-worker";
 /// What the worker is asked to do.
 #[derive(Serialize, Deserialize)]
 pub struct Request {
-    /// The deployment's secret keys, armored.
+    /// The deployment's secret keys, armored and unlocked (`Keyring::unlocked`).
     pub secret_keys: Vec<String>,
-    /// Their passphrase (base64).
-    pub passphrase: String,
     /// The partner's keys: (primary fingerprint, armored public key).
     pub signers: Vec<(String, String)>,
     pub require_signature: bool,
@@ -129,9 +126,6 @@ fn serve() -> Result<Option<String>, Failure> {
         .map(|k| SignedSecretKey::from_armor_single(k.as_bytes()).map(|(k, _)| k))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure::Storage(format!("decryption worker: a key: {e}")))?;
-    let passphrase = base64::engine::general_purpose::STANDARD
-        .decode(&req.passphrase)
-        .map_err(|e| Failure::Storage(format!("decryption worker: passphrase: {e}")))?;
     let signers = req
         .signers
         .iter()
@@ -141,7 +135,7 @@ fn serve() -> Result<Option<String>, Failure> {
                 .map(|(k, _)| (fpr.clone(), k))
         })
         .collect::<Vec<_>>();
-    let (require, limit) = (
+    let (require_signature, limit) = (
         req.require_signature,
         Limit {
             expansion: req.limit,
@@ -155,15 +149,12 @@ fn serve() -> Result<Option<String>, Failure> {
         .spawn(move || {
             let mut out =
                 Writer::start().map_err(|e| Failure::Storage(format!("decryption worker: {e}")))?;
-            let res = run(
-                input,
-                &keys,
-                Password::from(&passphrase[..]),
-                &signers,
-                require,
+            let expect = Expect {
+                signers: &signers,
+                require_signature,
                 limit,
-                &mut out,
-            );
+            };
+            let res = run(input, &keys, expect, &mut out);
             let written = out.finish();
             match (res, written) {
                 (Ok(_), Err(_)) => Err(Failure::Storage("writing the plaintext stopped".into())),
@@ -450,15 +441,21 @@ impl Limit {
     }
 }
 
-/// Parses, decrypts and checks one message from `input`, writing its plaintext to `out`.
-/// Returns the signer's fingerprint (of the partner's keys), if signed.
+/// What a decrypted message is checked against.
+#[derive(Clone, Copy)]
+pub struct Expect<'a> {
+    /// The partner's keys: (primary fingerprint, key).
+    pub signers: &'a [(String, SignedPublicKey)],
+    pub require_signature: bool,
+    pub limit: Limit,
+}
+
+/// Parses, decrypts (with `keys`, unlocked) and checks one message from `input`, writing its
+/// plaintext to `out`. Returns the signer's fingerprint (of the partner's keys), if signed.
 pub fn run<R: BufRead + std::fmt::Debug + Send, W: Write>(
     mut input: R,
     keys: &[SignedSecretKey],
-    passphrase: Password,
-    signers: &[(String, SignedPublicKey)],
-    require_signature: bool,
-    limit: Limit,
+    expect: Expect<'_>,
     out: &mut W,
 ) -> Result<Option<String>, Failure> {
     // Armored (`gpg --armor`) or binary; the packets before the encrypted data are counted
@@ -491,9 +488,11 @@ pub fn run<R: BufRead + std::fmt::Debug + Send, W: Write>(
         ));
     }
     let recipients = recipients(&msg);
+    let no_password = Password::empty();
     let ring = TheRing {
         secret_keys: keys.iter().collect(),
-        key_passwords: vec![&passphrase],
+        // The keys come unlocked.
+        key_passwords: vec![&no_password],
         // Streaming: the plaintext goes to an upload that is committed only after the
         // integrity check at the end passed, and aborted otherwise; nothing unauthenticated
         // is ever visible.
@@ -517,10 +516,10 @@ pub fn run<R: BufRead + std::fmt::Debug + Send, W: Write>(
     // the MDC or AEAD tags at the end) and decompresses, the other hashes for the signature
     // and writes the plaintext, so neither waits for the other's work.
     if matches!(msg, Message::Compressed { .. }) {
-        return split(msg, signers, require_signature, limit, out);
+        return split(msg, expect, out);
     }
     let msg = open_layers(msg, 0)?;
-    literal(msg, signers, require_signature, limit, out)
+    literal(msg, expect, out)
 }
 
 /// The decompressed packets handed from the decrypting thread to the one that reads them, at
@@ -536,9 +535,7 @@ const HANDOFF_DEPTH: usize = 4;
 /// else that of the layers inside.
 fn split<W: Write>(
     mut msg: Message<'_>,
-    signers: &[(String, SignedPublicKey)],
-    require_signature: bool,
-    limit: Limit,
+    expect: Expect<'_>,
     out: &mut W,
 ) -> Result<Option<String>, Failure> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(HANDOFF_DEPTH);
@@ -597,7 +594,7 @@ fn split<W: Write>(
             let inner = Message::from_bytes(input)
                 .map_err(|e| corrupt("cannot read the compressed message", &e))?;
             let inner = open_layers(inner, 1)?;
-            literal(inner, signers, require_signature, limit, out)
+            literal(inner, expect, out)
         })();
         if inner.is_err() {
             inner_failed.store(true, std::sync::atomic::Ordering::Release);
@@ -672,11 +669,14 @@ impl BufRead for Handoff {
 /// signatures against the partner's keys. Returns the signer's fingerprint, if signed.
 fn literal<W: Write>(
     mut msg: Message<'_>,
-    signers: &[(String, SignedPublicKey)],
-    require_signature: bool,
-    limit: Limit,
+    expect: Expect<'_>,
     out: &mut W,
 ) -> Result<Option<String>, Failure> {
+    let Expect {
+        signers,
+        require_signature,
+        limit,
+    } = expect;
     let mut total = 0u64;
     let mut buf = vec![0u8; WRITE_CHUNK];
     loop {
