@@ -146,7 +146,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 res = r["results"]
 print(f"\n{r['sessions']} sessions (@N: N sessions) x {r['per_session']} files of {r['size']} B, events on, medians of {r['rounds']} rounds:")
-print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} {'CPU vs one-haproxy':>19} {'claims/file':>12} {'S3 req/file':>12} errors")
+print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} {'CPU vs one-haproxy':>19} {'claims/file':>12} {'S3 req/file':>12} {'switches/file':>14} errors")
 base = res["sessions:one-direct"]["median_files_per_s"]
 one = res["sessions:one-haproxy"]
 base_cpu = one["median_cpu_s"] / one["files"]
@@ -154,7 +154,8 @@ for k, v in res.items():
     n = v["files"]
     print(f"  {k.split(':', 1)[1]:16} {v['median_files_per_s']:9.0f} {v['median_cpu_s'] / n * 1000:12.2f} "
           f"{v['median_files_per_s'] / base:7.2f}x {v['median_cpu_s'] / n / base_cpu:18.2f}x {v.get('median_claims_per_file', float('nan')):12.3f} "
-          f"{v.get('median_s3_per_file', float('nan')):12.3f} {v['errors']}")
+          f"{v.get('median_s3_per_file', float('nan')):12.3f} {'%.1f+%.1f' % tuple(v.get('median_switches_per_file', (0, 0))):>14} {v['errors']}")
+print("  (switches/file: context switches of the instances and HAProxy per file, voluntary + involuntary)")
 for key, profiles in r.get("perf", {}).items():
     v = res[key]
     per_file = v["median_cpu_s"] / v["files"] * 1000

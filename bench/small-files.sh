@@ -10,6 +10,8 @@
 # whose accounts have `--duplicates flag` (each round after the first re-sends the first
 # round's bytes under new names, so those arrivals are all flagged) and one whose accounts are
 # scanned by a clamd of the run's own (scripts/services.sh; its CPU is reported apart).
+# BENCH_BASELINE=<another wharf binary> adds baseline/pg -> garage in the same rounds: that
+# build set up as wharf/pg is, on a database of its own (an A/B of two builds).
 #
 # Two modes, each in interleaved rounds (rotating order, page cache flushed before each run):
 #   sessions  10 concurrent `sftp -b` sessions x PER_SESSION files of 4 KiB
@@ -41,7 +43,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   stop_garage
   stop_clamd
-  for d in "${DB:-}" "${DB:-}_dup" "${DB:-}_scan"; do
+  for d in "${DB:-}" "${DB:-}_dup" "${DB:-}_scan" "${DB:-}_base"; do
     [ -n "${DB:-}" ] && psql "$WHARF_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true
   done
   rm -rf "$WORK"
@@ -119,6 +121,11 @@ if [ -n "${ASSURANCE:-}" ]; then
 JSON
 )
 fi
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  psql "$WHARF_TEST_POSTGRES_URL" -qc "CREATE DATABASE ${DB}_base" >/dev/null
+  WHARF=$BENCH_BASELINE start_wharf pgbase "${PG_URL%/*}/${DB}_base"
+  EXTRA+=" {\"name\": \"baseline/pg->garage\", \"port\": $PORT_pgbase, \"user\": \"bench{s}\", \"dir\": \".\", \"pid\": $PID_pgbase, \"metrics\": \"$METRICS_pgbase\", \"s3_count\": $(s3_count pgbase)},"
+fi
 
 s3_endpoint rclone
 WHARF_TEST_S3_ENDPOINT=$ENDPOINT start_rclone_sftp rclone "$KEY.pub" "$WORK/rclone.log"
@@ -171,7 +178,7 @@ for mode, label, n in (("sessions", f"{r['sessions']} sessions x {r['per_session
         aux = f"   (+ {v['aux']} {1000*v['median_aux_cpu_s']/n:.2f} CPU ms/file)" if "median_aux_cpu_s" in v else ""
         print(f"    {k.split(':',1)[1]:24} {v['median_files_per_s']:9.0f} {v['median_cpu_s']:13.2f} {1000*v['median_cpu_s']/n:12.2f} {s3:>12} {v['errors']}{aux}")
     base = res.get(f"{mode}:wharf/pg->garage")
-    for variant in ("wharf/pg+dup->garage", "wharf/pg+scan->garage"):
+    for variant in ("wharf/pg+dup->garage", "wharf/pg+scan->garage", "baseline/pg->garage"):
         v = res.get(f"{mode}:{variant}")
         if base and v:
             print(f"    {variant} / wharf/pg: files/s {v['median_files_per_s'] / base['median_files_per_s']:.2f}x, "
@@ -191,7 +198,7 @@ for mode, label, n in (("sessions", f"{r['sessions']} sessions x {r['per_session
               f" {per_file - floor - put:+.1f} over; an upload (open to close answered) took {v['median_upload_ms']:.1f},"
               f" {v['median_upload_ms'] - put:.1f} of it besides PutObject")
     rc = res.get(f"{mode}:rclone->garage", {}).get("median_files_per_s")
-    for w in ("wharf/pg->garage", "wharf/sqlite->garage"):
+    for w in ("wharf/pg->garage", "wharf/sqlite->garage", "baseline/pg->garage"):
         if rc and f"{mode}:{w}" in res:
             print(f"    {w} / rclone = {res[f'{mode}:{w}']['median_files_per_s'] / rc:.2f}x")
 for key, profiles in r.get("perf", {}).items():

@@ -121,6 +121,28 @@ def cpu_ticks(pids):
     return total
 
 
+def switches(pids):
+    """Context switches (voluntary, involuntary) of the servers' live threads: a wake-up is
+    a voluntary one; a thread preempted because the cores were oversubscribed, an involuntary one."""
+    vol = invol = 0
+    for pid in pids if isinstance(pids, list) else [pids]:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            invol += int(line.split()[1])
+            except OSError:
+                pass
+    return vol, invol
+
+
 def metric_sum(metrics, pattern):
     """The sum of a metric's samples over one wharf's metrics address, or several."""
     if not metrics:
@@ -243,6 +265,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
         for target in order:
             settle()
             c0 = cpu_ticks(target["pid"])
+            s0 = switches(target["pid"])
             a0 = cpu_ticks(target["aux_pid"]) if target.get("aux_pid") else None
             q0 = s3_requests(target)
             k0 = claims(target.get("metrics"))
@@ -270,6 +293,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
                 report.setdefault("perf", {}).setdefault(f"{mode}:{target['name']}", []).append(perf_categories(prof[1]))
             time.sleep(0.3)
             cpu = (cpu_ticks(target["pid"]) - c0) / os.sysconf("SC_CLK_TCK")
+            s1 = switches(target["pid"])
             q1 = s3_requests(target)
             k1 = claims(target.get("metrics"))
             r = report["results"].setdefault(f"{mode}:{target['name']}", {"files_per_s": [], "cpu_s": [],
@@ -284,6 +308,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
                     if m is not None:
                         r.setdefault(k, []).append(m)
             r["files_per_s"].append(n / secs)
+            r.setdefault("switches_per_file", []).append([(s1[0] - s0[0]) / n, (s1[1] - s0[1]) / n])
             r["cpu_s"].append(cpu)
             if a0 is not None:
                 r["aux"] = target["aux"]
@@ -303,6 +328,8 @@ for r in report["results"].values():
         r["median_aux_cpu_s"] = statistics.median(r["aux_cpu_s"])
     if r["s3_per_file"]:
         r["median_s3_per_file"] = statistics.median(r["s3_per_file"])
+    if r.get("switches_per_file"):
+        r["median_switches_per_file"] = [statistics.median(x[i] for x in r["switches_per_file"]) for i in (0, 1)]
     if r.get("claims_per_file"):
         r["median_claims_per_file"] = statistics.median(r["claims_per_file"])
     for k in ("upload_ms", "put_object_ms"):
