@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool, SqlitePool};
 
 use crate::config::{redact_url, DatabaseConfig};
@@ -38,6 +38,30 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// A connection back in its pool for less than this is handed out again without a ping.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Every pool's options. sqlx pings a connection (a round trip to the database) when it goes
+/// back to its pool, and by default again when it is taken out: under load, one round trip in
+/// three of every query, and a wake-up of the database and of wharf. A connection that passed
+/// the first ping less than `PING_AFTER_IDLE` ago is handed out as is (HikariCP's
+/// `aliveBypassWindowMs`, PgBouncer's `server_check_delay`); an older one is pinged first, so
+/// one the database dropped while it sat idle is replaced, not used. A connection that breaks
+/// within that second fails its query as it would have failed just after a ping, and sqlx drops
+/// it when it comes back.
+fn pool_options<DB: sqlx::Database>() -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn: &mut DB::Connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// A pool on one of the supported databases.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -62,7 +86,7 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
+            let pool = pool_options::<sqlx::Sqlite>()
                 .max_connections(cfg.max_connections.max(1))
                 .acquire_timeout(timeout)
                 .connect_with(opts)
@@ -78,7 +102,7 @@ impl Db {
                 .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
                 .map_err(unreachable)?;
             let _ = probe.close().await;
-            let pool = PgPoolOptions::new()
+            let pool = pool_options::<sqlx::Postgres>()
                 .max_connections(cfg.max_connections.max(1))
                 .acquire_timeout(timeout)
                 .connect_with(opts)
@@ -136,7 +160,7 @@ impl Db {
                     .synchronous(SqliteSynchronous::Normal);
                 let options = p.options();
                 Db::Sqlite(
-                    SqlitePoolOptions::new()
+                    pool_options::<sqlx::Sqlite>()
                         .max_connections(connections)
                         .acquire_timeout(options.get_acquire_timeout())
                         .connect_lazy_with(opts),
@@ -148,7 +172,7 @@ impl Db {
                     .options([("synchronous_commit", "off")]);
                 let options = p.options();
                 Db::Postgres(
-                    PgPoolOptions::new()
+                    pool_options::<sqlx::Postgres>()
                         .max_connections(connections)
                         .acquire_timeout(options.get_acquire_timeout())
                         .connect_lazy_with(opts),
@@ -165,7 +189,7 @@ impl Db {
             Db::Sqlite(p) => {
                 let opts = (*p.connect_options()).clone();
                 Db::Sqlite(
-                    SqlitePoolOptions::new()
+                    pool_options::<sqlx::Sqlite>()
                         .max_connections(connections.max(1))
                         .acquire_timeout(p.options().get_acquire_timeout())
                         .connect_lazy_with(opts),
@@ -174,7 +198,7 @@ impl Db {
             Db::Postgres(p) => {
                 let opts = (*p.connect_options()).clone();
                 Db::Postgres(
-                    PgPoolOptions::new()
+                    pool_options::<sqlx::Postgres>()
                         .max_connections(connections.max(1))
                         .acquire_timeout(p.options().get_acquire_timeout())
                         .connect_lazy_with(opts),
