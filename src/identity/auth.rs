@@ -168,6 +168,21 @@ impl Authenticator {
         Ok(account)
     }
 
+    /// The signed login that follows an accepted offer of the same key moments later
+    /// (`public_key` found `account` and the key then): the bans and the account's own rules
+    /// are checked again; the account and its key are not looked up again.
+    pub async fn offered_key_signed(
+        &self,
+        account: Account,
+        ip: IpAddr,
+    ) -> Result<Account, Refusal> {
+        if self.banned(ip).await {
+            return Err(Refusal::Banned);
+        }
+        self.admit(&account, ip)?;
+        Ok(account)
+    }
+
     /// Records a successful login in `last_login_at`, to the minute: a login within a minute
     /// of the recorded one writes nothing (one database write per login would be most of
     /// what a one-file-per-connection partner costs the database).

@@ -217,6 +217,7 @@ impl FrontEnd for SftpServer {
             span: conn.span.clone(),
             rtt_us: Arc::new(AtomicU64::new(0)),
             rtt_asked: false,
+            offered: None,
         };
         let running = russh::server::run_stream(self.config.clone(), sock, handler)
             .await
@@ -263,7 +264,22 @@ struct SshHandler {
     /// session channel opens and nothing else is under way.
     rtt_us: Arc<AtomicU64>,
     rtt_asked: bool,
+    /// The account whose key the client offered and wharf accepted (OpenSSH asks whether a
+    /// key would do before it signs with it): the signed login that follows with the same
+    /// user and key checks it again without looking it up again.
+    offered: Option<Offered>,
 }
+
+/// An accepted key offer.
+struct Offered {
+    user: String,
+    key: PublicKey,
+    account: Account,
+    at: std::time::Instant,
+}
+
+/// How long an accepted offer stands in for the lookup at the signed login that follows.
+const OFFER_STANDS: Duration = Duration::from_secs(10);
 
 /// Session channels one connection may have open at once (AWS Transfer Family allows 10):
 /// each runs its own SFTP session, and all share the connection's `MAX_OPEN_FILES`.
@@ -469,7 +485,15 @@ impl russh::server::Handler for SshHandler {
             .public_key(user, offer.public_key, self.peer.ip())
             .await
         {
-            Ok(_) => Ok(Auth::Accept),
+            Ok(account) => {
+                self.offered = Some(Offered {
+                    user: user.to_owned(),
+                    key: offer.public_key.clone(),
+                    account,
+                    at: std::time::Instant::now(),
+                });
+                Ok(Auth::Accept)
+            }
             Err(why) => Ok(self.refused(user, "publickey", why)),
         }
     }
@@ -482,12 +506,26 @@ impl russh::server::Handler for SshHandler {
         if is_sha1_rsa(key.algorithm) {
             return Ok(self.refused(user, "publickey", Refusal::UnknownKey));
         }
-        match self
-            .ctx
-            .auth
-            .public_key(user, key.public_key, self.peer.ip())
-            .await
-        {
+        let offered = self.offered.take().filter(|o| {
+            o.user == user
+                && o.key.key_data() == key.public_key.key_data()
+                && o.at.elapsed() < OFFER_STANDS
+        });
+        let checked = match offered {
+            Some(o) => {
+                self.ctx
+                    .auth
+                    .offered_key_signed(o.account, self.peer.ip())
+                    .await
+            }
+            None => {
+                self.ctx
+                    .auth
+                    .public_key(user, key.public_key, self.peer.ip())
+                    .await
+            }
+        };
+        match checked {
             Ok(account) => Ok(self.accepted(account, "publickey", Some(key.public_key))),
             Err(why) => Ok(self.refused(user, "publickey", why)),
         }
