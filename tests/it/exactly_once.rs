@@ -1,7 +1,8 @@
 //! Exactly once in a real cluster: instances on one database whose hosts' clocks disagree
 //! (libfaketime), a database that goes away for 35 s, an instance paused for 40 s (SIGSTOP,
 //! as a VM is paused), S3 answers lost after S3 did the work, renames onto final names, and
-//! a pipeline's own multipart upload under a shared prefix. Every upload a client saw
+//! a pipeline's own multipart upload under a shared prefix, a pooled connection dropped
+//! while idle. Every upload a client saw
 //! succeed has its object and exactly one completed event; no object is left without its
 //! event; no event describes bytes that are not there.
 
@@ -260,6 +261,40 @@ async fn a_database_outage_of_35s_leaves_every_upload_true() {
     assert!(ok >= 4, "too few uploads went through");
     check(&g, &uploads).await;
     drop(second);
+}
+
+/// A pooled connection that the database dropped while it sat idle (longer than the second
+/// within which a connection just back in its pool is handed out without a ping) is pinged
+/// and replaced, not handed out: the next query succeeds, on a new backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_dropped_while_idle_is_replaced_not_used() {
+    use sqlx::Connection as _;
+    let pg = crate::harness::PgDb::create().await;
+    let cfg = wharf::config::DatabaseConfig {
+        url: secrecy::SecretString::from(pg.url.clone()),
+        max_connections: 1,
+        ..Default::default()
+    };
+    let db = wharf::db::Db::connect(&cfg).await.expect("connect");
+    let wharf::db::Db::Postgres(pool) = &db else {
+        unreachable!("a Postgres url")
+    };
+    let backend = "SELECT pg_backend_pid()";
+    let pid: i32 = sqlx::query_scalar(backend).fetch_one(pool).await.unwrap();
+    // Another session ends that backend while the pool's one connection sits idle.
+    let mut admin = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(ended, "the backend was not ended");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again: i32 = sqlx::query_scalar(backend)
+        .fetch_one(pool)
+        .await
+        .expect("a connection dropped while idle was handed out");
+    assert_ne!(again, pid);
 }
 
 /// The database commits an upload's event transaction and the answer is lost (the connection
