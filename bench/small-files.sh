@@ -38,6 +38,10 @@ need_cmd sftp openssh-client
 build_wharf
 
 export WORK=$(mktemp -d /dev/shm/wharf-small.XXXXXX)
+# Every run writes under a prefix of its own: in a garage shared between runs, an account's
+# directory that earlier runs filled past a page (1,000 names) is not listed by wharf's
+# session view, so every stat a client sends before a put would cost an S3 request.
+RUN=$(basename "$WORK")
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -91,7 +95,7 @@ start_wharf() {  # name database-url [user-set options] -> PORT_<name>, PID_<nam
   s3_endpoint "$name"
   (
     cd "$dir"
-    bench_wharf_env "s3://$WHARF_TEST_S3_BUCKET/$name/" "$ENDPOINT"
+    bench_wharf_env "s3://$WHARF_TEST_S3_BUCKET/$RUN/$name/" "$ENDPOINT"
     export WHARF_DATABASE__URL=$db \
       WHARF_EVENTS__SINKS="[{name = \"hook\", type = \"webhook\", url = \"http://127.0.0.1:$HOOK_PORT/\", secret = \"s\"}]"
     if [ "$name" = pgscan ]; then export WHARF_SCAN__CLAMD=$WHARF_TEST_CLAMD; fi
@@ -128,7 +132,7 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
 fi
 
 s3_endpoint rclone
-WHARF_TEST_S3_ENDPOINT=$ENDPOINT start_rclone_sftp rclone "$KEY.pub" "$WORK/rclone.log"
+WHARF_TEST_S3_ENDPOINT=$ENDPOINT start_rclone_sftp "$RUN/rclone" "$KEY.pub" "$WORK/rclone.log"
 PIDS+=("$RCLONE_PID")
 
 PORT_sshd=$(free_port)
