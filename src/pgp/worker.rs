@@ -174,47 +174,38 @@ fn serve() -> Result<Option<String>, Failure> {
 /// into the pipe is not on the thread that hashes for the signature (the slowest of the
 /// worker's). Pieces of `WRITE_CHUNK`, at most `HANDOFF_DEPTH` waiting, buffers reused.
 struct Writer {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    tx: Option<PieceSender>,
     buf: Vec<u8>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Writer {
     fn start() -> std::io::Result<Writer> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(HANDOFF_DEPTH);
-        let (free_tx, free) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (tx, rx) = pieces();
         let thread = std::thread::Builder::new()
             .name("pgp-write".into())
             .spawn(move || {
                 let mut out = RawStdout(std::io::stdout());
-                for mut piece in rx {
+                while let Some(piece) = rx.recv() {
                     out.write_all(&piece)?;
-                    piece.clear();
-                    let _ = free_tx.send(piece);
+                    rx.give_back(piece);
                 }
                 Ok(())
             })?;
         Ok(Writer {
             tx: Some(tx),
-            free,
             buf: Vec::with_capacity(WRITE_CHUNK),
             thread: Some(thread),
         })
     }
 
     fn send(&mut self) -> std::io::Result<()> {
-        let next = self
-            .free
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(WRITE_CHUNK));
-        let full = std::mem::replace(&mut self.buf, next);
         let stopped = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the writer stopped");
-        self.tx
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(full)
-            .map_err(|_| stopped())
+        let tx = self.tx.as_ref().ok_or_else(stopped)?;
+        let mut next = tx.buffer(WRITE_CHUNK);
+        next.clear();
+        let full = std::mem::replace(&mut self.buf, next);
+        tx.send(full).map_err(|_| stopped())
     }
 
     /// Writes what is left and waits for the writing thread: whether everything was written.
@@ -538,10 +529,7 @@ fn split<W: Write>(
     expect: Expect<'_>,
     out: &mut W,
 ) -> Result<Option<String>, Failure> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(HANDOFF_DEPTH);
-    // Pieces the inner side is done with go back to be filled again (no allocation, no
-    // zeroing, per piece).
-    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (tx, rx) = pieces();
     // Set by the inner side when it no longer needs the rest: the decrypting side then stops
     // unless the inner side succeeded (the integrity check must still run to the end).
     let inner_failed = std::sync::atomic::AtomicBool::new(false);
@@ -550,7 +538,7 @@ fn split<W: Write>(
             .name("pgp-decrypt-outer".into())
             .stack_size(STACK)
             .spawn_scoped(scope, || {
-                let (mut tx, free_rx) = (Some(tx), free_rx);
+                let mut tx = Some(tx);
                 let damaged = |e: std::io::Error| {
                     corrupt(
                         "the encrypted file is damaged, cut short or cannot be decompressed",
@@ -558,20 +546,26 @@ fn split<W: Write>(
                     )
                 };
                 let mut body = pgp::packet::Decompressor::from_reader(&mut msg).map_err(damaged)?;
+                // Once the inner side is gone, pieces are read into one buffer of its own.
+                let mut spare = Vec::new();
                 loop {
-                    let mut chunk = free_rx
-                        .try_recv()
-                        .unwrap_or_else(|_| vec![0u8; HANDOFF_CHUNK]);
+                    let mut chunk = match &tx {
+                        Some(t) => t.buffer(HANDOFF_CHUNK),
+                        None => std::mem::take(&mut spare),
+                    };
                     chunk.resize(HANDOFF_CHUNK, 0);
                     let n = fill(&mut body, &mut chunk).map_err(damaged)?;
                     if n == 0 {
                         break;
                     }
                     chunk.truncate(n);
-                    if let Some(t) = &tx {
-                        if t.send(chunk).is_err() {
-                            tx = None;
+                    match &tx {
+                        Some(t) => {
+                            if t.send(chunk).is_err() {
+                                tx = None;
+                            }
                         }
+                        None => spare = chunk,
                     }
                     if tx.is_none() && inner_failed.load(std::sync::atomic::Ordering::Acquire) {
                         return Ok(());
@@ -587,7 +581,6 @@ fn split<W: Write>(
         let inner = (|| {
             let input = Handoff {
                 rx,
-                free: free_tx,
                 chunk: Vec::new(),
                 pos: 0,
             };
@@ -623,12 +616,63 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// The receiving end of the hand-off, as the reader the layers inside are parsed from; the
-/// sender gone is its end. Pieces read go back through `free`.
+/// Pieces of bytes handed from one thread to another, at most `HANDOFF_DEPTH` waiting. The
+/// receiver gives each piece back when it is done with it, so the sender fills the same
+/// buffers again instead of allocating one per piece. Used by the hand-off between the
+/// decrypting and the hashing thread, and by the writer.
+fn pieces() -> (PieceSender, PieceReceiver) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(HANDOFF_DEPTH);
+    let (free_tx, free_rx) = std::sync::mpsc::channel();
+    (
+        PieceSender { tx, free: free_rx },
+        PieceReceiver { rx, free: free_tx },
+    )
+}
+
 #[derive(Debug)]
-struct Handoff {
+struct PieceSender {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl PieceSender {
+    /// A buffer given back, still holding what it last held (filling it again over that costs
+    /// no zeroing), or a new, empty one of `capacity`.
+    fn buffer(&self, capacity: usize) -> Vec<u8> {
+        self.free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(capacity))
+    }
+
+    /// Waits while `HANDOFF_DEPTH` pieces wait; an error once the receiver is gone.
+    fn send(&self, piece: Vec<u8>) -> Result<(), std::sync::mpsc::SendError<Vec<u8>>> {
+        self.tx.send(piece)
+    }
+}
+
+#[derive(Debug)]
+struct PieceReceiver {
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
     free: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl PieceReceiver {
+    /// The next piece; `None` once the sender is gone and every piece was taken.
+    fn recv(&self) -> Option<Vec<u8>> {
+        self.rx.recv().ok()
+    }
+
+    /// A piece done with, for the sender to fill again.
+    fn give_back(&self, piece: Vec<u8>) {
+        let _ = self.free.send(piece);
+    }
+}
+
+/// The receiving end of the hand-off, as the reader the layers inside are parsed from; the
+/// sender gone is its end. Pieces read are given back.
+#[derive(Debug)]
+struct Handoff {
+    rx: PieceReceiver,
     chunk: Vec<u8>,
     pos: usize,
 }
@@ -647,14 +691,14 @@ impl BufRead for Handoff {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.pos == self.chunk.len() {
             match self.rx.recv() {
-                Ok(c) => {
+                Some(c) => {
                     let done = std::mem::replace(&mut self.chunk, c);
                     self.pos = 0;
                     if done.capacity() > 0 {
-                        let _ = self.free.send(done);
+                        self.rx.give_back(done);
                     }
                 }
-                Err(_) => return Ok(&[]),
+                None => return Ok(&[]),
             }
         }
         Ok(&self.chunk[self.pos..])
