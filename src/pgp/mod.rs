@@ -167,8 +167,7 @@ fn unlock(key: &SignedSecretKey, pw: &Password) -> anyhow::Result<Zeroizing<Stri
         .map_err(err)?;
     }
     Ok(Zeroizing::new(
-        open.to_armored_string(Default::default())
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        open.to_armored_string(Default::default()).map_err(err)?,
     ))
 }
 
