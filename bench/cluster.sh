@@ -10,6 +10,13 @@
 #                                       under the load one instance has at 10, i.e. instances that
 #                                       add capacity) and one-haproxy@3 (one instance under the
 #                                       load each of three has at 10)
+#   SYSCALLS=1 bench/cluster.sh        adds system calls per file of the instances and HAProxy
+#                                       (`perf stat`) to the small-file figures
+#   CALLGRIND=1 bench/cluster.sh       runs every instance under valgrind's callgrind and adds the
+#                                       instructions they run in user space per small file: a
+#                                       count that does not depend on how busy or how fast the
+#                                       cores are (only the small rounds; rates and CPU times under
+#                                       valgrind are not comparable to a run without it)
 #   PERF=one-haproxy,three-haproxy bench/cluster.sh   profiles those clusters' instances during
 #                                       the small-file rounds (`perf record`) and prints where
 #                                       each one's CPU per file goes
@@ -36,6 +43,10 @@ need_cmd haproxy haproxy
 need_cmd sftp openssh-client
 
 build_wharf
+if [ "${CALLGRIND:-}" = 1 ]; then
+  need_cmd valgrind valgrind
+  BIG_MIB=0
+fi
 
 export WORK=$(mktemp -d /dev/shm/wharf-cluster.XXXXXX)
 CONFIGS=(one-direct one-haproxy three-haproxy)
@@ -57,6 +68,19 @@ python3 bench/webhook_receiver.py "$HOOK_PORT" "$HOOK_LOG" &
 PIDS+=($!)
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/client" -C bench
 export KEY="$WORK/client"
+INSTANCE_BIN=$WHARF
+if [ "${CALLGRIND:-}" = 1 ]; then
+  # `serve` under callgrind, counting from the start (the bench zeroes the counters before each
+  # round); the CLI commands (migrate, user add) as they are.
+  mkdir "$WORK/callgrind"
+  INSTANCE_BIN=$WORK/wharf-callgrind
+  cat > "$INSTANCE_BIN" <<EOF
+#!/bin/sh
+[ "\$1" = serve ] && exec valgrind -q --tool=callgrind --callgrind-out-file="$WORK/callgrind/callgrind.%p" "$WHARF" "\$@"
+exec "$WHARF" "\$@"
+EOF
+  chmod +x "$INSTANCE_BIN"
+fi
 
 i=0
 for c in "${CONFIGS[@]}"; do
@@ -64,7 +88,7 @@ for c in "${CONFIGS[@]}"; do
   n=1; [[ $c == three-* ]] && n=3
   proxy=true; [[ $c == *-direct ]] && proxy=false
   log "starting $c"
-  CLUSTER_NET=127.61.$i CLUSTER_PASSIVE_BASE=$((12000 + 1000 * i)) WHARF_BIN=$WHARF \
+  CLUSTER_NET=127.61.$i CLUSTER_PASSIVE_BASE=$((12000 + 1000 * i)) WHARF_BIN=$INSTANCE_BIN \
     WHARF_STORAGE__DEFAULT_HOME="s3://$WHARF_TEST_S3_BUCKET/$(basename "$WORK")/bench-$c/" \
     WHARF_STORAGE__S3__ENDPOINT=$WHARF_TEST_S3_ENDPOINT WHARF_STORAGE__S3__REGION=$WHARF_TEST_S3_REGION \
     WHARF_STORAGE__S3__FORCE_PATH_STYLE=true WHARF_LOG__LEVEL=warn \
@@ -120,6 +144,10 @@ TARGETS="["
 for c in "${CONFIGS[@]}"; do
   read -r host port pids metrics <<<"$(target "$c")"
   t="\"host\": \"$host\", \"port\": $port, \"user\": \"bench{s}\", \"dir\": \".\", \"pid\": [${pids}], \"metrics\": [\"${metrics//,/\", \"}\"]"
+  if [ "${CALLGRIND:-}" = 1 ]; then
+    instances=$(for f in "$WORK/$c"/wharf*/pid; do cat "$f"; done | paste -sd,)
+    t+=", \"callgrind\": {\"dir\": \"$WORK/callgrind\", \"pid\": [$instances]}"
+  fi
   TARGETS+="{\"name\": \"$c\", $t},"
   if [ "${SCALED:-}" = 1 ]; then
     case $c in
@@ -146,16 +174,28 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 res = r["results"]
 print(f"\n{r['sessions']} sessions (@N: N sessions) x {r['per_session']} files of {r['size']} B, events on, medians of {r['rounds']} rounds:")
-print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'vs one':>8} {'CPU vs one-haproxy':>19} {'claims/file':>12} {'S3 req/file':>12} {'switches/file':>14} errors")
 base = res["sessions:one-direct"]["median_files_per_s"]
 one = res["sessions:one-haproxy"]
 base_cpu = one["median_cpu_s"] / one["files"]
+counted = [k for k in ("syscalls", "instructions", "busy_instructions") if f"median_{k}_per_file" in one]
+print(f"  {'target':16} {'files/s':>9} {'CPU ms/file':>12} {'of it kernel':>13} {'vs one':>8} {'CPU vs one-haproxy':>19} {'claims/file':>12} {'S3 req/file':>12} {'switches/file':>14}"
+      + "".join(f" {k + '/file':>18} {'vs one-haproxy':>15}" for k in counted) + " errors")
 for k, v in res.items():
     n = v["files"]
-    print(f"  {k.split(':', 1)[1]:16} {v['median_files_per_s']:9.0f} {v['median_cpu_s'] / n * 1000:12.2f} "
+    print(f"  {k.split(':', 1)[1]:16} {v['median_files_per_s']:9.0f} {v['median_cpu_s'] / n * 1000:12.2f} {v['median_system_cpu_s'] / n * 1000:13.2f} "
           f"{v['median_files_per_s'] / base:7.2f}x {v['median_cpu_s'] / n / base_cpu:18.2f}x {v.get('median_claims_per_file', float('nan')):12.3f} "
-          f"{v.get('median_s3_per_file', float('nan')):12.3f} {'%.1f+%.1f' % tuple(v.get('median_switches_per_file', (0, 0))):>14} {v['errors']}")
+          f"{v.get('median_s3_per_file', float('nan')):12.3f} {'%.1f+%.1f' % tuple(v.get('median_switches_per_file', (0, 0))):>14}"
+          + "".join(f" {v[f'median_{k}_per_file']:18,.0f} {v[f'median_{k}_per_file'] / one[f'median_{k}_per_file']:14.2f}x" for k in counted)
+          + f" {v['errors']}")
 print("  (switches/file: context switches of the instances and HAProxy per file, voluntary + involuntary)")
+if "syscalls" in counted:
+    print("  (syscalls/file: system calls of the instances and HAProxy per file)")
+if "instructions" in counted:
+    print("  (instructions/file: user-space instructions of the instances per file, under callgrind;"
+          " the rates and CPU times above are under valgrind too;\n"
+          "   busy_instructions/file: the same without what the instances run while idle, measured"
+          " before the rounds: " + ", ".join(f"{k.split(':', 1)[1]} {v['idle_instructions_per_s']:,.0f}/s"
+                                              for k, v in res.items()) + ")")
 for key, profiles in r.get("perf", {}).items():
     v = res[key]
     per_file = v["median_cpu_s"] / v["files"] * 1000

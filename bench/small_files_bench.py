@@ -39,6 +39,10 @@ PERF = ["wharf/pg"] if os.environ.get("PERF") == "1" else [p for p in os.environ
 # MACHINE=1: CPU seconds of every process on the machine during each run, by command name
 # (clients, the S3 server, Postgres, the webhook receiver: what shares the cores).
 MACHINE = os.environ.get("MACHINE") == "1"
+# SYSCALLS=1: system calls per file of each target's processes during its rounds (`perf stat`
+# counting the raw_syscalls:sys_enter tracepoint): the kernel work a file costs, apart from
+# how fast the cores run it.
+SYSCALLS = os.environ.get("SYSCALLS") == "1"
 
 
 def machine_cpu():
@@ -107,18 +111,72 @@ def perf_categories(data):
     return {"categories": {k: round(v, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
             "top": top}
 
+def syscall_counter(pids):
+    """`perf stat` counting system calls of these processes (all their threads) until stopped."""
+    out = os.path.join(WORK, "syscalls.csv")
+    proc = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out, "-e", "raw_syscalls:sys_enter",
+                             "-p", ",".join(map(str, pids if isinstance(pids, list) else [pids]))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.2)  # attached before the round starts
+    return proc, out
+
+
+def syscalls_counted(counter):
+    proc, out = counter
+    proc.send_signal(2)
+    proc.wait()
+    for line in open(out):
+        f = line.split(",")
+        if len(f) > 2 and f[2] == "raw_syscalls:sys_enter":
+            return int(f[0])
+    raise RuntimeError(f"perf stat counted no system calls: {open(out).read()!r}")
+
+
+# A target with "callgrind": {"dir": D, "pid": [...]} runs its instances under `valgrind
+# --tool=callgrind --callgrind-out-file=D/callgrind.%p` (bench/cluster.sh CALLGRIND=1): their
+# counters are zeroed before each round and dumped after it, and the instructions they ran in
+# user space are counted per file. Instruction counts do not depend on what else the cores run
+# or how fast they run it (valgrind serializes each instance's threads and runs it many times
+# slower, so the rounds' rates and CPU times are not comparable to a run without it). What the
+# instances run while idle (timers, polls) is measured over IDLE_S seconds before the rounds and
+# also reported with that rate times each round's length taken out: under valgrind a round
+# lasts many times longer, and three instances have three sets of timers.
+IDLE_S = 10
+def callgrind(target, command):
+    for pid in target["callgrind"]["pid"]:
+        subprocess.run(["callgrind_control", command, str(pid)], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+
+def callgrind_instructions(target):
+    callgrind(target, "-d")
+    total = 0
+    d = target["callgrind"]["dir"]
+    for pid in target["callgrind"]["pid"]:
+        dumps = [f for f in os.listdir(d) if re.fullmatch(rf"callgrind\.{pid}\.\d+", f)]
+        last = max(dumps, key=lambda f: int(f.rsplit(".", 1)[1]))
+        with open(os.path.join(d, last)) as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("summary:"))
+    return total
+
+
 SSH = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
        "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-i", KEY]
 
 
-def cpu_ticks(pids):
+def cpu_ticks(pids, fields=(11, 12, 13, 14)):
     total = 0
     for pid in pids if isinstance(pids, list) else [pids]:
         with open(f"/proc/{pid}/stat") as f:
             parts = f.read().rsplit(")", 1)[1].split()
         # utime stime cutime cstime (fields 14-17): children included for sshd's session processes
-        total += sum(int(x) for x in parts[11:15])
+        total += sum(int(parts[i]) for i in fields)
     return total
+
+
+def system_ticks(pids):
+    """The part of cpu_ticks spent in the kernel (stime, cstime)."""
+    return cpu_ticks(pids, (12, 14))
 
 
 def switches(pids):
@@ -255,6 +313,13 @@ def settle():
 
 
 files("f")
+idle = {}
+for target in TARGETS:
+    if target.get("callgrind") and target["callgrind"]["dir"] + repr(target["callgrind"]["pid"]) not in idle:
+        settle()
+        callgrind(target, "-z")
+        time.sleep(IDLE_S)
+        idle[target["callgrind"]["dir"] + repr(target["callgrind"]["pid"])] = callgrind_instructions(target) / IDLE_S
 report = {"rounds": ROUNDS, "sessions": SESSIONS, "per_session": PER, "per_connection_loops": PERCONN,
           "size": SIZE, "results": {}}
 for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
@@ -265,6 +330,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
         for target in order:
             settle()
             c0 = cpu_ticks(target["pid"])
+            k0s = system_ticks(target["pid"])
             s0 = switches(target["pid"])
             a0 = cpu_ticks(target["aux_pid"]) if target.get("aux_pid") else None
             q0 = s3_requests(target)
@@ -278,7 +344,12 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
                                           "-o", data], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL), data)
             m0 = machine_cpu() if MACHINE else None
+            counter = syscall_counter(target["pid"]) if SYSCALLS else None
+            if target.get("callgrind"):
+                callgrind(target, "-z")
             secs, n, errors = runner(target, rnd)
+            instructions = callgrind_instructions(target) if target.get("callgrind") else None
+            calls = syscalls_counted(counter) if counter else None
             if MACHINE:
                 used = machine_diff(m0, machine_cpu())
                 # How busy the cores were: a run that kept them all busy is bound by CPU, not
@@ -293,6 +364,7 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
                 report.setdefault("perf", {}).setdefault(f"{mode}:{target['name']}", []).append(perf_categories(prof[1]))
             time.sleep(0.3)
             cpu = (cpu_ticks(target["pid"]) - c0) / os.sysconf("SC_CLK_TCK")
+            system = (system_ticks(target["pid"]) - k0s) / os.sysconf("SC_CLK_TCK")
             s1 = switches(target["pid"])
             q1 = s3_requests(target)
             k1 = claims(target.get("metrics"))
@@ -310,6 +382,14 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
             r["files_per_s"].append(n / secs)
             r.setdefault("switches_per_file", []).append([(s1[0] - s0[0]) / n, (s1[1] - s0[1]) / n])
             r["cpu_s"].append(cpu)
+            r.setdefault("system_cpu_s", []).append(system)
+            if calls is not None:
+                r.setdefault("syscalls_per_file", []).append(calls / n)
+            if instructions is not None:
+                rate = idle[target["callgrind"]["dir"] + repr(target["callgrind"]["pid"])]
+                r["idle_instructions_per_s"] = rate
+                r.setdefault("instructions_per_file", []).append(instructions / n)
+                r.setdefault("busy_instructions_per_file", []).append((instructions - rate * secs) / n)
             if a0 is not None:
                 r["aux"] = target["aux"]
                 r.setdefault("aux_cpu_s", []).append((cpu_ticks(target["aux_pid"]) - a0) / os.sysconf("SC_CLK_TCK"))
@@ -324,12 +404,16 @@ for mode, runner in (("sessions", run_sessions), ("perconn", run_perconn)):
 for r in report["results"].values():
     r["median_files_per_s"] = statistics.median(r["files_per_s"])
     r["median_cpu_s"] = statistics.median(r["cpu_s"])
+    r["median_system_cpu_s"] = statistics.median(r["system_cpu_s"])
     if r.get("aux_cpu_s"):
         r["median_aux_cpu_s"] = statistics.median(r["aux_cpu_s"])
     if r["s3_per_file"]:
         r["median_s3_per_file"] = statistics.median(r["s3_per_file"])
     if r.get("switches_per_file"):
         r["median_switches_per_file"] = [statistics.median(x[i] for x in r["switches_per_file"]) for i in (0, 1)]
+    for k in ("syscalls_per_file", "instructions_per_file", "busy_instructions_per_file"):
+        if r.get(k):
+            r["median_" + k] = statistics.median(r[k])
     if r.get("claims_per_file"):
         r["median_claims_per_file"] = statistics.median(r["claims_per_file"])
     for k in ("upload_ms", "put_object_ms"):
