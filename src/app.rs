@@ -494,6 +494,7 @@ fn operations_endpoint(
         checks,
         refresh,
         draining,
+        checked: Default::default(),
     }
 }
 

@@ -21,6 +21,14 @@ use super::metrics::metrics;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection to this endpoint is closed after this long, whatever it is doing.
 const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
+/// How long the checks' outcome answers `/readyz` before they run again. A balancer checks
+/// each of its backends on its own (three per instance in the recipe in `deploy/`, each every
+/// second): without this, each of its checks would cost a database round trip and an S3
+/// HeadBucket. Checks that come while the checks run wait for that run's outcome.
+const CHECKS_REUSED_FOR: Duration = Duration::from_secs(1);
+
+/// The outcome of the last run of the checks, and when it was taken.
+type Outcome = Vec<(&'static str, Result<(), String>)>;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -37,6 +45,8 @@ pub struct Endpoint {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Brings gauges read from elsewhere (the outbox) up to date before a scrape.
     pub refresh: Box<dyn Fn() -> BoxFuture<()> + Send + Sync>,
+    /// The last run of `checks` (see `CHECKS_REUSED_FOR`).
+    pub checked: tokio::sync::Mutex<Option<(tokio::time::Instant, Outcome)>>,
 }
 
 /// Serves until `stop`.
@@ -102,6 +112,24 @@ async fn handle(req: Request<Incoming>, endpoint: &Endpoint) -> Response<Full<By
     }
 }
 
+/// Runs every check at once, each within `CHECK_TIMEOUT`.
+async fn run_checks(checks: &[Check]) -> Outcome {
+    let outcome = futures::future::join_all(checks.iter().map(|c| async {
+        let outcome = match tokio::time::timeout(CHECK_TIMEOUT, (c.probe)()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+        };
+        (c.name, outcome)
+    }))
+    .await;
+    for (name, r) in &outcome {
+        if let Err(e) = r {
+            tracing::warn!(check = name, error = %e, "not ready");
+        }
+    }
+    outcome
+}
+
 async fn readiness(endpoint: &Endpoint) -> Response<Full<Bytes>> {
     if endpoint.draining.load(std::sync::atomic::Ordering::Acquire) {
         let body = serde_json::json!({ "status": "draining", "checks": {} });
@@ -111,14 +139,17 @@ async fn readiness(endpoint: &Endpoint) -> Response<Full<Bytes>> {
             format!("{body}\n"),
         );
     }
-    let results = futures::future::join_all(endpoint.checks.iter().map(|c| async {
-        let outcome = match tokio::time::timeout(CHECK_TIMEOUT, (c.probe)()).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
-        };
-        (c.name, outcome)
-    }))
-    .await;
+    let results = {
+        let mut last = endpoint.checked.lock().await;
+        match &*last {
+            Some((at, outcome)) if at.elapsed() < CHECKS_REUSED_FOR => outcome.clone(),
+            _ => {
+                let outcome = run_checks(&endpoint.checks).await;
+                *last = Some((tokio::time::Instant::now(), outcome.clone()));
+                outcome
+            }
+        }
+    };
     let mut checks = serde_json::Map::new();
     let mut ready = true;
     for (name, outcome) in results {
@@ -126,7 +157,6 @@ async fn readiness(endpoint: &Endpoint) -> Response<Full<Bytes>> {
             Ok(()) => "ok".to_string(),
             Err(e) => {
                 ready = false;
-                tracing::warn!(check = name, error = %e, "not ready");
                 e
             }
         };

@@ -356,3 +356,40 @@ async fn every_activity_is_one_json_line_with_who_did_it() {
     assert_eq!(seen["DISCONNECTED"], 2, "{seen:?}");
     assert!(!log.contains(PW) && !log.contains("wrong-password-1"));
 }
+
+/// A balancer checks each backend of an instance on its own (three per instance in the recipe
+/// in `deploy/`, each every second). Checks that come within a second of each other share one
+/// run of the checks: one S3 HeadBucket and one database ping, not one per check. A check
+/// after that second runs them again, so an outage still shows within a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_checks_within_a_second_share_one_run() {
+    let g = Gateway::start(false, &[]).await;
+    let series = "wharf_s3_request_duration_seconds_count{operation=\"HeadBucket\"}";
+    wait_ready(&g.server, 200).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let before = sample(&scrape(&g.server).await, series);
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all((0..9).map(|_| g.server.http_get("/readyz"))).await;
+    let elapsed = started.elapsed();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["checks"]["storage"], "ok", "{body}");
+    }
+    let heads = sample(&scrape(&g.server).await, series) - before;
+    // One run, or one more for each second the nine checks took on a busy machine.
+    assert!(
+        heads >= 1.0 && heads <= 1.0 + elapsed.as_secs() as f64,
+        "{heads} HeadBucket requests for 9 checks in {elapsed:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = sample(&scrape(&g.server).await, series);
+    assert_eq!(g.server.http_get("/readyz").await.0, 200);
+    assert_eq!(
+        sample(&scrape(&g.server).await, series) - before,
+        1.0,
+        "a check a second after the last run runs the checks again"
+    );
+}
