@@ -502,12 +502,21 @@ impl CommitJournal for Journal {
 impl UploadTracker for Journal {
     async fn creating(&self, u: &LiveUpload) -> Result<(), String> {
         let detail = serde_json::to_string(u).map_err(|e| e.to_string())?;
-        let _w = self.inner.outbox.writing().await;
-        // Durable: once the multipart upload exists, this row is all that says it is wharf's
-        // (the reconciler never aborts an upload no row names).
-        on_pool!(self.inner.outbox.db(), p => sqlx::query("INSERT INTO live_uploads (id, instance, detail, created_us) VALUES ($1, $2, $3, (SELECT now_us FROM wharf_clock))")
-            .bind(&u.upload_id).bind(&self.inner.instance).bind(&detail)
-            .execute(p).await.map(drop).map_err(|e| e.to_string()))
+        let inserted = {
+            let _w = self.inner.outbox.writing().await;
+            // Durable: once the multipart upload exists, this row is all that says it is
+            // wharf's (the reconciler never aborts an upload no row names).
+            on_pool!(self.inner.outbox.db(), p => sqlx::query("INSERT INTO live_uploads (id, instance, detail, created_us) VALUES ($1, $2, $3, (SELECT now_us FROM wharf_clock))")
+                .bind(&u.upload_id).bind(&self.inner.instance).bind(&detail)
+                .execute(p).await.map(drop).map_err(|e| e.to_string()))
+        };
+        if inserted.is_err() {
+            // The insert may have committed with its answer lost. The upload fails here and
+            // is never created, so the row goes: the reconciler takes over only the rows of
+            // instances that are gone, and would never remove this live one's.
+            self.ended(&u.upload_id).await;
+        }
+        inserted
     }
 
     async fn started(&self, pending: &str, upload_id: &str) -> Result<(), String> {

@@ -328,10 +328,12 @@ pub struct LiveUpload {
 pub trait UploadTracker: Send + Sync {
     /// Called before a multipart upload is created at `upload.bucket`/`upload.key`, under a
     /// placeholder `upload.upload_id` (`creating:…`), so that one whose process dies before
-    /// `started` is still known to be wharf's. An error fails the upload.
+    /// `started` is still known to be wharf's. An error fails the upload, and leaves no row
+    /// even when the insert was made and only its answer was lost.
     async fn creating(&self, upload: &LiveUpload) -> Result<(), String>;
     /// The placeholder `pending` is now the multipart upload `upload_id`. An error fails the
-    /// upload.
+    /// upload; the renaming may have been made all the same, so once the upload is aborted
+    /// both names are `ended`.
     async fn started(&self, pending: &str, upload_id: &str) -> Result<(), String>;
     /// The upload was completed or aborted.
     async fn ended(&self, upload_id: &str);

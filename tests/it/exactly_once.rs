@@ -327,6 +327,39 @@ async fn a_lost_answer_to_the_event_transaction_is_settled() {
     check(&g, &uploads).await;
 }
 
+/// The database makes the row that tracks a new multipart upload, or its renaming to the id S3
+/// gave, and the answer is lost (the connection cut right after): the upload fails, the
+/// multipart upload is aborted, and no tracking row outlives it. The reconciler takes over
+/// only the rows of instances that are gone, so a row this live instance left would stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_to_tracking_a_multipart_upload_leaves_no_row() {
+    let pg = crate::harness::PgDb::create().await;
+    let upstream = url::Url::parse(&pg.url).unwrap();
+    let proxy = PgOutage::start(&format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    ))
+    .await;
+    let url = proxy.url(&pg.url);
+    let g = Gateway::start(false, &[("WHARF_DATABASE__URL", &url)]).await;
+    let g = Gateway { _pg: Some(pg), ..g };
+    let mut uploads = HashMap::new();
+    for (name, statement) in [
+        ("tracked.bin", "INSERT INTO live_uploads"),
+        ("renamed.bin", "UPDATE live_uploads"),
+    ] {
+        let data = random_bytes((11 << 20) + 7);
+        g.write_file(name, &data);
+        let before = proxy.lost();
+        proxy.lose_reply(statement, 1);
+        let run = g.acme(&format!("put {name}\n"));
+        assert!(proxy.lost() > before, "{name}: no answer was lost");
+        uploads.insert(format!("/{name}"), (run.code == Some(0), data));
+    }
+    check(&g, &uploads).await;
+}
+
 /// An instance stopped (SIGSTOP) for 40 s mid-upload, then continued: its work is taken
 /// over, but each upload ends with one outcome and the resumed instance records nothing
 /// twice.

@@ -322,7 +322,10 @@ impl S3Upload {
                     if abort_multipart(&self.s3.client, &self.bucket, &self.key, &upload_id).await
                         != Abort::Failed
                     {
+                        // The renaming may have been made with its answer lost: the row is
+                        // under either name.
                         t.ended(&pending).await;
+                        t.ended(&upload_id).await;
                     }
                     return Err(StorageError::new(
                         ErrorKind::Unavailable,
