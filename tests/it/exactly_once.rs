@@ -57,6 +57,41 @@ fn signal(server: &Server, sig: &str) {
     assert!(ok, "kill -{sig}");
 }
 
+/// A gateway on a database of its own, reached through a `PgOutage` proxy (outages, lost
+/// answers), with `env` on top.
+async fn behind_pg_proxy(env: &[(&str, &str)]) -> (Gateway, PgOutage) {
+    let pg = crate::harness::PgDb::create().await;
+    let upstream = url::Url::parse(&pg.url).unwrap();
+    let proxy = PgOutage::start(&format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    ))
+    .await;
+    let url = proxy.url(&pg.url);
+    let mut env = env.to_vec();
+    env.push(("WHARF_DATABASE__URL", &url));
+    let g = Gateway::start(false, &env).await;
+    (Gateway { _pg: Some(pg), ..g }, proxy)
+}
+
+/// acme puts `name` (`data`) while the answer to the next execution of `statement` is lost;
+/// fails the test unless an answer was lost.
+fn put_losing_an_answer(
+    g: &Gateway,
+    proxy: &PgOutage,
+    name: &str,
+    data: &[u8],
+    statement: &str,
+) -> crate::harness::SftpRun {
+    g.write_file(name, data);
+    let before = proxy.lost();
+    proxy.lose_reply(statement, 1);
+    let run = g.acme(&format!("put {name}\n"));
+    assert!(proxy.lost() > before, "{name}: no answer was lost");
+    run
+}
+
 /// Waits until nothing is left for the reconciler: no commit intent, no tracked upload.
 async fn settled(g: &Gateway, within: Duration) {
     let deadline = Instant::now() + within;
@@ -200,20 +235,9 @@ async fn an_instance_whose_clock_is_40s_behind_keeps_its_work() {
 /// none, or one failed event, and no object.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_outage_of_35s_leaves_every_upload_true() {
-    let pg = crate::harness::PgDb::create().await;
-    let upstream = url::Url::parse(&pg.url).unwrap();
-    let outage = PgOutage::start(&format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap_or(5432)
-    ))
-    .await;
-    let url = outage.url(&pg.url);
     let mut env: Vec<(&str, &str)> = RECOVERY.to_vec();
-    env.push(("WHARF_DATABASE__URL", &url));
     env.push(("WHARF_DATABASE__CONNECT_TIMEOUT", "2s"));
-    let g = Gateway::start(false, &env).await;
-    let g = Gateway { _pg: Some(pg), ..g };
+    let (g, outage) = behind_pg_proxy(&env).await;
     let second = Server::start(&g.w);
     let ports = [g.server.port(), second.port()];
     // Writers on both instances: small files one after another, a large one now and then.
@@ -302,25 +326,11 @@ async fn a_connection_dropped_while_idle_is_replaced_not_used() {
 /// kept; the event is not recorded twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_answer_to_the_event_transaction_is_settled() {
-    let pg = crate::harness::PgDb::create().await;
-    let upstream = url::Url::parse(&pg.url).unwrap();
-    let proxy = PgOutage::start(&format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap_or(5432)
-    ))
-    .await;
-    let url = proxy.url(&pg.url);
-    let g = Gateway::start(false, &[("WHARF_DATABASE__URL", &url)]).await;
-    let g = Gateway { _pg: Some(pg), ..g };
+    let (g, proxy) = behind_pg_proxy(&[]).await;
     let mut uploads = HashMap::new();
     for (name, size) in [("small.csv", 30_000), ("large.bin", (11 << 20) + 9)] {
         let data = random_bytes(size);
-        g.write_file(name, &data);
-        let before = proxy.lost();
-        proxy.lose_reply("INSERT INTO events", 1);
-        let run = g.acme(&format!("put {name}\n"));
-        assert!(proxy.lost() > before, "{name}: no answer was lost");
+        let run = put_losing_an_answer(&g, &proxy, name, &data, "INSERT INTO events");
         assert_eq!(run.code, Some(0), "{name}: {run:?}\n{}", g.server.log());
         uploads.insert(format!("/{name}"), (true, data));
     }
@@ -333,28 +343,14 @@ async fn a_lost_answer_to_the_event_transaction_is_settled() {
 /// only the rows of instances that are gone, so a row this live instance left would stay.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_answer_to_tracking_a_multipart_upload_leaves_no_row() {
-    let pg = crate::harness::PgDb::create().await;
-    let upstream = url::Url::parse(&pg.url).unwrap();
-    let proxy = PgOutage::start(&format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap_or(5432)
-    ))
-    .await;
-    let url = proxy.url(&pg.url);
-    let g = Gateway::start(false, &[("WHARF_DATABASE__URL", &url)]).await;
-    let g = Gateway { _pg: Some(pg), ..g };
+    let (g, proxy) = behind_pg_proxy(&[]).await;
     let mut uploads = HashMap::new();
     for (name, statement) in [
         ("tracked.bin", "INSERT INTO live_uploads"),
         ("renamed.bin", "UPDATE live_uploads"),
     ] {
         let data = random_bytes((11 << 20) + 7);
-        g.write_file(name, &data);
-        let before = proxy.lost();
-        proxy.lose_reply(statement, 1);
-        let run = g.acme(&format!("put {name}\n"));
-        assert!(proxy.lost() > before, "{name}: no answer was lost");
+        let run = put_losing_an_answer(&g, &proxy, name, &data, statement);
         uploads.insert(format!("/{name}"), (run.code == Some(0), data));
     }
     check(&g, &uploads).await;
