@@ -27,7 +27,7 @@ const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
 /// HeadBucket. Checks that come while the checks run wait for that run's outcome.
 const CHECKS_REUSED_FOR: Duration = Duration::from_secs(1);
 
-/// The outcome of the last run of the checks, and when it was taken.
+/// What each check said in one run of the checks: its name and what is wrong, if anything.
 type Outcome = Vec<(&'static str, Result<(), String>)>;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
