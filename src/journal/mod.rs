@@ -101,29 +101,72 @@ const LOCK_BATCH: usize = 128;
 
 /// Writes queued intents: whatever is waiting when a write starts goes into it, so concurrent
 /// commits share one flush to disk (the group commit the outbox does for events), and a lone
-/// one is not delayed. A batch that fails is retried one intent at a time.
+/// one is not delayed. A batch that fails is retried one intent at a time. An intent whose
+/// commit stopped waiting (its session was dropped, or timed out) while it was being written
+/// is cleared again before the next batch (see `Answer`): nothing else would ever clear it,
+/// and its location would stay locked for as long as this instance lives.
 async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest>) {
     while let Some(batch) = next_batch(&mut rx, LOCK_BATCH).await {
+        let mut abandoned = Vec::new();
+        let mut answer = |(intent, _, reply): LockRequest, res: Result<Option<Taken>, String>| {
+            let took = matches!(res, Ok(Some(_)));
+            if reply.send(res).is_err() && took {
+                abandoned.push(intent);
+            }
+        };
         match journal.insert_intents(&batch).await {
             Ok(mut took) => {
-                for (intent, _, reply) in batch {
-                    let _ = reply.send(Ok(took.remove(&intent.id)));
+                for req in batch {
+                    let res = Ok(took.remove(&req.0.id));
+                    answer(req, res);
                 }
             }
             Err(e) if batch.len() == 1 => {
-                for (_, _, reply) in batch {
-                    let _ = reply.send(Err(e.to_string()));
+                for req in batch {
+                    answer(req, Err(e.to_string()));
                 }
             }
             // One at a time, so one bad intent fails alone.
             Err(_) => {
                 for req in batch {
-                    let res = journal.insert_intents(std::slice::from_ref(&req)).await;
-                    let _ = req.2.send(
-                        res.map(|mut took| took.remove(&req.0.id))
-                            .map_err(|e| e.to_string()),
-                    );
+                    let res = journal
+                        .insert_intents(std::slice::from_ref(&req))
+                        .await
+                        .map(|mut took| took.remove(&req.0.id))
+                        .map_err(|e| e.to_string());
+                    answer(req, res);
                 }
+            }
+        }
+        for intent in abandoned {
+            tracing::debug!(location = %intent.location, "a commit stopped waiting for its intent; clearing it");
+            journal.cancel(&intent).await;
+        }
+    }
+}
+
+/// The answer to an intent queued for the batch writer. A commit that stops waiting for it
+/// leaves no lock behind: if the writer has not answered yet, it sees nobody is listening and
+/// clears the intent itself (`lock_loop`); if the answer came but was never read, the intent
+/// is cleared here.
+struct Answer<'a> {
+    rx: oneshot::Receiver<Result<Option<Taken>, String>>,
+    journal: &'a Journal,
+    intent: &'a Intent,
+    received: bool,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        if self.received {
+            return;
+        }
+        // Closed first: from here on the writer's answer fails, and it clears the intent.
+        self.rx.close();
+        if let Ok(Ok(Some(_))) = self.rx.try_recv() {
+            let (journal, intent) = (self.journal.clone(), self.intent.clone());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { journal.cancel(&intent).await });
             }
         }
     }
@@ -253,8 +296,15 @@ impl Journal {
         locker
             .send((intent.clone(), detail.to_string(), tx))
             .map_err(|_| "the intent writer has stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the intent writer has stopped".to_string())?
+        let mut answer = Answer {
+            rx,
+            journal: self,
+            intent,
+            received: false,
+        };
+        let res = (&mut answer.rx).await;
+        answer.received = true;
+        res.map_err(|_| "the intent writer has stopped".to_string())?
     }
 
     /// Writes a batch of intents in one transaction, with this instance's heartbeat; returns

@@ -531,8 +531,37 @@ async fn one_writer_per_location(db: wharf::db::Db) {
     db.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn batched_intents_keep_one_writer_per_location() {
+/// A commit that stops waiting while its intent is being written (its session dropped, or
+/// timed out) leaves no lock behind: nothing would ever clear it, and the location would
+/// stay closed to every later upload for as long as the instance lives.
+async fn an_abandoned_intent_is_cleared(db: wharf::db::Db) {
+    use wharf::session::CommitJournal as _;
+    let outbox = wharf::events::outbox::Outbox::new(db.clone(), vec![]);
+    let journal = wharf::journal::Journal::new(outbox, Duration::from_secs(10));
+    // Polled once, `begin` queues its intent and is dropped before the answer can come.
+    for i in 0..3 {
+        let gone = intent(&format!("gone-{i}"), "file:///x/a.csv");
+        let waited = futures::FutureExt::now_or_never(journal.begin(&gone));
+        assert!(waited.is_none(), "the commit was meant to stop waiting");
+    }
+    // Polled once, answered, and dropped without reading the answer (once the writer has
+    // cleared what the others left: it would find the location held).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unread = intent("unread", "file:///x/a.csv");
+    let mut begin = journal.begin(&unread);
+    assert!(futures::poll!(&mut begin).is_pending());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(begin);
+    let next = intent("next", "file:///x/a.csv");
+    tokio::time::timeout(Duration::from_secs(5), journal.begin(&next))
+        .await
+        .expect("the location is free for the next commit")
+        .unwrap();
+    db.close().await;
+}
+
+/// Both databases wharf keeps intents in, each fresh.
+async fn each_database(f: impl Fn(wharf::db::Db) -> futures::future::BoxFuture<'static, ()>) {
     let pg = crate::harness::PgDb::create().await;
     let dir = tempfile::tempdir().unwrap();
     for url in [
@@ -543,6 +572,16 @@ async fn batched_intents_keep_one_writer_per_location() {
             url: secrecy::SecretString::from(url),
             ..wharf::config::DatabaseConfig::default()
         };
-        one_writer_per_location(wharf::db::Db::open(&cfg).await.expect("open database")).await;
+        f(wharf::db::Db::open(&cfg).await.expect("open database")).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_intents_keep_one_writer_per_location() {
+    each_database(|db| Box::pin(one_writer_per_location(db))).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_that_stops_waiting_leaves_its_location_free() {
+    each_database(|db| Box::pin(an_abandoned_intent_is_cleared(db))).await;
 }
