@@ -287,11 +287,21 @@ async fn a_rolling_restart_behind_haproxy_fails_no_upload() {
     );
     check_outcomes(&c, &hook, &outcomes, &data).await;
     // Every instance drained: said so, and cut nobody.
+    let mut warnings = String::new();
     for k in 1..=3 {
         let log = c.instance_log(k);
         assert!(log.contains("draining"), "instance {k}: {log}");
+        for l in log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        {
+            warnings.push_str(&format!("instance {k}: {l}\n"));
+        }
     }
-    assert_eq!(failed, 0, "uploads failed during the rolling restart");
+    assert_eq!(
+        failed, 0,
+        "uploads failed during the rolling restart; the instances warned:\n{warnings}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -557,6 +557,38 @@ async fn lost_s3_answers_agree_with_the_client_and_the_events() {
     check(&g, &uploads).await;
 }
 
+/// S3 takes a PutObject or a part and never answers (garage does this under load): the
+/// attempt is given up once its body's limit is over (15 s and a second per MiB, not the
+/// minute of `request_timeout`), retried, and the upload lands with one event, soon enough
+/// for a draining instance's grace (45 s in the deploy recipe) to let it finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_request_never_answered_is_retried_within_seconds() {
+    let s3 = crate::harness::S3Env::from_env();
+    let faults = S3Faults::start(&s3.endpoint).await;
+    let g = Gateway::start(true, &[("WHARF_STORAGE__S3__ENDPOINT", &faults.endpoint)]).await;
+    let mut uploads = HashMap::new();
+    for (op, name, size) in [
+        ("PutObject", "held.csv", 100_000),
+        ("UploadPart", "held.bin", (9 << 20) + 3),
+    ] {
+        let data = random_bytes(size);
+        g.write_file(name, &data);
+        let before = faults.lost();
+        faults.hold(op, 1);
+        let started = std::time::Instant::now();
+        let run = g.acme(&format!("put {name}\n"));
+        let took = started.elapsed();
+        assert_eq!(faults.lost(), before + 1, "{op}: no answer was held back");
+        assert_eq!(run.code, Some(0), "{op}: {run:?}\n{}", g.server.log());
+        assert!(
+            took < Duration::from_secs(40),
+            "{op}: the held request was given up only after {took:?}"
+        );
+        uploads.insert(format!("/{name}"), (true, data));
+    }
+    check(&g, &uploads).await;
+}
+
 /// A final name renamed onto another is an arrival at the target: journaled, announced
 /// (`wharf.file.renamed`, with the bytes now there), and refused in a folder that accepts a
 /// name once. A directory renamed with a temp suffix is no arrival.

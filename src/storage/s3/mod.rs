@@ -57,6 +57,12 @@ fn attempt_timeout(t: Duration) -> aws_sdk_s3::config::timeout::TimeoutConfig {
         .build()
 }
 
+/// What one attempt at sending a body may take: this, plus a second per `BODY_FLOOR_RATE`
+/// bytes (at most `request_timeout`).
+const BODY_BASE: Duration = Duration::from_secs(15);
+/// Bytes per second below which an attempt at sending a body is given up and retried.
+const BODY_FLOOR_RATE: f64 = (1 << 20) as f64;
+
 /// The first bytes of an upload that may be buffered from the small-file pool, without
 /// reserving a whole part.
 pub const SMALL_HEAD: usize = 1 << 20;
@@ -128,6 +134,17 @@ impl S3Storage {
             parts: Arc::new(Semaphore::new(parts_kib as usize)),
             heads: Arc::new(Semaphore::new(heads as usize)),
         }
+    }
+
+    /// The per-attempt limit of a request carrying `len` bytes of body (a part, a small
+    /// file's PutObject): `BODY_BASE` plus a second per `BODY_FLOOR_RATE` bytes, within
+    /// `request_timeout`. A request S3 took and never answers is retried after seconds, not
+    /// after the minute a large part may need: a partner waits that long for its upload, and
+    /// a draining instance's `shutdown_grace` (45 s in the deploy recipe) would cut it.
+    fn body_limit(&self, len: usize) -> aws_sdk_s3::config::Builder {
+        let t = BODY_BASE + Duration::from_secs_f64(len as f64 / BODY_FLOOR_RATE);
+        aws_sdk_s3::config::Builder::default()
+            .timeout_config(attempt_timeout(t.min(self.request_timeout)))
     }
 
     /// A longer per-attempt limit, `factor` × `request_timeout`, for calls S3 may legitimately

@@ -358,6 +358,7 @@ impl S3Upload {
         }
         let client = self.s3.client.clone();
         let (bucket, key, id) = (self.bucket.clone(), self.key.clone(), mp.upload_id.clone());
+        let limit = self.s3.body_limit(body.len());
         mp.inflight.spawn(async move {
             let _permit = permit;
             let sum = body.crc64nvme_b64();
@@ -372,6 +373,7 @@ impl S3Upload {
                 .checksum_crc64_nvme(&sum)
                 .body(body.stream())
                 .customize()
+                .config_override(limit)
                 .disable_payload_signing()
                 .send()
                 .await
@@ -606,6 +608,7 @@ impl Upload for S3Upload {
         } else {
             // Everything fits in one part: one PutObject with the whole-object checksum.
             let (body, _permit) = self.take_part();
+            let limit = self.s3.body_limit(body.len());
             // The whole-object hash is this body's hash: no second pass.
             let digest = self.hash.clone().digest();
             let sha256_b64 = base64::engine::general_purpose::STANDARD.encode(digest);
@@ -619,6 +622,7 @@ impl Upload for S3Upload {
                 .checksum_sha256(&sha256_b64)
                 .body(body.stream())
                 .customize()
+                .config_override(limit)
                 // The signed x-amz-checksum-sha256 header already protects the body: hashing
                 // it again for SigV4 would be a third SHA-256 pass over every byte.
                 .disable_payload_signing()

@@ -1,6 +1,7 @@
 //! Proxies that stand for what goes wrong between wharf and what it depends on: one in
 //! front of the S3 test server that lets S3 do a request and then loses its answer (a
-//! timeout or a connection cut after the work was done), and one in front of Postgres that
+//! connection cut after the work was done) or holds it back for good (a server that took the
+//! request and never answers, as garage does under load), and one in front of Postgres that
 //! takes the database away for a while (every connection cut, new ones refused) and brings it
 //! back.
 
@@ -42,16 +43,20 @@ fn operation(head: &[u8]) -> Option<&'static str> {
 pub struct S3Faults {
     pub endpoint: String,
     /// Answers still to lose, per operation.
-    rules: Arc<Mutex<Vec<(&'static str, usize)>>>,
+    rules: Arc<Mutex<Vec<Rule>>>,
     lost: Arc<AtomicUsize>,
 }
+
+/// An operation, how many of its answers are still to be lost, and whether the connection is
+/// then held open without an answer (instead of cut).
+type Rule = (&'static str, usize, bool);
 
 impl S3Faults {
     pub async fn start(upstream: &str) -> S3Faults {
         let upstream = upstream.trim_start_matches("http://").to_string();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let rules: Arc<Mutex<Vec<(&'static str, usize)>>> = Arc::default();
+        let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
         let lost = Arc::new(AtomicUsize::new(0));
         let (r, n) = (rules.clone(), lost.clone());
         tokio::spawn(async move {
@@ -72,7 +77,13 @@ impl S3Faults {
     /// Loses the answers to the next `n` requests of `op` (`PutObject`,
     /// `CompleteMultipartUpload`, `DeleteObject`, `CopyObject`, …).
     pub fn lose(&self, op: &'static str, n: usize) {
-        self.rules.lock().unwrap().push((op, n));
+        self.rules.lock().unwrap().push((op, n, false));
+    }
+
+    /// The next `n` answers to `op` never come: S3 does the work, and the connection stays
+    /// open and silent until the client gives up on it.
+    pub fn hold(&self, op: &'static str, n: usize) {
+        self.rules.lock().unwrap().push((op, n, true));
     }
 
     /// Answers lost so far.
@@ -84,16 +95,17 @@ impl S3Faults {
 async fn relay(
     client: TcpStream,
     server: TcpStream,
-    rules: Arc<Mutex<Vec<(&'static str, usize)>>>,
+    rules: Arc<Mutex<Vec<Rule>>>,
     lost: Arc<AtomicUsize>,
 ) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
-    let lose_next = Arc::new(AtomicBool::new(false));
+    // The next answer is lost: 1 cut, 2 held back.
+    let lose_next = Arc::new(AtomicUsize::new(0));
     // Whether the client's next bytes start a request (none sent yet, or the last answered).
     let request_next = Arc::new(AtomicBool::new(true));
     let (flag, starts) = (lose_next.clone(), request_next.clone());
-    let up = tokio::spawn(async move {
+    let mut up = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 << 10];
         while let Ok(n) = cr.read(&mut buf).await {
             if n == 0 {
@@ -102,9 +114,9 @@ async fn relay(
             if starts.swap(false, Ordering::SeqCst) {
                 if let Some(op) = operation(&buf[..n]) {
                     let mut rules = rules.lock().unwrap();
-                    if let Some(r) = rules.iter_mut().find(|(o, left)| *o == op && *left > 0) {
+                    if let Some(r) = rules.iter_mut().find(|(o, left, _)| *o == op && *left > 0) {
                         r.1 -= 1;
-                        flag.store(true, Ordering::SeqCst);
+                        flag.store(if r.2 { 2 } else { 1 }, Ordering::SeqCst);
                     }
                 }
             }
@@ -114,14 +126,32 @@ async fn relay(
         }
     });
     let mut buf = vec![0u8; 64 << 10];
-    while let Ok(n) = sr.read(&mut buf).await {
-        if n == 0 {
-            break;
+    let mut holding = false;
+    loop {
+        let n = tokio::select! {
+            // The client gave up (a held answer) or closed its side.
+            _ = &mut up => break,
+            r = sr.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+        };
+        if holding {
+            continue;
         }
-        if lose_next.swap(false, Ordering::SeqCst) {
+        match lose_next.swap(0, Ordering::SeqCst) {
             // S3 answers once it has done the work: lose the answer, cut the connection.
-            lost.fetch_add(1, Ordering::SeqCst);
-            break;
+            1 => {
+                lost.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            // Or keep the connection open and never answer.
+            2 => {
+                lost.fetch_add(1, Ordering::SeqCst);
+                holding = true;
+                continue;
+            }
+            _ => {}
         }
         request_next.store(true, Ordering::SeqCst);
         if cw.write_all(&buf[..n]).await.is_err() {
