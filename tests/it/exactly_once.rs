@@ -557,9 +557,9 @@ async fn lost_s3_answers_agree_with_the_client_and_the_events() {
     check(&g, &uploads).await;
 }
 
-/// S3 takes a PutObject or a part and never answers (garage does this under load): the
-/// attempt is given up once its body's limit is over (15 s and a second per MiB, not the
-/// minute of `request_timeout`), retried, and the upload lands with one event, soon enough
+/// S3 takes a PutObject, a CreateMultipartUpload or a part and never answers (garage does this
+/// under load): the attempt is given up once its body's limit is over (15 s and a second per
+/// MiB, not the minute of `request_timeout`), retried, and the upload lands with one event, soon enough
 /// for a draining instance's grace (45 s in the deploy recipe) to let it finish.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_s3_request_never_answered_is_retried_within_seconds() {
@@ -569,6 +569,7 @@ async fn an_s3_request_never_answered_is_retried_within_seconds() {
     let mut uploads = HashMap::new();
     for (op, name, size) in [
         ("PutObject", "held.csv", 100_000),
+        ("CreateMultipartUpload", "created.bin", (9 << 20) + 5),
         ("UploadPart", "held.bin", (9 << 20) + 3),
     ] {
         let data = random_bytes(size);

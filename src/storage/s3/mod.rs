@@ -136,9 +136,9 @@ impl S3Storage {
         }
     }
 
-    /// The per-attempt limit of a request carrying `len` bytes of body (a part, a small
-    /// file's PutObject): `BODY_BASE` plus a second per `BODY_FLOOR_RATE` bytes, within
-    /// `request_timeout`. A request S3 took and never answers is retried after seconds, not
+    /// The per-attempt limit of a request on an upload's way carrying `len` bytes of body (a
+    /// part, a small file's PutObject; none for CreateMultipartUpload): `BODY_BASE` plus a
+    /// second per `BODY_FLOOR_RATE` bytes, within `request_timeout`. A request S3 took and never answers is retried after seconds, not
     /// after the minute a large part may need: a partner waits that long for its upload, and
     /// a draining instance's `shutdown_grace` (45 s in the deploy recipe) would cut it.
     fn body_limit(&self, len: usize) -> aws_sdk_s3::config::Builder {

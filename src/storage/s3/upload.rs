@@ -301,6 +301,8 @@ impl S3Upload {
                 .key(&self.key)
                 .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
                 .checksum_type(ChecksumType::FullObject)
+                .customize()
+                .config_override(self.s3.body_limit(0))
                 .send()
                 .await;
             let upload_id = match created {
