@@ -103,8 +103,9 @@ const LOCK_BATCH: usize = 128;
 /// commits share one flush to disk (the group commit the outbox does for events), and a lone
 /// one is not delayed. A batch that fails is retried one intent at a time. An intent whose
 /// commit stopped waiting (its session was dropped, or timed out) while it was being written
-/// is cleared again before the next batch (see `Answer`): nothing else would ever clear it,
-/// and its location would stay locked for as long as this instance lives.
+/// is cleared again before the next batch (see `Answer`): otherwise nothing clears it until
+/// the reconciler takes it for forsaken (15 minutes on), and every upload to its location
+/// until then waits out `LOCK_WAIT` and is refused.
 async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest>) {
     while let Some(batch) = next_batch(&mut rx, LOCK_BATCH).await {
         let mut abandoned = Vec::new();

@@ -532,8 +532,8 @@ async fn one_writer_per_location(db: wharf::db::Db) {
 }
 
 /// A commit that stops waiting while its intent is being written (its session dropped, or
-/// timed out) leaves no lock behind: nothing would ever clear it, and the location would
-/// stay closed to every later upload for as long as the instance lives.
+/// timed out) leaves no lock behind: otherwise nothing clears it until the reconciler takes it
+/// for forsaken, 15 minutes on, and the location is closed to every upload until then.
 async fn an_abandoned_intent_is_cleared(db: wharf::db::Db) {
     use wharf::session::CommitJournal as _;
     let outbox = wharf::events::outbox::Outbox::new(db.clone(), vec![]);
