@@ -100,12 +100,7 @@ impl S3Backend {
         };
         if let Some(t) = &ctx.tracker {
             if let Err(why) = t.started(&pending, &id).await {
-                if abort_multipart(c, &self.bucket, to, &id).await != Abort::Failed {
-                    // The renaming may have been made with its answer lost: the row is under
-                    // either name.
-                    t.ended(&pending).await;
-                    t.ended(&id).await;
-                }
+                abort_unrecorded(c, &self.bucket, to, &id, &pending, &**t).await;
                 return Err(StorageError::new(
                     ErrorKind::Unavailable,
                     format!("cannot record the copy: {why}"),

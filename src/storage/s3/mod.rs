@@ -39,7 +39,7 @@ mod upload;
 use list::S3DirStream;
 use metrics::RequestMetrics;
 pub(crate) use upload::abort_multipart;
-use upload::{refused, settle_by_content, S3Upload};
+use upload::{abort_unrecorded, refused, settle_by_content, S3Upload};
 
 /// The S3 object metadata (`x-amz-meta-…`) a copy made under a commit intent carries.
 const INTENT_META: &str = "wharf-intent";
@@ -138,9 +138,10 @@ impl S3Storage {
 
     /// The per-attempt limit of a request on an upload's way carrying `len` bytes of body (a
     /// part, a small file's PutObject; none for CreateMultipartUpload): `BODY_BASE` plus a
-    /// second per `BODY_FLOOR_RATE` bytes, within `request_timeout`. A request S3 took and never answers is retried after seconds, not
-    /// after the minute a large part may need: a partner waits that long for its upload, and
-    /// a draining instance's `shutdown_grace` (45 s in the deploy recipe) would cut it.
+    /// second per `BODY_FLOOR_RATE` bytes, within `request_timeout`. A request S3 took and
+    /// never answers is retried after seconds, not after the minute a large part may need: a
+    /// partner waits that long for its upload, and a draining instance's `shutdown_grace`
+    /// (45 s in the deploy recipe) would cut it.
     fn body_limit(&self, len: usize) -> aws_sdk_s3::config::Builder {
         let t = BODY_BASE + Duration::from_secs_f64(len as f64 / BODY_FLOOR_RATE);
         aws_sdk_s3::config::Builder::default()

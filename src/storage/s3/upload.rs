@@ -84,6 +84,23 @@ pub(crate) async fn abort_multipart(c: &Client, bucket: &str, key: &str, upload_
     Abort::Failed
 }
 
+/// A multipart upload whose tracking row could not be renamed from `pending` to its id (the
+/// tracker's `started` failed): aborted, and once it is, its row ended under both names, as
+/// the renaming may have been made with its answer lost.
+pub(super) async fn abort_unrecorded(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    pending: &str,
+    tracker: &dyn UploadTracker,
+) {
+    if abort_multipart(c, bucket, key, upload_id).await != Abort::Failed {
+        tracker.ended(pending).await;
+        tracker.ended(upload_id).await;
+    }
+}
+
 /// Whether an S3 error says for sure that the request was not carried out (a 4xx refusal),
 /// as opposed to an answer that is not definite (a timeout, a 5xx, a connection cut or an
 /// unreadable answer), after which the request may or may not have been carried out.
@@ -321,14 +338,8 @@ impl S3Upload {
             };
             if let Some(t) = &self.tracker {
                 if let Err(why) = t.started(&pending, &upload_id).await {
-                    if abort_multipart(&self.s3.client, &self.bucket, &self.key, &upload_id).await
-                        != Abort::Failed
-                    {
-                        // The renaming may have been made with its answer lost: the row is
-                        // under either name.
-                        t.ended(&pending).await;
-                        t.ended(&upload_id).await;
-                    }
+                    let (c, b, k) = (&self.s3.client, &self.bucket, &self.key);
+                    abort_unrecorded(c, b, k, &upload_id, &pending, &**t).await;
                     return Err(StorageError::new(
                         ErrorKind::Unavailable,
                         format!("cannot record the multipart upload: {why}"),
