@@ -130,14 +130,22 @@ async fn run_checks(checks: &[Check]) -> Outcome {
     outcome
 }
 
+/// 503 `draining`, once a shutdown has begun.
+fn draining(endpoint: &Endpoint) -> Option<Response<Full<Bytes>>> {
+    if !endpoint.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return None;
+    }
+    let body = serde_json::json!({ "status": "draining", "checks": {} });
+    Some(reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "application/json",
+        format!("{body}\n"),
+    ))
+}
+
 async fn readiness(endpoint: &Endpoint) -> Response<Full<Bytes>> {
-    if endpoint.draining.load(std::sync::atomic::Ordering::Acquire) {
-        let body = serde_json::json!({ "status": "draining", "checks": {} });
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "application/json",
-            format!("{body}\n"),
-        );
+    if let Some(r) = draining(endpoint) {
+        return r;
     }
     let results = {
         let mut last = endpoint.checked.lock().await;
@@ -150,6 +158,12 @@ async fn readiness(endpoint: &Endpoint) -> Response<Full<Bytes>> {
             }
         }
     };
+    // A shutdown that began while the checks ran (or while this check waited for another's
+    // run, up to `CHECK_TIMEOUT`) is answered as such: the balancer must not read a stale
+    // "ready" after the instance said it is draining.
+    if let Some(r) = draining(endpoint) {
+        return r;
+    }
     let mut checks = serde_json::Map::new();
     let mut ready = true;
     for (name, outcome) in results {

@@ -393,3 +393,48 @@ async fn readiness_checks_within_a_second_share_one_run() {
         "a check a second after the last run runs the checks again"
     );
 }
+
+/// A shutdown that begins while `/readyz` runs its checks is answered `draining`, not with
+/// the checks' "ready": a balancer must not go on choosing an instance that said it drains.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_started_before_a_shutdown_answers_draining() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use wharf::telemetry::http::{serve, Check, Endpoint};
+    let slow = Check {
+        name: "slow",
+        probe: Box::new(|| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok(())
+            })
+        }),
+    };
+    let draining = Arc::new(AtomicBool::new(false));
+    let endpoint = Arc::new(Endpoint {
+        checks: vec![slow],
+        draining: draining.clone(),
+        refresh: Box::new(|| Box::pin(async {})),
+        checked: Default::default(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(serve(listener, endpoint, stop.clone()));
+    let get = |addr| async move {
+        let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    // Ready while nothing drains.
+    let (status, body) = get(addr).await;
+    assert_eq!(status, 200, "{body}");
+    // A check under way (the last outcome is over a second old), then the shutdown begins.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pending = tokio::spawn(get(addr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    draining.store(true, Ordering::Release);
+    let (status, body) = pending.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    stop.cancel();
+}
