@@ -102,16 +102,20 @@ const LOCK_BATCH: usize = 128;
 /// Writes queued intents: whatever is waiting when a write starts goes into it, so concurrent
 /// commits share one flush to disk (the group commit the outbox does for events), and a lone
 /// one is not delayed. A batch that fails is retried one intent at a time. An intent whose
-/// commit stopped waiting (its session was dropped, or timed out) while it was being written
-/// is cleared again before the next batch (see `Answer`): otherwise nothing clears it until
-/// the reconciler takes it for forsaken (15 minutes on), and every upload to its location
-/// until then waits out `LOCK_WAIT` and is refused.
+/// commit stopped waiting (its session was dropped, or timed out) while it was being written,
+/// or whose write failed (it may have been made with only its answer lost), is cleared again
+/// before the next batch (see `Answer`): otherwise nothing clears it until the reconciler
+/// takes it for forsaken (15 minutes on), and every upload to its location until then waits
+/// out `LOCK_WAIT` and is refused.
 async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest>) {
     while let Some(batch) = next_batch(&mut rx, LOCK_BATCH).await {
         let mut abandoned = Vec::new();
         let mut answer = |(intent, _, reply): LockRequest, res: Result<Option<Taken>, String>| {
-            let took = matches!(res, Ok(Some(_)));
-            if reply.send(res).is_err() && took {
+            // A failed write may have been made with only its answer lost: its commit fails
+            // (it never goes on to make anything visible), so its intent goes too.
+            let (failed, took) = (res.is_err(), matches!(res, Ok(Some(_))));
+            let unheard = reply.send(res).is_err();
+            if failed || (unheard && took) {
                 abandoned.push(intent);
             }
         };
@@ -127,14 +131,19 @@ async fn lock_loop(journal: Journal, mut rx: mpsc::UnboundedReceiver<LockRequest
                     answer(req, Err(e.to_string()));
                 }
             }
-            // One at a time, so one bad intent fails alone.
+            // One at a time, so one bad intent fails alone; each cleared first, as the
+            // batch may have been written with only its answer lost (it would find its own
+            // intent holding the location).
             Err(_) => {
                 for req in batch {
-                    let res = journal
-                        .insert_intents(std::slice::from_ref(&req))
-                        .await
-                        .map(|mut took| took.remove(&req.0.id))
-                        .map_err(|e| e.to_string());
+                    let res = match journal.clear(&req.0).await {
+                        Ok(()) => journal
+                            .insert_intents(std::slice::from_ref(&req))
+                            .await
+                            .map(|mut took| took.remove(&req.0.id))
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
                     answer(req, res);
                 }
             }
@@ -174,6 +183,37 @@ impl Drop for Answer<'_> {
 }
 
 impl Journal {
+    /// Deletes `intent`, if this instance still holds it.
+    async fn clear(&self, intent: &Intent) -> Result<(), sqlx::Error> {
+        let _w = self.inner.outbox.writing().await;
+        on_pool!(self.inner.outbox.db(), p => sqlx::query("DELETE FROM commit_intents WHERE location = $1 AND id = $2 AND instance = $3")
+            .bind(&intent.location).bind(&intent.id).bind(&self.inner.instance).execute(p).await.map(drop))
+    }
+
+    /// Runs `op` again in the background, backing off from 1 s to 30 s, until it goes
+    /// through (about 18 minutes in all): for rows that must not outlive their work while this
+    /// instance lives, written off during an outage of the database.
+    fn keep_trying<F, Fut>(&self, what: &'static str, op: F)
+    where
+        F: Fn(Journal) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), sqlx::Error>> + Send,
+    {
+        let journal = self.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut wait = Duration::from_secs(1);
+                for _ in 0..40 {
+                    tokio::time::sleep(wait).await;
+                    if op(journal.clone()).await.is_ok() {
+                        return;
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+                tracing::error!("gave up trying to {what}");
+            });
+        }
+    }
+
     /// Deletes the tracking row of a multipart upload that is over.
     async fn forget(&self, upload_id: &str) -> Result<(), sqlx::Error> {
         let _w = self.inner.outbox.writing().await;
@@ -502,11 +542,15 @@ impl CommitJournal for Journal {
     }
 
     async fn cancel(&self, intent: &Intent) {
-        let _w = self.inner.outbox.writing().await;
-        let res = on_pool!(self.inner.outbox.db(), p => sqlx::query("DELETE FROM commit_intents WHERE location = $1 AND id = $2 AND instance = $3")
-            .bind(&intent.location).bind(&intent.id).bind(&self.inner.instance).execute(p).await.map(drop));
-        if let Err(e) = res {
-            tracing::warn!(location = %intent.location, error = %e, "cannot clear a commit intent; the reconciler will");
+        if let Err(e) = self.clear(intent).await {
+            // The intent must not outlive its commit (the reconciler takes over a live
+            // instance's intents only once they are forsaken): keep trying, through an outage.
+            tracing::warn!(location = %intent.location, error = %e, "cannot clear a commit intent; retrying");
+            let intent = intent.clone();
+            self.keep_trying("clear a commit intent", move |j| {
+                let intent = intent.clone();
+                async move { j.clear(&intent).await }
+            });
         }
     }
 
@@ -586,20 +630,11 @@ impl UploadTracker for Journal {
             // The row must not outlive the upload (the reconciler only takes a dead
             // instance's rows over): keep trying in the background, through an outage.
             tracing::warn!(upload_id, error = %e, "cannot forget a finished multipart upload; retrying");
-            let (journal, id) = (self.clone(), upload_id.to_string());
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let mut wait = Duration::from_secs(1);
-                    for _ in 0..40 {
-                        tokio::time::sleep(wait).await;
-                        if journal.forget(&id).await.is_ok() {
-                            return;
-                        }
-                        wait = (wait * 2).min(Duration::from_secs(30));
-                    }
-                    tracing::error!(upload_id = %id, "gave up forgetting a finished multipart upload");
-                });
-            }
+            let id = upload_id.to_string();
+            self.keep_trying("forget a finished multipart upload", move |j| {
+                let id = id.clone();
+                async move { j.forget(&id).await }
+            });
         }
     }
 }

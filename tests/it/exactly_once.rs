@@ -356,6 +356,36 @@ async fn a_lost_answer_to_tracking_a_multipart_upload_leaves_no_row() {
     check(&g, &uploads).await;
 }
 
+/// The database writes a commit intent (the lock on its file name) and the answer is lost:
+/// the upload fails, and the intent does not outlive it, so the partner's next upload of that
+/// name lands at once instead of waiting out the lock and being refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_to_writing_a_commit_intent_leaves_no_lock() {
+    let (g, proxy) = behind_pg_proxy(&[]).await;
+    let first = random_bytes(40_000);
+    let run = put_losing_an_answer(
+        &g,
+        &proxy,
+        "locked.csv",
+        &first,
+        "INSERT INTO commit_intents",
+    );
+    let mut uploads = HashMap::new();
+    uploads.insert("/locked.csv".to_string(), (run.code == Some(0), first));
+    let again = random_bytes(50_000);
+    g.write_file("locked.csv", &again);
+    let started = Instant::now();
+    let run = g.acme("put locked.csv\n");
+    assert_eq!(run.code, Some(0), "{run:?}\n{}", g.server.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the second upload waited {:?} for the lock",
+        started.elapsed()
+    );
+    uploads.insert("/locked.csv".to_string(), (true, again));
+    check(&g, &uploads).await;
+}
+
 /// An instance stopped (SIGSTOP) for 40 s mid-upload, then continued: its work is taken
 /// over, but each upload ends with one outcome and the resumed instance records nothing
 /// twice.
