@@ -183,7 +183,9 @@ impl Drop for Answer<'_> {
 }
 
 impl Journal {
-    /// Deletes `intent`, if this instance still holds it.
+    /// Deletes `intent`, if this instance still holds it. Safe to run late (in `keep_trying`,
+    /// or after a failed write): every commit writes an intent with an id of its own, never
+    /// reused, so this can never remove a later commit's lock.
     async fn clear(&self, intent: &Intent) -> Result<(), sqlx::Error> {
         let _w = self.inner.outbox.writing().await;
         on_pool!(self.inner.outbox.db(), p => sqlx::query("DELETE FROM commit_intents WHERE location = $1 AND id = $2 AND instance = $3")
