@@ -109,6 +109,7 @@ impl OutboxObserver {
             // No arrival yet: remember the content for the rename that completes it.
             return self
                 .outbox
+                .arrivals()
                 .stage(
                     &location.uri,
                     &Staged {
@@ -262,6 +263,7 @@ impl UploadObserver for OutboxObserver {
 
     async fn arrived_before(&self, location: &Location) -> Result<bool, RecordError> {
         self.outbox
+            .arrivals()
             .arrived_before(&location.uri)
             .await
             .map_err(unavailable)
@@ -276,11 +278,16 @@ impl UploadObserver for OutboxObserver {
     }
 
     async fn staged(&self, location: &Location) -> Result<Option<StagedFacts>, RecordError> {
-        self.outbox.staged(&location.uri).await.map_err(unavailable)
+        self.outbox
+            .arrivals()
+            .staged(&location.uri)
+            .await
+            .map_err(unavailable)
     }
 
     async fn last_arrival(&self, location: &Location) -> Result<Option<StagedFacts>, RecordError> {
         self.outbox
+            .arrivals()
             .last_arrival(&location.uri)
             .await
             .map_err(unavailable)
@@ -303,6 +310,7 @@ impl UploadObserver for OutboxObserver {
         match (self.is_temp(from.0), self.is_temp(to.0)) {
             (true, true) => self
                 .outbox
+                .arrivals()
                 .restage(&from.1.uri, &to.1.uri)
                 .await
                 .map(|()| true)
@@ -310,9 +318,10 @@ impl UploadObserver for OutboxObserver {
             // A file that already arrived, renamed to a temp name: remember what it holds, so
             // renaming it back announces exactly that; nothing known, nothing kept (what an
             // earlier file of that temp name left is not this one's).
-            (false, true) => match self.outbox.last_arrival(&from.1.uri).await {
+            (false, true) => match self.outbox.arrivals().last_arrival(&from.1.uri).await {
                 Ok(Some(f)) => self
                     .outbox
+                    .arrivals()
                     .stage(
                         &to.1.uri,
                         &Staged {
@@ -325,6 +334,7 @@ impl UploadObserver for OutboxObserver {
                     .map_err(unavailable),
                 _ => self
                     .outbox
+                    .arrivals()
                     .unstage(&to.1.uri)
                     .await
                     .map(|()| true)
@@ -338,7 +348,7 @@ impl UploadObserver for OutboxObserver {
     async fn removed(&self, session: &SessionInfo, path: &str, location: &Location) {
         if self.is_temp(path) {
             // Never announced, so nothing to retract: only forget what was staged.
-            if let Err(e) = self.outbox.unstage(&location.uri).await {
+            if let Err(e) = self.outbox.arrivals().unstage(&location.uri).await {
                 tracing::warn!(path, error = %e, "could not forget a deleted temp upload");
             }
             return;

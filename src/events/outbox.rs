@@ -16,7 +16,7 @@ use crate::db::{on_pool, Db};
 /// SQLite must take its write lock when the transaction starts: a deferred transaction that
 /// reads first and writes later fails outright (SQLITE_BUSY_SNAPSHOT, no busy wait) whenever
 /// an upload committed an event in between.
-fn begin(db: &Db) -> &'static str {
+pub(crate) fn begin(db: &Db) -> &'static str {
     match db {
         Db::Sqlite(_) => "BEGIN IMMEDIATE",
         Db::Postgres(_) => "BEGIN",
@@ -199,7 +199,7 @@ pub const NOW_QUERY: &str = "SELECT now_us FROM wharf_clock";
 
 /// Deletes a commit intent (`journal/`) held by its owner in the transaction that records
 /// its outcome, returning what the intent asked for besides: `(location, id, owner)`.
-const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND id = $2 AND instance = $3 RETURNING remember_name, receipt, decrypt";
+pub(crate) const CLEAR_INTENT: &str = "DELETE FROM commit_intents WHERE location = $1 AND id = $2 AND instance = $3 RETURNING remember_name, receipt, decrypt";
 /// The built-in sink that writes receipts; it gets a delivery only for arrivals whose intent
 /// names a receipt.
 pub const RECEIPTS: &str = "receipts";
@@ -241,7 +241,7 @@ const JOB_THERE_PG: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $
 const JOB_THERE: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $1";
 /// … and no commit of its plaintext is under way.
 const JOB_IDLE: &str = "SELECT attempts FROM decrypt_jobs WHERE event_id = $1 AND NOT EXISTS (SELECT 1 FROM commit_intents WHERE job = $1)";
-const SETTLED: &str = "INSERT INTO intent_outcomes (intent_id, outcome, created_us) VALUES ($1, $2, (SELECT now_us FROM wharf_clock)) ON CONFLICT (intent_id) DO NOTHING";
+pub(crate) const SETTLED: &str = "INSERT INTO intent_outcomes (intent_id, outcome, created_us) VALUES ($1, $2, (SELECT now_us FROM wharf_clock)) ON CONFLICT (intent_id) DO NOTHING";
 
 /// An `events` row; both databases decode it the same way (the outbox's claims, and the
 /// lists of `query.rs`).
@@ -282,9 +282,6 @@ struct ClaimedRow {
     attempts: i32,
     age_us: i64,
 }
-
-/// `bytes, sha256, etag, started_us, scan` of a staged temp-name upload.
-type StagedRow = (i64, String, Option<String>, i64, Option<String>);
 
 /// `sink, state, attempts, last_error, delivered_us`
 type DeliveryRow = (String, String, i32, Option<String>, Option<i64>);
@@ -931,160 +928,6 @@ impl Outbox {
                     .set(n);
             }
         }
-    }
-
-    /// Where the receipt of event `event_id` goes (JSON of a `ReceiptTarget`), until written.
-    pub async fn receipt_target(&self, event_id: &str) -> Result<Option<String>> {
-        Ok(on_pool!(&self.db, pool => {
-            sqlx::query_scalar("SELECT target FROM receipts WHERE event_id = $1")
-                .bind(event_id)
-                .fetch_optional(pool)
-                .await?
-        }))
-    }
-
-    /// The decryption job of arrival `event_id` (JSON of a `DecryptTarget`) and the attempts
-    /// made at it, until its outcome is recorded.
-    pub async fn decrypt_job(&self, event_id: &str) -> Result<Option<(String, i32)>> {
-        Ok(on_pool!(&self.db, p =>
-            sqlx::query_as("SELECT job, attempts FROM decrypt_jobs WHERE event_id = $1")
-                .bind(event_id)
-                .fetch_optional(p)
-                .await?))
-    }
-
-    /// One more attempt at the decryption job of `event_id` (counted before it runs, so an
-    /// attempt a crash cut short counts too).
-    pub async fn decrypt_attempt(&self, event_id: &str) -> Result<()> {
-        let _writing = self.writing().await;
-        on_pool!(&self.bookkeeping, p =>
-            sqlx::query("UPDATE decrypt_jobs SET attempts = attempts + 1 WHERE event_id = $1")
-                .bind(event_id)
-                .execute(p)
-                .await
-                .map(drop)?);
-        Ok(())
-    }
-
-    /// The receipt of `event_id` is written.
-    pub async fn receipt_written(&self, event_id: &str) -> Result<()> {
-        let _writing = self.writing().await;
-        on_pool!(&self.bookkeeping, pool => {
-            sqlx::query("DELETE FROM receipts WHERE event_id = $1")
-                .bind(event_id)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
-    }
-
-    /// Whether a file ever arrived at `location` in a folder that accepts a name once.
-    pub async fn arrived_before(&self, location: &str) -> Result<bool> {
-        let n: i64 = on_pool!(&self.db, pool => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM arrived_names WHERE location = $1")
-                .bind(location)
-                .fetch_one(pool)
-                .await?
-        });
-        Ok(n > 0)
-    }
-
-    /// Remembers a temp-name upload until its rename, clearing its commit `intent` in the
-    /// same transaction (fenced as `record` is: false, and nothing staged, when the intent is
-    /// no longer its owner's). `outcome` marks a reconciler's settlement for the intent's
-    /// first owner; an owner's own staging is marked too, so an owner whose answer was lost
-    /// learns that it went through.
-    pub async fn stage(
-        &self,
-        location: &str,
-        s: &Staged,
-        intent: Option<&IntentRef>,
-    ) -> Result<bool> {
-        let _writing = self.writing().await;
-        Ok(on_pool!(&self.db, pool => {
-            let mut tx = pool.begin_with(begin(&self.db)).await?;
-            let mut owned = true;
-            if let Some(i) = intent {
-                owned = sqlx::query(CLEAR_INTENT)
-                    .bind(&i.location).bind(&i.id).bind(&i.owner)
-                    .fetch_optional(&mut *tx).await?.is_some();
-                if owned {
-                    sqlx::query(SETTLED).bind(&i.id).bind(ANNOUNCED).execute(&mut *tx).await?;
-                }
-            }
-            if owned {
-                sqlx::query("INSERT INTO staged_uploads (location, bytes, sha256, etag, started_us, created_us, scan) VALUES ($1, $2, $3, $4, $5, (SELECT now_us FROM wharf_clock), $6) ON CONFLICT (location) DO UPDATE SET bytes = excluded.bytes, sha256 = excluded.sha256, etag = excluded.etag, started_us = excluded.started_us, created_us = excluded.created_us, scan = excluded.scan")
-                    .bind(location).bind(s.bytes as i64).bind(&s.sha256).bind(&s.etag).bind(micros(s.started_at))
-                    .bind(s.scan.as_ref().map(|v| v.to_string()))
-                    .execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            owned
-        }))
-    }
-
-    /// The facts of the last arrival announced at `location` (a completed upload or a
-    /// rename onto it), from its event: to stage a file renamed from a final name to a temp
-    /// one, or to announce a final name renamed onto another.
-    pub async fn last_arrival(&self, location: &str) -> Result<Option<Staged>> {
-        let body: Option<String> = on_pool!(&self.db, pool => {
-            sqlx::query_scalar("SELECT body FROM events WHERE location = $1 AND type IN ('wharf.upload.completed', 'wharf.file.renamed') ORDER BY seq DESC LIMIT 1")
-                .bind(location)
-                .fetch_optional(pool).await?
-        });
-        let Some(v) = body.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) else {
-            return Ok(None);
-        };
-        let d = &v["data"];
-        let (Some(bytes), Some(sha256)) = (d["bytes"].as_u64(), d["sha256"].as_str()) else {
-            return Ok(None);
-        };
-        Ok(Some(Staged {
-            bytes,
-            sha256: sha256.to_string(),
-            etag: d["etag"].as_str().map(String::from),
-            started_at: d["started_at"]
-                .as_str()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_else(Utc::now),
-            scan: Some(d["scan"].clone()).filter(|v| !v.is_null()),
-        }))
-    }
-
-    pub async fn staged(&self, location: &str) -> Result<Option<Staged>> {
-        let row: Option<StagedRow> = on_pool!(&self.db, pool => {
-            sqlx::query_as("SELECT bytes, sha256, etag, started_us, scan FROM staged_uploads WHERE location = $1")
-                .bind(location).fetch_optional(pool).await?
-        });
-        Ok(row.map(|(bytes, sha256, etag, started, scan)| Staged {
-            bytes: bytes.max(0) as u64,
-            sha256,
-            etag,
-            started_at: from_micros(started),
-            scan: scan.and_then(|s| serde_json::from_str(&s).ok()),
-        }))
-    }
-
-    /// Moves a staged upload to a new temp name (a rename between two temp names).
-    /// Forgets a staged temp upload (its file was deleted).
-    pub async fn unstage(&self, location: &str) -> Result<()> {
-        let _writing = self.writing().await;
-        on_pool!(&self.db, pool => {
-            sqlx::query("DELETE FROM staged_uploads WHERE location = $1").bind(location).execute(pool).await?;
-        });
-        Ok(())
-    }
-
-    pub async fn restage(&self, from: &str, to: &str) -> Result<()> {
-        let _writing = self.writing().await;
-        on_pool!(&self.db, pool => {
-            let mut tx = pool.begin_with(begin(&self.db)).await?;
-            sqlx::query("DELETE FROM staged_uploads WHERE location = $1").bind(to).execute(&mut *tx).await?;
-            sqlx::query("UPDATE staged_uploads SET location = $2 WHERE location = $1").bind(from).bind(to).execute(&mut *tx).await?;
-            tx.commit().await?;
-        });
-        Ok(())
     }
 
     /// Events newest first, optionally only those with a pending delivery or since a time.

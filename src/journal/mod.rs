@@ -7,6 +7,7 @@
 //! stopped left behind. Every time compared here is the database's (`wharf_clock`), never
 //! a host's: hosts' clocks may disagree by any amount.
 
+pub mod arrivals;
 pub mod reconciler;
 
 use std::sync::{Arc, Mutex};

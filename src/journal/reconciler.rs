@@ -375,7 +375,7 @@ impl Reconciler {
         {
             return Ok(true);
         }
-        match outbox.decrypt_job(&job.arrival_event_id).await {
+        match outbox.arrivals().decrypt_job(&job.arrival_event_id).await {
             Ok(None) => {}
             // Still there: the intent was not this instance's any more.
             _ => return Ok(false),

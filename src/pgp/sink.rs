@@ -248,7 +248,7 @@ impl DecryptSink {
         }
         if folder.rules.no_reuse_names
             && matches!(
-                self.outbox.arrived_before(&target_loc.uri).await,
+                self.outbox.arrivals().arrived_before(&target_loc.uri).await,
                 Ok(true) | Err(_)
             )
         {
@@ -386,6 +386,7 @@ impl EventSink for DecryptSink {
         // Done already (a redelivery after its record was lost), or none asked.
         let Some((job, attempts)) = self
             .outbox
+            .arrivals()
             .decrypt_job(&event.id)
             .await
             .map_err(retriable)?
@@ -407,6 +408,7 @@ impl EventSink for DecryptSink {
             )))
         } else {
             self.outbox
+                .arrivals()
                 .decrypt_attempt(&event.id)
                 .await
                 .map_err(retriable)?;
@@ -470,6 +472,7 @@ impl EventSink for DecryptSink {
             .map_err(retriable)?
             && self
                 .outbox
+                .arrivals()
                 .decrypt_job(&event.id)
                 .await
                 .map_err(retriable)?

@@ -58,6 +58,7 @@ impl EventSink for ReceiptSink {
         }
         let target = self
             .outbox
+            .arrivals()
             .receipt_target(&event.id)
             .await
             .map_err(|e| DeliveryError::retriable(e.to_string()))?;
@@ -85,6 +86,7 @@ impl EventSink for ReceiptSink {
         up.commit().await.map_err(fail)?;
         tracing::info!(activity = "RECEIPT", path = %target.client_path, event_id = %event.id, "receipt written");
         self.outbox
+            .arrivals()
             .receipt_written(&event.id)
             .await
             .map_err(|e| DeliveryError::retriable(e.to_string()))
