@@ -29,6 +29,9 @@ pub enum OutboxError {
     Database(#[from] sqlx::Error),
     #[error("event outbox: the committer has stopped")]
     Closed,
+    /// The statement that recorded a group of deliveries failed: each of them gets its error.
+    #[error("event outbox: {0}")]
+    Group(Arc<sqlx::Error>),
 }
 
 /// The commit intent an event settles (`journal/`): the event is recorded only in the
@@ -149,6 +152,47 @@ async fn commit_loop(outbox: Outbox, mut rx: mpsc::UnboundedReceiver<Queued>) {
         }
     }
 }
+
+/// A run's deliveries acknowledged up to `last_seq`, to record (`Outbox::delivered`).
+struct DeliveredUpTo {
+    sink: String,
+    lease: String,
+    username: String,
+    last_seq: i64,
+}
+
+type QueuedDelivered = (DeliveredUpTo, tokio::sync::oneshot::Sender<Result<bool>>);
+
+/// Records acknowledged deliveries: whatever runs ended while one statement was in flight go
+/// into the next one (the dispatcher delivers many accounts' runs at once, and each used to
+/// cost a statement of its own), and a lone one is not delayed.
+async fn delivered_loop(outbox: Outbox, mut rx: mpsc::UnboundedReceiver<QueuedDelivered>) {
+    while let Some(group) = next_batch(&mut rx, GROUP).await {
+        let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        match outbox.mark_delivered(&items).await {
+            Ok(done) => {
+                for (reply, mine) in replies.into_iter().zip(done) {
+                    let _ = reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for reply in replies {
+                    let _ = reply.send(Err(OutboxError::Group(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// `mark_delivered` on Postgres: one statement for a group (arrays, `$5` the item's place),
+/// returning the places of the items that were still their claim's.
+const DELIVERED_PG: &str = "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int4[]) AS t(sink, lease, username, last_seq, ord)), \
+done AS (UPDATE event_deliveries d SET state = 'delivered', attempts = d.attempts + 1, delivered_us = (SELECT now_us FROM wharf_clock), lease_owner = NULL, lease_until_us = 0, last_error = NULL \
+FROM input i WHERE d.sink = i.sink AND d.lease_owner = i.lease AND d.username = i.username AND d.state = 'pending' AND d.event_seq <= i.last_seq RETURNING i.ord) \
+SELECT DISTINCT ord FROM done";
+/// `mark_delivered` on SQLite, one item at a time in one transaction.
+const DELIVERED: &str = "UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = (SELECT now_us FROM wharf_clock), lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending' AND event_seq <= $4";
 
 pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
 
@@ -362,6 +406,8 @@ pub struct Outbox {
     pub wake_builtin: Arc<Notify>,
     /// Where `record` queues events for the group committer.
     committer: Arc<std::sync::OnceLock<mpsc::UnboundedSender<Queued>>>,
+    /// Where `delivered` queues acknowledged deliveries for their writer.
+    recorder: Arc<std::sync::OnceLock<mpsc::UnboundedSender<QueuedDelivered>>>,
     /// Names this process in its NOTIFYs, so its own listener skips them (`notified`).
     origin: Arc<str>,
 }
@@ -377,6 +423,7 @@ impl Outbox {
             wake: Arc::new(Notify::new()),
             wake_builtin: Arc::new(Notify::new()),
             committer: Arc::default(),
+            recorder: Arc::default(),
             origin: uuid::Uuid::new_v4().simple().to_string().into(),
         }
     }
@@ -846,7 +893,7 @@ impl Outbox {
 
     /// Records that the sink acknowledged this claim's deliveries up to `last_seq` for
     /// `username` (those before it were delivered in order or are dead). False when none of
-    /// them was this worker's any more.
+    /// them was this worker's any more. Concurrent calls share one statement.
     pub async fn delivered(
         &self,
         sink: &str,
@@ -854,12 +901,69 @@ impl Outbox {
         username: &str,
         last_seq: i64,
     ) -> Result<bool> {
+        let item = DeliveredUpTo {
+            sink: sink.to_string(),
+            lease: lease.to_string(),
+            username: username.to_string(),
+            last_seq,
+        };
+        let Some(recorder) = self.recorder() else {
+            return Ok(self.mark_delivered(&[item]).await?[0]);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if recorder.send((item, tx)).is_err() {
+            return Err(OutboxError::Closed);
+        }
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// The writer that records deliveries for `delivered`, started on first use.
+    fn recorder(&self) -> Option<&mpsc::UnboundedSender<QueuedDelivered>> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        Some(self.recorder.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            rt.spawn(delivered_loop(self.clone(), rx));
+            tx
+        }))
+    }
+
+    /// Marks each item's deliveries delivered, in one statement on Postgres; whether each
+    /// item's were still its claim's.
+    async fn mark_delivered(
+        &self,
+        items: &[DeliveredUpTo],
+    ) -> std::result::Result<Vec<bool>, sqlx::Error> {
+        if let Db::Postgres(pool) = &self.bookkeeping {
+            let col = |f: fn(&DeliveredUpTo) -> &str| items.iter().map(f).collect::<Vec<_>>();
+            let places: Vec<i32> = sqlx::query_scalar(DELIVERED_PG)
+                .bind(col(|i| &i.sink))
+                .bind(col(|i| &i.lease))
+                .bind(col(|i| &i.username))
+                .bind(items.iter().map(|i| i.last_seq).collect::<Vec<_>>())
+                .bind((0..items.len() as i32).collect::<Vec<_>>())
+                .fetch_all(pool)
+                .await?;
+            let mut done = vec![false; items.len()];
+            for p in places {
+                if let Some(d) = done.get_mut(p as usize) {
+                    *d = true;
+                }
+            }
+            return Ok(done);
+        }
         let _writing = self.writing().await;
-        let n = on_pool!(&self.bookkeeping, pool => {
-            sqlx::query("UPDATE event_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_us = (SELECT now_us FROM wharf_clock), lease_owner = NULL, lease_until_us = 0, last_error = NULL WHERE sink = $1 AND lease_owner = $2 AND username = $3 AND state = 'pending' AND event_seq <= $4")
-                .bind(sink).bind(lease).bind(username).bind(last_seq).execute(pool).await?.rows_affected()
-        });
-        Ok(n > 0)
+        Ok(on_pool!(&self.bookkeeping, pool => {
+            let mut tx = pool.begin_with(begin(&self.bookkeeping)).await?;
+            let mut done = Vec::with_capacity(items.len());
+            for i in items {
+                let n = sqlx::query(DELIVERED)
+                    .bind(&i.sink).bind(&i.lease).bind(&i.username).bind(i.last_seq)
+                    .execute(&mut *tx).await?.rows_affected();
+                done.push(n > 0);
+            }
+            tx.commit().await?;
+            done
+        }))
     }
 
     /// A failed attempt of this claim: retry after `delay` (by the database's clock), or give

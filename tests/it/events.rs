@@ -901,3 +901,98 @@ async fn a_claim_never_takes_deliveries_another_claim_holds() {
         a_claim_leaves_anothers_lease_alone(&wharf::db::Db::open(&cfg).await.unwrap()).await;
     }
 }
+
+/// Runs that end together are recorded by one statement on Postgres, and each still learns
+/// whether its own deliveries were its claim's: four accounts' runs of one claim are recorded
+/// at once, one of whose accounts another instance took meanwhile, and one of which records
+/// only the first of its two events.
+async fn runs_recorded_together_answer_each_for_its_own(db: &wharf::db::Db) {
+    let q = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            match &db {
+                wharf::db::Db::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(drop),
+                wharf::db::Db::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(drop),
+            }
+            .unwrap()
+        }
+    };
+    q("INSERT INTO events (id, type, username, subject, created_us, body) VALUES \
+       ('a1', 'wharf.upload.completed', 'a', '/1', 1, '{}'), ('a2', 'wharf.upload.completed', 'a', '/2', 2, '{}'), \
+       ('b1', 'wharf.upload.completed', 'b', '/1', 3, '{}'), ('b2', 'wharf.upload.completed', 'b', '/2', 4, '{}'), \
+       ('c1', 'wharf.upload.completed', 'c', '/1', 5, '{}'), ('c2', 'wharf.upload.completed', 'c', '/2', 6, '{}'), \
+       ('d1', 'wharf.upload.completed', 'd', '/1', 7, '{}'), ('d2', 'wharf.upload.completed', 'd', '/2', 8, '{}')").await;
+    q("INSERT INTO event_deliveries (event_seq, sink, username, next_at_us) SELECT seq, 'hook', username, 0 FROM events").await;
+    let outbox = wharf::events::outbox::Outbox::new(db.clone(), vec!["hook".into()]);
+    let claimed = outbox
+        .claim("hook", std::time::Duration::from_secs(30), 32, 64)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 8);
+    let lease = claimed[0].lease.clone();
+    let seq = |id: &str| claimed.iter().find(|c| c.event.id == id).unwrap().seq;
+    // Another instance took account c (its lease lapsed there, say).
+    q("UPDATE event_deliveries SET lease_owner = 'another' WHERE username = 'c'").await;
+    let answers = futures::future::join_all([
+        outbox.delivered("hook", &lease, "a", seq("a2")),
+        outbox.delivered("hook", &lease, "b", seq("b2")),
+        outbox.delivered("hook", &lease, "c", seq("c2")),
+        outbox.delivered("hook", &lease, "d", seq("d1")),
+    ])
+    .await;
+    let answers: Vec<bool> = answers.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(answers, [true, true, false, true]);
+    type Row = (String, String, i32, Option<i64>, Option<String>);
+    let rows: Vec<Row> = match db {
+        wharf::db::Db::Postgres(p) => sqlx::query_as("SELECT e.id, d.state, d.attempts, d.delivered_us, d.lease_owner FROM event_deliveries d JOIN events e ON e.seq = d.event_seq ORDER BY e.id").fetch_all(p).await,
+        wharf::db::Db::Sqlite(p) => sqlx::query_as("SELECT e.id, d.state, d.attempts, d.delivered_us, d.lease_owner FROM event_deliveries d JOIN events e ON e.seq = d.event_seq ORDER BY e.id").fetch_all(p).await,
+    }
+    .unwrap();
+    let states: Vec<(&str, &str, i32, Option<&str>)> = rows
+        .iter()
+        .map(|(id, state, attempts, _, owner)| {
+            (id.as_str(), state.as_str(), *attempts, owner.as_deref())
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a1", "delivered", 1, None),
+            ("a2", "delivered", 1, None),
+            ("b1", "delivered", 1, None),
+            ("b2", "delivered", 1, None),
+            ("c1", "pending", 0, Some("another")),
+            ("c2", "pending", 0, Some("another")),
+            ("d1", "delivered", 1, None),
+            ("d2", "pending", 0, Some(lease.as_str())),
+        ]
+    );
+    if matches!(db, wharf::db::Db::Postgres(_)) {
+        // One statement: the database's clock is read once for all of them.
+        let times: std::collections::BTreeSet<i64> = rows.iter().filter_map(|r| r.3).collect();
+        assert_eq!(
+            times.len(),
+            1,
+            "recorded by more than one statement: {times:?}"
+        );
+    }
+    db.close().await;
+}
+
+/// Current-thread: the four recordings are all queued before the writer runs.
+#[tokio::test(flavor = "current_thread")]
+async fn runs_that_end_together_are_recorded_together_each_for_its_own_claim() {
+    let pg = crate::harness::PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        pg.url.clone(),
+        format!("sqlite://{}", dir.path().join("w.db").display()),
+    ] {
+        let cfg = wharf::config::DatabaseConfig {
+            url: secrecy::SecretString::from(url),
+            ..wharf::config::DatabaseConfig::default()
+        };
+        runs_recorded_together_answer_each_for_its_own(&wharf::db::Db::open(&cfg).await.unwrap())
+            .await;
+    }
+}
