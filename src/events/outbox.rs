@@ -196,6 +196,36 @@ const DELIVERED: &str = "UPDATE event_deliveries SET state = 'delivered', attemp
 
 pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
 
+/// The queue of the writer task kept in `cell` (the group committer, the delivery recorder),
+/// the task started with `run` on first use; `None` outside a runtime (the caller writes
+/// alone then).
+fn started<T: Send + 'static, F>(
+    cell: &std::sync::OnceLock<mpsc::UnboundedSender<T>>,
+    run: impl FnOnce(mpsc::UnboundedReceiver<T>) -> F,
+) -> Option<&mpsc::UnboundedSender<T>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    Some(cell.get_or_init(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        rt.spawn(run(rx));
+        tx
+    }))
+}
+
+/// Queues `item` for a writer task and waits for its answer.
+async fn ask<T, R>(
+    writer: &mpsc::UnboundedSender<(T, tokio::sync::oneshot::Sender<Result<R>>)>,
+    item: T,
+) -> Result<R> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if writer.send((item, tx)).is_err() {
+        return Err(OutboxError::Closed);
+    }
+    rx.await.map_err(|_| OutboxError::Closed)?
+}
+
 pub fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -542,25 +572,11 @@ impl Outbox {
     }
 
     async fn enqueue(&self, r: Record) -> Result<bool> {
-        let Some(committer) = self.committer() else {
+        let Some(committer) = started(&self.committer, |rx| commit_loop(self.clone(), rx)) else {
             let done = self.commit_records(std::slice::from_ref(&r)).await?;
             return Ok(done.first().copied().unwrap_or(false));
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if committer.send((r, tx)).is_err() {
-            return Err(OutboxError::Closed);
-        }
-        rx.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// The group committer of this outbox, started on first use.
-    fn committer(&self) -> Option<&mpsc::UnboundedSender<Queued>> {
-        let rt = tokio::runtime::Handle::try_current().ok()?;
-        Some(self.committer.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            rt.spawn(commit_loop(self.clone(), rx));
-            tx
-        }))
+        ask(committer, r).await
     }
 
     /// One transaction for all of `records`; whether each was recorded.
@@ -907,24 +923,10 @@ impl Outbox {
             username: username.to_string(),
             last_seq,
         };
-        let Some(recorder) = self.recorder() else {
+        let Some(recorder) = started(&self.recorder, |rx| delivered_loop(self.clone(), rx)) else {
             return Ok(self.mark_delivered(&[item]).await?[0]);
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if recorder.send((item, tx)).is_err() {
-            return Err(OutboxError::Closed);
-        }
-        rx.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    /// The writer that records deliveries for `delivered`, started on first use.
-    fn recorder(&self) -> Option<&mpsc::UnboundedSender<QueuedDelivered>> {
-        let rt = tokio::runtime::Handle::try_current().ok()?;
-        Some(self.recorder.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            rt.spawn(delivered_loop(self.clone(), rx));
-            tx
-        }))
+        ask(recorder, item).await
     }
 
     /// Marks each item's deliveries delivered, in one statement on Postgres; whether each

@@ -560,28 +560,12 @@ async fn an_abandoned_intent_is_cleared(db: wharf::db::Db) {
     db.close().await;
 }
 
-/// Both databases wharf keeps intents in, each fresh.
-async fn each_database(f: impl Fn(wharf::db::Db) -> futures::future::BoxFuture<'static, ()>) {
-    let pg = crate::harness::PgDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    for url in [
-        pg.url.clone(),
-        format!("sqlite://{}", dir.path().join("w.db").display()),
-    ] {
-        let cfg = wharf::config::DatabaseConfig {
-            url: secrecy::SecretString::from(url),
-            ..wharf::config::DatabaseConfig::default()
-        };
-        f(wharf::db::Db::open(&cfg).await.expect("open database")).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn batched_intents_keep_one_writer_per_location() {
-    each_database(|db| Box::pin(one_writer_per_location(db))).await;
+    crate::harness::each_database(|db| Box::pin(one_writer_per_location(db))).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_that_stops_waiting_leaves_its_location_free() {
-    each_database(|db| Box::pin(an_abandoned_intent_is_cleared(db))).await;
+    crate::harness::each_database(|db| Box::pin(an_abandoned_intent_is_cleared(db))).await;
 }

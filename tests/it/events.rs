@@ -888,18 +888,10 @@ async fn a_claim_leaves_anothers_lease_alone(db: &wharf::db::Db) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_never_takes_deliveries_another_claim_holds() {
-    let pg = crate::harness::PgDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    for url in [
-        pg.url.clone(),
-        format!("sqlite://{}", dir.path().join("w.db").display()),
-    ] {
-        let cfg = wharf::config::DatabaseConfig {
-            url: secrecy::SecretString::from(url),
-            ..wharf::config::DatabaseConfig::default()
-        };
-        a_claim_leaves_anothers_lease_alone(&wharf::db::Db::open(&cfg).await.unwrap()).await;
-    }
+    crate::harness::each_database(|db| {
+        Box::pin(async move { a_claim_leaves_anothers_lease_alone(&db).await })
+    })
+    .await;
 }
 
 /// Runs that end together are recorded by one statement on Postgres, and each still learns
@@ -982,17 +974,8 @@ async fn runs_recorded_together_answer_each_for_its_own(db: &wharf::db::Db) {
 /// Current-thread: the four recordings are all queued before the writer runs.
 #[tokio::test(flavor = "current_thread")]
 async fn runs_that_end_together_are_recorded_together_each_for_its_own_claim() {
-    let pg = crate::harness::PgDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    for url in [
-        pg.url.clone(),
-        format!("sqlite://{}", dir.path().join("w.db").display()),
-    ] {
-        let cfg = wharf::config::DatabaseConfig {
-            url: secrecy::SecretString::from(url),
-            ..wharf::config::DatabaseConfig::default()
-        };
-        runs_recorded_together_answer_each_for_its_own(&wharf::db::Db::open(&cfg).await.unwrap())
-            .await;
-    }
+    crate::harness::each_database(|db| {
+        Box::pin(async move { runs_recorded_together_answer_each_for_its_own(&db).await })
+    })
+    .await;
 }

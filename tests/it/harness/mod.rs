@@ -235,3 +235,19 @@ pub use server::{
     SftpRun, TrustAll,
 };
 pub use webhook::{Received, Receiver};
+
+/// Runs `f` on each database wharf keeps its state in, each fresh: Postgres, then SQLite.
+pub async fn each_database(f: impl Fn(wharf::db::Db) -> futures::future::BoxFuture<'static, ()>) {
+    let pg = PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        pg.url.clone(),
+        format!("sqlite://{}", dir.path().join("w.db").display()),
+    ] {
+        let cfg = wharf::config::DatabaseConfig {
+            url: secrecy::SecretString::from(url),
+            ..wharf::config::DatabaseConfig::default()
+        };
+        f(wharf::db::Db::open(&cfg).await.expect("open database")).await;
+    }
+}
