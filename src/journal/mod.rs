@@ -582,9 +582,11 @@ impl CommitJournal for Journal {
                 .fetch_one(p).await)
             .map_err(|e| JournalError::Database(e.to_string()))?;
         Ok(match (recorded, holder, outcome.as_deref()) {
+            // A taker records the arrival under the intent's own event id: its settlement
+            // says who did (the owner must then check what it published since).
+            (_, _, Some(crate::events::outbox::ANNOUNCED)) => Settlement::Announced,
             (true, _, _) => Settlement::Recorded,
             (_, Some(h), _) if h == self.inner.instance => Settlement::Held,
-            (_, _, Some(crate::events::outbox::ANNOUNCED)) => Settlement::Announced,
             (_, _, Some(crate::events::outbox::NOT_COMMITTED)) => Settlement::NotCommitted,
             (_, Some(_), _) => Settlement::Elsewhere,
             _ => Settlement::Unknown,

@@ -270,7 +270,7 @@ impl Session {
                 Ok(Settlement::Recorded) => return Ok(()),
                 Ok(Settlement::Announced) => {
                     tracing::warn!(parent: &self.span, path, "another server took this commit over and announced it");
-                    return Ok(());
+                    return self.announce_if_put_back(m, intent, a).await;
                 }
                 Ok(Settlement::NotCommitted) => return self.reannounce(m, intent, a).await,
                 // Still this instance's (try again), or being settled by the taker (wait).
@@ -422,6 +422,69 @@ impl Session {
                 format!("{path}: the commit was taken over by another server while this one was unresponsive, and did not land; send the file again"),
             ));
         }
+        match self.record_announcement(&intent, a).await {
+            Ok(true) => Ok(()),
+            _ => {
+                self.ctx.journal.hand_over(&intent).await;
+                Err(FsError::new(
+                    FsErrorKind::Failure,
+                    format!("{path}: {UNCONFIRMED}"),
+                ))
+            }
+        }
+    }
+
+    /// This instance was silent too long while publishing, and another took the intent over
+    /// and announced what it found. But a request of this commit's may have reached storage
+    /// after the taker looked (a retry the S3 client sent once the paused process ran again,
+    /// after answers were lost), putting this content back over a later arrival with no
+    /// event saying so. Under a new intent and a new event id (the taker's announcement used
+    /// this commit's), this content is announced again if storage holds it and the
+    /// location's last arrival is not it; otherwise the taker's announcement stands.
+    async fn announce_if_put_back(
+        &self,
+        m: &Mount,
+        old: &Intent,
+        a: &Announcement<'_>,
+    ) -> Result<(), FsError> {
+        let path = old.client_path.as_str();
+        let intent = Intent {
+            id: uuid::Uuid::now_v7().to_string(),
+            event_id: uuid::Uuid::now_v7().to_string(),
+            ..old.clone()
+        };
+        let vpath = VirtualPath::parse(&VirtualPath::root(), path)?;
+        let _held = self
+            .ctx
+            .journal
+            .begin(&intent)
+            .await
+            .map_err(|e| journal_error(e, &vpath))?;
+        let ours = match m.backend.fingerprint(&intent.path).await {
+            Ok(Some(f)) => old.matches(&f),
+            Ok(None) => false,
+            Err(e) => {
+                self.ctx.journal.hand_over(&intent).await;
+                return Err(storage(e, &vpath));
+            }
+        };
+        // Whether the location's last arrival (a temp name's staged upload) is this content,
+        // read under the new intent, so no other commit of the location runs meanwhile. Not
+        // knowing counts as not: an arrival announced twice is better than one unannounced.
+        let last_is_ours = || async {
+            let location = m.backend.location(&intent.path);
+            let last = if self.ctx.observer.is_temp(path) {
+                self.ctx.observer.staged(&location).await
+            } else {
+                self.ctx.observer.last_arrival(&location).await
+            };
+            matches!(last, Ok(Some(l)) if l.bytes == old.bytes && l.sha256 == old.sha256)
+        };
+        if !ours || last_is_ours().await {
+            self.ctx.journal.cancel(&intent).await;
+            return Ok(());
+        }
+        tracing::warn!(parent: &self.span, path, "this server's content reached storage after another server took the commit over, over a later arrival; announcing it again");
         match self.record_announcement(&intent, a).await {
             Ok(true) => Ok(()),
             _ => {

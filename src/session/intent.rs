@@ -204,7 +204,8 @@ pub enum Settlement {
     Recorded,
     /// The intent is still the owner's: nothing was recorded yet.
     Held,
-    /// Another instance took the intent over and announced the object it found.
+    /// Another instance took the intent over and announced the object it found (under the
+    /// intent's event id; also what an owner's own staging of a temp name is marked as).
     Announced,
     /// Another instance took it over, found no object, and recorded the upload as failed.
     NotCommitted,

@@ -513,6 +513,113 @@ async fn a_commit_paused_past_its_takeover_stays_true() {
     }
 }
 
+/// An instance paused after publishing, past its takeover; meanwhile the other instance
+/// announces what it found, and a second upload of the name lands through it. Then the
+/// paused instance's request reaches S3 again, as a retry its S3 client sends once the
+/// process runs again after answers were lost (the test writes that request's bytes and
+/// metadata itself), putting the first content back over the second. The first upload's
+/// instance must announce its content again: the location's last arrival event describes
+/// what S3 holds. (The fault campaign found this: an acknowledged upload's bytes replaced
+/// with no later arrival.)
+#[tokio::test(flavor = "multi_thread")]
+async fn content_put_back_after_a_takeover_is_announced_again() {
+    let g = Gateway::start(true, &RECOVERY).await;
+    let point = "upload.after_commit";
+    let paused = Server::start_with(&g.w, &[], &[("WHARF_TEST_PAUSE_AT", point)]);
+    let first = random_bytes(200_000);
+    let second = random_bytes(150_000);
+    g.write_file("first.bin", &first);
+    g.write_file("second.bin", &second);
+    let mut client = sftp_command(
+        paused.port(),
+        "acme",
+        &Auth::Password(PW.into()),
+        g.w.path(),
+        &[],
+    )
+    .spawn()
+    .unwrap();
+    {
+        use std::io::Write as _;
+        client
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"put first.bin p.bin\n")
+            .unwrap();
+    }
+    assert!(
+        paused
+            .logs_within(
+                &format!("pause point {point} reached"),
+                Duration::from_secs(60)
+            )
+            .await,
+        "{}",
+        paused.log()
+    );
+    let key = format!("{}acme/p.bin", g.prefix);
+    let head =
+        g.s3.client
+            .head_object()
+            .bucket(&g.s3.bucket)
+            .key(&key)
+            .send()
+            .await
+            .expect("the first upload is published");
+    let metadata = head.metadata().cloned().unwrap_or_default();
+    // Longer than the instance's lapse plus a round of the other's reconciler.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        g.server.log().contains("took over work"),
+        "{}",
+        g.server.log()
+    );
+    g.acme("put second.bin p.bin\n").ok();
+    assert_eq!(g.stored("p.bin").await.as_deref(), Some(&second[..]));
+    // The paused instance's request again, as its S3 client would send it.
+    g.s3.client
+        .put_object()
+        .bucket(&g.s3.bucket)
+        .key(&key)
+        .set_metadata(Some(metadata))
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+        .body(aws_sdk_s3::primitives::ByteStream::from(first.clone()))
+        .send()
+        .await
+        .unwrap();
+    signal(&paused, "CONT");
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        paused.log()
+    );
+    settled(&g, Duration::from_secs(60)).await;
+    assert_eq!(g.stored("p.bin").await.as_deref(), Some(&first[..]));
+    let events = recorded(&g).await;
+    let completed = of(&events, "wharf.upload.completed", "/p.bin");
+    let shas: Vec<&str> = completed
+        .iter()
+        .map(|e| e["data"]["sha256"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        shas.last().copied(),
+        Some(sha(&first).as_str()),
+        "the last arrival at /p.bin is not what S3 holds (first {}, second {}): {shas:?}\n{}",
+        sha(&first),
+        sha(&second),
+        paused.log()
+    );
+    // The taker's announcement, the second upload's, and this one: each once.
+    assert_eq!(
+        shas,
+        [sha(&first), sha(&second), sha(&first)],
+        "{completed:#?}"
+    );
+}
+
 /// S3 request attempts of `op` that failed so far (the gateway's metrics).
 async fn attempt_failures(g: &Gateway, op: &str) -> u64 {
     let (_, body) = g.server.http_get("/metrics").await;
