@@ -400,38 +400,14 @@ impl Session {
             id: uuid::Uuid::now_v7().to_string(),
             ..old.clone()
         };
-        let vpath = VirtualPath::parse(&VirtualPath::root(), path)?;
-        let _held = self
-            .ctx
-            .journal
-            .begin(&intent)
-            .await
-            .map_err(|e| journal_error(e, &vpath))?;
-        let ours = match m.backend.fingerprint(&intent.path).await {
-            Ok(Some(f)) => old.matches(&f),
-            Ok(None) => false,
-            Err(e) => {
-                self.ctx.journal.hand_over(&intent).await;
-                return Err(storage(e, &vpath));
-            }
-        };
-        if !ours {
+        if !self.holds_its_content(m, old, &intent).await? {
             self.ctx.journal.cancel(&intent).await;
             return Err(FsError::new(
                 FsErrorKind::Failure,
                 format!("{path}: the commit was taken over by another server while this one was unresponsive, and did not land; send the file again"),
             ));
         }
-        match self.record_announcement(&intent, a).await {
-            Ok(true) => Ok(()),
-            _ => {
-                self.ctx.journal.hand_over(&intent).await;
-                Err(FsError::new(
-                    FsErrorKind::Failure,
-                    format!("{path}: {UNCONFIRMED}"),
-                ))
-            }
-        }
+        self.announce_under(&intent, a).await
     }
 
     /// This instance was silent too long while publishing, and another took the intent over
@@ -453,21 +429,7 @@ impl Session {
             event_id: uuid::Uuid::now_v7().to_string(),
             ..old.clone()
         };
-        let vpath = VirtualPath::parse(&VirtualPath::root(), path)?;
-        let _held = self
-            .ctx
-            .journal
-            .begin(&intent)
-            .await
-            .map_err(|e| journal_error(e, &vpath))?;
-        let ours = match m.backend.fingerprint(&intent.path).await {
-            Ok(Some(f)) => old.matches(&f),
-            Ok(None) => false,
-            Err(e) => {
-                self.ctx.journal.hand_over(&intent).await;
-                return Err(storage(e, &vpath));
-            }
-        };
+        let ours = self.holds_its_content(m, old, &intent).await?;
         // Whether the location's last arrival (a temp name's staged upload) is this content,
         // read under the new intent, so no other commit of the location runs meanwhile. Not
         // knowing counts as not: an arrival announced twice is better than one unannounced.
@@ -485,13 +447,43 @@ impl Session {
             return Ok(());
         }
         tracing::warn!(parent: &self.span, path, "this server's content reached storage after another server took the commit over, over a later arrival; announcing it again");
-        match self.record_announcement(&intent, a).await {
+        self.announce_under(&intent, a).await
+    }
+
+    /// Takes `intent`, a new intent on `old`'s location, and says whether storage holds
+    /// `old`'s content there. A read that fails hands the new intent to the reconciler.
+    async fn holds_its_content(
+        &self,
+        m: &Mount,
+        old: &Intent,
+        intent: &Intent,
+    ) -> Result<bool, FsError> {
+        let vpath = VirtualPath::parse(&VirtualPath::root(), &old.client_path)?;
+        self.ctx
+            .journal
+            .begin(intent)
+            .await
+            .map_err(|e| journal_error(e, &vpath))?;
+        match m.backend.fingerprint(&intent.path).await {
+            Ok(Some(f)) => Ok(old.matches(&f)),
+            Ok(None) => Ok(false),
+            Err(e) => {
+                self.ctx.journal.hand_over(intent).await;
+                Err(storage(e, &vpath))
+            }
+        }
+    }
+
+    /// Records `a` under `intent` (taken by `holds_its_content`); one that cannot be recorded
+    /// is handed to the reconciler, and the client hears that the outcome is not confirmed.
+    async fn announce_under(&self, intent: &Intent, a: &Announcement<'_>) -> Result<(), FsError> {
+        match self.record_announcement(intent, a).await {
             Ok(true) => Ok(()),
             _ => {
-                self.ctx.journal.hand_over(&intent).await;
+                self.ctx.journal.hand_over(intent).await;
                 Err(FsError::new(
                     FsErrorKind::Failure,
-                    format!("{path}: {UNCONFIRMED}"),
+                    format!("{}: {UNCONFIRMED}", intent.client_path),
                 ))
             }
         }

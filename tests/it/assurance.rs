@@ -6,7 +6,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::ftps::{curl_put, ftps_gateway_with};
-use crate::harness::{random_bytes, sftp_command, Auth, Gateway, Receiver, PW};
+use crate::harness::{random_bytes, Gateway, Receiver, PW};
 
 fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -142,21 +142,12 @@ async fn concurrent_identical_uploads_land_once() {
         g.write_file("same.bin", &data);
         let children: Vec<_> = (0..4)
             .map(|i| {
-                let mut c = sftp_command(
+                let c = crate::harness::spawn_acme_sftp(
                     g.server.port(),
-                    "acme",
-                    &Auth::Password(PW.into()),
                     g.w.path(),
                     &[],
-                )
-                .spawn()
-                .unwrap();
-                use std::io::Write as _;
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(format!("put same.bin /in/copy-{i}.bin\n").as_bytes())
-                    .unwrap();
+                    format!("put same.bin /in/copy-{i}.bin\n").as_bytes(),
+                );
                 c
             })
             .collect();

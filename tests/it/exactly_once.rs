@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::harness::faults::{PgOutage, S3Faults};
-use crate::harness::{random_bytes, sftp, sftp_command, Auth, Gateway, Server, PW};
+use crate::harness::{random_bytes, sftp, Auth, Gateway, Server, PW};
 
 fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -168,24 +168,12 @@ async fn an_instance_whose_clock_is_40s_behind_keeps_its_work() {
     );
     let big = random_bytes(45 << 20);
     g.write_file("big.bin", &big);
-    let mut client = sftp_command(
+    let client = crate::harness::spawn_acme_sftp(
         lagging.port(),
-        "acme",
-        &Auth::Password(PW.into()),
         g.w.path(),
         &["-l", "12000"],
-    )
-    .spawn()
-    .expect("sftp");
-    {
-        use std::io::Write as _;
-        client
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"put big.bin\n")
-            .unwrap();
-    }
+        b"put big.bin\n",
+    );
     let started = Instant::now();
     let mut uploads = HashMap::new();
     for i in 0..20 {
@@ -395,24 +383,12 @@ async fn an_instance_paused_for_40s_records_nothing_twice() {
     let paused = Server::start(&g.w);
     let data = random_bytes(30 << 20);
     g.write_file("paused.bin", &data);
-    let mut client = sftp_command(
+    let client = crate::harness::spawn_acme_sftp(
         paused.port(),
-        "acme",
-        &Auth::Password(PW.into()),
         g.w.path(),
         &["-l", "40000"],
-    )
-    .spawn()
-    .unwrap();
-    {
-        use std::io::Write as _;
-        client
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"put paused.bin\n")
-            .unwrap();
-    }
+        b"put paused.bin\n",
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     signal(&paused, "STOP");
     tokio::time::sleep(Duration::from_secs(40)).await;
@@ -434,6 +410,24 @@ async fn an_instance_paused_for_40s_records_nothing_twice() {
     assert_eq!(all, 1, "{events:#?}");
 }
 
+/// A second instance that stops itself at pause point `point`, and an `sftp` running `batch`
+/// against it, once the instance has stopped there.
+async fn put_pausing_at(g: &Gateway, point: &str, batch: &str) -> (Server, std::process::Child) {
+    let paused = Server::start_with(&g.w, &[], &[("WHARF_TEST_PAUSE_AT", point)]);
+    let client = crate::harness::spawn_acme_sftp(paused.port(), g.w.path(), &[], batch);
+    assert!(
+        paused
+            .logs_within(
+                &format!("pause point {point} reached"),
+                Duration::from_secs(60)
+            )
+            .await,
+        "{}",
+        paused.log()
+    );
+    (paused, client)
+}
+
 /// Paused at the worst moments of a commit (the object published, its event not yet
 /// recorded; the intent confirmed, the object not yet published), for longer than it takes
 /// another instance to take the commit over: the client's answer, the object and the
@@ -447,37 +441,9 @@ async fn a_commit_paused_past_its_takeover_stays_true() {
         ("upload.before_commit", (11 << 20) + 3),
     ] {
         let g = Gateway::start(true, &RECOVERY).await;
-        let paused = Server::start_with(&g.w, &[], &[("WHARF_TEST_PAUSE_AT", point)]);
         let data = random_bytes(size);
         g.write_file("p.bin", &data);
-        let mut client = sftp_command(
-            paused.port(),
-            "acme",
-            &Auth::Password(PW.into()),
-            g.w.path(),
-            &[],
-        )
-        .spawn()
-        .unwrap();
-        {
-            use std::io::Write as _;
-            client
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(b"put p.bin\n")
-                .unwrap();
-        }
-        assert!(
-            paused
-                .logs_within(
-                    &format!("pause point {point} reached"),
-                    Duration::from_secs(60)
-                )
-                .await,
-            "{}",
-            paused.log()
-        );
+        let (paused, client) = put_pausing_at(&g, point, "put p.bin\n").await;
         // Longer than the instance's lapse plus a round of the other's reconciler.
         tokio::time::sleep(Duration::from_secs(12)).await;
         assert!(
@@ -525,39 +491,11 @@ async fn a_commit_paused_past_its_takeover_stays_true() {
 async fn content_put_back_after_a_takeover_is_announced_again() {
     let g = Gateway::start(true, &RECOVERY).await;
     let point = "upload.after_commit";
-    let paused = Server::start_with(&g.w, &[], &[("WHARF_TEST_PAUSE_AT", point)]);
     let first = random_bytes(200_000);
     let second = random_bytes(150_000);
     g.write_file("first.bin", &first);
     g.write_file("second.bin", &second);
-    let mut client = sftp_command(
-        paused.port(),
-        "acme",
-        &Auth::Password(PW.into()),
-        g.w.path(),
-        &[],
-    )
-    .spawn()
-    .unwrap();
-    {
-        use std::io::Write as _;
-        client
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"put first.bin p.bin\n")
-            .unwrap();
-    }
-    assert!(
-        paused
-            .logs_within(
-                &format!("pause point {point} reached"),
-                Duration::from_secs(60)
-            )
-            .await,
-        "{}",
-        paused.log()
-    );
+    let (paused, client) = put_pausing_at(&g, point, "put first.bin p.bin\n").await;
     let key = format!("{}acme/p.bin", g.prefix);
     let head =
         g.s3.client

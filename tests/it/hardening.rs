@@ -581,19 +581,12 @@ async fn an_s3_that_never_answers_fails_the_upload_instead_of_holding_it() {
     g.write_file("small.csv", b"date,amount\n2026-11-26,12.50\n");
     g.write_file("big.bin", &crate::harness::random_bytes(12 << 20));
     for name in ["small.csv", "big.bin"] {
-        let mut child = crate::harness::sftp_command(
+        let mut child = crate::harness::spawn_acme_sftp(
             g.server.port(),
-            "acme",
-            &Auth::Password(PW.into()),
             g.w.path(),
             &[],
-        )
-        .spawn()
-        .unwrap();
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(format!("put {name}\n").as_bytes()).unwrap();
-        drop(stdin);
+            format!("put {name}\n").as_bytes(),
+        );
         // Three attempts of 1 s each plus the SDK's backoff; without the limit, never.
         let started = Instant::now();
         let status = loop {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::ftps::{curl_put, ftps_gateway_with};
-use crate::harness::{random_bytes, sftp_command, Auth, Gateway, Receiver, PW};
+use crate::harness::{random_bytes, Gateway, Receiver, PW};
 
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
@@ -270,21 +270,12 @@ async fn many_scans_at_once_wait_their_turn() {
     for i in 0..32 {
         let name = format!("f{i:02}.bin");
         g.write_file(&name, &random_bytes((2 << 20) + i));
-        let mut c = sftp_command(
+        let c = crate::harness::spawn_acme_sftp(
             g.server.port(),
-            "acme",
-            &Auth::Password(PW.into()),
             g.w.path(),
             &[],
-        )
-        .spawn()
-        .unwrap();
-        use std::io::Write as _;
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(format!("put {name}\n").as_bytes())
-            .unwrap();
+            format!("put {name}\n").as_bytes(),
+        );
         children.push(c);
     }
     let mut peak = 0;

@@ -231,8 +231,8 @@ mod webhook;
 pub use gateway::{random_bytes, Gateway, PW};
 pub use s3::S3Env;
 pub use server::{
-    raw_sftp_channel, raw_sftp_initialized, sftp, sftp_command, shared_host_keys, Auth, Server,
-    SftpRun, TrustAll,
+    raw_sftp_channel, raw_sftp_initialized, sftp, sftp_command, shared_host_keys, spawn_acme_sftp,
+    Auth, Server, SftpRun, TrustAll,
 };
 pub use webhook::{Received, Receiver};
 

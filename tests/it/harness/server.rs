@@ -400,3 +400,24 @@ pub async fn raw_sftp_initialized(addr: SocketAddr, user: &str, password: &str) 
     ch.read_exact(&mut rest).await.unwrap();
     (handle, ch)
 }
+
+/// `sftp` as `acme` (password) at the server, in `cwd`, running `batch` (its standard input,
+/// closed after it): started, not waited for.
+pub fn spawn_acme_sftp(
+    port: u16,
+    cwd: &Path,
+    extra: &[&str],
+    batch: impl AsRef<[u8]>,
+) -> std::process::Child {
+    use std::io::Write as _;
+    let mut child = sftp_command(port, "acme", &Auth::Password(super::PW.into()), cwd, extra)
+        .spawn()
+        .expect("sftp");
+    child
+        .stdin
+        .take()
+        .expect("sftp's standard input")
+        .write_all(batch.as_ref())
+        .expect("write sftp's batch");
+    child
+}
